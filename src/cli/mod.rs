@@ -1,0 +1,211 @@
+//! The command line (clap). Each subcommand lives in its own module; this one parses and dispatches.
+
+mod run;
+mod runtime_cmd;
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, CommandFactory, Parser, Subcommand};
+
+/// Exit code for a user error (bad flag, missing file, port in use).
+pub const EXIT_USAGE: u8 = 2;
+/// Exit code for any other failure.
+pub const EXIT_FAILURE: u8 = 1;
+
+#[derive(Parser)]
+#[command(
+    name = "autonomy",
+    version,
+    about = "One policy gate and one durable, tamper-evident audit log between autonomous software and what it does.",
+    propagate_version = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a command under governance: a runtime on a random loopback port, AUTONOMY_RUNTIME_URL set for it.
+    Run(RunArgs),
+    /// The long-running runtime (daemon).
+    Runtime {
+        #[command(subcommand)]
+        cmd: RuntimeCmd,
+    },
+    /// Print the version.
+    Version,
+    /// Print shell completions for bash, zsh, fish, elvish or powershell.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+}
+
+/// `autonomy run`.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Policy: `demo` (the default: the embedded demo policy) or a path to a .rego file or a directory of them.
+    #[arg(long, value_name = "REF")]
+    pub policy: Option<String>,
+    /// Keep the WAL in DIR (created if needed) instead of a temp dir removed at exit.
+    #[arg(long, value_name = "DIR", env = "AUTONOMY_RUN_WAL_DIR")]
+    pub dir: Option<PathBuf>,
+    /// Keep the temp WAL dir at exit and print its path on stderr.
+    #[arg(long)]
+    pub keep: bool,
+    /// The command and its arguments; everything from here on goes to it unchanged.
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        num_args = 1..,
+        value_name = "COMMAND"
+    )]
+    pub command: Vec<OsString>,
+}
+
+#[derive(Subcommand)]
+enum RuntimeCmd {
+    /// Start the runtime and serve until SIGINT/SIGTERM.
+    Start(runtime_cmd::StartArgs),
+}
+
+/// Parses the command line and runs it; never panics on user input.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => return clap_error(e),
+    };
+    init_tracing();
+    match cli.cmd {
+        Command::Version => {
+            println!("autonomy {}", crate::VERSION);
+            ExitCode::SUCCESS
+        }
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "autonomy",
+                &mut std::io::stdout(),
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Run(args) => with_tokio(run::run(args)),
+        Command::Runtime {
+            cmd: RuntimeCmd::Start(args),
+        } => with_tokio(runtime_cmd::start(args)),
+    }
+}
+
+fn with_tokio<F: std::future::Future<Output = ExitCode>>(f: F) -> ExitCode {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt.block_on(f),
+        Err(e) => fail(&format!("cannot start the async runtime: {e}")),
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("AUTONOMY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Prints clap's help/version as is; any parse error as one line.
+fn clap_error(e: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        _ => {
+            let text = e.render().to_string();
+            let first = text
+                .lines()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("invalid arguments")
+                .trim()
+                .trim_start_matches("error: ");
+            eprintln!("autonomy: error: {first} (see --help)");
+            ExitCode::from(EXIT_USAGE)
+        }
+    }
+}
+
+/// Prints one error line and returns the failure exit code.
+pub(crate) fn fail(msg: &str) -> ExitCode {
+    eprintln!("autonomy: error: {msg}");
+    ExitCode::from(EXIT_FAILURE)
+}
+
+/// Prints one error line and returns the usage exit code.
+pub(crate) fn usage(msg: &str) -> ExitCode {
+    eprintln!("autonomy: error: {msg}");
+    ExitCode::from(EXIT_USAGE)
+}
+
+/// Loads the policy named by `--policy` (or the demo policy when `None`).
+pub(crate) fn load_policy(
+    r: Option<&str>,
+) -> Result<Box<dyn crate::policy::PolicyEvaluator>, String> {
+    use crate::policy::{RegoPolicy, demo_policy};
+    use crate::types::PolicyRef;
+    match r {
+        None | Some("demo") | Some("embedded:demo") => demo_policy()
+            .map(|p| Box::new(p) as Box<dyn crate::policy::PolicyEvaluator>)
+            .map_err(|e| format!("embedded demo policy: {e}")),
+        Some(path) => {
+            let p = std::path::Path::new(path);
+            let mut files = Vec::new();
+            if p.is_dir() {
+                let rd = std::fs::read_dir(p)
+                    .map_err(|e| format!("cannot read policy directory {path}: {e}"))?;
+                for ent in rd.flatten() {
+                    let fp = ent.path();
+                    if fp.extension().is_some_and(|x| x == "rego") {
+                        files.push(fp);
+                    }
+                }
+                files.sort();
+                if files.is_empty() {
+                    return Err(format!("policy directory {path} has no .rego files"));
+                }
+            } else if p.is_file() {
+                files.push(p.to_path_buf());
+            } else {
+                return Err(format!(
+                    "--policy {path}: no such file or directory (use `demo`, a .rego file or a directory of .rego files)"
+                ));
+            }
+            let mut modules = Vec::new();
+            for f in &files {
+                let src = std::fs::read_to_string(f)
+                    .map_err(|e| format!("cannot read {}: {e}", f.display()))?;
+                modules.push((f.display().to_string(), src));
+            }
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_else(|| path.to_string());
+            RegoPolicy::compile(PolicyRef::new(format!("file:{name}")), &modules, None)
+                .map(|p| Box::new(p) as Box<dyn crate::policy::PolicyEvaluator>)
+                .map_err(|e| format!("policy {path} rejected: {e}"))
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! `autonomy run <command>`: a runtime for the life of one child process.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::signal::unix::{SignalKind, signal};
+
+use super::RunArgs;
+use crate::runtime::{Runtime, RuntimeConfig};
+use crate::tools::Allowlist;
+use crate::wal::WalOptions;
+
+/// SIGINT and SIGTERM as a stream.
+pub struct Signals {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    /// Installs the handlers (from now on the signals no longer kill us).
+    pub fn new() -> std::io::Result<Self> {
+        Ok(Signals {
+            int: signal(SignalKind::interrupt())?,
+            term: signal(SignalKind::terminate())?,
+        })
+    }
+
+    /// Waits for the next SIGINT or SIGTERM.
+    pub async fn next(&mut self) -> Signal {
+        tokio::select! {
+            _ = self.int.recv() => Signal::SIGINT,
+            _ = self.term.recv() => Signal::SIGTERM,
+        }
+    }
+}
+
+/// Where the run's WAL lives and whether it is removed at exit.
+enum WalPlace {
+    Kept(PathBuf),
+    Temp(tempfile::TempDir),
+}
+
+/// Runs the child under a fresh runtime and returns its exit code.
+pub async fn run(args: RunArgs) -> ExitCode {
+    let policy = match super::load_policy(args.policy.as_deref()) {
+        Ok(p) => p,
+        Err(e) => return super::usage(&e),
+    };
+    let place = match &args.dir {
+        Some(d) => WalPlace::Kept(d.clone()),
+        None => match tempfile::Builder::new().prefix("autonomy-run-").tempdir() {
+            Ok(t) if args.keep => WalPlace::Kept(t.keep()),
+            Ok(t) => WalPlace::Temp(t),
+            Err(e) => return super::fail(&format!("cannot create a temp WAL dir: {e}")),
+        },
+    };
+    let wal_dir = match &place {
+        WalPlace::Kept(p) => p.clone(),
+        WalPlace::Temp(t) => t.path().to_path_buf(),
+    };
+    let mut sigs = match Signals::new() {
+        Ok(s) => s,
+        Err(e) => return super::fail(&format!("cannot install signal handlers: {e}")),
+    };
+    let rt = match Runtime::start(RuntimeConfig {
+        listen: ([127, 0, 0, 1], 0).into(),
+        policy,
+        // Fail-closed on purpose: `run` has no way to widen the http_get allowlist.
+        allowlist: Allowlist::empty(),
+        wal_dir: wal_dir.clone(),
+        wal_options: WalOptions::default(),
+        body_limit: crate::http::DEFAULT_BODY_LIMIT,
+    })
+    .await
+    {
+        Ok(r) => r,
+        Err(e) => return super::fail(&e.to_string()),
+    };
+
+    let code = supervise(&args, &rt, &mut sigs).await;
+
+    if let Err(e) = rt.stop().await {
+        eprintln!("autonomy: error: WAL close failed: {e}");
+    }
+    match place {
+        WalPlace::Kept(p) => eprintln!("autonomy: WAL kept at {}", p.display()),
+        WalPlace::Temp(t) => {
+            if let Err(e) = t.close() {
+                eprintln!("autonomy: warning: could not remove the temp WAL dir: {e}");
+            }
+        }
+    }
+    ExitCode::from(code)
+}
+
+/// Spawns the child, forwards signals, and maps its end to an exit code.
+async fn supervise(args: &RunArgs, rt: &Runtime, sigs: &mut Signals) -> u8 {
+    let (prog, rest) = match args.command.split_first() {
+        Some(x) => x,
+        None => {
+            eprintln!("autonomy: error: no command given");
+            return super::EXIT_USAGE;
+        }
+    };
+    let mut cmd = tokio::process::Command::new(prog);
+    cmd.args(rest).env("AUTONOMY_RUNTIME_URL", rt.url());
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            let name = prog.to_string_lossy();
+            return match e.kind() {
+                std::io::ErrorKind::NotFound => {
+                    eprintln!(
+                        "autonomy: error: command not found: {name} (check the name and your PATH)"
+                    );
+                    127
+                }
+                std::io::ErrorKind::PermissionDenied => {
+                    eprintln!("autonomy: error: cannot execute {name}: permission denied");
+                    126
+                }
+                _ => {
+                    eprintln!("autonomy: error: cannot start {name}: {e}");
+                    126
+                }
+            };
+        }
+    };
+    let pid = child.id().map(|p| Pid::from_raw(p as i32));
+    loop {
+        tokio::select! {
+            status = child.wait() => {
+                return match status {
+                    Ok(s) => exit_code_of(s),
+                    Err(e) => {
+                        eprintln!("autonomy: error: waiting for the child failed: {e}");
+                        super::EXIT_FAILURE
+                    }
+                };
+            }
+            sig = sigs.next() => {
+                if let Some(pid) = pid
+                    && !(sig == Signal::SIGINT && child_got_tty_sigint())
+                {
+                    let _ = kill(pid, sig);
+                }
+            }
+        }
+    }
+}
+
+/// A Ctrl-C typed at a terminal already reached the child (same foreground process group);
+/// forwarding it again would interrupt the child twice.
+fn child_got_tty_sigint() -> bool {
+    let stdin = std::io::stdin();
+    match nix::unistd::tcgetpgrp(&stdin) {
+        Ok(fg) => fg == nix::unistd::getpgrp(),
+        Err(_) => false,
+    }
+}
+
+/// The child's exit code, or 128+N when it died of signal N.
+pub fn exit_code_of(s: std::process::ExitStatus) -> u8 {
+    use std::os::unix::process::ExitStatusExt;
+    if let Some(c) = s.code() {
+        (c & 0xff) as u8
+    } else if let Some(sig) = s.signal() {
+        (128 + sig).min(255) as u8
+    } else {
+        super::EXIT_FAILURE
+    }
+}

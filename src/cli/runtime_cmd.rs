@@ -1,0 +1,127 @@
+//! `autonomy runtime start`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+
+use crate::policy::{DenyAll, PolicyEvaluator};
+use crate::runtime::{Runtime, RuntimeConfig};
+use crate::tools::Allowlist;
+use crate::wal::{SyncMode, WalOptions};
+
+/// Default `--allowed-domains`.
+pub const DEFAULT_ALLOWED_DOMAINS: &str = "api.anthropic.com,ifconfig.me";
+
+/// `autonomy runtime start`.
+#[derive(Args, Debug)]
+pub struct StartArgs {
+    /// Use the embedded demo policy.
+    #[arg(long, conflicts_with = "policy")]
+    pub demo: bool,
+    /// Policy: `demo`, or a path to a .rego file or a directory of them.
+    #[arg(long, value_name = "REF")]
+    pub policy: Option<String>,
+    /// Address to listen on (host:port). Non-loopback addresses expose the API to the network.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7777")]
+    pub listen: SocketAddr,
+    /// Comma-separated `tool.http_get` allowlist: `host`, `host:port` or URLs.
+    #[arg(long, value_name = "LIST", default_value = DEFAULT_ALLOWED_DOMAINS)]
+    pub allowed_domains: String,
+    /// WAL directory [default: $XDG_STATE_HOME/autonomy/wal]
+    #[arg(long, value_name = "DIR", env = "AUTONOMY_WAL_DIR")]
+    pub wal_dir: Option<PathBuf>,
+    /// WAL durability: `fsync` (every answer waits for its record on disk) or `none` (page cache
+    /// only: survives a crash of the runtime, not a power loss; for benchmarks).
+    #[arg(long, value_name = "MODE", default_value = "fsync", value_parser = parse_sync)]
+    pub wal_sync: SyncMode,
+    /// Rotate WAL segments at this size in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024 * 1024)]
+    pub wal_segment_bytes: u64,
+}
+
+/// Parses `--wal-sync`.
+pub fn parse_sync(s: &str) -> Result<SyncMode, String> {
+    match s {
+        "fsync" => Ok(SyncMode::Fsync),
+        "none" => Ok(SyncMode::None),
+        _ => Err(format!("unknown WAL sync mode {s:?}: use fsync or none")),
+    }
+}
+
+/// Runs the daemon until SIGINT/SIGTERM.
+pub async fn start(args: StartArgs) -> ExitCode {
+    let allowlist = match Allowlist::parse(&args.allowed_domains) {
+        Ok(a) => a,
+        Err(e) => return super::usage(&e.to_string()),
+    };
+    let policy: Box<dyn PolicyEvaluator> = if args.demo {
+        match super::load_policy(None) {
+            Ok(p) => p,
+            Err(e) => return super::fail(&e),
+        }
+    } else if let Some(r) = args.policy.as_deref() {
+        match super::load_policy(Some(r)) {
+            Ok(p) => p,
+            Err(e) => return super::usage(&e),
+        }
+    } else {
+        Box::new(DenyAll::new())
+    };
+    let deny_all = policy.policy_ref().as_str() == "builtin:deny-all";
+    let policy_ref = policy.policy_ref().clone();
+    let wal_dir = args.wal_dir.unwrap_or_else(crate::paths::default_wal_dir);
+    let cfg = RuntimeConfig {
+        listen: args.listen,
+        policy,
+        allowlist,
+        wal_dir: wal_dir.clone(),
+        wal_options: WalOptions {
+            segment_bytes: args.wal_segment_bytes,
+            sync: args.wal_sync,
+            ..WalOptions::default()
+        },
+        body_limit: crate::http::DEFAULT_BODY_LIMIT,
+    };
+    let mut sigs = match super::run::Signals::new() {
+        Ok(s) => s,
+        Err(e) => return super::fail(&format!("cannot install signal handlers: {e}")),
+    };
+    let rt = match Runtime::start(cfg).await {
+        Ok(r) => r,
+        Err(e) => return super::fail(&e.to_string()),
+    };
+    if !args.listen.ip().is_loopback() {
+        eprintln!(
+            "autonomy: warning: listening on {} exposes the tool API beyond this machine",
+            rt.local_addr()
+        );
+    }
+    if deny_all {
+        eprintln!(
+            "autonomy: no policy loaded: the runtime is DENY-ALL (use --demo, --policy or `autonomy policy load`)"
+        );
+    }
+    if args.wal_sync == SyncMode::None {
+        eprintln!(
+            "autonomy: warning: --wal-sync none: answers do not wait for the disk; a power loss can lose acknowledged records"
+        );
+    }
+    eprintln!(
+        "autonomy runtime {} listening on {} (policy {}, WAL {})",
+        crate::VERSION,
+        rt.url(),
+        policy_ref,
+        wal_dir.display()
+    );
+    let sig = sigs.next().await;
+    eprintln!("autonomy: {sig} received: finishing in-flight calls and closing the WAL");
+    match rt.stop().await {
+        Ok(()) => {
+            eprintln!("autonomy: stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => super::fail(&format!("WAL close failed: {e}")),
+    }
+}

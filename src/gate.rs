@@ -1,0 +1,237 @@
+//! The one gate every front end calls: decide (policy) → record (WAL, durable) → execute → answer.
+
+use std::sync::Arc;
+
+use serde_json::{Map, Value};
+
+use crate::policy::{ActivePolicy, PolicyInput};
+use crate::tools::{ToolOutcome, Tools};
+use crate::types::{AuditId, Decision, PolicyRef, Source, ToolKind};
+use crate::wal::{NewRecord, RecordType, Wal, WalError};
+
+/// One tool call as a front end hands it to the gate.
+#[derive(Debug, Clone)]
+pub struct ToolCall {
+    /// The kind.
+    pub kind: ToolKind,
+    /// The params object.
+    pub params: Map<String, Value>,
+    /// The front end.
+    pub source: Source,
+}
+
+/// How the call ended; front ends map this to their status codes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Allowed and a built-in tool ran.
+    Executed(Value),
+    /// Allowed; no built-in executor (the caller acts).
+    DecisionOnly,
+    /// Denied by the policy.
+    PolicyDenied,
+    /// Allowed by the policy, refused by the runtime layer.
+    RuntimeDenied,
+    /// Allowed, but the params are unusable by the tool.
+    BadParams(String),
+    /// Allowed, ran, failed upstream.
+    UpstreamFailed(String),
+    /// The WAL could not record the decision: nothing executed.
+    WalUnavailable(String),
+}
+
+/// The gate's answer.
+#[derive(Debug, Clone)]
+pub struct GateResponse {
+    /// The effective decision (deny when the runtime layer or the WAL refused).
+    pub decision: Decision,
+    /// The policy that decided.
+    pub policy_ref: PolicyRef,
+    /// The id of this decision's records.
+    pub audit_id: AuditId,
+    /// Why it was denied, when it was.
+    pub reason: Option<String>,
+    /// How it ended.
+    pub outcome: Outcome,
+}
+
+/// Something told about every decision (e.g. the ROS `/autonomy/decisions` topic).
+pub trait DecisionObserver: Send + Sync {
+    /// Called once per call, after its records are durable.
+    fn on_decision(&self, call: &ToolCall, resp: &GateResponse);
+}
+
+/// The gate. Cheap to share: hold it in an `Arc`.
+pub struct Gate {
+    policy: Arc<ActivePolicy>,
+    wal: Arc<Wal>,
+    tools: Tools,
+    observers: std::sync::RwLock<Vec<Arc<dyn DecisionObserver>>>,
+}
+
+impl Gate {
+    /// A gate over this policy, WAL and tools.
+    pub fn new(policy: Arc<ActivePolicy>, wal: Arc<Wal>, tools: Tools) -> Self {
+        Gate {
+            policy,
+            wal,
+            tools,
+            observers: std::sync::RwLock::new(Vec::new()),
+        }
+    }
+
+    /// Adds an observer of decisions.
+    pub fn add_observer(&self, o: Arc<dyn DecisionObserver>) {
+        if let Ok(mut v) = self.observers.write() {
+            v.push(o);
+        }
+    }
+
+    /// The WAL this gate records into.
+    pub fn wal(&self) -> &Arc<Wal> {
+        &self.wal
+    }
+
+    /// The active policy holder.
+    pub fn policy(&self) -> &Arc<ActivePolicy> {
+        &self.policy
+    }
+
+    /// Decides, records durably, executes if allowed, records the outcome, answers.
+    pub async fn call(&self, call: ToolCall) -> GateResponse {
+        let resp = self.call_inner(&call).await;
+        if let Ok(obs) = self.observers.read() {
+            for o in obs.iter() {
+                o.on_decision(&call, &resp);
+            }
+        }
+        resp
+    }
+
+    async fn call_inner(&self, call: &ToolCall) -> GateResponse {
+        let audit_id = AuditId::new();
+        // Held for the whole call, so a reload mid-call does not change this call's policy.
+        let policy = self.policy.get();
+        let policy_ref = policy.policy_ref().clone();
+        let allowed = self.tools.allowlist().entries();
+        let verdict = policy.evaluate(&PolicyInput {
+            kind: &call.kind,
+            params: &call.params,
+            source: call.source,
+            allowed_domains: &allowed,
+        });
+
+        let record = decision_record(
+            &audit_id,
+            call,
+            verdict.decision,
+            verdict.reason.as_deref(),
+            &policy_ref,
+            "policy",
+        );
+        if let Err(e) = self.append(record).await {
+            return GateResponse {
+                decision: Decision::Deny,
+                policy_ref,
+                audit_id,
+                reason: Some(
+                    "the audit log cannot record this decision, so nothing was executed".into(),
+                ),
+                outcome: Outcome::WalUnavailable(e.to_string()),
+            };
+        }
+
+        if verdict.decision == Decision::Deny {
+            return GateResponse {
+                decision: Decision::Deny,
+                policy_ref,
+                audit_id,
+                reason: verdict.reason,
+                outcome: Outcome::PolicyDenied,
+            };
+        }
+
+        let (outcome, follow_up) = match self.tools.execute(&call.kind, &call.params).await {
+            ToolOutcome::Output(v) => (Outcome::Executed(v), None),
+            ToolOutcome::DecisionOnly => (Outcome::DecisionOnly, None),
+            ToolOutcome::RuntimeDeny(reason) => {
+                let rec = decision_record(
+                    &audit_id,
+                    call,
+                    Decision::Deny,
+                    Some(&reason),
+                    &policy_ref,
+                    "runtime",
+                );
+                (Outcome::RuntimeDenied, Some((rec, reason)))
+            }
+            ToolOutcome::BadParams(msg) => {
+                let rec = error_record(&audit_id, call, &msg, "bad_params");
+                (Outcome::BadParams(msg), Some((rec, String::new())))
+            }
+            ToolOutcome::Upstream(msg) => {
+                let rec = error_record(&audit_id, call, &msg, "upstream");
+                (Outcome::UpstreamFailed(msg), Some((rec, String::new())))
+            }
+        };
+
+        let mut reason = None;
+        if let Some((rec, why)) = follow_up {
+            if let Err(e) = self.append(rec).await {
+                // The tool did not run (runtime deny / bad params) or already failed; the
+                // decision record is durable, so the audit trail still shows the attempt.
+                tracing::error!("cannot record outcome of {audit_id}: {e}");
+            }
+            if outcome == Outcome::RuntimeDenied {
+                reason = Some(why);
+            }
+        }
+        let decision = if outcome == Outcome::RuntimeDenied {
+            Decision::Deny
+        } else {
+            Decision::Allow
+        };
+        GateResponse {
+            decision,
+            policy_ref,
+            audit_id,
+            reason,
+            outcome,
+        }
+    }
+
+    async fn append(&self, rec: NewRecord) -> Result<(), WalError> {
+        let wal = self.wal.clone();
+        match tokio::task::spawn_blocking(move || wal.append(rec)).await {
+            Ok(r) => r.map(|_| ()),
+            Err(e) => Err(WalError::Invalid(format!("WAL task failed: {e}"))),
+        }
+    }
+}
+
+fn decision_record(
+    audit_id: &AuditId,
+    call: &ToolCall,
+    decision: Decision,
+    reason: Option<&str>,
+    policy_ref: &PolicyRef,
+    layer: &str,
+) -> NewRecord {
+    let mut r = NewRecord::new(RecordType::Decision, Some(audit_id.clone()))
+        .with("kind", call.kind.as_str())
+        .with("decision", decision.as_str())
+        .with("layer", layer)
+        .with("policy_ref", policy_ref.as_str())
+        .with("source", call.source.as_str());
+    if let Some(reason) = reason {
+        r = r.with("reason", reason);
+    }
+    r
+}
+
+fn error_record(audit_id: &AuditId, call: &ToolCall, msg: &str, code: &str) -> NewRecord {
+    NewRecord::new(RecordType::Error, Some(audit_id.clone()))
+        .with("kind", call.kind.as_str())
+        .with("code", code)
+        .with("error", msg)
+        .with("source", call.source.as_str())
+}

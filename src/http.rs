@@ -1,0 +1,207 @@
+//! The HTTP front end (axum): `GET /health`, `POST /v1/tool`. It only translates; the `Gate` decides.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, get, post};
+use serde_json::{Map, Value, json};
+
+use crate::gate::{Gate, GateResponse, Outcome, ToolCall};
+use crate::types::{Source, ToolKind};
+
+/// Largest request body accepted by `POST /v1/tool`.
+pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
+
+#[derive(Clone)]
+struct AppState {
+    gate: Arc<Gate>,
+    body_limit: usize,
+}
+
+/// The router for the runtime's HTTP API.
+pub fn router(gate: Arc<Gate>, body_limit: usize) -> Router {
+    let state = AppState { gate, body_limit };
+    Router::new()
+        .route(
+            "/health",
+            only(get(health), "GET, HEAD").head(|| async { StatusCode::OK }),
+        )
+        .route("/v1/tool", only(post(tool), "POST"))
+        .fallback(not_found)
+        .with_state(state)
+}
+
+fn only(r: MethodRouter<AppState>, allow: &'static str) -> MethodRouter<AppState> {
+    r.fallback(move |method: Method| async move {
+        let mut resp = error(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &format!("method {method} is not allowed here; use {allow}"),
+        );
+        resp.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static(allow));
+        resp
+    })
+}
+
+async fn health() -> Response {
+    axum::Json(json!({"status": "ok"})).into_response()
+}
+
+async fn not_found(method: Method, uri: axum::http::Uri) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        &format!(
+            "no route for {method} {}; the API is GET /health and POST /v1/tool",
+            uri.path()
+        ),
+    )
+}
+
+fn error(status: StatusCode, msg: &str) -> Response {
+    (status, axum::Json(json!({ "error": msg }))).into_response()
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(ct) = headers.get(header::CONTENT_TYPE) else {
+        return false;
+    };
+    let Ok(ct) = ct.to_str() else {
+        return false;
+    };
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+async fn tool(State(st): State<AppState>, req: Request) -> Response {
+    if !is_json(req.headers()) {
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "the body must be JSON: send Content-Type: application/json",
+        );
+    }
+    let too_big = || {
+        error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("the body is larger than the {} byte limit", st.body_limit),
+        )
+    };
+    if let Some(len) = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && len > st.body_limit as u64
+    {
+        return too_big();
+    }
+    let bytes = match axum::body::to_bytes(req.into_body(), st.body_limit).await {
+        Ok(b) => b,
+        Err(_) => return too_big(),
+    };
+    let call = match parse_call(&bytes) {
+        Ok(c) => c,
+        Err(msg) => return error(StatusCode::BAD_REQUEST, &msg),
+    };
+    let resp = st.gate.call(call).await;
+    render(resp)
+}
+
+/// Parses a `POST /v1/tool` body into a call, or says what is wrong with it.
+pub fn parse_call(bytes: &[u8]) -> Result<ToolCall, String> {
+    let v: Value =
+        serde_json::from_slice(bytes).map_err(|e| format!("the body is not valid JSON: {e}"))?;
+    let Value::Object(mut obj) = v else {
+        return Err(
+            "the body must be a JSON object: {\"kind\": \"...\", \"params\": {...}}".into(),
+        );
+    };
+    let kind = match obj.remove("kind") {
+        Some(Value::String(s)) => ToolKind::parse(&s).map_err(|e| e.to_string())?,
+        Some(_) => return Err("`kind` must be a string, e.g. \"tool.echo\"".into()),
+        None => return Err("`kind` is missing, e.g. {\"kind\": \"tool.echo\"}".into()),
+    };
+    let params = match obj.remove("params") {
+        None => Map::new(),
+        Some(Value::Object(m)) => m,
+        Some(_) => return Err("`params` must be a JSON object".into()),
+    };
+    Ok(ToolCall {
+        kind,
+        params,
+        source: Source::Http,
+    })
+}
+
+fn render(r: GateResponse) -> Response {
+    let mut body = Map::new();
+    body.insert("decision".into(), r.decision.as_str().into());
+    let status = match &r.outcome {
+        Outcome::Executed(out) => {
+            body.insert("output".into(), out.clone());
+            StatusCode::OK
+        }
+        Outcome::DecisionOnly => StatusCode::OK,
+        Outcome::PolicyDenied | Outcome::RuntimeDenied => StatusCode::FORBIDDEN,
+        Outcome::BadParams(e) => {
+            body.insert("error".into(), e.clone().into());
+            StatusCode::BAD_REQUEST
+        }
+        Outcome::UpstreamFailed(e) => {
+            body.insert("error".into(), e.clone().into());
+            StatusCode::BAD_GATEWAY
+        }
+        Outcome::WalUnavailable(e) => {
+            body.insert("error".into(), e.clone().into());
+            StatusCode::SERVICE_UNAVAILABLE
+        }
+    };
+    if let Some(reason) = r.reason {
+        body.insert("reason".into(), reason.into());
+    }
+    body.insert("policy_ref".into(), r.policy_ref.as_str().into());
+    body.insert("audit_id".into(), r.audit_id.as_str().into());
+    let mut resp = Response::new(Body::from(
+        serde_json::to_vec(&Value::Object(body)).unwrap_or_default(),
+    ));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_rules() {
+        assert!(parse_call(br#"{"kind":"tool.echo"}"#).is_ok());
+        assert!(parse_call(br#"{"kind":"tool.echo","params":{"message":"x"}}"#).is_ok());
+        assert!(parse_call(br#"{"kind":1}"#).unwrap_err().contains("string"));
+        assert!(
+            parse_call(br#"{"params":{}}"#)
+                .unwrap_err()
+                .contains("missing")
+        );
+        assert!(
+            parse_call(br#"{"kind":"a","params":[]}"#)
+                .unwrap_err()
+                .contains("object")
+        );
+        assert!(parse_call(b"nope").unwrap_err().contains("not valid JSON"));
+        let deep = "[".repeat(10_000);
+        assert!(parse_call(deep.as_bytes()).is_err());
+    }
+}

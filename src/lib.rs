@@ -1,0 +1,20 @@
+//! `autonomy`: one policy gate and one tamper-evident, durable audit log between autonomous
+//! software and what it does.
+//!
+//! The core (`policy`, `wal`, `tools`, `gate`) knows nothing of HTTP, ROS or the CLI; the front
+//! ends (`http`, `cli`) call one [`gate::Gate`].
+
+#![warn(missing_docs)]
+
+pub mod cli;
+pub mod gate;
+pub mod http;
+pub mod paths;
+pub mod policy;
+pub mod runtime;
+pub mod tools;
+pub mod types;
+pub mod wal;
+
+/// The runtime's version.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

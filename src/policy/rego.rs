@@ -1,0 +1,266 @@
+//! Rego policies evaluated in-process with regorus.
+
+use std::num::NonZeroU32;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use regorus::Engine;
+use regorus::utils::limits::ExecutionTimerConfig;
+
+use super::{PolicyEvaluator, PolicyInput, Verdict};
+use crate::types::{Decision, PolicyRef};
+
+/// The rule that decides.
+pub const ALLOW_RULE: &str = "data.autonomy.allow";
+/// The optional rule that explains a deny.
+pub const REASON_RULE: &str = "data.autonomy.reason";
+/// Default per-evaluation time limit.
+pub const DEFAULT_EVAL_LIMIT: Duration = Duration::from_millis(50);
+
+/// Why a set of Rego modules cannot become a policy.
+#[derive(Debug, thiserror::Error)]
+pub enum RegoPolicyError {
+    /// A module does not parse or compile.
+    #[error("{file}: {message}")]
+    Compile {
+        /// The module's file name.
+        file: String,
+        /// The compiler's message.
+        message: String,
+    },
+    /// `data.json` is not valid.
+    #[error("data: {0}")]
+    Data(String),
+    /// No `package autonomy` with an `allow` rule.
+    #[error("entry point missing: {0}")]
+    EntryPoint(String),
+}
+
+/// A compiled Rego policy with a pool of engines (regorus engines need `&mut` to evaluate).
+pub struct RegoPolicy {
+    policy_ref: PolicyRef,
+    template: Engine,
+    has_reason: bool,
+    pool: Mutex<Vec<Engine>>,
+}
+
+impl RegoPolicy {
+    /// Compiles `modules` (file name, source) with optional `data`; checks the entry point.
+    pub fn compile(
+        policy_ref: PolicyRef,
+        modules: &[(String, String)],
+        data: Option<serde_json::Value>,
+    ) -> Result<Self, RegoPolicyError> {
+        Self::compile_with_limit(policy_ref, modules, data, DEFAULT_EVAL_LIMIT)
+    }
+
+    /// As [`RegoPolicy::compile`], with an explicit evaluation time limit.
+    pub fn compile_with_limit(
+        policy_ref: PolicyRef,
+        modules: &[(String, String)],
+        data: Option<serde_json::Value>,
+        limit: Duration,
+    ) -> Result<Self, RegoPolicyError> {
+        let mut engine = Engine::new();
+        engine.set_rego_v0(false);
+        engine.set_strict_builtin_errors(true);
+        for (file, src) in modules {
+            engine
+                .add_policy(file.clone(), src.clone())
+                .map_err(|e| RegoPolicyError::Compile {
+                    file: file.clone(),
+                    message: first_line(&e.to_string()),
+                })?;
+        }
+        if let Some(d) = data {
+            engine
+                .add_data(regorus::Value::from(d))
+                .map_err(|e| RegoPolicyError::Data(e.to_string()))?;
+        }
+        // Probe the entry points with an empty input: this compiles every module and tells us
+        // whether `allow` and `reason` exist.
+        engine.set_input(regorus::Value::new_object());
+        match engine.eval_rule(ALLOW_RULE.to_string()) {
+            Ok(_) => {}
+            Err(e) => {
+                let msg = e.to_string();
+                return Err(
+                    if msg.contains("not a valid rule path") || msg.contains("rule") {
+                        RegoPolicyError::EntryPoint(format!(
+                            "the policy must define `package autonomy` with a rule `allow` ({})",
+                            first_line(&msg)
+                        ))
+                    } else {
+                        RegoPolicyError::Compile {
+                            file: "policy".into(),
+                            message: first_line(&msg),
+                        }
+                    },
+                );
+            }
+        }
+        let has_reason = engine.eval_rule(REASON_RULE.to_string()).is_ok();
+        engine.set_execution_timer_config(ExecutionTimerConfig {
+            limit,
+            check_interval: NonZeroU32::new(32).unwrap_or(NonZeroU32::MIN),
+        });
+        Ok(RegoPolicy {
+            policy_ref,
+            template: engine,
+            has_reason,
+            pool: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn take_engine(&self) -> Engine {
+        self.pool
+            .lock()
+            .ok()
+            .and_then(|mut p| p.pop())
+            .unwrap_or_else(|| self.template.clone())
+    }
+
+    fn put_engine(&self, e: Engine) {
+        if let Ok(mut p) = self.pool.lock() {
+            if p.len() < 64 {
+                p.push(e);
+            }
+        }
+    }
+
+    fn eval_in(&self, engine: &mut Engine, input: regorus::Value) -> Verdict {
+        engine.set_input(input);
+        let allow = match engine.eval_rule(ALLOW_RULE.to_string()) {
+            Ok(v) => v,
+            Err(e) => {
+                return Verdict::deny(format!(
+                    "policy evaluation failed: {}",
+                    first_line(&e.to_string())
+                ));
+            }
+        };
+        match allow {
+            regorus::Value::Bool(true) => Verdict {
+                decision: Decision::Allow,
+                reason: None,
+            },
+            regorus::Value::Bool(false) => {
+                let reason = if self.has_reason {
+                    match engine.eval_rule(REASON_RULE.to_string()) {
+                        Ok(regorus::Value::String(s)) => Some(s.to_string()),
+                        _ => None,
+                    }
+                } else {
+                    None
+                };
+                Verdict::deny(reason.unwrap_or_else(|| "denied by policy".to_string()))
+            }
+            regorus::Value::Undefined => {
+                Verdict::deny("policy result undefined: data.autonomy.allow has no value")
+            }
+            other => Verdict::deny(format!(
+                "policy result is not a boolean: data.autonomy.allow = {}",
+                other.to_json_str().unwrap_or_else(|_| "?".into())
+            )),
+        }
+    }
+}
+
+impl PolicyEvaluator for RegoPolicy {
+    fn evaluate(&self, input: &PolicyInput<'_>) -> Verdict {
+        let mut engine = self.take_engine();
+        let v = self.eval_in(&mut engine, regorus::Value::from(input.to_json()));
+        self.put_engine(engine);
+        v
+    }
+
+    fn policy_ref(&self) -> &PolicyRef {
+        &self.policy_ref
+    }
+}
+
+fn first_line(s: &str) -> String {
+    s.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+        .chars()
+        .take(500)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::demo_policy;
+    use crate::types::{Source, ToolKind};
+    use serde_json::Map;
+
+    fn decide(p: &RegoPolicy, kind: &str) -> Verdict {
+        let k = ToolKind::parse(kind).unwrap();
+        let params = Map::new();
+        p.evaluate(&PolicyInput {
+            kind: &k,
+            params: &params,
+            source: Source::Http,
+            allowed_domains: &[],
+        })
+    }
+
+    #[test]
+    fn demo_table() {
+        let p = demo_policy().unwrap();
+        assert_eq!(decide(&p, "tool.echo").decision, Decision::Allow);
+        assert_eq!(decide(&p, "tool.http_get").decision, Decision::Allow);
+        assert_eq!(decide(&p, "tool.ros2.launch").decision, Decision::Allow);
+        let s = decide(&p, "tool.shell");
+        assert_eq!(s.decision, Decision::Deny);
+        assert!(s.reason.unwrap().contains("always blocked by policy"));
+        let u = decide(&p, "tool.unknown");
+        assert_eq!(u.decision, Decision::Deny);
+        assert!(u.reason.unwrap().contains("tool.unknown"));
+    }
+
+    #[test]
+    fn non_boolean_and_errors_deny() {
+        let p = RegoPolicy::compile(
+            PolicyRef::new("t"),
+            &[("p.rego".into(), "package autonomy\nallow := \"yes\"".into())],
+            None,
+        )
+        .unwrap();
+        let v = decide(&p, "tool.echo");
+        assert_eq!(v.decision, Decision::Deny);
+        assert!(v.reason.unwrap().contains("not a boolean"));
+
+        let p = RegoPolicy::compile(
+            PolicyRef::new("t"),
+            &[(
+                "p.rego".into(),
+                "package autonomy\nallow if input.kind == \"tool.echo\"".into(),
+            )],
+            None,
+        )
+        .unwrap();
+        let v = decide(&p, "tool.shell");
+        assert_eq!(v.decision, Decision::Deny);
+        assert!(v.reason.unwrap().contains("undefined"));
+    }
+
+    #[test]
+    fn missing_entry_point_is_rejected() {
+        let r = RegoPolicy::compile(
+            PolicyRef::new("t"),
+            &[("p.rego".into(), "package other\nallow := true".into())],
+            None,
+        );
+        assert!(matches!(r, Err(RegoPolicyError::EntryPoint(_))));
+        let r = RegoPolicy::compile(
+            PolicyRef::new("t"),
+            &[("p.rego".into(), "package autonomy\nallow if {".into())],
+            None,
+        );
+        assert!(r.is_err());
+    }
+}
