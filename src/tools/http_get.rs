@@ -320,7 +320,7 @@ fn redirect_policy(allowlist: Arc<Allowlist>, max: usize) -> reqwest::redirect::
         let target = attempt.url();
         if !matches!(target.scheme(), "http" | "https") {
             let msg = format!(
-                "redirect to a {}: URL refused (http and https only)",
+                "redirect to scheme {}: refused (http and https only)",
                 target.scheme()
             );
             return attempt.error(Denied(msg));
@@ -423,6 +423,7 @@ mod tests {
     #[test]
     fn bad_params() {
         let h = HttpGet::new(Allowlist::empty(), HttpGetLimits::default());
+        assert!(h.client.is_ok(), "{:?}", h.client.as_ref().err());
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
