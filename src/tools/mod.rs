@@ -2,6 +2,7 @@
 
 pub mod allowlist;
 pub mod http_get;
+mod ssrf;
 
 use serde_json::{Map, Value};
 
