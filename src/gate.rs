@@ -225,6 +225,10 @@ fn decision_record(
     if let Some(reason) = reason {
         r = r.with("reason", reason);
     }
+    // The policy-layer record carries what was asked, so the log alone answers "what was tried".
+    if layer == "policy" {
+        r = r.with("params", Value::Object(call.params.clone()));
+    }
     r
 }
 

@@ -39,7 +39,13 @@ fn demo_policy_rows_and_their_records() {
     assert_eq!(r.status, 403);
     let v = r.json();
     let shell_id = assert_common(&v, "deny", "embedded:demo");
-    assert!(v["reason"].as_str().unwrap().contains("always blocked by policy"), "{v}");
+    assert!(
+        v["reason"]
+            .as_str()
+            .unwrap()
+            .contains("always blocked by policy"),
+        "{v}"
+    );
     assert!(v.get("output").is_none());
 
     // Unknown kind: deny.
@@ -47,7 +53,10 @@ fn demo_policy_rows_and_their_records() {
     assert_eq!(r.status, 403);
     let v = r.json();
     let unknown_id = assert_common(&v, "deny", "embedded:demo");
-    assert!(v["reason"].as_str().unwrap().contains("tool.teleport"), "{v}");
+    assert!(
+        v["reason"].as_str().unwrap().contains("tool.teleport"),
+        "{v}"
+    );
 
     // tool.ros2.launch: allow, decision only (no built-in executor). `params` omitted.
     let r = d.tool(r#"{"kind":"tool.ros2.launch"}"#);
@@ -77,17 +86,29 @@ fn demo_policy_rows_and_their_records() {
     assert_eq!(r["decision"], "allow");
     assert_eq!(r["source"], "http");
     assert_eq!(r["policy_ref"], "embedded:demo");
+    assert_eq!(r["params"], serde_json::json!({"message": "hello"}));
     let r = one(&shell_id);
     assert_eq!(r["decision"], "deny");
-    assert!(r["reason"].as_str().unwrap().contains("always blocked by policy"));
+    assert!(
+        r["reason"]
+            .as_str()
+            .unwrap()
+            .contains("always blocked by policy")
+    );
     assert_eq!(one(&unknown_id)["decision"], "deny");
     assert_eq!(one(&launch_id)["decision"], "allow");
 
     // Both layers under one audit id: policy allow, then runtime deny.
     let recs = records_for(&dir, &get_id);
     assert_eq!(recs.len(), 2, "{recs:?}");
-    assert_eq!((recs[0]["layer"].as_str(), recs[0]["decision"].as_str()), (Some("policy"), Some("allow")));
-    assert_eq!((recs[1]["layer"].as_str(), recs[1]["decision"].as_str()), (Some("runtime"), Some("deny")));
+    assert_eq!(
+        (recs[0]["layer"].as_str(), recs[0]["decision"].as_str()),
+        (Some("policy"), Some("allow"))
+    );
+    assert_eq!(
+        (recs[1]["layer"].as_str(), recs[1]["decision"].as_str()),
+        (Some("runtime"), Some("deny"))
+    );
     assert!(recs[0]["seq"].as_u64() < recs[1]["seq"].as_u64());
 
     let (code, out) = wal_verify(&dir);
@@ -121,23 +142,87 @@ fn malformed_requests_get_4xx_and_the_server_goes_on() {
         "x".repeat(2 * 1024 * 1024)
     );
     let cases: Vec<(&str, &str, Vec<u8>, u16, &str)> = vec![
-        ("invalid JSON", "application/json", b"{not json".to_vec(), 400, "not valid JSON"),
-        ("kind not a string", "application/json", br#"{"kind":7}"#.to_vec(), 400, "`kind` must be a string"),
-        ("kind missing", "application/json", br#"{"params":{}}"#.to_vec(), 400, "`kind` is missing"),
-        ("params an array", "application/json", br#"{"kind":"tool.echo","params":[1]}"#.to_vec(), 400, "`params` must be a JSON object"),
-        ("body an array", "application/json", b"[]".to_vec(), 400, "must be a JSON object"),
-        ("deeply nested", "application/json", deep.into_bytes(), 400, "not valid JSON"),
-        ("2 MiB body", "application/json", big.into_bytes(), 413, "limit"),
-        ("text/plain", "text/plain", good.as_bytes().to_vec(), 415, "Content-Type: application/json"),
-        ("no content type", "", good.as_bytes().to_vec(), 415, "Content-Type: application/json"),
+        (
+            "invalid JSON",
+            "application/json",
+            b"{not json".to_vec(),
+            400,
+            "not valid JSON",
+        ),
+        (
+            "kind not a string",
+            "application/json",
+            br#"{"kind":7}"#.to_vec(),
+            400,
+            "`kind` must be a string",
+        ),
+        (
+            "kind missing",
+            "application/json",
+            br#"{"params":{}}"#.to_vec(),
+            400,
+            "`kind` is missing",
+        ),
+        (
+            "params an array",
+            "application/json",
+            br#"{"kind":"tool.echo","params":[1]}"#.to_vec(),
+            400,
+            "`params` must be a JSON object",
+        ),
+        (
+            "body an array",
+            "application/json",
+            b"[]".to_vec(),
+            400,
+            "must be a JSON object",
+        ),
+        (
+            "deeply nested",
+            "application/json",
+            deep.into_bytes(),
+            400,
+            "not valid JSON",
+        ),
+        (
+            "2 MiB body",
+            "application/json",
+            big.into_bytes(),
+            413,
+            "limit",
+        ),
+        (
+            "text/plain",
+            "text/plain",
+            good.as_bytes().to_vec(),
+            415,
+            "Content-Type: application/json",
+        ),
+        (
+            "no content type",
+            "",
+            good.as_bytes().to_vec(),
+            415,
+            "Content-Type: application/json",
+        ),
     ];
     for (what, ct, body, status, msg) in cases {
         let r = http(d.addr, "POST", "/v1/tool", Some((ct, &body)));
-        assert_eq!(r.status, status, "{what}: {}", String::from_utf8_lossy(&r.body));
+        assert_eq!(
+            r.status,
+            status,
+            "{what}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
         let v = r.json();
-        let err = v["error"].as_str().unwrap_or_else(|| panic!("{what}: no error field: {v}"));
+        let err = v["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{what}: no error field: {v}"));
         assert!(err.contains(msg), "{what}: {err}");
-        assert!(v.get("decision").is_none(), "{what}: never reached the evaluator: {v}");
+        assert!(
+            v.get("decision").is_none(),
+            "{what}: never reached the evaluator: {v}"
+        );
         let ok = d.tool(good);
         assert_eq!(ok.status, 200, "after {what}");
         assert_eq!(ok.json()["output"], "still here");
@@ -157,7 +242,11 @@ fn malformed_requests_get_4xx_and_the_server_goes_on() {
 #[test]
 fn without_a_policy_the_runtime_is_deny_all() {
     let d = Daemon::start(&[]);
-    assert!(d.startup.iter().any(|l| l.contains("DENY-ALL")), "{:?}", d.startup);
+    assert!(
+        d.startup.iter().any(|l| l.contains("DENY-ALL")),
+        "{:?}",
+        d.startup
+    );
     let r = d.tool(r#"{"kind":"tool.echo","params":{"message":"x"}}"#);
     assert_eq!(r.status, 403);
     let v = r.json();
@@ -175,15 +264,25 @@ fn without_a_policy_the_runtime_is_deny_all() {
 #[test]
 fn graceful_stop_records_and_exits_zero() {
     let d = Daemon::start(&["--demo"]);
-    assert_eq!(d.tool(r#"{"kind":"tool.echo","params":{"message":"a"}}"#).status, 200);
+    assert_eq!(
+        d.tool(r#"{"kind":"tool.echo","params":{"message":"a"}}"#)
+            .status,
+        200
+    );
     let dir = d.wal_dir.clone();
     let st = d.stop();
     assert_eq!(st.code(), Some(0));
     let recs = wal_records(&dir);
     let first = &recs[0];
-    assert_eq!((first["type"].as_str(), first["event"].as_str()), (Some("runtime"), Some("started")));
+    assert_eq!(
+        (first["type"].as_str(), first["event"].as_str()),
+        (Some("runtime"), Some("started"))
+    );
     let last = recs.last().unwrap();
-    assert_eq!((last["type"].as_str(), last["event"].as_str()), (Some("runtime"), Some("stopped")));
+    assert_eq!(
+        (last["type"].as_str(), last["event"].as_str()),
+        (Some("runtime"), Some("stopped"))
+    );
     for (i, r) in recs.iter().enumerate() {
         assert_eq!(r["seq"].as_u64(), Some(i as u64 + 1));
     }
@@ -196,12 +295,20 @@ fn wal_failure_is_503_and_nothing_executes() {
     let wal = tmp.path().join("wal");
     // A per-file size limit makes the WAL's writes fail with EFBIG once the segment reaches
     // 64 KiB: the same path as a full disk, without needing one.
-    let d = Daemon::start_in(&wal, &["--demo", "--wal-segment-bytes", "1048576"], |c| unsafe {
-        c.pre_exec(|| {
-            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_FSIZE, 64 * 1024, 64 * 1024)
+    let d = Daemon::start_in(
+        &wal,
+        &["--demo", "--wal-segment-bytes", "1048576"],
+        |c| unsafe {
+            c.pre_exec(|| {
+                nix::sys::resource::setrlimit(
+                    nix::sys::resource::Resource::RLIMIT_FSIZE,
+                    64 * 1024,
+                    64 * 1024,
+                )
                 .map_err(std::io::Error::from)
-        });
-    });
+            });
+        },
+    );
     let msg = "y".repeat(4000);
     let body = format!(r#"{{"kind":"tool.echo","params":{{"message":"{msg}"}}}}"#);
     let mut saw_503 = None;
@@ -215,10 +322,17 @@ fn wal_failure_is_503_and_nothing_executes() {
     }
     let v = saw_503.expect("the WAL never failed");
     assert_common(&v, "deny", "embedded:demo");
-    assert!(v.get("output").is_none(), "nothing executes without its record: {v}");
+    assert!(
+        v.get("output").is_none(),
+        "nothing executes without its record: {v}"
+    );
     assert!(v["error"].is_string(), "{v}");
     // It stays failed (no retry of a failed fsync), and the server still answers.
-    assert_eq!(d.tool(r#"{"kind":"tool.echo","params":{"message":"x"}}"#).status, 503);
+    assert_eq!(
+        d.tool(r#"{"kind":"tool.echo","params":{"message":"x"}}"#)
+            .status,
+        503
+    );
     assert_eq!(http(d.addr, "GET", "/health", None).status, 200);
 }
 
@@ -251,14 +365,17 @@ fn http_get_through_the_gate() {
     };
     let big = LocalServer::start(|_| ok_response("text/plain", &vec![b'z'; 2 * 1024 * 1024]));
     let allow = format!(
-        "127.0.0.1:{},127.0.0.1:{},127.0.0.1:{},localhost:{}",
+        "127.0.0.1:{},127.0.0.1:{},127.0.0.1:{}",
         target.addr.port(),
         redirector.addr.port(),
         big.addr.port(),
-        target.addr.port()
     );
     let d = Daemon::start(&["--demo", "--allowed-domains", &allow]);
-    let get = |url: &str| d.tool(&format!(r#"{{"kind":"tool.http_get","params":{{"endpoint":"{url}"}}}}"#));
+    let get = |url: &str| {
+        d.tool(&format!(
+            r#"{{"kind":"tool.http_get","params":{{"endpoint":"{url}"}}}}"#
+        ))
+    };
 
     // Allowlisted by IP literal: fetched.
     let r = get(&format!("http://127.0.0.1:{}/hi", target.addr.port()));
@@ -273,12 +390,6 @@ fn http_get_through_the_gate() {
     let r = get(&other_url);
     assert_eq!(r.status, 403);
     assert_eq!(other.hits(), 0);
-
-    // `localhost` is allowlisted by name, but it resolves to loopback and no IP entry names it.
-    let r = get(&format!("http://localhost:{}/hi", target.addr.port()));
-    assert_eq!(r.status, 403, "{}", String::from_utf8_lossy(&r.body));
-    assert!(r.json()["reason"].as_str().unwrap().contains("127.0.0.1"), "{}", r.json());
-    assert_eq!(target.hits(), 1);
 
     // A redirect to a target outside the allowlist is refused, and the target never hears of it.
     let r = get(&format!("http://127.0.0.1:{}/go", redirector.addr.port()));
@@ -299,7 +410,10 @@ fn cli_errors_are_one_line() {
     let run = |args: &[&str]| {
         let mut child = std::process::Command::new(bin())
             .args(args)
-            .env("XDG_STATE_HOME", std::env::temp_dir().join("autonomy-test-state"))
+            .env(
+                "XDG_STATE_HOME",
+                std::env::temp_dir().join("autonomy-test-state"),
+            )
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
@@ -330,13 +444,42 @@ fn cli_errors_are_one_line() {
     let addr = l.local_addr().unwrap().to_string();
     let tmp = tempfile::tempdir().unwrap();
     let (code, err) = run(&[
-        "runtime", "start", "--demo", "--listen", &addr, "--wal-dir",
+        "runtime",
+        "start",
+        "--demo",
+        "--listen",
+        &addr,
+        "--wal-dir",
         tmp.path().to_str().unwrap(),
     ]);
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("address") && err.contains("--listen"), "{err}");
-    assert_eq!(err.trim().lines().filter(|l| l.contains("error")).count(), 1, "{err}");
+    assert_eq!(
+        err.trim().lines().filter(|l| l.contains("error")).count(),
+        1,
+        "{err}"
+    );
 
-    let out = std::process::Command::new(bin()).arg("version").output().unwrap();
+    let out = std::process::Command::new(bin())
+        .arg("version")
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("autonomy 0."));
+}
+
+#[test]
+fn http_get_localhost_by_name_is_refused() {
+    let target = LocalServer::start(|_| ok_response("text/plain", b"private"));
+    // `localhost` is allowlisted by name, but it resolves to loopback and no entry names the IP.
+    let allow = format!("localhost:{}", target.addr.port());
+    let d = Daemon::start(&["--demo", "--allowed-domains", &allow]);
+    let r = d.tool(&format!(
+        r#"{{"kind":"tool.http_get","params":{{"endpoint":"http://localhost:{}/"}}}}"#,
+        target.addr.port()
+    ));
+    assert_eq!(r.status, 403, "{}", String::from_utf8_lossy(&r.body));
+    let v = r.json();
+    assert_common(&v, "deny", "embedded:demo");
+    assert!(v["reason"].as_str().unwrap().contains("127.0.0.1"), "{v}");
+    assert_eq!(target.hits(), 0);
 }

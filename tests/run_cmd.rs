@@ -18,12 +18,23 @@ fn autonomy_run(args: &[&str], tmpdir: &std::path::Path) -> (Option<i32>, String
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let st = wait_timeout(&mut child, Duration::from_secs(60)).expect("autonomy run finished within 60 s");
+    let st = wait_timeout(&mut child, Duration::from_secs(60))
+        .expect("autonomy run finished within 60 s");
     let mut out = String::new();
     let mut err = String::new();
     use std::io::Read;
-    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
-    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
     (st.code(), out, err)
 }
 
@@ -33,7 +44,10 @@ fn example_agent_passes_under_run() {
     let agent = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/agent.py");
     let (code, out, err) = autonomy_run(&["python3", agent], tmp.path());
     assert_eq!(code, Some(0), "stdout:\n{out}\nstderr:\n{err}");
-    assert!(out.contains("4 of 4 answers match the demo policy"), "{out}");
+    assert!(
+        out.contains("4 of 4 answers match the demo policy"),
+        "{out}"
+    );
     // The temp WAL is gone.
     let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
     assert!(left.is_empty(), "temp WAL left behind: {left:?}");
@@ -61,7 +75,10 @@ print(body["audit_id"])
     assert_eq!(recs.len(), 1, "{recs:?}");
     assert_eq!(recs[0]["decision"], "allow");
     assert_eq!(recs[0]["kind"], "tool.echo");
-    assert!(err.contains(&format!("WAL kept at {}", wal.display())), "{err}");
+    assert!(
+        err.contains(&format!("WAL kept at {}", wal.display())),
+        "{err}"
+    );
     let (code, out) = wal_verify(&wal);
     assert_eq!(code, 0, "{out}");
 }
@@ -78,8 +95,15 @@ fn exit_codes_are_propagated() {
     assert_eq!(code, Some(143));
     let (code, _, err) = autonomy_run(&["definitely-not-a-command-xyz"], tmp.path());
     assert_eq!(code, Some(127));
-    assert_eq!(err.trim().lines().filter(|l| l.contains("error")).count(), 1, "{err}");
-    assert!(err.contains("command not found: definitely-not-a-command-xyz"), "{err}");
+    assert_eq!(
+        err.trim().lines().filter(|l| l.contains("error")).count(),
+        1,
+        "{err}"
+    );
+    assert!(
+        err.contains("command not found: definitely-not-a-command-xyz"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -139,7 +163,12 @@ fn env_dir_keeps_the_wal() {
 fn sigterm_is_forwarded_to_the_child() {
     let tmp = tempfile::tempdir().unwrap();
     let mut child = Command::new(bin())
-        .args(["run", "sh", "-c", "trap 'exit 7' TERM; echo ready; while :; do sleep 0.05; done"])
+        .args([
+            "run",
+            "sh",
+            "-c",
+            "trap 'exit 7' TERM; echo ready; while :; do sleep 0.05; done",
+        ])
         .env("TMPDIR", tmp.path())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

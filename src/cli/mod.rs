@@ -80,6 +80,7 @@ pub fn main() -> ExitCode {
         Err(e) => return clap_error(e),
     };
     init_tracing();
+    ignore_sigxfsz();
     match cli.cmd {
         Command::Version => {
             println!("autonomy {}", crate::VERSION);
@@ -99,6 +100,14 @@ pub fn main() -> ExitCode {
             cmd: RuntimeCmd::Start(args),
         } => with_tokio(runtime_cmd::start(args)),
     }
+}
+
+/// A file-size limit hit by the WAL must become a write error (→ 503, fail closed), not a
+/// silent death of the runtime by SIGXFSZ.
+fn ignore_sigxfsz() {
+    use nix::sys::signal::{SigHandler, Signal, signal};
+    // SAFETY: installing SIG_IGN runs no code in signal context and happens before any threads.
+    let _ = unsafe { signal(Signal::SIGXFSZ, SigHandler::SigIgn) };
 }
 
 fn with_tokio<F: std::future::Future<Output = ExitCode>>(f: F) -> ExitCode {

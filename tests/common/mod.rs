@@ -38,7 +38,8 @@ impl Daemon {
 
     /// Starts the daemon on `wal_dir`; `tweak` may adjust the command (env, rlimits).
     pub fn start_in(wal_dir: &Path, extra: &[&str], tweak: impl FnOnce(&mut Command)) -> Daemon {
-        Self::try_start_in(wal_dir, extra, tweak).unwrap_or_else(|e| panic!("daemon did not start: {e}"))
+        Self::try_start_in(wal_dir, extra, tweak)
+            .unwrap_or_else(|e| panic!("daemon did not start: {e}"))
     }
 
     /// As `start_in`, but returns the startup failure (stderr) instead of panicking.
@@ -114,14 +115,20 @@ impl Daemon {
 
     /// POSTs JSON to /v1/tool.
     pub fn tool(&self, body: &str) -> Resp {
-        http(self.addr, "POST", "/v1/tool", Some(("application/json", body.as_bytes())))
+        http(
+            self.addr,
+            "POST",
+            "/v1/tool",
+            Some(("application/json", body.as_bytes())),
+        )
     }
 
     /// Sends SIGTERM and waits (up to 20 s) for the exit status.
     pub fn stop(mut self) -> std::process::ExitStatus {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        wait_timeout(&mut self.child, Duration::from_secs(20)).expect("daemon did not stop within 20 s")
+        wait_timeout(&mut self.child, Duration::from_secs(20))
+            .expect("daemon did not stop within 20 s")
     }
 }
 
