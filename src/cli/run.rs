@@ -5,36 +5,12 @@ use std::process::ExitCode;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use tokio::signal::unix::{SignalKind, signal};
 
 use super::RunArgs;
 use crate::runtime::{Runtime, RuntimeConfig};
+use crate::signals::{Signals, exit_code_of};
 use crate::tools::Allowlist;
 use crate::wal::WalOptions;
-
-/// SIGINT and SIGTERM as a stream.
-pub struct Signals {
-    int: tokio::signal::unix::Signal,
-    term: tokio::signal::unix::Signal,
-}
-
-impl Signals {
-    /// Installs the handlers (from now on the signals no longer kill us).
-    pub fn new() -> std::io::Result<Self> {
-        Ok(Signals {
-            int: signal(SignalKind::interrupt())?,
-            term: signal(SignalKind::terminate())?,
-        })
-    }
-
-    /// Waits for the next SIGINT or SIGTERM.
-    pub async fn next(&mut self) -> Signal {
-        tokio::select! {
-            _ = self.int.recv() => Signal::SIGINT,
-            _ = self.term.recv() => Signal::SIGTERM,
-        }
-    }
-}
 
 /// Where the run's WAL lives and whether it is removed at exit.
 enum WalPlace {
@@ -161,14 +137,3 @@ fn child_got_tty_sigint() -> bool {
     }
 }
 
-/// The child's exit code, or 128+N when it died of signal N.
-pub fn exit_code_of(s: std::process::ExitStatus) -> u8 {
-    use std::os::unix::process::ExitStatusExt;
-    if let Some(c) = s.code() {
-        (c & 0xff) as u8
-    } else if let Some(sig) = s.signal() {
-        (128 + sig).min(255) as u8
-    } else {
-        super::EXIT_FAILURE
-    }
-}

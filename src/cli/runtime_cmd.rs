@@ -84,7 +84,7 @@ pub async fn start(args: StartArgs) -> ExitCode {
         },
         body_limit: crate::http::DEFAULT_BODY_LIMIT,
     };
-    let mut sigs = match super::run::Signals::new() {
+    let mut sigs = match crate::signals::Signals::new() {
         Ok(s) => s,
         Err(e) => return super::fail(&format!("cannot install signal handlers: {e}")),
     };

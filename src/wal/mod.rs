@@ -245,3 +245,26 @@ impl Wal {
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string()
 }
+
+/// Every record payload in `dir`, in order (FIRST CUT: replaced by the reader).
+pub fn read_records(dir: &Path) -> Result<Vec<Value>, WalError> {
+    let path = dir.join("00000000000000000001.wal");
+    let data = std::fs::read(&path).map_err(|e| WalError::Io {
+        context: format!("cannot read {}", path.display()),
+        source: e,
+    })?;
+    let mut out = Vec::new();
+    let mut off = 0usize;
+    while off + 8 <= data.len() {
+        let len = u32::from_le_bytes([data[off], data[off + 1], data[off + 2], data[off + 3]]) as usize;
+        let end = off + 8 + len;
+        if len == 0 || end > data.len() {
+            break;
+        }
+        let v: Value = serde_json::from_slice(&data[off + 8..end])
+            .map_err(|e| WalError::Invalid(e.to_string()))?;
+        out.push(v);
+        off = end;
+    }
+    Ok(out)
+}
