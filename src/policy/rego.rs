@@ -121,10 +121,10 @@ impl RegoPolicy {
     }
 
     fn put_engine(&self, e: Engine) {
-        if let Ok(mut p) = self.pool.lock() {
-            if p.len() < 64 {
-                p.push(e);
-            }
+        if let Ok(mut p) = self.pool.lock()
+            && p.len() < 64
+        {
+            p.push(e);
         }
     }
 
