@@ -107,12 +107,39 @@ impl WalDamage {
             return String::new();
         }
         format!(
-            "run `autonomy wal verify --dir {}` for details; restore the directory from a backup, \
-             or move {} and any later segments aside, accepting the loss of the records from offset {} on",
+            "run `autonomy wal verify --dir {}` for details; {}",
             self.dir.display(),
+            self.restore_advice()
+        )
+    }
+
+    /// How to get going again (without the pointer to `wal verify`).
+    pub fn restore_advice(&self) -> String {
+        format!(
+            "restore the directory from a backup, or move {} and any later segments aside, \
+             accepting the loss of the records from offset {} on",
             self.segment_name(),
             self.offset
         )
+    }
+
+    /// `CODE at <segment> offset <n> (seq <s>): <what was found>`.
+    pub fn summary(&self) -> String {
+        if !self.code.is_damage() {
+            return self.message.clone();
+        }
+        let mut s = format!(
+            "{} at {} offset {}",
+            self.code,
+            self.segment_name(),
+            self.offset
+        );
+        if let Some(q) = self.seq {
+            s.push_str(&format!(" (seq {q})"));
+        }
+        s.push_str(": ");
+        s.push_str(&self.message);
+        s
     }
 }
 
@@ -121,17 +148,7 @@ impl fmt::Display for WalDamage {
         if !self.code.is_damage() {
             return f.write_str(&self.message);
         }
-        write!(
-            f,
-            "{} at {} offset {}",
-            self.code,
-            self.segment_name(),
-            self.offset
-        )?;
-        if let Some(s) = self.seq {
-            write!(f, " (seq {s})")?;
-        }
-        write!(f, ": {}; {}", self.message, self.advice())
+        write!(f, "{}; {}", self.summary(), self.advice())
     }
 }
 
@@ -150,6 +167,8 @@ pub struct StoredRecord {
     pub audit_id: Option<String>,
     /// The whole payload.
     pub payload: Value,
+    /// The payload exactly as stored (JSON text, reserved keys first).
+    pub raw: String,
     /// `sha256:<hex>` of the payload bytes (the next record's `prev`).
     pub hash: String,
     /// The segment holding it.
@@ -719,6 +738,7 @@ impl Reader {
             rtype,
             audit_id,
             hash: hash_payload(payload),
+            raw: String::from_utf8_lossy(payload).into_owned(),
             payload: v,
             segment: path.to_path_buf(),
             offset: off,
