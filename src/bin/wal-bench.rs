@@ -103,7 +103,10 @@ fn raw_fdatasync(dir: &Path, secs: f64, pre: Preallocate) -> Row {
     }
     let _ = std::fs::remove_file(&path);
     Row {
-        what: format!("raw write+fdatasync 256 B, 1 thread, prealloc={}", name(pre)),
+        what: format!(
+            "raw write+fdatasync 256 B, 1 thread, prealloc={}",
+            name(pre)
+        ),
         ops: lat.len() as u64,
         secs: start.elapsed().as_secs_f64(),
         lat,
@@ -184,7 +187,11 @@ fn main() {
     eprintln!("autonomy-wal-bench: scratch dir {}", dir.display());
     println!("| measurement | ops/s | p50 µs | p99 µs | ops |");
     println!("|---|---:|---:|---:|---:|");
-    let modes = [Preallocate::Off, Preallocate::Fallocate, Preallocate::ZeroFill];
+    let modes = [
+        Preallocate::Off,
+        Preallocate::Fallocate,
+        Preallocate::ZeroFill,
+    ];
     for pre in modes {
         print_row(&mut raw_fdatasync(dir, a.secs, pre));
     }

@@ -613,6 +613,10 @@ impl Reader {
                     Err(e) => return Err(self.io_err(&path, e)),
                 };
                 cur.buf.clear();
+                if valid_frame_at(&rest).is_some() {
+                    // A live writer completed the frame since our cached read: read it again.
+                    continue;
+                }
                 match classify_tail(&rest, off) {
                     Tail::Clean => {
                         // Clean end of this segment: move on if a later one exists.

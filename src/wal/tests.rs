@@ -343,3 +343,21 @@ fn incomplete_new_segment_header_is_removed() {
     drop(w);
     assert_eq!(verify(d.path()).unwrap().records, 4);
 }
+
+#[test]
+fn live_reader_does_not_mistake_stale_cached_zeros_for_damage() {
+    let d = tempfile::tempdir().unwrap();
+    let (w, _) = Wal::open(d.path(), opts(1024 * 1024, Preallocate::Fallocate)).unwrap();
+    w.append(rec(1)).unwrap();
+    w.append(rec(2)).unwrap();
+    let mut r = Reader::open(d.path()).unwrap();
+    r.set_live(true);
+    // Caches a chunk holding records 1-2 and zeros after them.
+    assert_eq!(r.next_record().unwrap().unwrap().seq, 1);
+    w.append_batch(vec![rec(3), rec(4), rec(5)]).unwrap();
+    let mut got = Vec::new();
+    while let Some(x) = r.next_record().unwrap() {
+        got.push(x.seq);
+    }
+    assert_eq!(got, vec![2, 3, 4, 5]);
+}
