@@ -361,3 +361,10 @@ fn live_reader_does_not_mistake_stale_cached_zeros_for_damage() {
     }
     assert_eq!(got, vec![2, 3, 4, 5]);
 }
+
+#[test]
+fn wal_is_send_and_sync() {
+    fn check<T: Send + Sync + 'static>() {}
+    check::<Wal>();
+    check::<Arc<Wal>>();
+}
