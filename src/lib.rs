@@ -9,9 +9,9 @@
 pub mod cli;
 pub mod gate;
 pub mod http;
+pub mod launch;
 pub mod paths;
 pub mod policy;
-pub mod launch;
 pub mod runtime;
 pub mod signals;
 pub mod tools;

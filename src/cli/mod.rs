@@ -2,6 +2,7 @@
 
 mod run;
 mod runtime_cmd;
+mod wal_cmd;
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -34,6 +35,11 @@ enum Command {
     Runtime {
         #[command(subcommand)]
         cmd: RuntimeCmd,
+    },
+    /// Read and check a WAL directory (no lock needed; safe on a live runtime's WAL).
+    Wal {
+        #[command(subcommand)]
+        cmd: wal_cmd::WalCmd,
     },
     /// Print the version.
     Version,
@@ -96,6 +102,7 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::Run(args) => with_tokio(run::run(args)),
+        Command::Wal { cmd } => wal_cmd::run(cmd),
         Command::Runtime {
             cmd: RuntimeCmd::Start(args),
         } => with_tokio(runtime_cmd::start(args)),

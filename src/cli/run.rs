@@ -136,4 +136,3 @@ fn child_got_tty_sigint() -> bool {
         Err(_) => false,
     }
 }
-

@@ -126,7 +126,9 @@ mod tests {
             })
         );
         assert_eq!(
-            parse("[ERROR] [talker-1]: process has died [pid 4242, exit code -2, cmd '/opt/ros/jazzy/lib/demo_nodes_cpp/talker --ros-args -r __node:=talker']."),
+            parse(
+                "[ERROR] [talker-1]: process has died [pid 4242, exit code -2, cmd '/opt/ros/jazzy/lib/demo_nodes_cpp/talker --ros-args -r __node:=talker']."
+            ),
             Some(Lifecycle::Died {
                 name: Some("talker-1".into()),
                 pid: 4242,
@@ -141,7 +143,13 @@ mod tests {
                 pid: 7
             })
         );
-        assert_eq!(parse("[INFO] [talker-1]: Publishing: 'Hello World: 1'"), None);
-        assert_eq!(parse("process has died [pid x, exit code 1, cmd 'a']"), None);
+        assert_eq!(
+            parse("[INFO] [talker-1]: Publishing: 'Hello World: 1'"),
+            None
+        );
+        assert_eq!(
+            parse("process has died [pid x, exit code 1, cmd 'a']"),
+            None
+        );
     }
 }

@@ -122,12 +122,7 @@ impl Supervision {
         Ok(exit_code_of(status))
     }
 
-    fn escalate(
-        &self,
-        stage: Stage,
-        pid: Pid,
-        pgid: Pid,
-    ) -> (Stage, Option<tokio::time::Instant>) {
+    fn escalate(&self, stage: Stage, pid: Pid, pgid: Pid) -> (Stage, Option<tokio::time::Instant>) {
         let now = tokio::time::Instant::now();
         match stage {
             Stage::Running => {

@@ -1,17 +1,23 @@
 //! The write-ahead log: durable, hash-chained audit records.
 //!
-//! FIRST CUT (issue 2): one segment file, a mutex and one fsync per append. The real engine
-//! (segments, group commit, recovery, verify) replaces the insides behind the same API.
+//! Segment files of length-prefixed, CRC32C-checked JSON frames; each payload carries a
+//! contiguous `seq` and the hash of the previous payload. Appends use leader/follower group
+//! commit: concurrent appenders share one `fdatasync`, and every append returns only once its
+//! bytes are durable. The byte layout and recovery rules are in `docs/wal.md`.
 
-use std::fs::{File, OpenOptions};
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+mod format;
+pub mod reader;
+mod writer;
 
 use serde_json::{Map, Value};
-use sha2::{Digest, Sha256};
 
-use crate::types::{AuditId, Seq};
+use crate::types::AuditId;
+
+pub use format::{GENESIS, MAX_PAYLOAD, RESERVED_KEYS, segment_name};
+pub use reader::{
+    DamageCode, Reader, StoredRecord, TornTail, VerifyReport, WalDamage, list_segments, verify,
+};
+pub use writer::Wal;
 
 /// The kinds of record the log holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -83,6 +89,18 @@ pub enum SyncMode {
     None,
 }
 
+/// How a new segment's space is reserved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Preallocate {
+    /// No preallocation: the file grows with each write.
+    Off,
+    /// `fallocate(2)` mode 0 (falls back to zero-fill where unsupported).
+    #[default]
+    Fallocate,
+    /// Write `segment_bytes` of zeros (and fsync) when the segment is created.
+    ZeroFill,
+}
+
 /// Options for opening a WAL.
 #[derive(Debug, Clone)]
 pub struct WalOptions {
@@ -90,6 +108,8 @@ pub struct WalOptions {
     pub segment_bytes: u64,
     /// Durability mode.
     pub sync: SyncMode,
+    /// Reserve `segment_bytes` when a segment is created (see `docs/benchmarks.md`).
+    pub preallocate: Preallocate,
 }
 
 impl Default for WalOptions {
@@ -97,6 +117,7 @@ impl Default for WalOptions {
         WalOptions {
             segment_bytes: 64 * 1024 * 1024,
             sync: SyncMode::Fsync,
+            preallocate: Preallocate::default(),
         }
     }
 }
@@ -118,7 +139,13 @@ pub enum WalError {
     /// A previous write or fsync failed; the log refuses further appends.
     #[error("WAL_FAILED: an earlier write failed ({0}); restart the runtime")]
     Poisoned(String),
-    /// Any other invalid use.
+    /// The stored log is damaged; the WAL refuses to open.
+    #[error("{0}")]
+    Damaged(WalDamage),
+    /// The WAL was closed.
+    #[error("WAL_CLOSED: the WAL is closed")]
+    Closed,
+    /// Any other invalid use (a reserved body key, a payload over the size limit, …).
     #[error("{0}")]
     Invalid(String),
 }
@@ -132,139 +159,22 @@ pub struct Recovery {
     pub trimmed: Option<String>,
 }
 
-const GENESIS: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
-
-struct State {
-    file: File,
-    next_seq: u64,
-    prev: String,
-    failed: Option<String>,
-}
-
-/// An open, exclusively owned WAL directory.
-pub struct Wal {
-    dir: PathBuf,
-    sync: SyncMode,
-    state: Mutex<State>,
-}
-
-impl Wal {
-    /// Opens (creating if needed) the WAL in `dir`.
-    pub fn open(dir: &Path, opts: WalOptions) -> Result<(Wal, Recovery), WalError> {
-        std::fs::create_dir_all(dir).map_err(|e| WalError::Io {
-            context: format!("cannot create WAL directory {}", dir.display()),
-            source: e,
-        })?;
-        let path = dir.join("00000000000000000001.wal");
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| WalError::Io {
-                context: format!("cannot open {}", path.display()),
-                source: e,
-            })?;
-        Ok((
-            Wal {
-                dir: dir.to_path_buf(),
-                sync: opts.sync,
-                state: Mutex::new(State {
-                    file,
-                    next_seq: 1,
-                    prev: GENESIS.to_string(),
-                    failed: None,
-                }),
-            },
-            Recovery::default(),
-        ))
-    }
-
-    /// The directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    /// Appends one record; returns once it is durable.
-    pub fn append(&self, rec: NewRecord) -> Result<Seq, WalError> {
-        self.append_batch(vec![rec])
-    }
-
-    /// Appends records in order; returns the last seq once all are durable.
-    pub fn append_batch(&self, recs: Vec<NewRecord>) -> Result<Seq, WalError> {
-        let mut st = self
-            .state
-            .lock()
-            .map_err(|_| WalError::Poisoned("lock poisoned".into()))?;
-        if let Some(f) = &st.failed {
-            return Err(WalError::Poisoned(f.clone()));
-        }
-        let mut buf = Vec::new();
-        let mut last = Seq(st.next_seq.saturating_sub(1));
-        for rec in recs {
-            let mut obj = Map::new();
-            obj.insert("seq".into(), st.next_seq.into());
-            obj.insert("ts".into(), now_rfc3339().into());
-            obj.insert("type".into(), rec.rtype.as_str().into());
-            if let Some(a) = &rec.audit_id {
-                obj.insert("audit_id".into(), a.as_str().into());
-            }
-            obj.insert("prev".into(), st.prev.clone().into());
-            for (k, v) in rec.body {
-                obj.insert(k, v);
-            }
-            let payload = serde_json::to_vec(&Value::Object(obj))
-                .map_err(|e| WalError::Invalid(e.to_string()))?;
-            st.prev = format!("sha256:{}", hex::encode(Sha256::digest(&payload)));
-            buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-            buf.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
-            buf.extend_from_slice(&payload);
-            last = Seq(st.next_seq);
-            st.next_seq += 1;
-        }
-        let res = st.file.write_all(&buf).and_then(|_| match self.sync {
-            SyncMode::Fsync => st.file.sync_data(),
-            SyncMode::None => Ok(()),
-        });
-        if let Err(e) = res {
-            st.failed = Some(e.to_string());
-            return Err(WalError::Io {
-                context: "WAL write failed".into(),
-                source: e,
-            });
-        }
-        Ok(last)
-    }
-
-    /// Flushes and closes.
-    pub fn close(&self) -> Result<(), WalError> {
-        Ok(())
-    }
-}
-
 /// Current UTC time as RFC 3339 with microseconds.
 pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string()
 }
 
-/// Every record payload in `dir`, in order (FIRST CUT: replaced by the reader).
-pub fn read_records(dir: &Path) -> Result<Vec<Value>, WalError> {
-    let path = dir.join("00000000000000000001.wal");
-    let data = std::fs::read(&path).map_err(|e| WalError::Io {
-        context: format!("cannot read {}", path.display()),
-        source: e,
-    })?;
+/// Every record payload in `dir`, in order, read like `wal verify` reads (a live writer's
+/// half-written tail is not an error).
+pub fn read_records(dir: &std::path::Path) -> Result<Vec<Value>, WalDamage> {
+    let mut r = Reader::open(dir)?;
+    r.set_live(true);
     let mut out = Vec::new();
-    let mut off = 0usize;
-    while off + 8 <= data.len() {
-        let len = u32::from_le_bytes([data[off], data[off + 1], data[off + 2], data[off + 3]]) as usize;
-        let end = off + 8 + len;
-        if len == 0 || end > data.len() {
-            break;
-        }
-        let v: Value = serde_json::from_slice(&data[off + 8..end])
-            .map_err(|e| WalError::Invalid(e.to_string()))?;
-        out.push(v);
-        off = end;
+    while let Some(rec) = r.next_record()? {
+        out.push(rec.payload);
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,262 @@
+//! `autonomy wal inspect` and `autonomy wal verify`: read-only views of a WAL directory.
+//!
+//! Both work without the writer's lock, on a WAL a live runtime is writing, and modify nothing.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+
+use crate::wal::{Reader, StoredRecord, WalDamage};
+
+/// `autonomy wal …`.
+#[derive(Subcommand, Debug)]
+pub enum WalCmd {
+    /// Print the records (a table, or one JSON payload per line with --json).
+    Inspect(InspectArgs),
+    /// Check every segment header, CRC, seq and the hash chain; print the count and head hash.
+    Verify(VerifyArgs),
+}
+
+/// `autonomy wal inspect`.
+#[derive(Args, Debug)]
+pub struct InspectArgs {
+    /// WAL directory [default: $XDG_STATE_HOME/autonomy/wal]
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// One JSON payload per line instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Only records of this type.
+    #[arg(long = "type", value_name = "T", value_parser = ["decision", "runtime", "marker", "lifecycle", "policy", "error"])]
+    pub rtype: Option<String>,
+    /// Only records with this audit id.
+    #[arg(long, value_name = "ID")]
+    pub audit_id: Option<String>,
+    /// Only records with seq >= SEQ.
+    #[arg(long, value_name = "SEQ")]
+    pub since: Option<u64>,
+    /// Keep printing new records as they are appended, until SIGINT/SIGTERM.
+    #[arg(long)]
+    pub follow: bool,
+}
+
+/// `autonomy wal verify`.
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    /// WAL directory [default: $XDG_STATE_HOME/autonomy/wal]
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+}
+
+/// Runs a `wal` subcommand.
+pub fn run(cmd: WalCmd) -> ExitCode {
+    match cmd {
+        WalCmd::Inspect(a) => inspect(a),
+        WalCmd::Verify(a) => verify(a),
+    }
+}
+
+fn dir_or_default(d: Option<PathBuf>) -> PathBuf {
+    d.unwrap_or_else(crate::paths::default_wal_dir)
+}
+
+fn verify(a: VerifyArgs) -> ExitCode {
+    let dir = dir_or_default(a.dir);
+    match crate::wal::verify(&dir) {
+        Ok(r) => {
+            println!(
+                "wal verify: OK — records={} segments={} head_seq={} head_hash={}",
+                r.records, r.segments, r.head_seq, r.head_hash
+            );
+            if let Some(t) = r.torn_tail {
+                println!("warning: {t}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(d) if d.code.is_damage() => {
+            eprintln!(
+                "wal verify: FAILED — {}; {}",
+                d.summary(),
+                d.restore_advice()
+            );
+            ExitCode::from(super::EXIT_FAILURE)
+        }
+        Err(d) => super::fail(&d.to_string()),
+    }
+}
+
+/// A filter over stored records.
+struct Filter {
+    rtype: Option<String>,
+    audit_id: Option<String>,
+    since: Option<u64>,
+}
+
+impl Filter {
+    fn keep(&self, r: &StoredRecord) -> bool {
+        self.rtype.as_deref().is_none_or(|t| r.rtype == t)
+            && self
+                .audit_id
+                .as_deref()
+                .is_none_or(|a| r.audit_id.as_deref() == Some(a))
+            && self.since.is_none_or(|s| r.seq >= s)
+    }
+}
+
+/// The compact summary column: the fields people look for first.
+fn summary(r: &StoredRecord) -> String {
+    const KEYS: [&str; 8] = [
+        "kind",
+        "decision",
+        "reason",
+        "event",
+        "line",
+        "code",
+        "error",
+        "policy_ref",
+    ];
+    let mut parts = Vec::new();
+    if let Some(o) = r.payload.as_object() {
+        for k in KEYS {
+            if let Some(v) = o.get(k) {
+                let s = match v {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                parts.push(format!("{k}={s}"));
+            }
+        }
+    }
+    let mut s = parts.join(" ");
+    if s.chars().count() > 160 {
+        s = s.chars().take(157).collect::<String>() + "...";
+    }
+    s
+}
+
+fn print_record(out: &mut impl Write, r: &StoredRecord, json: bool) -> std::io::Result<()> {
+    if json {
+        writeln!(out, "{}", r.raw)
+    } else {
+        writeln!(
+            out,
+            "{:>8}  {:<27}  {:<9}  {:<36}  {}",
+            r.seq,
+            r.ts,
+            r.rtype,
+            r.audit_id.as_deref().unwrap_or("-"),
+            summary(r)
+        )
+    }
+}
+
+enum Drain {
+    /// Reached the end of the data.
+    End,
+    /// stdout is gone (e.g. `| head`): stop quietly.
+    Closed,
+}
+
+fn drain(
+    reader: &mut Reader,
+    filter: &Filter,
+    json: bool,
+    out: &mut impl Write,
+) -> Result<Drain, WalDamage> {
+    while let Some(r) = reader.next_record()? {
+        if filter.keep(&r) && print_record(out, &r, json).is_err() {
+            return Ok(Drain::Closed);
+        }
+    }
+    if out.flush().is_err() {
+        return Ok(Drain::Closed);
+    }
+    Ok(Drain::End)
+}
+
+fn open_reader(dir: &Path, follow: bool) -> Result<Reader, WalDamage> {
+    if follow {
+        // Following may start before the runtime has created the first segment.
+        let mut r = Reader::open_allow_empty(dir)?;
+        r.set_live(true);
+        Ok(r)
+    } else {
+        Reader::open(dir)
+    }
+}
+
+fn inspect(a: InspectArgs) -> ExitCode {
+    let dir = dir_or_default(a.dir);
+    let filter = Filter {
+        rtype: a.rtype,
+        audit_id: a.audit_id,
+        since: a.since,
+    };
+    let mut reader = match open_reader(&dir, a.follow) {
+        Ok(r) => r,
+        Err(d) => return super::fail(&d.to_string()),
+    };
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    if !a.json
+        && writeln!(
+            out,
+            "{:>8}  {:<27}  {:<9}  {:<36}  SUMMARY",
+            "SEQ", "TIME", "TYPE", "AUDIT_ID"
+        )
+        .is_err()
+    {
+        return ExitCode::SUCCESS;
+    }
+    if !a.follow {
+        return match drain(&mut reader, &filter, a.json, &mut out) {
+            Ok(_) => {
+                if let Some(t) = reader.torn_tail() {
+                    eprintln!("autonomy: warning: {}", t.describe());
+                }
+                ExitCode::SUCCESS
+            }
+            Err(d) => {
+                let _ = out.flush();
+                super::fail(&d.to_string())
+            }
+        };
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return super::fail(&format!("cannot start the async runtime: {e}")),
+    };
+    rt.block_on(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (mut term, mut int) = match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(t), Ok(i)) => (t, i),
+            (Err(e), _) | (_, Err(e)) => {
+                return super::fail(&format!("cannot install signal handlers: {e}"));
+            }
+        };
+        loop {
+            match drain(&mut reader, &filter, a.json, &mut out) {
+                Ok(Drain::End) => {}
+                Ok(Drain::Closed) => return ExitCode::SUCCESS,
+                Err(d) => {
+                    let _ = out.flush();
+                    return super::fail(&d.to_string());
+                }
+            }
+            tokio::select! {
+                _ = term.recv() => return ExitCode::SUCCESS,
+                _ = int.recv() => return ExitCode::SUCCESS,
+                _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+        }
+    })
+}

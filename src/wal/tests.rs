@@ -1,0 +1,370 @@
+//! Unit tests of the WAL engine.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use super::*;
+use crate::types::{AuditId, Seq};
+
+/// Runs `f` on a thread and fails the test if it takes longer than `secs`.
+fn with_timeout<T: Send + 'static>(secs: u64, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(Duration::from_secs(secs))
+        .expect("test timed out (or panicked)")
+}
+
+fn opts(segment_bytes: u64, pre: Preallocate) -> WalOptions {
+    WalOptions {
+        segment_bytes,
+        sync: SyncMode::Fsync,
+        preallocate: pre,
+    }
+}
+
+fn rec(i: u64) -> NewRecord {
+    NewRecord::new(
+        RecordType::Decision,
+        Some(AuditId::from_string(format!("a-{i}"))),
+    )
+    .with("kind", "tool.http_get")
+    .with("decision", "allow")
+    .with("i", i)
+}
+
+fn read_all(dir: &std::path::Path) -> Vec<StoredRecord> {
+    Reader::open(dir)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap()
+}
+
+#[test]
+fn append_reopen_and_read_back() {
+    let d = tempfile::tempdir().unwrap();
+    {
+        let (w, rec0) = Wal::open(d.path(), WalOptions::default()).unwrap();
+        assert_eq!(rec0.records, 0);
+        assert_eq!(w.head(), (Seq(0), GENESIS.to_string()));
+        assert_eq!(w.append(rec(1)).unwrap(), Seq(1));
+        assert_eq!(w.append_batch(vec![rec(2), rec(3)]).unwrap(), Seq(3));
+        assert_eq!(
+            w.append(NewRecord::new(RecordType::Runtime, None).with("event", "x"))
+                .unwrap(),
+            Seq(4)
+        );
+        w.close().unwrap();
+        assert!(matches!(w.append(rec(5)), Err(WalError::Closed)));
+    }
+    let recs = read_all(d.path());
+    assert_eq!(recs.len(), 4);
+    assert_eq!(recs[0].seq, 1);
+    assert_eq!(recs[0].payload["prev"], GENESIS);
+    assert_eq!(recs[1].payload["prev"], recs[0].hash.as_str());
+    assert_eq!(recs[2].payload["i"], 3);
+    assert_eq!(recs[2].audit_id.as_deref(), Some("a-3"));
+    assert_eq!(recs[3].rtype, "runtime");
+    assert_eq!(recs[3].audit_id, None);
+    // Reserved keys come first, in order.
+    let raw = serde_json::to_string(&recs[0].payload).unwrap();
+    assert!(raw.contains("\"seq\":1"), "{raw}");
+    let (w, r) = Wal::open(d.path(), WalOptions::default()).unwrap();
+    assert_eq!(r.records, 4);
+    assert_eq!(r.trimmed, None);
+    assert_eq!(w.head(), (Seq(4), recs[3].hash.clone()));
+    assert_eq!(w.append(rec(5)).unwrap(), Seq(5));
+    drop(w);
+    let rep = verify(d.path()).unwrap();
+    assert_eq!((rep.records, rep.head_seq, rep.segments), (5, 5, 1));
+    assert!(rep.torn_tail.is_none());
+}
+
+#[test]
+fn payload_bytes_start_with_reserved_keys() {
+    let d = tempfile::tempdir().unwrap();
+    let (w, _) = Wal::open(d.path(), WalOptions::default()).unwrap();
+    w.append(rec(1)).unwrap();
+    drop(w);
+    let bytes = std::fs::read(d.path().join(segment_name(1))).unwrap();
+    let len = u32::from_le_bytes(bytes[16..20].try_into().unwrap()) as usize;
+    let crc = u32::from_le_bytes(bytes[20..24].try_into().unwrap());
+    let payload = &bytes[24..24 + len];
+    assert_eq!(crc32c::crc32c(payload), crc);
+    let s = std::str::from_utf8(payload).unwrap();
+    assert!(s.starts_with("{\"seq\":1,\"ts\":\""), "{s}");
+    assert!(s.contains("\"type\":\"decision\",\"audit_id\":\"a-1\",\"prev\":\"sha256:000"));
+    assert_eq!(&bytes[..8], b"AUTONWAL");
+}
+
+#[test]
+fn rejects_reserved_keys_and_oversized() {
+    let d = tempfile::tempdir().unwrap();
+    let (w, _) = Wal::open(d.path(), WalOptions::default()).unwrap();
+    for k in RESERVED_KEYS {
+        let e = w
+            .append(NewRecord::new(RecordType::Runtime, None).with(k, 1))
+            .unwrap_err();
+        assert!(matches!(e, WalError::Invalid(_)), "{k}: {e}");
+    }
+    let big = "x".repeat(MAX_PAYLOAD);
+    let e = w
+        .append(NewRecord::new(RecordType::Runtime, None).with("big", big))
+        .unwrap_err();
+    assert!(e.to_string().contains("too large"), "{e}");
+    // Nothing was consumed by the rejected records.
+    assert_eq!(w.append(rec(1)).unwrap(), Seq(1));
+}
+
+#[test]
+fn rotation_across_segments_keeps_the_chain() {
+    for pre in [
+        Preallocate::Off,
+        Preallocate::Fallocate,
+        Preallocate::ZeroFill,
+    ] {
+        let d = tempfile::tempdir().unwrap();
+        let o = opts(1024, pre);
+        {
+            let (w, _) = Wal::open(d.path(), o.clone()).unwrap();
+            for i in 1..=40 {
+                assert_eq!(w.append(rec(i)).unwrap(), Seq(i));
+            }
+        }
+        let segs = list_segments(d.path()).unwrap();
+        assert!(segs.len() >= 5, "{pre:?}: {} segments", segs.len());
+        assert_eq!(segs[0].0, 1);
+        let recs = read_all(d.path());
+        assert_eq!(recs.len(), 40);
+        for (seg_first, path) in &segs {
+            let first = recs.iter().find(|r| &r.segment == path).unwrap();
+            assert_eq!(first.seq, *seg_first, "segment named by its first seq");
+            if pre != Preallocate::Off {
+                assert_eq!(std::fs::metadata(path).unwrap().len(), 1024);
+            }
+        }
+        // Reopen and continue across more rotations.
+        let (w, r) = Wal::open(d.path(), o).unwrap();
+        assert_eq!(r.records, 40);
+        for i in 41..=60 {
+            assert_eq!(w.append(rec(i)).unwrap(), Seq(i));
+        }
+        drop(w);
+        let rep = verify(d.path()).unwrap();
+        assert_eq!(rep.records, 60, "{pre:?}");
+        assert_eq!(
+            rep.segments as usize,
+            list_segments(d.path()).unwrap().len()
+        );
+    }
+}
+
+#[test]
+fn second_writer_is_locked_out() {
+    let d = tempfile::tempdir().unwrap();
+    let (w, _) = Wal::open(d.path(), WalOptions::default()).unwrap();
+    let e = Wal::open(d.path(), WalOptions::default()).unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, WalError::Locked(_)), "{msg}");
+    assert!(msg.contains(&std::process::id().to_string()), "{msg}");
+    assert!(msg.contains(&d.path().display().to_string()), "{msg}");
+    assert_eq!(msg.lines().count(), 1);
+    // Readers need no lock.
+    w.append(rec(1)).unwrap();
+    assert_eq!(verify(d.path()).unwrap().records, 1);
+    drop(w);
+    let (w2, r) = Wal::open(d.path(), WalOptions::default()).unwrap();
+    assert_eq!(r.records, 1);
+    drop(w2);
+}
+
+#[test]
+fn poisoned_after_a_write_error() {
+    let d = tempfile::tempdir().unwrap();
+    let (w, _) = Wal::open(d.path(), WalOptions::default()).unwrap();
+    w.append(rec(1)).unwrap();
+    w.fail_next_write.store(true, Ordering::SeqCst);
+    let e = w.append(rec(2)).unwrap_err();
+    assert!(matches!(e, WalError::Io { .. }), "{e}");
+    let e = w.append(rec(3)).unwrap_err();
+    assert!(matches!(e, WalError::Poisoned(_)), "{e}");
+    assert!(e.to_string().contains("injected fault"), "{e}");
+    assert_eq!(w.head().0, Seq(1));
+    drop(w);
+    assert_eq!(verify(d.path()).unwrap().records, 1);
+}
+
+#[test]
+fn concurrent_appends_are_contiguous() {
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().to_path_buf();
+    let seqs = with_timeout(120, move || {
+        let (w, _) = Wal::open(&path, opts(256 * 1024, Preallocate::Fallocate)).unwrap();
+        let w = Arc::new(w);
+        let mut hs = Vec::new();
+        for t in 0..16u64 {
+            let w = w.clone();
+            hs.push(std::thread::spawn(move || {
+                let mut mine = Vec::new();
+                for i in 0..200u64 {
+                    let s = w.append(rec(t * 1000 + i)).unwrap();
+                    mine.push(s.0);
+                }
+                mine
+            }));
+        }
+        let mut all: Vec<u64> = hs.into_iter().flat_map(|h| h.join().unwrap()).collect();
+        all.sort();
+        assert_eq!(w.head().0, Seq(3200));
+        all
+    });
+    assert_eq!(seqs, (1..=3200).collect::<Vec<_>>());
+    let rep = verify(d.path()).unwrap();
+    assert_eq!(rep.records, 3200);
+    assert!(rep.segments > 1);
+    assert!(rep.torn_tail.is_none());
+}
+
+#[test]
+fn torn_tail_is_cut_and_recorded() {
+    for pre in [Preallocate::Off, Preallocate::Fallocate] {
+        let d = tempfile::tempdir().unwrap();
+        let o = opts(64 * 1024, pre);
+        {
+            let (w, _) = Wal::open(d.path(), o.clone()).unwrap();
+            for i in 1..=5 {
+                w.append(rec(i)).unwrap();
+            }
+        }
+        let seg = d.path().join(segment_name(1));
+        let bytes = std::fs::read(&seg).unwrap();
+        let end = {
+            let recs = read_all(d.path());
+            let last = recs.last().unwrap();
+            let len = u32::from_le_bytes(
+                bytes[last.offset as usize..last.offset as usize + 4]
+                    .try_into()
+                    .unwrap(),
+            );
+            last.offset + 8 + len as u64
+        };
+        // A half-written sixth frame.
+        let garbage = [0x40u8, 0, 0, 0, 1, 2, 3, 4, b'{', b'"', b's'];
+        let f = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, &garbage, end).unwrap();
+        drop(f);
+        let rep = verify(d.path()).unwrap();
+        assert_eq!(rep.records, 5);
+        assert!(
+            rep.torn_tail.as_deref().unwrap().contains("11 bytes"),
+            "{rep:?}"
+        );
+
+        let (w, r) = Wal::open(d.path(), o).unwrap();
+        assert_eq!(r.records, 5);
+        let t = r.trimmed.unwrap();
+        assert!(
+            t.contains(&format!(
+                "cut 11 bytes of torn tail at segment {} offset {end}",
+                segment_name(1)
+            )),
+            "{t}"
+        );
+        assert_eq!(w.head().0, Seq(6));
+        drop(w);
+        let recs = read_all(d.path());
+        assert_eq!(recs.len(), 6);
+        assert_eq!(recs[5].payload["event"], "wal.recovered");
+        assert_eq!(recs[5].payload["trimmed_bytes"], 11);
+        assert_eq!(recs[5].payload["offset"], end);
+        assert_eq!(recs[5].offset, end);
+        let rep = verify(d.path()).unwrap();
+        assert!(rep.torn_tail.is_none());
+    }
+}
+
+#[test]
+fn reader_follows_a_live_writer_across_segments() {
+    let d = tempfile::tempdir().unwrap();
+    let (w, _) = Wal::open(d.path(), opts(1024, Preallocate::Fallocate)).unwrap();
+    w.append(rec(1)).unwrap();
+    let mut r = Reader::open(d.path()).unwrap();
+    r.set_live(true);
+    assert_eq!(r.next_record().unwrap().unwrap().seq, 1);
+    assert!(r.next_record().unwrap().is_none());
+    for i in 2..=30 {
+        w.append(rec(i)).unwrap();
+    }
+    let mut got = Vec::new();
+    while let Some(x) = r.next_record().unwrap() {
+        got.push(x.seq);
+    }
+    assert_eq!(got, (2..=30).collect::<Vec<_>>());
+    assert!(r.segments() > 1);
+}
+
+#[test]
+fn empty_and_missing_dirs() {
+    let d = tempfile::tempdir().unwrap();
+    let e = verify(d.path()).unwrap_err();
+    assert_eq!(e.code, DamageCode::NoSegments);
+    assert!(e.to_string().contains("no WAL segments in"));
+    let e = verify(&d.path().join("nope")).unwrap_err();
+    assert_eq!(e.code, DamageCode::Io);
+    assert!(e.to_string().contains("does not exist"));
+    // A freshly opened WAL has one empty segment and verifies.
+    let (w, _) = Wal::open(d.path(), WalOptions::default()).unwrap();
+    let rep = verify(d.path()).unwrap();
+    assert_eq!((rep.records, rep.segments, rep.head_seq), (0, 1, 0));
+    assert_eq!(rep.head_hash, GENESIS);
+    drop(w);
+}
+
+#[test]
+fn incomplete_new_segment_header_is_removed() {
+    let d = tempfile::tempdir().unwrap();
+    let o = opts(1024, Preallocate::Off);
+    {
+        let (w, _) = Wal::open(d.path(), o.clone()).unwrap();
+        for i in 1..=3 {
+            w.append(rec(i)).unwrap();
+        }
+    }
+    // A crash while creating segment 4: only part of its header.
+    std::fs::write(d.path().join(segment_name(4)), b"AUTON").unwrap();
+    let rep = verify(d.path()).unwrap();
+    assert_eq!(rep.records, 3);
+    assert!(rep.torn_tail.is_some());
+    let (w, r) = Wal::open(d.path(), o).unwrap();
+    assert!(r.trimmed.is_some());
+    assert_eq!(w.head().0, Seq(4));
+    drop(w);
+    assert_eq!(verify(d.path()).unwrap().records, 4);
+}
+
+#[test]
+fn live_reader_does_not_mistake_stale_cached_zeros_for_damage() {
+    let d = tempfile::tempdir().unwrap();
+    let (w, _) = Wal::open(d.path(), opts(1024 * 1024, Preallocate::Fallocate)).unwrap();
+    w.append(rec(1)).unwrap();
+    w.append(rec(2)).unwrap();
+    let mut r = Reader::open(d.path()).unwrap();
+    r.set_live(true);
+    // Caches a chunk holding records 1-2 and zeros after them.
+    assert_eq!(r.next_record().unwrap().unwrap().seq, 1);
+    w.append_batch(vec![rec(3), rec(4), rec(5)]).unwrap();
+    let mut got = Vec::new();
+    while let Some(x) = r.next_record().unwrap() {
+        got.push(x.seq);
+    }
+    assert_eq!(got, vec![2, 3, 4, 5]);
+}
+
+#[test]
+fn wal_is_send_and_sync() {
+    fn check<T: Send + Sync + 'static>() {}
+    check::<Wal>();
+    check::<Arc<Wal>>();
+}

@@ -1,0 +1,471 @@
+//! The writer: directory lock, recovery on open, leader/follower group commit, rotation.
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex, MutexGuard};
+
+use nix::errno::Errno;
+use nix::fcntl::{FallocateFlags, Flock, FlockArg};
+
+use super::format::{
+    HEADER_LEN, LOCK_FILE, MAX_PAYLOAD, RESERVED_KEYS, build_payload, hash_payload, header_bytes,
+    push_frame, segment_name,
+};
+use super::reader::Reader;
+use super::{
+    NewRecord, Preallocate, RecordType, Recovery, SyncMode, WalError, WalOptions, now_rfc3339,
+};
+use crate::types::Seq;
+
+/// Room for the reserved fields in front of a body (seq, ts, type, prev and the punctuation).
+const PREFIX_ROOM: usize = 256;
+
+/// State shared by appenders (under `Wal::inner`).
+struct Inner {
+    /// The seq the next record gets.
+    next_seq: u64,
+    /// Hash of the last record given a seq.
+    prev: String,
+    /// Frames given a seq but not yet taken by a leader.
+    buf: Vec<u8>,
+    /// Seq of the first frame in `buf`.
+    buf_first: u64,
+    /// A leader is writing.
+    flushing: bool,
+    /// Everything up to here is on disk (fdatasync'd in `SyncMode::Fsync`).
+    durable_seq: u64,
+    /// Hash of record `durable_seq`.
+    durable_hash: String,
+    /// Set after any write or fsync error: the WAL refuses all later appends.
+    failed: Option<String>,
+    closed: bool,
+}
+
+/// The open segment; only the current leader touches it.
+struct SegIo {
+    file: File,
+    path: PathBuf,
+    offset: u64,
+}
+
+/// An open, exclusively owned WAL directory. `Send + Sync`: share it in an `Arc`.
+pub struct Wal {
+    dir: PathBuf,
+    opts: WalOptions,
+    inner: Mutex<Inner>,
+    cv: Condvar,
+    io: Mutex<SegIo>,
+    _lock: Flock<File>,
+    #[cfg(test)]
+    pub(crate) fail_next_write: std::sync::atomic::AtomicBool,
+}
+
+fn io_err(context: String) -> impl FnOnce(std::io::Error) -> WalError {
+    move |source| WalError::Io { context, source }
+}
+
+fn fsync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn zero_fill(file: &File, from: u64, to: u64) -> std::io::Result<()> {
+    const Z: usize = 1024 * 1024;
+    let zeros = vec![0u8; Z];
+    let mut off = from;
+    while off < to {
+        let n = ((to - off) as usize).min(Z);
+        file.write_all_at(&zeros[..n], off)?;
+        off += n as u64;
+    }
+    Ok(())
+}
+
+fn preallocate(file: &File, mode: Preallocate, len: u64) -> std::io::Result<()> {
+    match mode {
+        Preallocate::Off => Ok(()),
+        Preallocate::ZeroFill => zero_fill(file, HEADER_LEN, len),
+        Preallocate::Fallocate => {
+            match nix::fcntl::fallocate(file, FallocateFlags::empty(), 0, len as i64) {
+                Ok(()) => Ok(()),
+                Err(Errno::EOPNOTSUPP) | Err(Errno::ENOSYS) => zero_fill(file, HEADER_LEN, len),
+                Err(e) => Err(std::io::Error::from(e)),
+            }
+        }
+    }
+}
+
+/// Creates segment `first_seq`: header, preallocation, fsync of the file and the directory.
+fn create_segment(dir: &Path, first_seq: u64, opts: &WalOptions) -> std::io::Result<SegIo> {
+    let path = dir.join(segment_name(first_seq));
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)?;
+    file.write_all_at(&header_bytes(), 0)?;
+    if opts.segment_bytes > HEADER_LEN {
+        preallocate(&file, opts.preallocate, opts.segment_bytes)?;
+    }
+    file.sync_all()?;
+    fsync_dir(dir)?;
+    Ok(SegIo {
+        file,
+        path,
+        offset: HEADER_LEN,
+    })
+}
+
+fn take_lock(dir: &Path) -> Result<Flock<File>, WalError> {
+    let path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(io_err(format!("cannot open lock file {}", path.display())))?;
+    match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => {
+            let pid = format!("{}\n", std::process::id());
+            lock.set_len(0)
+                .and_then(|_| lock.write_all_at(pid.as_bytes(), 0))
+                .map_err(io_err(format!("cannot write {}", path.display())))?;
+            Ok(lock)
+        }
+        Err((file, Errno::EWOULDBLOCK)) => {
+            let mut s = String::new();
+            let mut b = [0u8; 32];
+            if let Ok(n) = file.read_at(&mut b, 0) {
+                s = String::from_utf8_lossy(&b[..n]).trim().to_string();
+            }
+            let who = if s.is_empty() {
+                "another process".to_string()
+            } else {
+                format!("another process (pid {s})")
+            };
+            Err(WalError::Locked(format!(
+                "the WAL directory {} is in use by {who} holding {}; stop that process first, or use another WAL directory",
+                dir.display(),
+                path.display()
+            )))
+        }
+        Err((_, e)) => Err(WalError::Io {
+            context: format!("cannot lock {}", path.display()),
+            source: std::io::Error::from(e),
+        }),
+    }
+}
+
+impl Wal {
+    /// Opens (creating if needed) the WAL in `dir`: takes the lock, checks every record, cuts a
+    /// torn tail back (reporting it, and recording a `wal.recovered` runtime record), and
+    /// refuses to open a damaged log.
+    pub fn open(dir: &Path, opts: WalOptions) -> Result<(Wal, Recovery), WalError> {
+        if opts.segment_bytes < HEADER_LEN + 64 {
+            return Err(WalError::Invalid(format!(
+                "segment size {} is too small (at least {} bytes)",
+                opts.segment_bytes,
+                HEADER_LEN + 64
+            )));
+        }
+        std::fs::create_dir_all(dir).map_err(io_err(format!(
+            "cannot create WAL directory {}",
+            dir.display()
+        )))?;
+        let lock = take_lock(dir)?;
+
+        let mut r = Reader::open_allow_empty(dir).map_err(WalError::Damaged)?;
+        while r.next_record().map_err(WalError::Damaged)?.is_some() {}
+        let records = r.records();
+        let next_seq = r.head_seq() + 1;
+        let prev = r.head_hash().to_string();
+
+        let mut trimmed = None;
+        if let Some(t) = r.torn_tail().cloned() {
+            let name = t
+                .segment
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default();
+            if t.in_header {
+                std::fs::remove_file(&t.segment)
+                    .and_then(|_| fsync_dir(dir))
+                    .map_err(io_err(format!("cannot remove {}", t.segment.display())))?;
+            } else {
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(&t.segment)
+                    .map_err(io_err(format!("cannot open {}", t.segment.display())))?;
+                let len = f
+                    .metadata()
+                    .map_err(io_err(format!("cannot stat {}", t.segment.display())))?
+                    .len();
+                let garbage_end = t.offset + t.bytes;
+                let res = if len > garbage_end {
+                    // A preallocated segment: zero the garbage, keep the reserved space.
+                    zero_fill(&f, t.offset, garbage_end)
+                } else {
+                    f.set_len(t.offset)
+                };
+                res.and_then(|_| f.sync_all()).map_err(io_err(format!(
+                    "cannot cut the torn tail of {}",
+                    t.segment.display()
+                )))?;
+            }
+            trimmed = Some((
+                format!(
+                    "cut {} bytes of torn tail at segment {name} offset {} (after seq {})",
+                    t.bytes, t.offset, t.after_seq
+                ),
+                t.bytes,
+                name,
+                t.offset,
+            ));
+        }
+
+        let seg = match r.position() {
+            Some((path, _, offset)) => {
+                let file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&path)
+                    .map_err(io_err(format!("cannot open {}", path.display())))?;
+                SegIo { file, path, offset }
+            }
+            None => create_segment(dir, next_seq, &opts).map_err(io_err(format!(
+                "cannot create segment {} in {}",
+                segment_name(next_seq),
+                dir.display()
+            )))?,
+        };
+        drop(r);
+
+        let wal = Wal {
+            dir: dir.to_path_buf(),
+            opts,
+            inner: Mutex::new(Inner {
+                next_seq,
+                prev: prev.clone(),
+                buf: Vec::new(),
+                buf_first: next_seq,
+                flushing: false,
+                durable_seq: next_seq - 1,
+                durable_hash: prev,
+                failed: None,
+                closed: false,
+            }),
+            cv: Condvar::new(),
+            io: Mutex::new(seg),
+            _lock: lock,
+            #[cfg(test)]
+            fail_next_write: std::sync::atomic::AtomicBool::new(false),
+        };
+        let mut recovery = Recovery {
+            records,
+            trimmed: None,
+        };
+        if let Some((msg, bytes, segment, offset)) = trimmed {
+            wal.append(
+                NewRecord::new(RecordType::Runtime, None)
+                    .with("event", "wal.recovered")
+                    .with("trimmed_bytes", bytes)
+                    .with("segment", segment)
+                    .with("offset", offset),
+            )?;
+            recovery.trimmed = Some(msg);
+        }
+        Ok((wal, recovery))
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The last durable record: its seq (0 when empty) and hash (genesis when empty).
+    pub fn head(&self) -> (Seq, String) {
+        match self.inner.lock() {
+            Ok(g) => (Seq(g.durable_seq), g.durable_hash.clone()),
+            Err(p) => {
+                let g = p.into_inner();
+                (Seq(g.durable_seq), g.durable_hash.clone())
+            }
+        }
+    }
+
+    fn lock_inner(&self) -> Result<MutexGuard<'_, Inner>, WalError> {
+        self.inner
+            .lock()
+            .map_err(|_| WalError::Poisoned("a thread panicked while appending".into()))
+    }
+
+    /// Appends one record; returns its seq once it is durable.
+    pub fn append(&self, rec: NewRecord) -> Result<Seq, WalError> {
+        self.append_batch(vec![rec])
+    }
+
+    /// Appends records in order (contiguous seqs); returns the last seq once all are durable.
+    pub fn append_batch(&self, recs: Vec<NewRecord>) -> Result<Seq, WalError> {
+        // Encode the bodies outside the lock.
+        let mut prepared = Vec::with_capacity(recs.len());
+        for rec in recs {
+            if let Some(k) = RESERVED_KEYS.iter().find(|k| rec.body.contains_key(**k)) {
+                return Err(WalError::Invalid(format!(
+                    "record body uses the reserved key `{k}` (reserved: seq, ts, type, audit_id, prev)"
+                )));
+            }
+            let body = serde_json::to_vec(&rec.body)
+                .map_err(|e| WalError::Invalid(format!("cannot encode record body: {e}")))?;
+            let audit = match &rec.audit_id {
+                Some(a) => Some(
+                    serde_json::to_string(a.as_str())
+                        .map_err(|e| WalError::Invalid(format!("cannot encode audit id: {e}")))?,
+                ),
+                None => None,
+            };
+            let size = body.len() + audit.as_ref().map_or(0, String::len) + PREFIX_ROOM;
+            if size > MAX_PAYLOAD {
+                return Err(WalError::Invalid(format!(
+                    "record too large: about {size} bytes (limit {MAX_PAYLOAD})"
+                )));
+            }
+            prepared.push((rec.rtype, audit, body));
+        }
+
+        let mut g = self.lock_inner()?;
+        if let Some(f) = &g.failed {
+            return Err(WalError::Poisoned(f.clone()));
+        }
+        if g.closed {
+            return Err(WalError::Closed);
+        }
+        if prepared.is_empty() {
+            return Ok(Seq(g.next_seq - 1));
+        }
+        for (rtype, audit, body) in &prepared {
+            let seq = g.next_seq;
+            let ts = now_rfc3339();
+            let payload = build_payload(seq, &ts, rtype.as_str(), audit.as_deref(), &g.prev, body);
+            debug_assert!(payload.len() <= MAX_PAYLOAD);
+            if g.buf.is_empty() {
+                g.buf_first = seq;
+            }
+            push_frame(&mut g.buf, &payload);
+            g.prev = hash_payload(&payload);
+            g.next_seq += 1;
+        }
+        let mine = g.next_seq - 1;
+
+        loop {
+            if g.durable_seq >= mine {
+                return Ok(Seq(mine));
+            }
+            if let Some(f) = &g.failed {
+                return Err(WalError::Poisoned(f.clone()));
+            }
+            if g.flushing {
+                g = self
+                    .cv
+                    .wait(g)
+                    .map_err(|_| WalError::Poisoned("a thread panicked while appending".into()))?;
+                continue;
+            }
+            // Become the leader: take everything queued, write it and sync it for all.
+            g.flushing = true;
+            let buf = std::mem::take(&mut g.buf);
+            let first = g.buf_first;
+            let last = g.next_seq - 1;
+            let last_hash = g.prev.clone();
+            drop(g);
+            let res = self.write_out(&buf, first);
+            g = self
+                .inner
+                .lock()
+                .map_err(|_| WalError::Poisoned("a thread panicked while appending".into()))?;
+            g.flushing = false;
+            match res {
+                Ok(()) => {
+                    g.durable_seq = last;
+                    g.durable_hash = last_hash;
+                    self.cv.notify_all();
+                }
+                Err(e) => {
+                    g.failed = Some(e.to_string());
+                    self.cv.notify_all();
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Leader only: rotate if needed, write the frames, fdatasync.
+    fn write_out(&self, buf: &[u8], first_seq: u64) -> Result<(), WalError> {
+        let mut io = self
+            .io
+            .lock()
+            .map_err(|_| WalError::Poisoned("a thread panicked while writing".into()))?;
+        #[cfg(test)]
+        if self
+            .fail_next_write
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(WalError::Io {
+                context: format!("WAL write to {} failed", io.path.display()),
+                source: std::io::Error::other("injected fault"),
+            });
+        }
+        if io.offset > HEADER_LEN && io.offset + buf.len() as u64 > self.opts.segment_bytes {
+            if self.opts.sync == SyncMode::None {
+                // Leave the old segment complete on disk before the chain moves on.
+                io.file
+                    .sync_data()
+                    .map_err(io_err(format!("WAL fsync of {} failed", io.path.display())))?;
+            }
+            *io = create_segment(&self.dir, first_seq, &self.opts).map_err(io_err(format!(
+                "cannot create segment {} in {}",
+                segment_name(first_seq),
+                self.dir.display()
+            )))?;
+        }
+        let off = io.offset;
+        io.file
+            .write_all_at(buf, off)
+            .map_err(io_err(format!("WAL write to {} failed", io.path.display())))?;
+        io.offset += buf.len() as u64;
+        if self.opts.sync == SyncMode::Fsync {
+            io.file.sync_data().map_err(io_err(format!(
+                "WAL fdatasync of {} failed",
+                io.path.display()
+            )))?;
+        }
+        Ok(())
+    }
+
+    /// Waits for in-flight appends, then refuses new ones. The lock is released on drop.
+    pub fn close(&self) -> Result<(), WalError> {
+        let mut g = self.lock_inner()?;
+        g.closed = true;
+        while g.failed.is_none() && (g.flushing || !g.buf.is_empty()) {
+            g = self
+                .cv
+                .wait(g)
+                .map_err(|_| WalError::Poisoned("a thread panicked while appending".into()))?;
+        }
+        if let Some(f) = &g.failed {
+            return Err(WalError::Poisoned(f.clone()));
+        }
+        Ok(())
+    }
+}
+
+impl std::fmt::Debug for Wal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (seq, hash) = self.head();
+        f.debug_struct("Wal")
+            .field("dir", &self.dir)
+            .field("head_seq", &seq.0)
+            .field("head_hash", &hash)
+            .finish()
+    }
+}
