@@ -24,7 +24,7 @@ fn health_is_ok() {
 
 #[test]
 fn demo_policy_rows_and_their_records() {
-    let d = Daemon::start(&["--demo"]);
+    let mut d = Daemon::start(&["--demo"]);
 
     // tool.echo: allow, executed.
     let r = d.tool(r#"{"kind":"tool.echo","params":{"message":"hello"}}"#);
@@ -117,7 +117,7 @@ fn demo_policy_rows_and_their_records() {
 
 #[test]
 fn bad_params_are_400_with_the_decision() {
-    let d = Daemon::start(&["--demo"]);
+    let mut d = Daemon::start(&["--demo"]);
     let r = d.tool(r#"{"kind":"tool.echo","params":{"message":42}}"#);
     assert_eq!(r.status, 400);
     let v = r.json();
@@ -263,7 +263,7 @@ fn without_a_policy_the_runtime_is_deny_all() {
 
 #[test]
 fn graceful_stop_records_and_exits_zero() {
-    let d = Daemon::start(&["--demo"]);
+    let mut d = Daemon::start(&["--demo"]);
     assert_eq!(
         d.tool(r#"{"kind":"tool.echo","params":{"message":"a"}}"#)
             .status,

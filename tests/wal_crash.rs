@@ -18,7 +18,7 @@ fn load(addr: std::net::SocketAddr, worker: usize, stop: Arc<AtomicBool>) -> Vec
     let mut i = 0u64;
     while !stop.load(Ordering::Relaxed) {
         i += 1;
-        let body = if i % 3 == 0 {
+        let body = if i.is_multiple_of(3) {
             r#"{"kind":"tool.shell","params":{"command":"id"}}"#.to_string()
         } else {
             format!(r#"{{"kind":"tool.echo","params":{{"message":"w{worker}-{i}"}}}}"#)
@@ -92,7 +92,7 @@ fn kill_9_under_load_loses_no_acknowledged_decision() {
         );
     }
     // Restart on the same WAL (recovery runs), then stop cleanly.
-    let d = Daemon::start_in(&wal, &["--demo"], |_| {});
+    let mut d = Daemon::start_in(&wal, &["--demo"], |_| {});
     assert_eq!(d.stop().code(), Some(0));
 
     let recs = wal_records(&wal);

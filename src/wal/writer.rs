@@ -104,8 +104,17 @@ fn create_segment(dir: &Path, first_seq: u64, opts: &WalOptions) -> std::io::Res
         .create_new(true)
         .open(&path)?;
     file.write_all_at(&header_bytes(), 0)?;
-    if opts.segment_bytes > HEADER_LEN {
-        preallocate(&file, opts.preallocate, opts.segment_bytes)?;
+    // Preallocation only makes fdatasync cheaper; when it cannot be had (a full disk, a
+    // file-size limit) the segment still works, and a write that really cannot fit fails
+    // later on its own, closed.
+    if opts.segment_bytes > HEADER_LEN
+        && let Err(e) = preallocate(&file, opts.preallocate, opts.segment_bytes)
+    {
+        tracing::warn!(
+            "cannot preallocate {}: {e}; continuing without",
+            path.display()
+        );
+        file.set_len(HEADER_LEN)?;
     }
     file.sync_all()?;
     fsync_dir(dir)?;

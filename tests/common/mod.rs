@@ -43,6 +43,8 @@ impl Daemon {
     }
 
     /// As `start_in`, but returns the startup failure (stderr) instead of panicking.
+    // The child is waited for by `Daemon::drop` on success and on every failure path below.
+    #[allow(clippy::zombie_processes)]
     pub fn try_start_in(
         wal_dir: &Path,
         extra: &[&str],
@@ -105,6 +107,7 @@ impl Daemon {
             }
         }
         let _ = child.kill();
+        let _ = child.wait();
         Err(format!("no start line within 20 s: {}", seen.join("\n")))
     }
 
@@ -124,7 +127,7 @@ impl Daemon {
     }
 
     /// Sends SIGTERM and waits (up to 20 s) for the exit status.
-    pub fn stop(mut self) -> std::process::ExitStatus {
+    pub fn stop(&mut self) -> std::process::ExitStatus {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         wait_timeout(&mut self.child, Duration::from_secs(20))
