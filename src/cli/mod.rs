@@ -1,5 +1,6 @@
 //! The command line (clap). Each subcommand lives in its own module; this one parses and dispatches.
 
+mod demo;
 mod run;
 mod runtime_cmd;
 mod wal_cmd;
@@ -41,6 +42,11 @@ enum Command {
         #[command(subcommand)]
         cmd: wal_cmd::WalCmd,
     },
+    /// Self-checks.
+    Demo {
+        #[command(subcommand)]
+        cmd: DemoCmd,
+    },
     /// Print the version.
     Version,
     /// Print shell completions for bash, zsh, fish, elvish or powershell.
@@ -62,6 +68,9 @@ pub struct RunArgs {
     /// Keep the temp WAL dir at exit and print its path on stderr.
     #[arg(long)]
     pub keep: bool,
+    /// `ros2.launch` only: seconds between SIGINT to launch and SIGTERM to its process group.
+    #[arg(long, value_name = "SECS", default_value_t = 15.0, value_parser = parse_secs)]
+    pub grace_period: f64,
     /// The command and its arguments; everything from here on goes to it unchanged.
     #[arg(
         required = true,
@@ -74,9 +83,25 @@ pub struct RunArgs {
 }
 
 #[derive(Subcommand)]
+enum DemoCmd {
+    /// End-to-end self-check in a temp dir: runtime up, echo allowed, shell denied, unknown kind
+    /// denied, http_get fail-closed, WAL verifies. One PASS/FAIL line per check; exit 0 only if all pass.
+    Validate,
+}
+
+#[derive(Subcommand)]
 enum RuntimeCmd {
     /// Start the runtime and serve until SIGINT/SIGTERM.
     Start(runtime_cmd::StartArgs),
+}
+
+fn parse_secs(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if v.is_finite() && (0.0..=3600.0).contains(&v) => Ok(v),
+        _ => Err(format!(
+            "{s:?} is not a number of seconds between 0 and 3600"
+        )),
+    }
 }
 
 /// Parses the command line and runs it; never panics on user input.
@@ -103,6 +128,9 @@ pub fn main() -> ExitCode {
         }
         Command::Run(args) => with_tokio(run::run(args)),
         Command::Wal { cmd } => wal_cmd::run(cmd),
+        Command::Demo {
+            cmd: DemoCmd::Validate,
+        } => with_tokio(demo::validate()),
         Command::Runtime {
             cmd: RuntimeCmd::Start(args),
         } => with_tokio(runtime_cmd::start(args)),

@@ -20,6 +20,10 @@ enum WalPlace {
 
 /// Runs the child under a fresh runtime and returns its exit code.
 pub async fn run(args: RunArgs) -> ExitCode {
+    let launch = match launch_request(&args) {
+        Ok(l) => l,
+        Err(msg) => return super::usage(&msg),
+    };
     let policy = match super::load_policy(args.policy.as_deref()) {
         Ok(p) => p,
         Err(e) => return super::usage(&e),
@@ -55,7 +59,24 @@ pub async fn run(args: RunArgs) -> ExitCode {
         Err(e) => return super::fail(&e.to_string()),
     };
 
-    let code = supervise(&args, &rt, &mut sigs).await;
+    let code = match launch {
+        Some(req) => {
+            let opts = crate::launch::LaunchOptions {
+                grace: std::time::Duration::from_secs_f64(args.grace_period),
+                ..Default::default()
+            };
+            crate::launch::run(
+                rt.gate(),
+                &rt.url(),
+                &crate::launch::NoMarkers,
+                req,
+                opts,
+                &mut sigs,
+            )
+            .await
+        }
+        None => supervise(&args, &rt, &mut sigs).await,
+    };
 
     if let Err(e) = rt.stop().await {
         eprintln!("autonomy: error: WAL close failed: {e}");
@@ -69,6 +90,31 @@ pub async fn run(args: RunArgs) -> ExitCode {
         }
     }
     ExitCode::from(code)
+}
+
+/// `ros2.launch <package> <launch_file> [args…]` as the command selects the launch path.
+fn launch_request(args: &RunArgs) -> Result<Option<crate::launch::LaunchRequest>, String> {
+    if args.command.first().map(|c| c.as_os_str()) != Some(std::ffi::OsStr::new("ros2.launch")) {
+        return Ok(None);
+    }
+    let text: Vec<String> = args
+        .command
+        .iter()
+        .skip(1)
+        .map(|a| {
+            a.to_str()
+                .map(str::to_string)
+                .ok_or_else(|| format!("ros2.launch arguments must be UTF-8: {a:?}"))
+        })
+        .collect::<Result<_, _>>()?;
+    match text.as_slice() {
+        [package, launch_file, rest @ ..] => Ok(Some(crate::launch::LaunchRequest {
+            package: package.clone(),
+            launch_file: launch_file.clone(),
+            arguments: rest.to_vec(),
+        })),
+        _ => Err("usage: autonomy run [--policy REF] [--dir DIR] [--keep] ros2.launch <package> <launch_file> [launch args…]".into()),
+    }
 }
 
 /// Spawns the child, forwards signals, and maps its end to an exit code.
