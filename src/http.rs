@@ -16,6 +16,9 @@ use crate::types::{Source, ToolKind};
 /// Largest request body accepted by `POST /v1/tool`.
 pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
 
+/// How long a client may take to send its request body.
+pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 #[derive(Clone)]
 struct AppState {
     gate: Arc<Gate>,
@@ -104,9 +107,19 @@ async fn tool(State(st): State<AppState>, req: Request) -> Response {
     {
         return too_big();
     }
-    let bytes = match axum::body::to_bytes(req.into_body(), st.body_limit).await {
-        Ok(b) => b,
-        Err(_) => return too_big(),
+    let read = axum::body::to_bytes(req.into_body(), st.body_limit);
+    let bytes = match tokio::time::timeout(BODY_READ_TIMEOUT, read).await {
+        Ok(Ok(b)) => b,
+        Ok(Err(_)) => return too_big(),
+        Err(_) => {
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                &format!(
+                    "the body did not arrive within {} s",
+                    BODY_READ_TIMEOUT.as_secs()
+                ),
+            );
+        }
     };
     let call = match parse_call(&bytes) {
         Ok(c) => c,
