@@ -116,6 +116,32 @@ fn demo_policy_rows_and_their_records() {
 }
 
 #[test]
+fn a_request_just_under_the_body_limit_is_recorded_and_served() {
+    let mut d = Daemon::start(&["--demo"]);
+    // The decision record carries the params, so it is as large as the request itself.
+    let msg = "m".repeat(1024 * 1024 - 100);
+    let r = d.tool(&format!(
+        r#"{{"kind":"tool.echo","params":{{"message":"{msg}"}}}}"#
+    ));
+    assert_eq!(
+        r.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&r.body[..200.min(r.body.len())])
+    );
+    let v = r.json();
+    assert_eq!(v["output"].as_str().map(str::len), Some(msg.len()));
+    let id = v["audit_id"].as_str().unwrap().to_string();
+    let dir = d.wal_dir.clone();
+    d.stop();
+    let recs = records_for(&dir, &id);
+    assert_eq!(
+        recs[0]["params"]["message"].as_str().map(str::len),
+        Some(msg.len())
+    );
+}
+
+#[test]
 fn bad_params_are_400_with_the_decision() {
     let mut d = Daemon::start(&["--demo"]);
     let r = d.tool(r#"{"kind":"tool.echo","params":{"message":42}}"#);

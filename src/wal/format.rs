@@ -12,8 +12,8 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const HEADER_LEN: u64 = 16;
 /// Frame header: payload length u32 LE + CRC32C of the payload u32 LE.
 pub const FRAME_HEADER_LEN: u64 = 8;
-/// The largest payload accepted (1 MiB).
-pub const MAX_PAYLOAD: usize = 1024 * 1024;
+/// The largest payload accepted (2 MiB: twice the HTTP body limit).
+pub const MAX_PAYLOAD: usize = 2 * 1024 * 1024;
 /// The `prev` of record 1.
 pub const GENESIS: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
 /// Keys the engine writes itself; a body must not use them.
