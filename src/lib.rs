@@ -11,6 +11,7 @@ pub mod gate;
 pub mod http;
 pub mod paths;
 pub mod policy;
+pub mod ros;
 pub mod runtime;
 pub mod tools;
 pub mod types;
