@@ -25,6 +25,9 @@ pub struct Ros2ClientTransport {
     decisions: Publisher<DecisionMsg>,
     server: Mutex<Option<ToolServer>>,
     node: Mutex<Option<Node>>,
+    spinner: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    // Last: the participant must outlive every entity above, or their removal fails noisily.
+    _context: Context,
 }
 
 /// ros2-client's mapping for ours.
@@ -117,7 +120,7 @@ impl Ros2ClientTransport {
             .map_err(err(TOOL_SERVICE))?;
 
         let spinner = node.spinner().map_err(err("the node spinner"))?;
-        tokio::spawn(async move {
+        let spinner = tokio::spawn(async move {
             if let Err(e) = spinner.spin().await {
                 tracing::warn!("ROS node spinner stopped: {e:?}");
             }
@@ -128,6 +131,8 @@ impl Ros2ClientTransport {
             decisions,
             server: Mutex::new(Some(server)),
             node: Mutex::new(Some(node)),
+            spinner: Mutex::new(Some(spinner)),
+            _context: ctx,
         })
     }
 }
@@ -193,11 +198,17 @@ impl RosTransport for Ros2ClientTransport {
         })
     }
 
-    fn shutdown(&self) {
-        // Dropping the node stops its spinner.
-        if let Ok(mut g) = self.node.lock() {
-            g.take();
-        }
+    fn shutdown(&self) -> BoxFuture<'static, ()> {
+        // Dropping the node tells its spinner to stop; waiting for it lets the spinner remove
+        // its DDS entities while the participant still runs.
+        let node = self.node.lock().ok().and_then(|mut g| g.take());
+        let spinner = self.spinner.lock().ok().and_then(|mut g| g.take());
+        Box::pin(async move {
+            drop(node);
+            if let Some(s) = spinner {
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(2), s).await;
+            }
+        })
     }
 }
 

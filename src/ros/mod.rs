@@ -122,6 +122,18 @@ impl RosConfig {
         })
     }
 
+    /// A warning when `ROS_DISTRO` names another distro than this build speaks (the node's
+    /// `ros_discovery_info` would then not decode there: Humble's Gid is 24 bytes, later 16).
+    pub fn distro_warning(ros_distro: Option<&str>) -> Option<String> {
+        let d = ros_distro?.trim();
+        if d.is_empty() || d == DISTRO {
+            return None;
+        }
+        Some(format!(
+            "warning: ROS_DISTRO={d} but this build speaks {DISTRO}: topics and the service work, but `ros2 node list` may not show /{NODE_NAME} (build with --features {d} if supported)"
+        ))
+    }
+
     /// The one line printed on start.
     pub fn describe(&self) -> String {
         format!(
@@ -254,7 +266,9 @@ pub trait RosTransport: Send + Sync + 'static {
     /// when it does is finished and answered first.
     fn serve_tools(&self, svc: ToolService, stop: watch::Receiver<bool>) -> BoxFuture<'static, ()>;
     /// Stops the backend's background work (spinner); called last on shutdown.
-    fn shutdown(&self) {}
+    fn shutdown(&self) -> BoxFuture<'static, ()> {
+        Box::pin(async {})
+    }
 }
 
 /// Forwards every gate decision to the decisions publisher without blocking the gate: a
@@ -322,7 +336,7 @@ impl RosHandle {
             )
             .await;
         }
-        self.transport.shutdown();
+        self.transport.shutdown().await;
     }
 }
 
@@ -409,6 +423,20 @@ mod tests {
             let e = parse_domain_id(Some(bad)).unwrap_err();
             assert!(e.contains("ROS_DOMAIN_ID") && e.contains("0 to 232"), "{e}");
         }
+    }
+
+    #[test]
+    fn distro_feature_reaches_ros2_client() {
+        assert_eq!(ros2_client::COMPILED_ROS_DISTRO.as_str(), DISTRO);
+        let gid = if DISTRO == "humble" { 24 } else { 16 };
+        assert_eq!(ros2_client::gid::GID_LENGTH, gid);
+        assert_eq!(RosConfig::distro_warning(None), None);
+        assert_eq!(RosConfig::distro_warning(Some(DISTRO)), None);
+        assert!(
+            RosConfig::distro_warning(Some("kilted"))
+                .unwrap()
+                .contains("kilted")
+        );
     }
 
     #[test]
