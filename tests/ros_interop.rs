@@ -512,3 +512,95 @@ fn ros_msgs_match_the_rust_types() {
         assert!(cmake.contains(n), "CMakeLists.txt lacks {n}");
     }
 }
+
+/// The Fast DDS (Enhanced) mapping, round trip between two ros2-client/RustDDS participants:
+/// correlation by related-sample-identity in inline QoS, no payload header. This checks our
+/// server end in that mapping, not interop with a real Fast DDS (see docs/ros2.md).
+#[test]
+fn enhanced_mapping_round_trip_with_a_ros2_client_client() {
+    use autonomy::policy::DenyAll;
+    use autonomy::ros::{RosConfig, ServiceMapping, ToolRequest, ToolResponse, start_ros};
+    use autonomy::runtime::{Runtime, RuntimeConfig};
+    use autonomy::tools::Allowlist;
+    use ros2_client::{
+        Context, ContextOptions, Name, NodeName, NodeOptions, QosProfile, ServiceTypeName,
+    };
+
+    let d_id = domain(2);
+    let tmp = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let runtime = Runtime::start(RuntimeConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            policy: Box::new(DenyAll::new()),
+            allowlist: Allowlist::parse("example.com").unwrap(),
+            wal_dir: tmp.path().join("wal"),
+            wal_options: Default::default(),
+            body_limit: 1024,
+        })
+        .await
+        .expect("runtime");
+        let ros = start_ros(
+            runtime.gate().clone(),
+            RosConfig {
+                domain_id: d_id,
+                mapping: ServiceMapping::Enhanced,
+            },
+        )
+        .expect("ROS node");
+
+        let ctx = Context::with_options(ContextOptions::new().domain_id(d_id)).unwrap();
+        let mut node = ctx
+            .new_node(
+                NodeName::new("/", "enhanced_client").unwrap(),
+                NodeOptions::new().enable_rosout(false),
+            )
+            .unwrap();
+        let qos = QosProfile::publisher_default();
+        let client = node
+            .create_client::<ToolRequest, ToolResponse>(
+                ros2_client::ServiceMapping::Enhanced,
+                &Name::parse("/autonomy/tool").unwrap(),
+                &ServiceTypeName::new("autonomy_msgs", "Tool"),
+                qos.clone(),
+                qos,
+            )
+            .unwrap();
+        let spinner = node.spinner().unwrap();
+        tokio::spawn(spinner.spin());
+        tokio::time::timeout(Duration::from_secs(20), client.wait_for_service(&node))
+            .await
+            .expect("service discovered within 20 s");
+        let call = |kind: &str, params: &str| ToolRequest {
+            kind: kind.into(),
+            params_json: params.into(),
+        };
+        let r = tokio::time::timeout(
+            Duration::from_secs(20),
+            client.async_call_service(call("tool.echo", "{\"message\":\"hi\"}")),
+        )
+        .await
+        .expect("answer within 20 s")
+        .expect("call");
+        // Deny-all: recorded and answered with the policy's reason.
+        assert_eq!(r.decision, "deny");
+        assert_eq!(r.policy_ref, "builtin:deny-all");
+        assert!(!r.audit_id.is_empty());
+        let r = tokio::time::timeout(
+            Duration::from_secs(20),
+            client.async_call_service(call("tool.echo", "oops")),
+        )
+        .await
+        .expect("answer within 20 s")
+        .expect("call");
+        assert!(r.reason.contains("not valid JSON"), "{r:?}");
+        drop(client);
+        drop(node);
+        ros.shutdown().await;
+        runtime.stop().await.expect("stop");
+    });
+}
