@@ -130,7 +130,7 @@ impl RosConfig {
             return None;
         }
         Some(format!(
-            "warning: ROS_DISTRO={d} but this build speaks {DISTRO}: topics and the service work, but `ros2 node list` may not show /{NODE_NAME} (build with --features {d} if supported)"
+            "warning: ROS_DISTRO={d} but this build speaks {DISTRO}: topics and the service work, but `ros2 node list` may not show /{NODE_NAME} (builds: cargo feature `jazzy`, or `--no-default-features --features humble`)"
         ))
     }
 
