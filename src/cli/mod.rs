@@ -157,7 +157,11 @@ fn with_tokio<F: std::future::Future<Output = ExitCode>>(f: F) -> ExitCode {
 
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("AUTONOMY_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        // ros2-client's own ROS_DISTRO check logs even when the variable is unset; `--ros`
+        // prints its own warning on a real mismatch.
+        .unwrap_or_else(|_| {
+            tracing_subscriber::EnvFilter::new("warn,ros2_client::distributions=off")
+        });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -39,6 +39,10 @@ pub struct StartArgs {
     /// Rotate WAL segments at this size in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024 * 1024)]
     pub wal_segment_bytes: u64,
+    /// Also run the ROS 2 node /autonomy (service /autonomy/tool, topics /autonomy/markers and
+    /// /autonomy/decisions) on ROS_DOMAIN_ID; RMW_IMPLEMENTATION picks the service mapping.
+    #[arg(long)]
+    pub ros: bool,
 }
 
 /// Parses `--wal-sync`.
@@ -69,6 +73,14 @@ pub async fn start(args: StartArgs) -> ExitCode {
     } else {
         Box::new(DenyAll::new())
     };
+    let ros_config = if args.ros {
+        match crate::ros::RosConfig::from_env() {
+            Ok(c) => Some(c),
+            Err(e) => return super::usage(&e),
+        }
+    } else {
+        None
+    };
     let deny_all = policy.policy_ref().as_str() == "builtin:deny-all";
     let policy_ref = policy.policy_ref().clone();
     let wal_dir = args.wal_dir.unwrap_or_else(crate::paths::default_wal_dir);
@@ -91,6 +103,23 @@ pub async fn start(args: StartArgs) -> ExitCode {
     let rt = match Runtime::start(cfg).await {
         Ok(r) => r,
         Err(e) => return super::fail(&e.to_string()),
+    };
+    let ros = match ros_config {
+        Some(c) => match crate::ros::start_ros(rt.gate().clone(), c.clone()) {
+            Ok(h) => {
+                eprintln!("autonomy: {}", c.describe());
+                let distro = std::env::var("ROS_DISTRO").ok();
+                if let Some(w) = crate::ros::RosConfig::distro_warning(distro.as_deref()) {
+                    eprintln!("autonomy: {w}");
+                }
+                Some(h)
+            }
+            Err(e) => {
+                let _ = rt.stop().await;
+                return super::fail(&format!("cannot start the ROS 2 node: {e}"));
+            }
+        },
+        None => None,
     };
     if !args.listen.ip().is_loopback() {
         eprintln!(
@@ -117,6 +146,9 @@ pub async fn start(args: StartArgs) -> ExitCode {
     );
     let sig = sigs.next().await;
     eprintln!("autonomy: {sig} received: finishing in-flight calls and closing the WAL");
+    if let Some(ros) = ros {
+        ros.shutdown().await;
+    }
     match rt.stop().await {
         Ok(()) => {
             eprintln!("autonomy: stopped");

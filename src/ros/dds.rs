@@ -1,0 +1,262 @@
+//! The ros2-client backend (pure Rust DDS on RustDDS): no ROS install needed to build or run.
+
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use ros2_client::qos::{Durability, History, WhenFull};
+use ros2_client::{
+    Context, ContextOptions, MessageTypeName, Name, Node, NodeName, NodeOptions, Publisher,
+    QosProfile, Server, ServiceTypeName,
+};
+use tokio::sync::watch;
+
+use super::msgs::{DecisionMsg, PACKAGE, ToolRequest, ToolResponse};
+use super::{
+    DECISIONS_TOPIC, MARKERS_DEPTH, MARKERS_TOPIC, NODE_NAME, NODE_NAMESPACE, RosConfig, RosError,
+    RosTransport, ServiceMapping, TOOL_SERVICE, ToolService,
+};
+
+type ToolServer = Server<ToolRequest, ToolResponse>;
+
+/// Node `/autonomy` on ros2-client.
+pub struct Ros2ClientTransport {
+    markers: Publisher<String>,
+    decisions: Publisher<DecisionMsg>,
+    server: Mutex<Option<ToolServer>>,
+    node: Mutex<Option<Node>>,
+    spinner: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    // Last: the participant must outlive every entity above, or their removal fails noisily.
+    _context: Context,
+}
+
+/// ros2-client's mapping for ours.
+pub fn client_mapping(m: ServiceMapping) -> ros2_client::ServiceMapping {
+    match m {
+        ServiceMapping::Enhanced => ros2_client::ServiceMapping::Enhanced,
+        ServiceMapping::Cyclone => ros2_client::ServiceMapping::Cyclone,
+    }
+}
+
+/// `/autonomy/markers`: reliable, transient-local, keep-last 32, so late joiners get the lines.
+pub fn markers_qos() -> QosProfile {
+    QosProfile::publisher_default()
+        .reliability_reliable(WhenFull::DEFAULT)
+        .durability(Durability::TransientLocal)
+        .history(History::KeepLast {
+            depth: MARKERS_DEPTH,
+        })
+}
+
+/// `/autonomy/decisions`: reliable, volatile (the ROS default), keep-last 100.
+pub fn decisions_qos() -> QosProfile {
+    QosProfile::publisher_default()
+        .reliability_reliable(WhenFull::DEFAULT)
+        .durability(Durability::Volatile)
+        .history(History::KeepLast { depth: 100 })
+}
+
+/// Services: the ROS default (reliable, volatile, keep-last 10).
+pub fn service_qos() -> QosProfile {
+    QosProfile::publisher_default()
+        .reliability_reliable(WhenFull::DEFAULT)
+        .durability(Durability::Volatile)
+        .history(History::KeepLast { depth: 10 })
+}
+
+fn err(what: &str) -> impl Fn(ros2_client::CreateError) -> RosError + '_ {
+    move |e| RosError(format!("cannot create {what}: {e:?}"))
+}
+
+fn name(full: &str) -> Result<Name, RosError> {
+    Name::parse(full).map_err(|e| RosError(format!("bad ROS name {full}: {e:?}")))
+}
+
+impl Ros2ClientTransport {
+    /// Creates the DDS participant on the configured domain, the node, its topics and the
+    /// service, and spawns the node's spinner (needs a tokio runtime).
+    pub fn new(cfg: &RosConfig) -> Result<Self, RosError> {
+        // ros2-client ignores ROS_DOMAIN_ID: pass the domain explicitly.
+        let ctx = Context::with_options(ContextOptions::new().domain_id(cfg.domain_id))
+            .map_err(err("the DDS participant"))?;
+        let node_name = NodeName::new(NODE_NAMESPACE, NODE_NAME)
+            .map_err(|e| RosError(format!("bad node name: {e:?}")))?;
+        let mut node = ctx
+            .new_node(node_name, NodeOptions::new().enable_rosout(false))
+            .map_err(|e| RosError(format!("cannot create node /{NODE_NAME}: {e:?}")))?;
+
+        let mq = markers_qos();
+        let markers_topic = node
+            .create_topic(
+                &name(MARKERS_TOPIC)?,
+                MessageTypeName::new("std_msgs", "String"),
+                &mq,
+            )
+            .map_err(err(MARKERS_TOPIC))?;
+        let markers = node
+            .create_publisher::<String>(&markers_topic, Some(mq))
+            .map_err(err(MARKERS_TOPIC))?;
+
+        let dq = decisions_qos();
+        let decisions_topic = node
+            .create_topic(
+                &name(DECISIONS_TOPIC)?,
+                MessageTypeName::new(PACKAGE, "Decision"),
+                &dq,
+            )
+            .map_err(err(DECISIONS_TOPIC))?;
+        let decisions = node
+            .create_publisher::<DecisionMsg>(&decisions_topic, Some(dq))
+            .map_err(err(DECISIONS_TOPIC))?;
+
+        let server = node
+            .create_server::<ToolRequest, ToolResponse>(
+                client_mapping(cfg.mapping),
+                &name(TOOL_SERVICE)?,
+                &ServiceTypeName::new(PACKAGE, "Tool"),
+                service_qos(),
+                service_qos(),
+            )
+            .map_err(err(TOOL_SERVICE))?;
+
+        let spinner = node.spinner().map_err(err("the node spinner"))?;
+        let spinner = tokio::spawn(async move {
+            if let Err(e) = spinner.spin().await {
+                tracing::warn!("ROS node spinner stopped: {e:?}");
+            }
+        });
+
+        Ok(Ros2ClientTransport {
+            markers,
+            decisions,
+            server: Mutex::new(Some(server)),
+            node: Mutex::new(Some(node)),
+            spinner: Mutex::new(Some(spinner)),
+            _context: ctx,
+        })
+    }
+}
+
+async fn serve(server: ToolServer, svc: ToolService, mut stop: watch::Receiver<bool>) {
+    let server = Arc::new(server);
+    let mut inflight = tokio::task::JoinSet::new();
+    {
+        let requests = server.receive_request_stream();
+        futures::pin_mut!(requests);
+        loop {
+            tokio::select! {
+                changed = stop.changed() => {
+                    if changed.is_err() || *stop.borrow() {
+                        break;
+                    }
+                }
+                item = requests.next() => match item {
+                    Some(Ok((id, req))) => {
+                        // The request id is only echoed back. In the Cyclone mapping its
+                        // sequence number is decoded wrongly (reference §2), so it is never
+                        // logged or recorded: the audit id identifies the call.
+                        let server = server.clone();
+                        let svc = svc.clone();
+                        inflight.spawn(async move {
+                            let resp = svc.handle(req).await;
+                            let audit_id = resp.audit_id.clone();
+                            if let Err(e) = server.async_send_response(id, resp).await {
+                                tracing::warn!("{TOOL_SERVICE}: cannot send the answer for {audit_id}: {e:?}");
+                            }
+                        });
+                    }
+                    Some(Err(e)) => tracing::warn!("{TOOL_SERVICE}: unreadable request: {e:?}"),
+                    None => break,
+                },
+                Some(_) = inflight.join_next(), if !inflight.is_empty() => {}
+            }
+        }
+    }
+    while inflight.join_next().await.is_some() {}
+}
+
+impl RosTransport for Ros2ClientTransport {
+    fn publish_marker(&self, line: &str) -> Result<(), RosError> {
+        self.markers
+            .publish(line.to_string())
+            .map_err(|e| RosError(format!("{MARKERS_TOPIC}: {e:?}")))
+    }
+
+    fn publish_decision(&self, msg: &DecisionMsg) -> Result<(), RosError> {
+        self.decisions
+            .publish(msg.clone())
+            .map_err(|e| RosError(format!("{DECISIONS_TOPIC}: {e:?}")))
+    }
+
+    fn serve_tools(&self, svc: ToolService, stop: watch::Receiver<bool>) -> BoxFuture<'static, ()> {
+        let server = self.server.lock().ok().and_then(|mut g| g.take());
+        Box::pin(async move {
+            match server {
+                Some(s) => serve(s, svc, stop).await,
+                None => tracing::error!("{TOOL_SERVICE} is already being served"),
+            }
+        })
+    }
+
+    fn shutdown(&self) -> BoxFuture<'static, ()> {
+        // Dropping the node tells its spinner to stop; waiting for it lets the spinner remove
+        // its DDS entities while the participant still runs.
+        let node = self.node.lock().ok().and_then(|mut g| g.take());
+        let spinner = self.spinner.lock().ok().and_then(|mut g| g.take());
+        Box::pin(async move {
+            drop(node);
+            if let Some(s) = spinner {
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(2), s).await;
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ros2_client::qos::Reliability;
+
+    #[test]
+    fn mapping_selection_reaches_ros2_client() {
+        assert_eq!(
+            client_mapping(ServiceMapping::from_rmw(Some("rmw_cyclonedds_cpp"))),
+            ros2_client::ServiceMapping::Cyclone
+        );
+        assert_eq!(
+            client_mapping(ServiceMapping::from_rmw(None)),
+            ros2_client::ServiceMapping::Enhanced
+        );
+        assert_eq!(
+            client_mapping(ServiceMapping::from_rmw(Some("rmw_fastrtps_cpp"))),
+            ros2_client::ServiceMapping::Enhanced
+        );
+    }
+
+    #[test]
+    fn markers_qos_is_reliable_transient_local_keep_last_32() {
+        let q = markers_qos();
+        assert!(matches!(q.reliability, Reliability::Reliable { .. }));
+        assert_eq!(q.durability, Durability::TransientLocal);
+        assert_eq!(q.history, History::KeepLast { depth: 32 });
+    }
+
+    #[test]
+    fn type_names_follow_the_dds_convention() {
+        assert_eq!(
+            MessageTypeName::new(PACKAGE, "Decision").dds_msg_type(),
+            "autonomy_msgs::msg::dds_::Decision_"
+        );
+        let node = NodeName::new("/", "autonomy").unwrap();
+        assert_eq!(
+            name(TOOL_SERVICE)
+                .unwrap()
+                .to_dds_name("rq", &node, "Request"),
+            "rq/autonomy/toolRequest"
+        );
+        assert_eq!(
+            name(MARKERS_TOPIC).unwrap().to_dds_name("rt", &node, ""),
+            "rt/autonomy/markers"
+        );
+    }
+}

@@ -1,0 +1,488 @@
+//! The ROS 2 front end: node `/autonomy` with the `/autonomy/tool` service (into the same
+//! [`Gate`] as HTTP), and the `/autonomy/markers` and `/autonomy/decisions` topics.
+//!
+//! Everything ROS-specific sits behind [`RosTransport`]; the default backend is
+//! [`dds::Ros2ClientTransport`] (ros2-client, pure Rust DDS, no ROS install needed). Another
+//! backend (r2r/rcl on a sourced ROS machine, zenoh) implements the same trait; the core
+//! (`gate`, `policy`, `wal`, `tools`) never imports anything from here.
+//!
+//! Malformed service requests (a bad `kind`, `params_json` that is not a JSON object) are
+//! answered `deny` with a reason and an empty `audit_id`, and are not recorded in the WAL — the
+//! same rule as HTTP 400s: they never reach the gate, so no decision was made.
+
+#[cfg(all(feature = "jazzy", feature = "humble"))]
+compile_error!(
+    "features `jazzy` and `humble` are exclusive: build with `--no-default-features --features humble` for Humble"
+);
+#[cfg(not(any(feature = "jazzy", feature = "humble")))]
+compile_error!("select the ROS 2 distro: enable feature `jazzy` (the default) or `humble`");
+
+pub mod dds;
+pub mod msgs;
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use serde_json::{Map, Value};
+use tokio::sync::{mpsc, watch};
+
+use crate::gate::{DecisionObserver, Gate, GateResponse, Outcome, ToolCall};
+use crate::types::{Source, ToolKind};
+
+pub use msgs::{DecisionMsg, Time, ToolRequest, ToolResponse};
+
+/// The node name.
+pub const NODE_NAME: &str = "autonomy";
+/// The node namespace.
+pub const NODE_NAMESPACE: &str = "/";
+/// The marker topic.
+pub const MARKERS_TOPIC: &str = "/autonomy/markers";
+/// The decisions topic.
+pub const DECISIONS_TOPIC: &str = "/autonomy/decisions";
+/// The tool service.
+pub const TOOL_SERVICE: &str = "/autonomy/tool";
+/// Keep-last depth of `/autonomy/markers` (reliable, transient-local).
+pub const MARKERS_DEPTH: usize = 32;
+/// Decisions waiting for the publisher before new ones are dropped (and counted).
+pub const DECISION_QUEUE: usize = 1024;
+
+/// The distro this binary speaks (chosen at build time by cargo feature).
+#[cfg(feature = "jazzy")]
+pub const DISTRO: &str = "jazzy";
+/// The distro this binary speaks (chosen at build time by cargo feature).
+#[cfg(all(feature = "humble", not(feature = "jazzy")))]
+pub const DISTRO: &str = "humble";
+
+/// How service requests and replies are correlated on the wire (reference §2, §4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceMapping {
+    /// rmw_fastrtps (and Connext): related-sample-identity in inline QoS, no payload header.
+    Enhanced,
+    /// rmw_cyclonedds: a 16-byte `{client_id, seq}` header ahead of the fields.
+    Cyclone,
+}
+
+impl ServiceMapping {
+    /// The mapping for an `RMW_IMPLEMENTATION` value: `rmw_cyclonedds_cpp` → Cyclone; anything
+    /// else, or unset → Enhanced (Fast DDS, the Humble and Jazzy default).
+    pub fn from_rmw(rmw: Option<&str>) -> Self {
+        match rmw.map(str::trim) {
+            Some("rmw_cyclonedds_cpp") => ServiceMapping::Cyclone,
+            _ => ServiceMapping::Enhanced,
+        }
+    }
+
+    /// The RMW this mapping talks to, for messages.
+    pub fn rmw_name(self) -> &'static str {
+        match self {
+            ServiceMapping::Enhanced => "rmw_fastrtps_cpp",
+            ServiceMapping::Cyclone => "rmw_cyclonedds_cpp",
+        }
+    }
+}
+
+/// Largest domain id ROS 2 accepts on Linux with DDS (ports stay below 65535).
+pub const MAX_DOMAIN_ID: u16 = 232;
+
+/// Parses `ROS_DOMAIN_ID`: unset or empty → 0; otherwise an integer in 0..=232.
+pub fn parse_domain_id(v: Option<&str>) -> Result<u16, String> {
+    let Some(raw) = v else { return Ok(0) };
+    let t = raw.trim();
+    if t.is_empty() {
+        return Ok(0);
+    }
+    match t.parse::<u16>() {
+        Ok(d) if d <= MAX_DOMAIN_ID => Ok(d),
+        _ => Err(format!(
+            "ROS_DOMAIN_ID={raw:?} is not a domain id: use an integer from 0 to {MAX_DOMAIN_ID} (unset means 0)"
+        )),
+    }
+}
+
+/// Where and how the node runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RosConfig {
+    /// The DDS domain.
+    pub domain_id: u16,
+    /// The service mapping.
+    pub mapping: ServiceMapping,
+}
+
+impl RosConfig {
+    /// From `ROS_DOMAIN_ID` and `RMW_IMPLEMENTATION`; an invalid domain id is an error.
+    pub fn from_env() -> Result<Self, String> {
+        let domain = std::env::var("ROS_DOMAIN_ID").ok();
+        let rmw = std::env::var("RMW_IMPLEMENTATION").ok();
+        Ok(RosConfig {
+            domain_id: parse_domain_id(domain.as_deref())?,
+            mapping: ServiceMapping::from_rmw(rmw.as_deref()),
+        })
+    }
+
+    /// A warning when `ROS_DISTRO` names another distro than this build speaks (the node's
+    /// `ros_discovery_info` would then not decode there: Humble's Gid is 24 bytes, later 16).
+    pub fn distro_warning(ros_distro: Option<&str>) -> Option<String> {
+        let d = ros_distro?.trim();
+        if d.is_empty() || d == DISTRO {
+            return None;
+        }
+        Some(format!(
+            "warning: ROS_DISTRO={d} but this build speaks {DISTRO}: topics and the service work, but `ros2 node list` may not show /{NODE_NAME} (builds: cargo feature `jazzy`, or `--no-default-features --features humble`)"
+        ))
+    }
+
+    /// The one line printed on start.
+    pub fn describe(&self) -> String {
+        format!(
+            "ROS 2 node /{NODE_NAME} on domain {} ({DISTRO}, {} service mapping)",
+            self.domain_id,
+            self.mapping.rmw_name()
+        )
+    }
+}
+
+/// A ROS failure (node creation, publishing).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RosError(pub String);
+
+impl fmt::Display for RosError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for RosError {}
+
+/// Answers `/autonomy/tool` requests through the gate. Backend-neutral: a backend only moves
+/// [`ToolRequest`]s and [`ToolResponse`]s.
+#[derive(Clone)]
+pub struct ToolService {
+    gate: Arc<Gate>,
+}
+
+impl ToolService {
+    /// Over this gate.
+    pub fn new(gate: Arc<Gate>) -> Self {
+        ToolService { gate }
+    }
+
+    /// One request → one answer. Never panics on bad input.
+    pub async fn handle(&self, req: ToolRequest) -> ToolResponse {
+        match parse_request(&req) {
+            Ok(call) => response_from(self.gate.call(call).await),
+            Err(reason) => ToolResponse {
+                decision: "deny".into(),
+                output_json: String::new(),
+                reason,
+                policy_ref: self.gate.policy().get().policy_ref().as_str().to_string(),
+                audit_id: String::new(),
+            },
+        }
+    }
+}
+
+/// Validates a service request into a gate call, or says what is wrong (the deny reason).
+pub fn parse_request(req: &ToolRequest) -> Result<ToolCall, String> {
+    let kind = ToolKind::parse(&req.kind).map_err(|e| format!("malformed request: {e}"))?;
+    let params = if req.params_json.trim().is_empty() {
+        Map::new()
+    } else {
+        match serde_json::from_str::<Value>(&req.params_json) {
+            Ok(Value::Object(m)) => m,
+            Ok(_) => {
+                return Err(
+                    "malformed request: `params_json` must be a JSON object, e.g. {\"message\": \"hi\"}"
+                        .into(),
+                );
+            }
+            Err(e) => {
+                return Err(format!(
+                    "malformed request: `params_json` is not valid JSON: {e}"
+                ));
+            }
+        }
+    };
+    Ok(ToolCall {
+        kind,
+        params,
+        source: Source::Ros2,
+    })
+}
+
+/// The reason text for an answer: the gate's reason, and `error: …` when the call failed.
+pub fn reason_text(r: &GateResponse) -> String {
+    let err = match &r.outcome {
+        Outcome::BadParams(e) | Outcome::UpstreamFailed(e) | Outcome::WalUnavailable(e) => {
+            Some(e.as_str())
+        }
+        _ => None,
+    };
+    match (r.reason.as_deref(), err) {
+        (Some(why), Some(e)) => format!("{why} (error: {e})"),
+        (Some(why), None) => why.to_string(),
+        (None, Some(e)) => format!("error: {e}"),
+        (None, None) => String::new(),
+    }
+}
+
+/// Maps a gate answer to the service response (as `http::render` does for HTTP).
+pub fn response_from(r: GateResponse) -> ToolResponse {
+    let output_json = match &r.outcome {
+        Outcome::Executed(v) => v.to_string(),
+        _ => String::new(),
+    };
+    ToolResponse {
+        decision: r.decision.as_str().to_string(),
+        output_json,
+        reason: reason_text(&r),
+        policy_ref: r.policy_ref.as_str().to_string(),
+        audit_id: r.audit_id.as_str().to_string(),
+    }
+}
+
+/// The decision message for a gate answer.
+pub fn decision_msg(call: &ToolCall, r: &GateResponse) -> DecisionMsg {
+    DecisionMsg {
+        stamp: Time::now(),
+        audit_id: r.audit_id.as_str().to_string(),
+        kind: call.kind.as_str().to_string(),
+        decision: r.decision.as_str().to_string(),
+        reason: reason_text(r),
+        policy_ref: r.policy_ref.as_str().to_string(),
+        source: call.source.as_str().to_string(),
+    }
+}
+
+/// What a ROS backend provides. Implement this to add a backend (r2r, zenoh, a mock).
+pub trait RosTransport: Send + Sync + 'static {
+    /// Publishes one line on `/autonomy/markers`, exactly as given.
+    fn publish_marker(&self, line: &str) -> Result<(), RosError>;
+    /// Publishes one message on `/autonomy/decisions`. May block briefly (reliable writer).
+    fn publish_decision(&self, msg: &DecisionMsg) -> Result<(), RosError>;
+    /// Serves `/autonomy/tool` with `svc` until `stop` turns true; the request being handled
+    /// when it does is finished and answered first.
+    fn serve_tools(&self, svc: ToolService, stop: watch::Receiver<bool>) -> BoxFuture<'static, ()>;
+    /// Stops the backend's background work (spinner); called last on shutdown.
+    fn shutdown(&self) -> BoxFuture<'static, ()> {
+        Box::pin(async {})
+    }
+}
+
+/// Forwards every gate decision to the decisions publisher without blocking the gate: a
+/// bounded queue; when it is full the message is dropped and counted.
+struct DecisionForwarder {
+    tx: Mutex<Option<mpsc::Sender<DecisionMsg>>>,
+    dropped: Arc<AtomicU64>,
+}
+
+impl DecisionObserver for DecisionForwarder {
+    fn on_decision(&self, call: &ToolCall, resp: &GateResponse) {
+        let Ok(guard) = self.tx.lock() else { return };
+        let Some(tx) = guard.as_ref() else { return };
+        if tx.try_send(decision_msg(call, resp)).is_err() {
+            let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if n.is_power_of_two() {
+                tracing::warn!(
+                    "{DECISIONS_TOPIC}: publisher queue full, {n} decision message(s) dropped so far"
+                );
+            }
+        }
+    }
+}
+
+/// The running node. Publish markers with [`RosHandle::publish_marker`]; stop with
+/// [`RosHandle::shutdown`].
+pub struct RosHandle {
+    transport: Arc<dyn RosTransport>,
+    config: RosConfig,
+    forwarder: Arc<DecisionForwarder>,
+    stop_tx: watch::Sender<bool>,
+    server: Option<tokio::task::JoinHandle<()>>,
+    publisher: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RosHandle {
+    /// The configuration the node runs with.
+    pub fn config(&self) -> &RosConfig {
+        &self.config
+    }
+
+    /// Publishes a marker line on `/autonomy/markers` exactly as printed.
+    pub fn publish_marker(&self, line: &str) -> Result<(), RosError> {
+        self.transport.publish_marker(line)
+    }
+
+    /// Decision messages dropped because the publisher fell behind.
+    pub fn dropped_decisions(&self) -> u64 {
+        self.forwarder.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Stops serving (after the request in hand), publishes queued decisions, stops the node.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop_tx.send(true);
+        if let Some(server) = self.server.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
+        }
+        if let Ok(mut g) = self.forwarder.tx.lock() {
+            g.take();
+        }
+        if let Some(p) = self.publisher.take() {
+            let _ = tokio::time::timeout(
+                Duration::from_secs(5),
+                tokio::task::spawn_blocking(move || p.join()),
+            )
+            .await;
+        }
+        self.transport.shutdown().await;
+    }
+}
+
+/// Starts node `/autonomy` with the ros2-client backend: the service into `gate`, the marker
+/// and decision topics. Call inside a tokio runtime.
+pub fn start_ros(gate: Arc<Gate>, config: RosConfig) -> Result<RosHandle, RosError> {
+    let transport: Arc<dyn RosTransport> = Arc::new(dds::Ros2ClientTransport::new(&config)?);
+    Ok(start_with(gate, config, transport))
+}
+
+/// Starts the ROS front end on any backend.
+pub fn start_with(
+    gate: Arc<Gate>,
+    config: RosConfig,
+    transport: Arc<dyn RosTransport>,
+) -> RosHandle {
+    let (tx, mut rx) = mpsc::channel::<DecisionMsg>(DECISION_QUEUE);
+    let forwarder = Arc::new(DecisionForwarder {
+        tx: Mutex::new(Some(tx)),
+        dropped: Arc::new(AtomicU64::new(0)),
+    });
+    gate.add_observer(forwarder.clone());
+
+    // A plain thread: a reliable DDS write may wait for buffer space, which must not hold up
+    // tokio workers (or the gate).
+    let t = transport.clone();
+    let publisher = std::thread::Builder::new()
+        .name("autonomy-ros-decisions".into())
+        .spawn(move || {
+            while let Some(m) = rx.blocking_recv() {
+                if let Err(e) = t.publish_decision(&m) {
+                    tracing::warn!("{DECISIONS_TOPIC}: cannot publish {}: {e}", m.audit_id);
+                }
+            }
+        })
+        .ok();
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let server = tokio::spawn(transport.serve_tools(ToolService::new(gate), stop_rx));
+    RosHandle {
+        transport,
+        config,
+        forwarder,
+        stop_tx,
+        server: Some(server),
+        publisher,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mapping_from_rmw_implementation() {
+        assert_eq!(
+            ServiceMapping::from_rmw(Some("rmw_cyclonedds_cpp")),
+            ServiceMapping::Cyclone
+        );
+        assert_eq!(
+            ServiceMapping::from_rmw(Some("rmw_fastrtps_cpp")),
+            ServiceMapping::Enhanced
+        );
+        assert_eq!(
+            ServiceMapping::from_rmw(Some("rmw_fastrtps_dynamic_cpp")),
+            ServiceMapping::Enhanced
+        );
+        assert_eq!(
+            ServiceMapping::from_rmw(Some("rmw_connextdds")),
+            ServiceMapping::Enhanced
+        );
+        assert_eq!(ServiceMapping::from_rmw(Some("")), ServiceMapping::Enhanced);
+        assert_eq!(ServiceMapping::from_rmw(None), ServiceMapping::Enhanced);
+    }
+
+    #[test]
+    fn domain_id_rules() {
+        assert_eq!(parse_domain_id(None), Ok(0));
+        assert_eq!(parse_domain_id(Some("")), Ok(0));
+        assert_eq!(parse_domain_id(Some("42")), Ok(42));
+        assert_eq!(parse_domain_id(Some(" 7 ")), Ok(7));
+        assert_eq!(parse_domain_id(Some("232")), Ok(232));
+        for bad in ["233", "-1", "abc", "1.5", "70000"] {
+            let e = parse_domain_id(Some(bad)).unwrap_err();
+            assert!(e.contains("ROS_DOMAIN_ID") && e.contains("0 to 232"), "{e}");
+        }
+    }
+
+    #[test]
+    fn distro_feature_reaches_ros2_client() {
+        assert_eq!(ros2_client::COMPILED_ROS_DISTRO.as_str(), DISTRO);
+        let gid = if DISTRO == "humble" { 24 } else { 16 };
+        assert_eq!(ros2_client::gid::GID_LENGTH, gid);
+        assert_eq!(RosConfig::distro_warning(None), None);
+        assert_eq!(RosConfig::distro_warning(Some(DISTRO)), None);
+        assert!(
+            RosConfig::distro_warning(Some("kilted"))
+                .unwrap()
+                .contains("kilted")
+        );
+    }
+
+    #[test]
+    fn start_line_names_domain_distro_and_mapping() {
+        let c = RosConfig {
+            domain_id: 42,
+            mapping: ServiceMapping::Cyclone,
+        };
+        assert_eq!(
+            c.describe(),
+            format!(
+                "ROS 2 node /autonomy on domain 42 ({DISTRO}, rmw_cyclonedds_cpp service mapping)"
+            )
+        );
+    }
+
+    #[test]
+    fn request_rules() {
+        let req = |k: &str, p: &str| ToolRequest {
+            kind: k.into(),
+            params_json: p.into(),
+        };
+        let c = parse_request(&req("tool.echo", r#"{"message":"hi"}"#)).unwrap();
+        assert_eq!(c.source, Source::Ros2);
+        assert_eq!(c.params["message"], "hi");
+        assert!(
+            parse_request(&req("tool.echo", ""))
+                .unwrap()
+                .params
+                .is_empty()
+        );
+        assert!(
+            parse_request(&req("tool.echo", "  "))
+                .unwrap()
+                .params
+                .is_empty()
+        );
+        let e = parse_request(&req("tool.echo", "[1]")).unwrap_err();
+        assert!(e.contains("must be a JSON object"), "{e}");
+        let e = parse_request(&req("tool.echo", "{nope")).unwrap_err();
+        assert!(e.contains("not valid JSON"), "{e}");
+        let e = parse_request(&req("", "{}")).unwrap_err();
+        assert!(e.contains("`kind` must not be empty"), "{e}");
+        let e = parse_request(&req("a b", "{}")).unwrap_err();
+        assert!(e.contains("may only contain"), "{e}");
+        let deep = "[".repeat(10_000);
+        assert!(parse_request(&req("tool.echo", &deep)).is_err());
+    }
+}
