@@ -68,6 +68,9 @@ pub struct RunArgs {
     /// Keep the temp WAL dir at exit and print its path on stderr.
     #[arg(long)]
     pub keep: bool,
+    /// Also start the ROS 2 node `/autonomy` (always on for `ros2.launch`).
+    #[arg(long)]
+    pub ros: bool,
     /// `ros2.launch` only: seconds between SIGINT to launch and SIGTERM to its process group.
     #[arg(long, value_name = "SECS", default_value_t = 15.0, value_parser = parse_secs)]
     pub grace_period: f64,

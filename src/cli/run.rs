@@ -24,6 +24,14 @@ pub async fn run(args: RunArgs) -> ExitCode {
         Ok(l) => l,
         Err(msg) => return super::usage(&msg),
     };
+    let ros_config = if args.ros || launch.is_some() {
+        match crate::ros::RosConfig::from_env() {
+            Ok(c) => Some(c),
+            Err(e) => return super::usage(&e),
+        }
+    } else {
+        None
+    };
     let policy = match super::load_policy(args.policy.as_deref()) {
         Ok(p) => p,
         Err(e) => return super::usage(&e),
@@ -59,8 +67,27 @@ pub async fn run(args: RunArgs) -> ExitCode {
         Err(e) => return super::fail(&e.to_string()),
     };
 
+    let ros = match ros_config {
+        Some(c) => match crate::ros::start_ros(rt.gate().clone(), c.clone()) {
+            Ok(h) => {
+                eprintln!("autonomy: {}", c.describe());
+                Some(h)
+            }
+            Err(e) => {
+                eprintln!("autonomy: error: cannot start the ROS 2 node: {e}");
+                let _ = rt.stop().await;
+                return ExitCode::from(super::EXIT_FAILURE);
+            }
+        },
+        None => None,
+    };
+
     let code = match launch {
         Some(req) => {
+            let sink: Box<dyn crate::launch::MarkerSink + '_> = match &ros {
+                Some(h) => Box::new(RosMarkers(h)),
+                None => Box::new(crate::launch::NoMarkers),
+            };
             let opts = crate::launch::LaunchOptions {
                 grace: std::time::Duration::from_secs_f64(args.grace_period),
                 ..Default::default()
@@ -68,7 +95,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
             crate::launch::run(
                 rt.gate(),
                 &rt.url(),
-                &crate::launch::NoMarkers,
+                sink.as_ref(),
                 req,
                 opts,
                 &mut sigs,
@@ -77,6 +104,9 @@ pub async fn run(args: RunArgs) -> ExitCode {
         }
         None => supervise(&args, &rt, &mut sigs).await,
     };
+    if let Some(h) = ros {
+        h.shutdown().await;
+    }
 
     if let Err(e) = rt.stop().await {
         eprintln!("autonomy: error: WAL close failed: {e}");
@@ -90,6 +120,17 @@ pub async fn run(args: RunArgs) -> ExitCode {
         }
     }
     ExitCode::from(code)
+}
+
+/// Publishes marker lines on `/autonomy/markers`.
+struct RosMarkers<'a>(&'a crate::ros::RosHandle);
+
+impl crate::launch::MarkerSink for RosMarkers<'_> {
+    fn publish(&self, line: &str) {
+        if let Err(e) = self.0.publish_marker(line) {
+            eprintln!("autonomy: warning: marker not published on /autonomy/markers: {e}");
+        }
+    }
 }
 
 /// `ros2.launch <package> <launch_file> [args…]` as the command selects the launch path.
