@@ -44,10 +44,18 @@ enum WalPlace {
 
 /// Runs the child under a fresh runtime and returns its exit code.
 pub async fn run(args: RunArgs) -> ExitCode {
-    let policy = match super::load_policy(args.policy.as_deref()) {
+    let resolved = match super::load_policy(
+        args.policy.as_deref(),
+        args.policy_dir.as_deref(),
+        crate::policy::resolve::NoFlag::Demo,
+    ) {
         Ok(p) => p,
         Err(e) => return super::usage(&e),
     };
+    if let Some(w) = &resolved.warning {
+        eprintln!("autonomy: warning: {w}");
+    }
+    let policy = resolved.policy;
     let place = match &args.dir {
         Some(d) => WalPlace::Kept(d.clone()),
         None => match tempfile::Builder::new().prefix("autonomy-run-").tempdir() {
@@ -72,6 +80,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
         wal_dir: wal_dir.clone(),
         wal_options: WalOptions::default(),
         body_limit: crate::http::DEFAULT_BODY_LIMIT,
+        policy_watch: resolved.watch,
     })
     .await
     {
