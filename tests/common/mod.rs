@@ -43,6 +43,8 @@ impl Daemon {
     }
 
     /// As `start_in`, but returns the startup failure (stderr) instead of panicking.
+    // The child is returned inside `Daemon`, whose `Drop` kills and waits for it.
+    #[allow(clippy::zombie_processes)]
     pub fn try_start_in(
         wal_dir: &Path,
         extra: &[&str],
