@@ -633,14 +633,20 @@ fn runtime_start_without_flag_uses_current_else_deny_all() {
     let (st, v) = echo(&d);
     assert_eq!(st, 403);
     assert_eq!(v["policy_ref"], "builtin:deny-all");
-    drop(d);
 
+    // The deny-all daemon watches the store: the first load activates it.
     let a = bundle_from(t.path(), "startme", "1.4.0", ALLOW_ECHO);
     assert_eq!(load(&store, &a, None).code, 0);
     let want = meta(&store, "current")["policy_ref"]
         .as_str()
         .unwrap()
         .to_string();
+    assert!(
+        eventually(Duration::from_secs(3), || echo(&d).1["policy_ref"]
+            == want.as_str()),
+        "deny-all daemon did not pick up the first load"
+    );
+    drop(d);
     let d = store_daemon(&store, &[]);
     assert!(!d.startup.iter().any(|l| l.contains("DENY-ALL")));
     let (st, v) = echo(&d);
