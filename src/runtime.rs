@@ -26,6 +26,8 @@ pub struct RuntimeConfig {
     pub wal_options: WalOptions,
     /// Largest `POST /v1/tool` body.
     pub body_limit: usize,
+    /// Watch this policy store and hot-reload its current slot (see [`crate::policy::watch`]).
+    pub policy_watch: Option<crate::policy::watch::PolicyWatch>,
 }
 
 /// Why the runtime could not start.
@@ -52,6 +54,7 @@ pub struct Runtime {
     addr: SocketAddr,
     stop_tx: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<std::io::Result<()>>>,
+    watcher: Option<JoinHandle<()>>,
 }
 
 impl Runtime {
@@ -106,6 +109,10 @@ impl Runtime {
             .await
             .map_err(|e| WalError::Invalid(format!("WAL task failed: {e}")))??;
 
+        let watcher = cfg
+            .policy_watch
+            .map(|w| crate::policy::watch::spawn(w, gate.policy().clone(), wal.clone()));
+
         let app = crate::http::router(gate.clone(), cfg.body_limit);
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let server = tokio::spawn(async move {
@@ -120,6 +127,7 @@ impl Runtime {
             addr,
             stop_tx: Some(stop_tx),
             server: Some(server),
+            watcher,
         })
     }
 
@@ -140,6 +148,10 @@ impl Runtime {
 
     /// Stops accepting, lets in-flight calls finish, records the stop and closes the WAL.
     pub async fn stop(mut self) -> Result<(), WalError> {
+        if let Some(w) = self.watcher.take() {
+            w.abort();
+            let _ = w.await;
+        }
         if let Some(tx) = self.stop_tx.take() {
             let _ = tx.send(());
         }

@@ -161,7 +161,7 @@ fn tool_service_decisions_and_discovery_with_a_cyclone_peer() {
     let d_id = domain(0);
     let tmp = tempfile::tempdir().unwrap();
     let wal = tmp.path().join("wal");
-    let d = Daemon::start_in(&wal, &["--demo", "--ros"], |c| {
+    let mut d = Daemon::start_in(&wal, &["--demo", "--ros"], |c| {
         c.env("ROS_DOMAIN_ID", d_id.to_string())
             .env("RMW_IMPLEMENTATION", "rmw_cyclonedds_cpp")
             .env_remove("ROS_DISTRO");
@@ -337,6 +337,7 @@ fn markers_reach_late_subscribers() {
             wal_dir: tmp.path().join("wal"),
             wal_options: Default::default(),
             body_limit: 1024,
+            policy_watch: None,
         })
         .await
         .expect("runtime");
@@ -541,6 +542,7 @@ fn enhanced_mapping_round_trip_with_a_ros2_client_client() {
             wal_dir: tmp.path().join("wal"),
             wal_options: Default::default(),
             body_limit: 1024,
+            policy_watch: None,
         })
         .await
         .expect("runtime");

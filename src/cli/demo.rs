@@ -93,9 +93,9 @@ pub async fn validate() -> ExitCode {
     };
     let wal_dir = tmp.path().join("wal");
     let mut rep = Report { failed: 0 };
-    let policy = match super::load_policy(None) {
-        Ok(p) => p,
-        Err(e) => return super::fail(&e),
+    let policy: Box<dyn crate::policy::PolicyEvaluator> = match crate::policy::demo_policy() {
+        Ok(p) => Box::new(p),
+        Err(e) => return super::fail(&format!("embedded demo policy: {e}")),
     };
     let rt = Runtime::start(RuntimeConfig {
         listen: ([127, 0, 0, 1], 0).into(),
@@ -104,6 +104,7 @@ pub async fn validate() -> ExitCode {
         wal_dir: wal_dir.clone(),
         wal_options: WalOptions::default(),
         body_limit: crate::http::DEFAULT_BODY_LIMIT,
+        policy_watch: None,
     })
     .await;
     let rt = match rt {

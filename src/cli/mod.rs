@@ -1,6 +1,7 @@
 //! The command line (clap). Each subcommand lives in its own module; this one parses and dispatches.
 
 mod demo;
+mod policy_cmd;
 mod run;
 mod runtime_cmd;
 mod wal_cmd;
@@ -47,6 +48,11 @@ enum Command {
         #[command(subcommand)]
         cmd: DemoCmd,
     },
+    /// Policy bundles: build, load, status, list, rollback, push, pull.
+    Policy {
+        #[command(subcommand)]
+        cmd: policy_cmd::PolicyCmd,
+    },
     /// Print the version.
     Version,
     /// Print shell completions for bash, zsh, fish, elvish or powershell.
@@ -59,9 +65,14 @@ enum Command {
 /// `autonomy run`.
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// Policy: `demo` (the default: the embedded demo policy) or a path to a .rego file or a directory of them.
+    /// Policy: `demo` (the default: the embedded demo policy), `current` (the store's current
+    /// slot), `oci://host[:port]/name:tag` (from the store, no network), a bundle .tar.gz, a
+    /// .rego file or a directory of them.
     #[arg(long, value_name = "REF")]
     pub policy: Option<String>,
+    /// Policy store for `current` and oci:// refs [default: $XDG_DATA_HOME/autonomy/policy]
+    #[arg(long, value_name = "DIR", env = "AUTONOMY_POLICY_DIR")]
+    pub policy_dir: Option<PathBuf>,
     /// Keep the WAL in DIR (created if needed) instead of a temp dir removed at exit.
     #[arg(long, value_name = "DIR", env = "AUTONOMY_RUN_WAL_DIR")]
     pub dir: Option<PathBuf>,
@@ -134,6 +145,7 @@ pub fn main() -> ExitCode {
         Command::Demo {
             cmd: DemoCmd::Validate,
         } => with_tokio(demo::validate()),
+        Command::Policy { cmd } => with_tokio(policy_cmd::run(cmd)),
         Command::Runtime {
             cmd: RuntimeCmd::Start(args),
         } => with_tokio(runtime_cmd::start(args)),
@@ -211,52 +223,15 @@ pub(crate) fn usage(msg: &str) -> ExitCode {
     ExitCode::from(EXIT_USAGE)
 }
 
-/// Loads the policy named by `--policy` (or the demo policy when `None`).
+/// Resolves `--policy REF` (see [`crate::policy::resolve`]) against the store in `policy_dir`
+/// (default `$XDG_DATA_HOME/autonomy/policy`).
 pub(crate) fn load_policy(
     r: Option<&str>,
-) -> Result<Box<dyn crate::policy::PolicyEvaluator>, String> {
-    use crate::policy::{RegoPolicy, demo_policy};
-    use crate::types::PolicyRef;
-    match r {
-        None | Some("demo") | Some("embedded:demo") => demo_policy()
-            .map(|p| Box::new(p) as Box<dyn crate::policy::PolicyEvaluator>)
-            .map_err(|e| format!("embedded demo policy: {e}")),
-        Some(path) => {
-            let p = std::path::Path::new(path);
-            let mut files = Vec::new();
-            if p.is_dir() {
-                let rd = std::fs::read_dir(p)
-                    .map_err(|e| format!("cannot read policy directory {path}: {e}"))?;
-                for ent in rd.flatten() {
-                    let fp = ent.path();
-                    if fp.extension().is_some_and(|x| x == "rego") {
-                        files.push(fp);
-                    }
-                }
-                files.sort();
-                if files.is_empty() {
-                    return Err(format!("policy directory {path} has no .rego files"));
-                }
-            } else if p.is_file() {
-                files.push(p.to_path_buf());
-            } else {
-                return Err(format!(
-                    "--policy {path}: no such file or directory (use `demo`, a .rego file or a directory of .rego files)"
-                ));
-            }
-            let mut modules = Vec::new();
-            for f in &files {
-                let src = std::fs::read_to_string(f)
-                    .map_err(|e| format!("cannot read {}: {e}", f.display()))?;
-                modules.push((f.display().to_string(), src));
-            }
-            let name = p
-                .file_name()
-                .map(|n| n.to_string_lossy().to_string())
-                .unwrap_or_else(|| path.to_string());
-            RegoPolicy::compile(PolicyRef::new(format!("file:{name}")), &modules, None)
-                .map(|p| Box::new(p) as Box<dyn crate::policy::PolicyEvaluator>)
-                .map_err(|e| format!("policy {path} rejected: {e}"))
-        }
-    }
+    policy_dir: Option<&std::path::Path>,
+    no_flag: crate::policy::resolve::NoFlag,
+) -> Result<crate::policy::resolve::Resolved, String> {
+    let dir = policy_dir
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_else(crate::paths::default_policy_dir);
+    crate::policy::resolve::resolve(r, &dir, no_flag)
 }

@@ -32,10 +32,18 @@ pub async fn run(args: RunArgs) -> ExitCode {
     } else {
         None
     };
-    let policy = match super::load_policy(args.policy.as_deref()) {
+    let resolved = match super::load_policy(
+        args.policy.as_deref(),
+        args.policy_dir.as_deref(),
+        crate::policy::resolve::NoFlag::Demo,
+    ) {
         Ok(p) => p,
         Err(e) => return super::usage(&e),
     };
+    if let Some(w) = &resolved.warning {
+        eprintln!("autonomy: warning: {w}");
+    }
+    let policy = resolved.policy;
     let place = match &args.dir {
         Some(d) => WalPlace::Kept(d.clone()),
         None => match tempfile::Builder::new().prefix("autonomy-run-").tempdir() {
@@ -60,6 +68,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
         wal_dir: wal_dir.clone(),
         wal_options: WalOptions::default(),
         body_limit: crate::http::DEFAULT_BODY_LIMIT,
+        policy_watch: resolved.watch,
     })
     .await
     {
@@ -92,15 +101,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
                 grace: std::time::Duration::from_secs_f64(args.grace_period),
                 ..Default::default()
             };
-            crate::launch::run(
-                rt.gate(),
-                &rt.url(),
-                sink.as_ref(),
-                req,
-                opts,
-                &mut sigs,
-            )
-            .await
+            crate::launch::run(rt.gate(), &rt.url(), sink.as_ref(), req, opts, &mut sigs).await
         }
         None => supervise(&args, &rt, &mut sigs).await,
     };

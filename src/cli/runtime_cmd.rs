@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use crate::policy::{DenyAll, PolicyEvaluator};
+use crate::policy::PolicyEvaluator;
 use crate::runtime::{Runtime, RuntimeConfig};
 use crate::tools::Allowlist;
 use crate::wal::{SyncMode, WalOptions};
@@ -20,9 +20,15 @@ pub struct StartArgs {
     /// Use the embedded demo policy.
     #[arg(long, conflicts_with = "policy")]
     pub demo: bool,
-    /// Policy: `demo`, or a path to a .rego file or a directory of them.
+    /// Policy: `demo`, `current` (the store's current slot), `oci://host[:port]/name:tag` (from
+    /// the store, no network), a bundle .tar.gz, a .rego file or a directory of them. Without
+    /// it: the store's current slot if there is one, else deny-all; store-based policies are
+    /// hot-reloaded when the current slot changes.
     #[arg(long, value_name = "REF")]
     pub policy: Option<String>,
+    /// Policy store [default: $XDG_DATA_HOME/autonomy/policy]
+    #[arg(long, value_name = "DIR", env = "AUTONOMY_POLICY_DIR")]
+    pub policy_dir: Option<PathBuf>,
     /// Address to listen on (host:port). Non-loopback addresses expose the API to the network.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7777")]
     pub listen: SocketAddr,
@@ -60,18 +66,10 @@ pub async fn start(args: StartArgs) -> ExitCode {
         Ok(a) => a,
         Err(e) => return super::usage(&e.to_string()),
     };
-    let policy: Box<dyn PolicyEvaluator> = if args.demo {
-        match super::load_policy(None) {
-            Ok(p) => p,
-            Err(e) => return super::fail(&e),
-        }
-    } else if let Some(r) = args.policy.as_deref() {
-        match super::load_policy(Some(r)) {
-            Ok(p) => p,
-            Err(e) => return super::usage(&e),
-        }
+    let policy_ref_arg = if args.demo {
+        Some("demo")
     } else {
-        Box::new(DenyAll::new())
+        args.policy.as_deref()
     };
     let ros_config = if args.ros {
         match crate::ros::RosConfig::from_env() {
@@ -81,6 +79,18 @@ pub async fn start(args: StartArgs) -> ExitCode {
     } else {
         None
     };
+    let resolved = match super::load_policy(
+        policy_ref_arg,
+        args.policy_dir.as_deref(),
+        crate::policy::resolve::NoFlag::StoreOrDenyAll,
+    ) {
+        Ok(p) => p,
+        Err(e) => return super::usage(&e),
+    };
+    if let Some(w) = &resolved.warning {
+        eprintln!("autonomy: warning: {w}");
+    }
+    let policy: Box<dyn PolicyEvaluator> = resolved.policy;
     let deny_all = policy.policy_ref().as_str() == "builtin:deny-all";
     let policy_ref = policy.policy_ref().clone();
     let wal_dir = args.wal_dir.unwrap_or_else(crate::paths::default_wal_dir);
@@ -95,6 +105,7 @@ pub async fn start(args: StartArgs) -> ExitCode {
             ..WalOptions::default()
         },
         body_limit: crate::http::DEFAULT_BODY_LIMIT,
+        policy_watch: resolved.watch,
     };
     let mut sigs = match crate::signals::Signals::new() {
         Ok(s) => s,

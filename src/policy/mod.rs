@@ -1,6 +1,11 @@
 //! Policy evaluation: one evaluator decides allow or deny for every tool call.
 
+pub mod bundle;
+pub mod oci;
 pub mod rego;
+pub mod resolve;
+pub mod store;
+pub mod watch;
 
 use std::sync::Arc;
 

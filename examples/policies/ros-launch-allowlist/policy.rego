@@ -1,0 +1,25 @@
+# Entry point: package autonomy, rule allow (default false) and reason.
+package autonomy
+
+import data.ros
+
+default allow := false
+
+allow if ros.allowed_launch
+
+allow if input.kind == "tool.echo"
+
+reason := sprintf("ROS package %q is not in the launch allowlist", [input.params.package]) if {
+	input.kind == "tool.ros2.launch"
+	not input.params.package in data.ros.packages
+}
+
+reason := sprintf("launch file %q is not a .launch.py/.xml/.yaml file", [input.params.launch_file]) if {
+	input.kind == "tool.ros2.launch"
+	input.params.package in data.ros.packages
+	not ros.valid_launch_file
+}
+
+reason := sprintf("kind %q is not allowed by this policy", [input.kind]) if {
+	not input.kind in {"tool.echo", "tool.ros2.launch"}
+}

@@ -1,0 +1,465 @@
+//! `autonomy policy build|load|list|status|rollback|push|pull`.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+
+use crate::policy::bundle;
+use crate::policy::oci::{self, OciRef};
+use crate::policy::store::{Meta, Slot, Store};
+use crate::wal::{NewRecord, RecordType, Wal, WalOptions};
+
+/// The policy store directory flag, shared by the subcommands that use the store.
+#[derive(Args, Debug, Clone)]
+pub struct StoreArgs {
+    /// Policy store [default: $XDG_DATA_HOME/autonomy/policy]
+    #[arg(long, value_name = "DIR", env = "AUTONOMY_POLICY_DIR")]
+    pub policy_dir: Option<PathBuf>,
+}
+
+impl StoreArgs {
+    fn store(&self) -> Store {
+        Store::new(
+            self.policy_dir
+                .clone()
+                .unwrap_or_else(crate::paths::default_policy_dir),
+        )
+    }
+}
+
+/// `autonomy policy …`.
+#[derive(Subcommand, Debug)]
+pub enum PolicyCmd {
+    /// Build a reproducible bundle (.tar.gz) from a directory of .rego files (and data.json).
+    #[command(disable_version_flag = true)]
+    Build(BuildArgs),
+    /// Validate a bundle and make it the current policy (the old current becomes lkg).
+    Load(LoadArgs),
+    /// Show the store's current and lkg slots.
+    Status(ShowArgs),
+    /// List the store's slots: versions, hashes and where they came from.
+    List(ShowArgs),
+    /// Make the last-known-good bundle current again (the current one becomes lkg).
+    Rollback(RollbackArgs),
+    /// Push a bundle to an OCI registry as an artifact.
+    Push(PushArgs),
+    /// Pull a bundle from an OCI registry, verify it and load it as current.
+    Pull(PullArgs),
+}
+
+/// `policy build`.
+#[derive(Args, Debug)]
+pub struct BuildArgs {
+    /// Directory with *.rego files and optional data.json files (subdirectories allowed).
+    #[arg(long = "in", value_name = "DIR")]
+    pub input: PathBuf,
+    /// Output file (.tar.gz).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Bundle version (semver, e.g. 1.2.0).
+    #[arg(long, value_name = "V")]
+    pub version: String,
+    /// Bundle name [default: the input directory's name]
+    #[arg(long, value_name = "N")]
+    pub name: Option<String>,
+    /// Runtime versions the bundle works with, e.g. ">=0.1.0 <2.0.0" (operators >=, >, <=, <, =) [default: any]
+    #[arg(long, value_name = "C", default_value = "")]
+    pub runtime_version: String,
+}
+
+/// `policy load`.
+#[derive(Args, Debug)]
+pub struct LoadArgs {
+    /// The bundle file.
+    #[arg(long, value_name = "FILE")]
+    pub bundle: PathBuf,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Record the outcome (`policy.loaded` / `policy.rejected`) in this WAL.
+    #[arg(long, value_name = "DIR")]
+    pub wal_dir: Option<PathBuf>,
+}
+
+/// `policy status` / `policy list`.
+#[derive(Args, Debug)]
+pub struct ShowArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// One JSON object per slot instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `policy rollback`.
+#[derive(Args, Debug)]
+pub struct RollbackArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Record the rollback in this WAL.
+    #[arg(long, value_name = "DIR")]
+    pub wal_dir: Option<PathBuf>,
+}
+
+/// `policy push`.
+#[derive(Args, Debug)]
+pub struct PushArgs {
+    /// The bundle file.
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// Where to: oci://host[:port]/name[:tag].
+    #[arg(value_name = "OCI_REF")]
+    pub oci_ref: String,
+    /// Plain HTTP (loopback registries only).
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+/// `policy pull`.
+#[derive(Args, Debug)]
+pub struct PullArgs {
+    /// What: oci://host[:port]/name[:tag].
+    #[arg(value_name = "OCI_REF")]
+    pub oci_ref: String,
+    /// Plain HTTP (loopback registries only).
+    #[arg(long)]
+    pub insecure: bool,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Record the outcome in this WAL.
+    #[arg(long, value_name = "DIR")]
+    pub wal_dir: Option<PathBuf>,
+}
+
+/// Runs one `policy` subcommand.
+pub async fn run(cmd: PolicyCmd) -> ExitCode {
+    match cmd {
+        PolicyCmd::Build(a) => build(a),
+        PolicyCmd::Load(a) => load(a),
+        PolicyCmd::Status(a) => show(a, true),
+        PolicyCmd::List(a) => show(a, false),
+        PolicyCmd::Rollback(a) => rollback(a),
+        PolicyCmd::Push(a) => push(a).await,
+        PolicyCmd::Pull(a) => pull(a).await,
+    }
+}
+
+fn build(a: BuildArgs) -> ExitCode {
+    let name = match a.name {
+        Some(n) => n,
+        None => std::fs::canonicalize(&a.input)
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().to_string()))
+            .unwrap_or_else(|| "bundle".into()),
+    };
+    let built = match bundle::build(&a.input, &name, &a.version, &a.runtime_version) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("policy build: FAILED — {e}");
+            return ExitCode::from(super::EXIT_FAILURE);
+        }
+    };
+    if let Err(e) = write_atomic(&a.out, &built.bytes) {
+        eprintln!("policy build: FAILED — {e}");
+        return ExitCode::from(super::EXIT_FAILURE);
+    }
+    let m = &built.manifest;
+    println!("policy build: OK");
+    println!("  name: {}", m.name);
+    println!("  version: {}", m.policy_bundle_version);
+    println!("  hash: {}", m.bundle_hash);
+    println!(
+        "  runtime-version: {}",
+        if m.required_runtime_version.is_empty() {
+            "any"
+        } else {
+            &m.required_runtime_version
+        }
+    );
+    println!("  output: {}", a.out.display());
+    ExitCode::SUCCESS
+}
+
+fn write_atomic(path: &Path, data: &[u8]) -> Result<(), String> {
+    use std::io::Write;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let mut tmp = tempfile::NamedTempFile::new_in(&dir)
+        .map_err(|e| format!("cannot write in {}: {e}", dir.display()))?;
+    tmp.write_all(data)
+        .and_then(|_| tmp.as_file().sync_all())
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    tmp.persist(path)
+        .map_err(|e| format!("cannot write {}: {}", path.display(), e.error))?;
+    Ok(())
+}
+
+/// Appends a `policy` record to the WAL in `dir` (a warning when that is not possible).
+fn record(dir: Option<&Path>, rec: NewRecord) {
+    let Some(dir) = dir else { return };
+    let res = Wal::open(dir, WalOptions::default()).and_then(|(w, _)| {
+        w.append(rec)?;
+        w.close()
+    });
+    if let Err(e) = res {
+        eprintln!(
+            "autonomy: warning: cannot record the policy event in {}: {e}",
+            dir.display()
+        );
+    }
+}
+
+fn rejected(reason: &str, source: &str, wal: Option<&Path>) -> ExitCode {
+    eprintln!("policy load: REJECTED — {reason}");
+    record(
+        wal,
+        NewRecord::new(RecordType::Policy, None)
+            .with("event", "policy.rejected")
+            .with("reason", reason)
+            .with("source", source),
+    );
+    ExitCode::from(super::EXIT_FAILURE)
+}
+
+/// Validates `bytes` fully and installs them as current (old current → lkg).
+fn load_bytes(bytes: &[u8], source: &str, store: &Store, wal: Option<&Path>) -> ExitCode {
+    let b = match bundle::read_bytes(bytes) {
+        Ok(b) => b,
+        Err(e) => return rejected(&e, source, wal),
+    };
+    if let Err(e) = b.compile() {
+        return rejected(&e, source, wal);
+    }
+    match store.install(bytes, &b, source) {
+        Ok(l) => {
+            println!(
+                "policy load: OK — version={} hash={}",
+                l.meta.version, l.meta.hash
+            );
+            record(
+                wal,
+                NewRecord::new(RecordType::Policy, None)
+                    .with("event", "policy.loaded")
+                    .with("name", l.meta.name.as_str())
+                    .with("version", l.meta.version.as_str())
+                    .with("hash", l.meta.hash.as_str())
+                    .with("policy_ref", l.meta.policy_ref.as_str())
+                    .with("source", source),
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("policy load: FAILED — {e}");
+            ExitCode::from(super::EXIT_FAILURE)
+        }
+    }
+}
+
+fn load(a: LoadArgs) -> ExitCode {
+    let source = std::fs::canonicalize(&a.bundle)
+        .unwrap_or_else(|_| a.bundle.clone())
+        .display()
+        .to_string();
+    let wal = a.wal_dir.as_deref();
+    let meta = match std::fs::metadata(&a.bundle) {
+        Ok(m) => m,
+        Err(e) => {
+            return rejected(
+                &format!("cannot read {}: {e}", a.bundle.display()),
+                &source,
+                wal,
+            );
+        }
+    };
+    if meta.len() > bundle::MAX_COMPRESSED {
+        return rejected(
+            &format!(
+                "bundle is {} bytes compressed; the limit is {}",
+                meta.len(),
+                bundle::MAX_COMPRESSED
+            ),
+            &source,
+            wal,
+        );
+    }
+    let bytes = match std::fs::read(&a.bundle) {
+        Ok(b) => b,
+        Err(e) => {
+            return rejected(
+                &format!("cannot read {}: {e}", a.bundle.display()),
+                &source,
+                wal,
+            );
+        }
+    };
+    load_bytes(&bytes, &source, &a.store.store(), wal)
+}
+
+fn meta_json(slot: Slot, m: Option<&Meta>) -> serde_json::Value {
+    match m {
+        Some(m) => serde_json::json!({
+            "slot": slot.as_str(),
+            "name": m.name,
+            "version": m.version,
+            "hash": m.hash,
+            "source": m.source,
+            "loaded_at": m.loaded_at,
+            "policy_ref": m.policy_ref,
+        }),
+        None => serde_json::json!({"slot": slot.as_str(), "empty": true}),
+    }
+}
+
+fn show(a: ShowArgs, status: bool) -> ExitCode {
+    let store = a.store.store();
+    let mut metas = Vec::new();
+    for s in [Slot::Current, Slot::Lkg] {
+        match store.meta(s) {
+            Ok(m) => metas.push((s, m)),
+            Err(e) => return super::fail(&e),
+        }
+    }
+    if a.json {
+        for (s, m) in &metas {
+            println!("{}", meta_json(*s, m.as_ref()));
+        }
+        return ExitCode::SUCCESS;
+    }
+    if status {
+        println!("policy store: {}", store.dir().display());
+        for (s, m) in &metas {
+            match m {
+                Some(m) => println!(
+                    "{}: {} version={} hash={} source={} loaded_at={}",
+                    s.as_str(),
+                    m.name,
+                    m.version,
+                    m.hash,
+                    m.source,
+                    m.loaded_at
+                ),
+                None => println!("{}: none", s.as_str()),
+            }
+        }
+        if metas[0].1.is_none() {
+            println!(
+                "no current bundle: `autonomy runtime start` without --policy is DENY-ALL (load one with `autonomy policy load --bundle FILE`)"
+            );
+        } else if let Err(e) = store.open_slot(Slot::Current) {
+            println!("current slot is NOT usable: {e}");
+            return ExitCode::from(super::EXIT_FAILURE);
+        }
+    } else {
+        println!(
+            "{:<8} {:<20} {:<12} {:<71} SOURCE",
+            "SLOT", "NAME", "VERSION", "HASH"
+        );
+        for (s, m) in &metas {
+            match m {
+                Some(m) => println!(
+                    "{:<8} {:<20} {:<12} {:<71} {}",
+                    s.as_str(),
+                    m.name,
+                    m.version,
+                    m.hash,
+                    m.source
+                ),
+                None => println!("{:<8} -", s.as_str()),
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn rollback(a: RollbackArgs) -> ExitCode {
+    let store = a.store.store();
+    match store.rollback() {
+        Ok((cur, lkg)) => {
+            println!(
+                "policy rollback: OK — current={} version={} hash={}{}",
+                cur.name,
+                cur.version,
+                cur.hash,
+                lkg.map(|l| format!(" (lkg is now {} version={})", l.name, l.version))
+                    .unwrap_or_default()
+            );
+            record(
+                a.wal_dir.as_deref(),
+                NewRecord::new(RecordType::Policy, None)
+                    .with("event", "policy.rolled_back")
+                    .with("version", cur.version.as_str())
+                    .with("hash", cur.hash.as_str())
+                    .with("policy_ref", cur.policy_ref.as_str()),
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("policy rollback: FAILED — {e}");
+            ExitCode::from(super::EXIT_FAILURE)
+        }
+    }
+}
+
+async fn push(a: PushArgs) -> ExitCode {
+    let r = match OciRef::parse(&a.oci_ref) {
+        Ok(r) => r,
+        Err(e) => return super::usage(&e),
+    };
+    let bytes = match std::fs::read(&a.file) {
+        Ok(b) => b,
+        Err(e) => return super::usage(&format!("cannot read {}: {e}", a.file.display())),
+    };
+    // Only valid bundles leave this machine.
+    let b = match bundle::read_bytes(&bytes).and_then(|b| b.compile().map(|_| b)) {
+        Ok(b) => b,
+        Err(e) => {
+            eprintln!("policy push: FAILED — {}: {e}", a.file.display());
+            return ExitCode::from(super::EXIT_FAILURE);
+        }
+    };
+    match oci::push(&bytes, &b, &r, a.insecure).await {
+        Ok(p) => {
+            println!(
+                "policy push: OK — {r} version={} hash={} digest={}",
+                b.version, b.hash, p.digest
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("policy push: FAILED — {e}");
+            ExitCode::from(super::EXIT_FAILURE)
+        }
+    }
+}
+
+async fn pull(a: PullArgs) -> ExitCode {
+    let r = match OciRef::parse(&a.oci_ref) {
+        Ok(r) => r,
+        Err(e) => return super::usage(&e),
+    };
+    let source = r.to_string();
+    let wal = a.wal_dir.as_deref();
+    match oci::pull(&r, a.insecure).await {
+        Ok((bytes, digest)) => {
+            println!("policy pull: OK — {r} digest={digest}");
+            let store = a.store.store();
+            let wal = wal.map(Path::to_path_buf);
+            tokio::task::spawn_blocking(move || load_bytes(&bytes, &source, &store, wal.as_deref()))
+                .await
+                .unwrap_or_else(|e| super::fail(&format!("load task failed: {e}")))
+        }
+        Err(e) => {
+            eprintln!("policy pull: FAILED — {e}");
+            record(
+                wal,
+                NewRecord::new(RecordType::Policy, None)
+                    .with("event", "policy.rejected")
+                    .with("reason", e.as_str())
+                    .with("source", source.as_str()),
+            );
+            ExitCode::from(super::EXIT_FAILURE)
+        }
+    }
+}

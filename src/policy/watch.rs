@@ -1,0 +1,149 @@
+//! Hot reload: a task that polls the store's current slot and swaps the active policy.
+//!
+//! Every [`POLL`] it takes a fingerprint of the current slot (where `state` points, the bytes of
+//! `meta.json`, the size and mtime of `bundle.tar.gz`). When the fingerprint changes it reads
+//! the slot, checks it as `policy load` would (archive safety, hash, runtime version, compile,
+//! entry point) and only then swaps it in with [`ActivePolicy::swap`], recording
+//! `policy.activated`. A slot that fails any check never replaces the policy in memory: it is
+//! recorded as `policy.rejected` (once per fingerprint) and the working policy keeps serving.
+//! Calls already in evaluation hold their own `Arc` of the old policy and finish on it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::store::{Slot, Store};
+use super::{ActivePolicy, PolicyEvaluator};
+use crate::wal::{NewRecord, RecordType, Wal};
+
+/// Poll interval.
+pub const POLL: Duration = Duration::from_millis(500);
+
+/// What to watch, and what the runtime started with.
+#[derive(Debug, Clone)]
+pub struct PolicyWatch {
+    /// The store directory.
+    pub store_dir: PathBuf,
+    /// The fingerprint of the store when the starting policy was chosen (changes after it are
+    /// picked up; `None` = pick up whatever current holds).
+    pub initial: Option<String>,
+    /// Hash of the bundle the runtime started with, if it came from a bundle.
+    pub active_hash: Option<String>,
+}
+
+impl PolicyWatch {
+    /// Watches `store_dir`, taking its fingerprint now.
+    pub fn new(store_dir: PathBuf, active_hash: Option<String>) -> Self {
+        let initial = fingerprint(&Store::new(&store_dir));
+        PolicyWatch {
+            store_dir,
+            initial: Some(initial),
+            active_hash,
+        }
+    }
+}
+
+/// A cheap summary of the current slot that changes whenever it does.
+pub fn fingerprint(store: &Store) -> String {
+    use std::os::unix::fs::MetadataExt;
+    let base = match store.generation() {
+        Some(g) => g.join("current"),
+        None => store.slot_dir(Slot::Current),
+    };
+    let gen_name = store
+        .generation()
+        .map(|g| g.display().to_string())
+        .unwrap_or_default();
+    let meta = std::fs::read(base.join(super::store::META_FILE)).unwrap_or_default();
+    let b = std::fs::metadata(base.join(super::store::BUNDLE_FILE))
+        .map(|m| format!("{}:{}:{}", m.len(), m.mtime(), m.mtime_nsec()))
+        .unwrap_or_default();
+    use sha2::Digest;
+    format!(
+        "{gen_name}|{}|{b}",
+        hex::encode(sha2::Sha256::digest(&meta))
+    )
+}
+
+/// Starts the watcher task; abort the handle to stop it.
+pub fn spawn(
+    w: PolicyWatch,
+    policy: Arc<ActivePolicy>,
+    wal: Arc<Wal>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let store = Store::new(&w.store_dir);
+        let mut last = w.initial.clone();
+        let mut active_hash = w.active_hash.clone();
+        let mut tick = tokio::time::interval(POLL);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let s = store.clone();
+            let fp = fingerprint(&s);
+            if last.as_deref() == Some(fp.as_str()) {
+                continue;
+            }
+            let res = tokio::task::spawn_blocking(move || {
+                let r = s.open_slot(Slot::Current).and_then(|o| match o {
+                    None => Ok(None),
+                    Some((meta, b)) => b.compile().map(|p| Some((meta, b, p))),
+                });
+                // Was the slot replaced while we read it? Then read again next tick.
+                let stable = fingerprint(&s) == fp;
+                (r, stable, fp)
+            })
+            .await;
+            let Ok((r, stable, fp)) = res else { continue };
+            if !stable {
+                continue;
+            }
+            last = Some(fp);
+            match r {
+                Ok(None) => {}
+                Ok(Some((meta, b, p))) => {
+                    if active_hash.as_deref() == Some(b.hash.as_str()) {
+                        continue;
+                    }
+                    let policy_ref = p.policy_ref().as_str().to_string();
+                    let rec = NewRecord::new(RecordType::Policy, None)
+                        .with("event", "policy.activated")
+                        .with("name", b.name.as_str())
+                        .with("version", b.version.as_str())
+                        .with("hash", b.hash.as_str())
+                        .with("policy_ref", policy_ref.as_str())
+                        .with("source", meta.source.as_str());
+                    // Recorded first, so every decision under the new policy_ref follows it.
+                    append(&wal, rec).await;
+                    policy.swap(Box::new(p));
+                    active_hash = Some(b.hash.clone());
+                    eprintln!(
+                        "autonomy: policy activated: {policy_ref} (from {})",
+                        meta.source
+                    );
+                }
+                Err(reason) => {
+                    let keep = policy.get().policy_ref().as_str().to_string();
+                    eprintln!(
+                        "autonomy: policy rejected: the current slot is not usable ({reason}); still serving {keep}"
+                    );
+                    let rec = NewRecord::new(RecordType::Policy, None)
+                        .with("event", "policy.rejected")
+                        .with("reason", reason.as_str())
+                        .with("slot", "current")
+                        .with("policy_ref", keep.as_str());
+                    append(&wal, rec).await;
+                }
+            }
+        }
+    })
+}
+
+async fn append(wal: &Arc<Wal>, rec: NewRecord) {
+    let w = wal.clone();
+    match tokio::task::spawn_blocking(move || w.append(rec)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!("cannot record a policy event: {e}"),
+        Err(e) => tracing::warn!("policy record task failed: {e}"),
+    }
+}
