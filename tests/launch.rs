@@ -429,3 +429,52 @@ fn a_second_ctrl_c_skips_the_grace_period() {
     );
     assert!(!group_alive(pgid));
 }
+
+/// The same marker lines reach `/autonomy/markers`, as seen by an independent Cyclone DDS peer
+/// (PyPI `cyclonedds`, hand-written types; see tests/ros_peer.py).
+#[test]
+fn markers_are_published_on_the_ros_topic() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let py = root.join(".venv/bin/python");
+    assert!(
+        py.is_file(),
+        "needs {} with PyPI cyclonedds: run .ci/run",
+        py.display()
+    );
+    // Domains 201..=230: apart from the ones tests/ros_interop.rs uses.
+    let domain = 201 + std::process::id() % 30;
+    let mut peer = Command::new(&py)
+        .arg(root.join("tests/ros_peer.py"))
+        .args(["markers", "--domain", &domain.to_string(), "--count", "5"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let peer_out = lines(peer.stdout.take().unwrap());
+    let run = start(
+        &["ros2.launch", "demo_robot", "x.launch.py"],
+        &[
+            ("ROS_DOMAIN_ID", &domain.to_string()),
+            ("RMW_IMPLEMENTATION", "rmw_cyclonedds_cpp"),
+        ],
+        &fake_path(),
+    );
+    let (code, out, err) = run.finish(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{out:?} {err:?}");
+    assert_eq!(markers_in(&out), MARKERS);
+    assert!(
+        err.iter().any(|l| l.contains(&format!("ROS 2 node /autonomy on domain {domain}"))),
+        "{err:?}"
+    );
+    let st = wait_timeout(&mut peer, Duration::from_secs(40)).expect("peer finished");
+    let mut got = Vec::new();
+    while let Ok(l) = peer_out.recv_timeout(Duration::from_millis(300)) {
+        let v: serde_json::Value = serde_json::from_str(&l).unwrap_or_default();
+        if v["event"] == "marker" {
+            got.push(v["line"].as_str().unwrap_or_default().to_string());
+        }
+    }
+    assert!(st.success(), "peer failed; got {got:?}");
+    assert_eq!(got, MARKERS, "byte for byte, in order");
+}
