@@ -212,27 +212,24 @@ fn allowed_launch_prints_five_markers_and_records_everything() {
     assert_eq!(code, 0, "{out}");
 }
 
-fn deny_policy(dir: &Path) -> PathBuf {
-    let p = dir.join("launch_allowlist.rego");
-    std::fs::write(
-        &p,
-        r#"package autonomy
-
-default allow := false
-
-allow if {
-	input.kind == "tool.ros2.launch"
-	input.params.package in {"demo_robot"}
-}
-
-reason := sprintf("package %s is not in the launch allowlist", [input.params.package]) if {
-	input.kind == "tool.ros2.launch"
-	not allow
-}
-"#,
-    )
-    .unwrap();
-    p
+/// Builds the example launch-allowlist bundle (packages demo_nodes_cpp and turtlesim).
+fn launch_bundle(dir: &Path) -> PathBuf {
+    let out = dir.join("launch-allowlist.tar.gz");
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/policies/ros-launch-allowlist");
+    let st = Command::new(bin())
+        .args(["policy", "build", "--in"])
+        .arg(&src)
+        .arg("--out")
+        .arg(&out)
+        .args(["--version", "1.0.0", "--name", "launch-allowlist"])
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    out
 }
 
 #[test]
@@ -240,11 +237,11 @@ fn denied_launch_prints_deny_exits_126_and_spawns_nothing() {
     let tmp = tempfile::tempdir().unwrap();
     let wal = tmp.path().join("wal");
     let record = tmp.path().join("argv.json");
-    let policy = deny_policy(tmp.path());
+    let bundle = launch_bundle(tmp.path());
     let run = start(
         &[
             "--policy",
-            policy.to_str().unwrap(),
+            bundle.to_str().unwrap(),
             "--dir",
             wal.to_str().unwrap(),
             "ros2.launch",
@@ -256,7 +253,7 @@ fn denied_launch_prints_deny_exits_126_and_spawns_nothing() {
     );
     let (code, out, err) = run.finish(Duration::from_secs(60));
     assert_eq!(code, Some(126), "{out:?} {err:?}");
-    let deny = "DENY ros2-launch-denied context=native reason=package rogue_pkg is not in the launch allowlist";
+    let deny = r#"DENY ros2-launch-denied context=native reason=ROS package "rogue_pkg" is not in the launch allowlist"#;
     assert_eq!(
         markers_in(&out),
         vec![MARKERS[0].to_string(), deny.to_string()]
@@ -272,15 +269,22 @@ fn denied_launch_prints_deny_exits_126_and_spawns_nothing() {
         (d["kind"].as_str(), d["decision"].as_str()),
         (Some("tool.ros2.launch"), Some("deny"))
     );
+    assert!(
+        d["policy_ref"]
+            .as_str()
+            .unwrap()
+            .starts_with("launch-allowlist@1.0.0"),
+        "{d}"
+    );
 
-    // The same policy allows the listed package.
+    // The same bundle allows a listed package.
     let run = start(
         &[
             "--policy",
-            policy.to_str().unwrap(),
+            bundle.to_str().unwrap(),
             "ros2.launch",
-            "demo_robot",
-            "x.launch.py",
+            "turtlesim",
+            "turtle.launch.py",
         ],
         &[],
         &fake_path(),
@@ -464,7 +468,8 @@ fn markers_are_published_on_the_ros_topic() {
     assert_eq!(code, Some(0), "{out:?} {err:?}");
     assert_eq!(markers_in(&out), MARKERS);
     assert!(
-        err.iter().any(|l| l.contains(&format!("ROS 2 node /autonomy on domain {domain}"))),
+        err.iter()
+            .any(|l| l.contains(&format!("ROS 2 node /autonomy on domain {domain}"))),
         "{err:?}"
     );
     let st = wait_timeout(&mut peer, Duration::from_secs(40)).expect("peer finished");
