@@ -509,3 +509,24 @@ fn http_get_localhost_by_name_is_refused() {
     assert!(v["reason"].as_str().unwrap().contains("127.0.0.1"), "{v}");
     assert_eq!(target.hits(), 0);
 }
+
+#[test]
+fn a_second_runtime_on_the_same_wal_is_refused() {
+    let d = Daemon::start(&["--demo"]);
+    let r = Daemon::try_start_in(&d.wal_dir, &["--demo"], |_| {});
+    let err = r.err().expect("the second runtime must not start");
+    assert!(err.contains("exited with code Some(1)"), "{err}");
+    assert!(err.contains("WAL_LOCKED"), "{err}");
+    assert!(err.contains(&format!("pid {}", d.child.id())), "{err}");
+    assert_eq!(
+        err.lines().filter(|l| l.contains("error")).count(),
+        1,
+        "{err}"
+    );
+    // The first one is unaffected.
+    assert_eq!(
+        d.tool(r#"{"kind":"tool.echo","params":{"message":"x"}}"#)
+            .status,
+        200
+    );
+}

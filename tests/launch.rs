@@ -483,3 +483,30 @@ fn markers_are_published_on_the_ros_topic() {
     assert!(st.success(), "peer failed; got {got:?}");
     assert_eq!(got, MARKERS, "byte for byte, in order");
 }
+
+#[test]
+fn a_ctrl_c_shutdown_that_ends_in_0_counts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = start(
+        &[
+            "--dir",
+            tmp.path().join("wal").to_str().unwrap(),
+            "ros2.launch",
+            "demo_robot",
+            "x.launch.py",
+        ],
+        &[("FAKE_ROS2_MODE", "interruptible")],
+        &fake_path(),
+    );
+    run.wait_for("listener-2]: process started", Duration::from_secs(30));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(run.child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let (code, out, err) = run.finish(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{out:?} {err:?}");
+    // markers 1-3 were consumed by wait_for; 4 and 5 follow the clean shutdown.
+    assert_eq!(markers_in(&out), MARKERS[3..]);
+    assert_eq!(wal_markers(&tmp.path().join("wal")), MARKERS);
+}

@@ -77,33 +77,31 @@ impl RegoPolicy {
                 .add_data(regorus::Value::from(d))
                 .map_err(|e| RegoPolicyError::Data(e.to_string()))?;
         }
-        // Probe the entry points with an empty input: this compiles every module and tells us
-        // whether `allow` and `reason` exist.
-        engine.set_input(regorus::Value::new_object());
-        match engine.eval_rule(ALLOW_RULE.to_string()) {
-            Ok(_) => {}
-            Err(e) => {
-                let msg = e.to_string();
-                return Err(
-                    if msg.contains("not a valid rule path") || msg.contains("rule") {
-                        RegoPolicyError::EntryPoint(format!(
-                            "the policy must define `package autonomy` with a rule `allow` ({})",
-                            first_line(&msg)
-                        ))
-                    } else {
-                        RegoPolicyError::Compile {
-                            file: "policy".into(),
-                            message: first_line(&msg),
-                        }
-                    },
-                );
-            }
-        }
-        let has_reason = engine.eval_rule(REASON_RULE.to_string()).is_ok();
+        // The limit is in force before anything is evaluated, so a pathological policy cannot
+        // hang a build or a load either.
         engine.set_execution_timer_config(ExecutionTimerConfig {
             limit,
             check_interval: NonZeroU32::new(32).unwrap_or(NonZeroU32::MIN),
         });
+        // Compiling for an entry point checks every module and that the rule exists, without
+        // evaluating it.
+        if let Err(e) = engine.compile_with_entrypoint(&ALLOW_RULE.into()) {
+            let msg = e.to_string();
+            return Err(
+                if msg.contains("not a valid rule path") || msg.contains("rule") {
+                    RegoPolicyError::EntryPoint(format!(
+                        "the policy must define `package autonomy` with a rule `allow` ({})",
+                        first_line(&msg)
+                    ))
+                } else {
+                    RegoPolicyError::Compile {
+                        file: "policy".into(),
+                        message: first_line(&msg),
+                    }
+                },
+            );
+        }
+        let has_reason = engine.compile_with_entrypoint(&REASON_RULE.into()).is_ok();
         Ok(RegoPolicy {
             policy_ref,
             template: engine,
@@ -246,6 +244,32 @@ mod tests {
         let v = decide(&p, "tool.shell");
         assert_eq!(v.decision, Decision::Deny);
         assert!(v.reason.unwrap().contains("undefined"));
+    }
+
+    #[test]
+    fn evaluation_over_the_time_limit_denies() {
+        let p = RegoPolicy::compile_with_limit(
+            PolicyRef::new("slow"),
+            &[(
+                "p.rego".into(),
+                "package autonomy\nallow if count([x | some x in numbers.range(1, 3000); some y in numbers.range(1, 3000)]) > 0"
+                    .into(),
+            )],
+            None,
+            Duration::from_millis(20),
+        )
+        .unwrap();
+        let t = std::time::Instant::now();
+        let v = decide(&p, "tool.echo");
+        assert_eq!(v.decision, Decision::Deny);
+        assert!(
+            v.reason
+                .as_deref()
+                .unwrap_or("")
+                .contains("policy evaluation failed"),
+            "{v:?}"
+        );
+        assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
     }
 
     #[test]

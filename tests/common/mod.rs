@@ -97,12 +97,20 @@ impl Daemon {
                         while let Ok(l) = rx.recv_timeout(Duration::from_millis(200)) {
                             seen.push(l);
                         }
-                        return Err(format!("exited with {st}: {}", seen.join("\n")));
+                        return Err(format!(
+                            "exited with code {:?}: {}",
+                            st.code(),
+                            seen.join("\n")
+                        ));
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     let st = child.wait().ok();
-                    return Err(format!("exited with {st:?}: {}", seen.join("\n")));
+                    return Err(format!(
+                        "exited with code {:?}: {}",
+                        st.and_then(|s| s.code()),
+                        seen.join("\n")
+                    ));
                 }
             }
         }
