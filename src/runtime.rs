@@ -30,6 +30,22 @@ pub struct RuntimeConfig {
     pub policy_watch: Option<crate::policy::watch::PolicyWatch>,
 }
 
+impl RuntimeConfig {
+    /// A runtime on `127.0.0.1:<random port>` with an empty `http_get` allowlist (fail-closed),
+    /// a durable WAL in `wal_dir` and no policy watch: what `run` and `demo validate` use.
+    pub fn loopback(policy: Box<dyn PolicyEvaluator>, wal_dir: PathBuf) -> Self {
+        RuntimeConfig {
+            listen: ([127, 0, 0, 1], 0).into(),
+            policy,
+            allowlist: Allowlist::empty(),
+            wal_dir,
+            wal_options: WalOptions::default(),
+            body_limit: crate::http::DEFAULT_BODY_LIMIT,
+            policy_watch: None,
+        }
+    }
+}
+
 /// Why the runtime could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {

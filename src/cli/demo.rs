@@ -8,8 +8,6 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::runtime::{Runtime, RuntimeConfig};
-use crate::tools::Allowlist;
-use crate::wal::WalOptions;
 
 /// A plain HTTP/1.1 exchange over loopback, bounded in time: (status, JSON body).
 async fn http(
@@ -97,16 +95,7 @@ pub async fn validate() -> ExitCode {
         Ok(p) => Box::new(p),
         Err(e) => return super::fail(&format!("embedded demo policy: {e}")),
     };
-    let rt = Runtime::start(RuntimeConfig {
-        listen: ([127, 0, 0, 1], 0).into(),
-        policy,
-        allowlist: Allowlist::empty(),
-        wal_dir: wal_dir.clone(),
-        wal_options: WalOptions::default(),
-        body_limit: crate::http::DEFAULT_BODY_LIMIT,
-        policy_watch: None,
-    })
-    .await;
+    let rt = Runtime::start(RuntimeConfig::loopback(policy, wal_dir.clone())).await;
     let rt = match rt {
         Ok(r) => r,
         Err(e) => {

@@ -211,6 +211,33 @@ fn clap_error(e: clap::Error) -> ExitCode {
     }
 }
 
+/// The ROS 2 node's settings from the environment when `enabled`; a bad `ROS_DOMAIN_ID` is a
+/// usage error.
+pub(crate) fn ros_config(enabled: bool) -> Result<Option<crate::ros::RosConfig>, ExitCode> {
+    if !enabled {
+        return Ok(None);
+    }
+    crate::ros::RosConfig::from_env()
+        .map(Some)
+        .map_err(|e| usage(&e))
+}
+
+/// Starts node `/autonomy` on the runtime's gate and says so; on failure stops the runtime.
+pub(crate) async fn start_ros(
+    rt: &crate::runtime::Runtime,
+    cfg: Option<crate::ros::RosConfig>,
+) -> Result<Option<crate::ros::RosHandle>, String> {
+    let Some(c) = cfg else { return Ok(None) };
+    let h = crate::ros::start_ros(rt.gate().clone(), c.clone())
+        .map_err(|e| format!("cannot start the ROS 2 node: {e}"))?;
+    eprintln!("autonomy: {}", c.describe());
+    let distro = std::env::var("ROS_DISTRO").ok();
+    if let Some(w) = crate::ros::RosConfig::distro_warning(distro.as_deref()) {
+        eprintln!("autonomy: {w}");
+    }
+    Ok(Some(h))
+}
+
 /// Prints one error line and returns the failure exit code.
 pub(crate) fn fail(msg: &str) -> ExitCode {
     eprintln!("autonomy: error: {msg}");

@@ -9,8 +9,6 @@ use nix::unistd::Pid;
 use super::RunArgs;
 use crate::runtime::{Runtime, RuntimeConfig};
 use crate::signals::{Signals, exit_code_of};
-use crate::tools::Allowlist;
-use crate::wal::WalOptions;
 
 /// Where the run's WAL lives and whether it is removed at exit.
 enum WalPlace {
@@ -24,13 +22,9 @@ pub async fn run(args: RunArgs) -> ExitCode {
         Ok(l) => l,
         Err(msg) => return super::usage(&msg),
     };
-    let ros_config = if args.ros || launch.is_some() {
-        match crate::ros::RosConfig::from_env() {
-            Ok(c) => Some(c),
-            Err(e) => return super::usage(&e),
-        }
-    } else {
-        None
+    let ros_config = match super::ros_config(args.ros || launch.is_some()) {
+        Ok(c) => c,
+        Err(code) => return code,
     };
     let resolved = match super::load_policy(
         args.policy.as_deref(),
@@ -60,35 +54,22 @@ pub async fn run(args: RunArgs) -> ExitCode {
         Ok(s) => s,
         Err(e) => return super::fail(&format!("cannot install signal handlers: {e}")),
     };
-    let rt = match Runtime::start(RuntimeConfig {
-        listen: ([127, 0, 0, 1], 0).into(),
-        policy,
-        // Fail-closed on purpose: `run` has no way to widen the http_get allowlist.
-        allowlist: Allowlist::empty(),
-        wal_dir: wal_dir.clone(),
-        wal_options: WalOptions::default(),
-        body_limit: crate::http::DEFAULT_BODY_LIMIT,
+    // Fail-closed on purpose: `run` has no way to widen the http_get allowlist.
+    let cfg = RuntimeConfig {
         policy_watch: resolved.watch,
-    })
-    .await
-    {
+        ..RuntimeConfig::loopback(policy, wal_dir.clone())
+    };
+    let rt = match Runtime::start(cfg).await {
         Ok(r) => r,
         Err(e) => return super::fail(&e.to_string()),
     };
 
-    let ros = match ros_config {
-        Some(c) => match crate::ros::start_ros(rt.gate().clone(), c.clone()) {
-            Ok(h) => {
-                eprintln!("autonomy: {}", c.describe());
-                Some(h)
-            }
-            Err(e) => {
-                eprintln!("autonomy: error: cannot start the ROS 2 node: {e}");
-                let _ = rt.stop().await;
-                return ExitCode::from(super::EXIT_FAILURE);
-            }
-        },
-        None => None,
+    let ros = match super::start_ros(&rt, ros_config).await {
+        Ok(h) => h,
+        Err(e) => {
+            let _ = rt.stop().await;
+            return super::fail(&e);
+        }
     };
 
     let code = match launch {

@@ -71,13 +71,9 @@ pub async fn start(args: StartArgs) -> ExitCode {
     } else {
         args.policy.as_deref()
     };
-    let ros_config = if args.ros {
-        match crate::ros::RosConfig::from_env() {
-            Ok(c) => Some(c),
-            Err(e) => return super::usage(&e),
-        }
-    } else {
-        None
+    let ros_config = match super::ros_config(args.ros) {
+        Ok(c) => c,
+        Err(code) => return code,
     };
     let resolved = match super::load_policy(
         policy_ref_arg,
@@ -115,22 +111,12 @@ pub async fn start(args: StartArgs) -> ExitCode {
         Ok(r) => r,
         Err(e) => return super::fail(&e.to_string()),
     };
-    let ros = match ros_config {
-        Some(c) => match crate::ros::start_ros(rt.gate().clone(), c.clone()) {
-            Ok(h) => {
-                eprintln!("autonomy: {}", c.describe());
-                let distro = std::env::var("ROS_DISTRO").ok();
-                if let Some(w) = crate::ros::RosConfig::distro_warning(distro.as_deref()) {
-                    eprintln!("autonomy: {w}");
-                }
-                Some(h)
-            }
-            Err(e) => {
-                let _ = rt.stop().await;
-                return super::fail(&format!("cannot start the ROS 2 node: {e}"));
-            }
-        },
-        None => None,
+    let ros = match super::start_ros(&rt, ros_config).await {
+        Ok(h) => h,
+        Err(e) => {
+            let _ = rt.stop().await;
+            return super::fail(&e);
+        }
     };
     if !args.listen.ip().is_loopback() {
         eprintln!(
