@@ -200,11 +200,7 @@ impl Gate {
     }
 
     async fn append(&self, rec: NewRecord) -> Result<(), WalError> {
-        let wal = self.wal.clone();
-        match tokio::task::spawn_blocking(move || wal.append(rec)).await {
-            Ok(r) => r.map(|_| ()),
-            Err(e) => Err(WalError::Invalid(format!("WAL task failed: {e}"))),
-        }
+        self.wal.append_async(rec).await.map(|_| ())
     }
 }
 
