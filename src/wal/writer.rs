@@ -378,9 +378,10 @@ impl Wal {
                 let _ = self.flush();
             } else {
                 let wal = self.clone();
-                let _ = tokio::task::spawn_blocking(move || {
+                // Detached: the flush completes the waiters, this handle is not needed.
+                drop(tokio::task::spawn_blocking(move || {
                     let _ = wal.flush();
-                });
+                }));
             }
         }
         match rx.await {
@@ -496,8 +497,11 @@ impl Wal {
     }
 }
 
+/// An encoded record: type, JSON-encoded audit id, JSON-encoded body.
+type Prepared = (RecordType, Option<String>, Vec<u8>);
+
 /// Encodes record bodies (outside the lock) and checks their keys and size.
-fn prepare(recs: Vec<NewRecord>) -> Result<Vec<(RecordType, Option<String>, Vec<u8>)>, WalError> {
+fn prepare(recs: Vec<NewRecord>) -> Result<Vec<Prepared>, WalError> {
     let mut prepared = Vec::with_capacity(recs.len());
     for rec in recs {
         if let Some(k) = RESERVED_KEYS.iter().find(|k| rec.body.contains_key(**k)) {
@@ -527,10 +531,7 @@ fn prepare(recs: Vec<NewRecord>) -> Result<Vec<(RecordType, Option<String>, Vec<
 
 /// Under the lock: gives the records their seqs, chains them and queues their frames. Returns
 /// the last seq (the one before them when `prepared` is empty).
-fn enqueue(
-    g: &mut Inner,
-    prepared: &[(RecordType, Option<String>, Vec<u8>)],
-) -> Result<u64, WalError> {
+fn enqueue(g: &mut Inner, prepared: &[Prepared]) -> Result<u64, WalError> {
     if let Some(f) = &g.failed {
         return Err(WalError::Poisoned(f.clone()));
     }
