@@ -42,6 +42,8 @@ struct Inner {
     closed: bool,
     /// Async appenders waiting for their record to be durable: (last seq, completion).
     waiters: Vec<(u64, Waiter)>,
+    /// Records in the last batch written (a measure of concurrency).
+    last_batch: usize,
 }
 
 /// Completes one async append (`Ok` once durable, `Err` with the failure).
@@ -269,6 +271,7 @@ impl Wal {
                 failed: None,
                 closed: false,
                 waiters: Vec::new(),
+                last_batch: 0,
             }),
             cv: Condvar::new(),
             io: Mutex::new(seg),
@@ -364,24 +367,28 @@ impl Wal {
     pub async fn append_async(self: &Arc<Self>, rec: NewRecord) -> Result<Seq, WalError> {
         let prepared = prepare(vec![rec])?;
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let (mine, start) = {
+        let (mine, start, inline) = {
             let mut g = self.lock_inner()?;
             let mine = enqueue(&mut g, &prepared)?;
             g.waiters.push((mine, tx));
             let start = !g.flushing;
             g.flushing = true;
-            (mine, start)
+            // Low load: the last batch was a single record and nobody else is waiting now.
+            let inline = start && g.last_batch <= 1 && g.waiters.len() == 1;
+            (mine, start, inline)
         };
         if start {
-            if self.opts.sync == SyncMode::None {
-                // No fdatasync: a pwrite into the page cache does not need a thread of its own.
-                let _ = self.flush();
+            if self.opts.sync == SyncMode::None || inline {
+                // Write (and in `SyncMode::Fsync` fdatasync) on this thread. In `None` that is a
+                // pwrite into the page cache. In `Fsync` it is done only at low load (one
+                // appender at a time), where it saves two thread handoffs (to a pool thread and
+                // back) on the path of the answer; blocking this worker for one fdatasync
+                // delays nobody then. Whatever queued up meanwhile goes to the pool.
+                if let Ok(true) = self.flush_step() {
+                    self.spawn_flush();
+                }
             } else {
-                let wal = self.clone();
-                // Detached: the flush completes the waiters, this handle is not needed.
-                drop(tokio::task::spawn_blocking(move || {
-                    let _ = wal.flush();
-                }));
+                self.spawn_flush();
             }
         }
         match rx.await {
@@ -393,46 +400,67 @@ impl Wal {
         }
     }
 
+    /// Flushes on tokio's blocking pool until the queue is empty (the caller has set `flushing`).
+    fn spawn_flush(self: &Arc<Self>) {
+        let wal = self.clone();
+        // Detached: the flush completes the waiters, this handle is not needed.
+        drop(tokio::task::spawn_blocking(move || {
+            let _ = wal.flush();
+        }));
+    }
+
     /// The caller has set `flushing`: writes and syncs what is queued, completes its appenders,
-    /// and repeats until the queue is empty; then clears `flushing`. Errors poison the WAL.
+    /// and repeats until the queue is empty, which clears `flushing`. Errors poison the WAL.
     fn flush(&self) -> Result<(), WalError> {
-        loop {
-            let mut g = self.lock_inner()?;
-            if g.buf.is_empty() || g.failed.is_some() {
-                g.flushing = false;
-                self.cv.notify_all();
-                return Ok(());
-            }
-            let buf = std::mem::take(&mut g.buf);
-            let first = g.buf_first;
-            let last = g.next_seq - 1;
-            let last_hash = g.prev.clone();
-            drop(g);
-            let res = self.write_out(&buf, first);
-            let mut g = self.lock_inner()?;
-            match res {
-                Ok(()) => {
-                    g.durable_seq = last;
-                    g.durable_hash = last_hash;
-                    let done = take_done(&mut g.waiters, last);
-                    self.cv.notify_all();
-                    drop(g);
-                    for (_, w) in done {
-                        let _ = w.send(Ok(()));
-                    }
-                }
-                Err(e) => {
-                    let msg = e.to_string();
-                    g.failed = Some(msg.clone());
+        while self.flush_step()? {}
+        Ok(())
+    }
+
+    /// The caller has set `flushing`: writes and syncs one batch (everything queued now) and
+    /// completes its appenders. Returns `true` when more was queued meanwhile (`flushing` stays
+    /// set: the caller must go on), `false` when the queue is empty (`flushing` cleared).
+    fn flush_step(&self) -> Result<bool, WalError> {
+        let mut g = self.lock_inner()?;
+        if g.buf.is_empty() || g.failed.is_some() {
+            g.flushing = false;
+            self.cv.notify_all();
+            return Ok(false);
+        }
+        let buf = std::mem::take(&mut g.buf);
+        let first = g.buf_first;
+        let last = g.next_seq - 1;
+        let last_hash = g.prev.clone();
+        drop(g);
+        let res = self.write_out(&buf, first);
+        let mut g = self.lock_inner()?;
+        match res {
+            Ok(()) => {
+                g.durable_seq = last;
+                g.durable_hash = last_hash;
+                g.last_batch = (last + 1 - first) as usize;
+                let done = take_done(&mut g.waiters, last);
+                let more = !g.buf.is_empty();
+                if !more {
                     g.flushing = false;
-                    let all = std::mem::take(&mut g.waiters);
-                    self.cv.notify_all();
-                    drop(g);
-                    for (_, w) in all {
-                        let _ = w.send(Err(msg.clone()));
-                    }
-                    return Err(e);
                 }
+                self.cv.notify_all();
+                drop(g);
+                for (_, w) in done {
+                    let _ = w.send(Ok(()));
+                }
+                Ok(more)
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                g.failed = Some(msg.clone());
+                g.flushing = false;
+                let all = std::mem::take(&mut g.waiters);
+                self.cv.notify_all();
+                drop(g);
+                for (_, w) in all {
+                    let _ = w.send(Err(msg.clone()));
+                }
+                Err(e)
             }
         }
     }
