@@ -1,6 +1,7 @@
 //! `autonomy-bench`: the end-to-end benchmark of SPEC §9, in one run.
 //!
-//! Not a test. `cargo run --release --bin autonomy-bench -- [--secs N] [--out FILE]`:
+//! Not a test. `cargo build --release && cargo run --release --bin autonomy-bench -- [--secs N]
+//! [--out FILE]`:
 //!
 //! * policy evaluation p50/p99 of the embedded demo policy, in-process (allow and deny input);
 //! * the raw `fdatasync` floor of the disk the WAL is on (256-byte appends, preallocated file);
@@ -51,13 +52,10 @@ struct Args {
     /// Also write the Markdown report here.
     #[arg(long, value_name = "FILE")]
     out: Option<PathBuf>,
-    /// The daemon binary [default: `autonomy` next to this executable, rebuilt first when run
-    /// through `cargo run`].
+    /// The daemon binary [default: `autonomy` next to this executable: `cargo build --release`
+    /// first].
     #[arg(long, value_name = "PATH")]
     daemon: Option<PathBuf>,
-    /// Do not run `cargo build --release --bin autonomy` first.
-    #[arg(long)]
-    no_build: bool,
     /// Parent directory for the scratch WAL dirs and fdatasync file [default: target/bench].
     #[arg(long, value_name = "DIR")]
     dir: Option<PathBuf>,
@@ -421,26 +419,25 @@ fn daemon_binary(a: &Args) -> PathBuf {
     if let Some(p) = &a.daemon {
         return p.clone();
     }
-    if !a.no_build
-        && let Some(cargo) = std::env::var_os("CARGO")
-    {
-        say("building the daemon: cargo build --release --bin autonomy");
-        let st = Command::new(cargo)
-            .args([
-                "build",
-                "--release",
-                "--quiet",
-                "--bin",
-                "autonomy",
-                "--manifest-path",
-            ])
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml"))
-            .status()
-            .expect("run cargo build");
-        assert!(st.success(), "cargo build --release --bin autonomy failed");
-    }
     let exe = std::env::current_exe().expect("current exe");
-    exe.with_file_name("autonomy")
+    let daemon = exe.with_file_name("autonomy");
+    // Not rebuilt from here: a `cargo build` started by `cargo run` inherits its environment,
+    // which makes cargo rebuild half the dependency tree (twice per run).
+    let (Ok(d), Ok(b)) = (std::fs::metadata(&daemon), std::fs::metadata(&exe)) else {
+        panic!(
+            "no daemon binary at {}: run `cargo build --release` first (or pass --daemon)",
+            daemon.display()
+        );
+    };
+    if let (Ok(dt), Ok(bt)) = (d.modified(), b.modified())
+        && dt + Duration::from_secs(60) < bt
+    {
+        say(&format!(
+            "warning: {} is older than this benchmark; run `cargo build --release` to measure the current code",
+            daemon.display()
+        ));
+    }
+    daemon
 }
 
 fn loadavg() -> String {
@@ -548,7 +545,7 @@ fn main() {
     };
     let mut md = String::new();
     md.push_str(&format!(
-        "Command: `cargo run --release --bin autonomy-bench -- --secs {}`; {} s per phase; load average {load_before} before, {load_after} after; {} CPUs; whole run {:.0} s.\n\n",
+        "Command: `cargo build --release && cargo run --release --bin autonomy-bench -- --secs {}`; {} s per phase; load average {load_before} before, {load_after} after; {} CPUs; whole run {:.0} s.\n\n",
         a.secs,
         a.secs,
         std::thread::available_parallelism().map_or(0, |n| n.get()),
