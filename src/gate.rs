@@ -65,16 +65,20 @@ pub struct Gate {
     policy: Arc<ActivePolicy>,
     wal: Arc<Wal>,
     tools: Tools,
+    /// The allowlist as the policy sees it (`input.allowed_domains`); fixed for the gate's life.
+    allowed_domains: Vec<String>,
     observers: std::sync::RwLock<Vec<Arc<dyn DecisionObserver>>>,
 }
 
 impl Gate {
     /// A gate over this policy, WAL and tools.
     pub fn new(policy: Arc<ActivePolicy>, wal: Arc<Wal>, tools: Tools) -> Self {
+        let allowed_domains = tools.allowlist().entries();
         Gate {
             policy,
             wal,
             tools,
+            allowed_domains,
             observers: std::sync::RwLock::new(Vec::new()),
         }
     }
@@ -112,12 +116,11 @@ impl Gate {
         // Held for the whole call, so a reload mid-call does not change this call's policy.
         let policy = self.policy.get();
         let policy_ref = policy.policy_ref().clone();
-        let allowed = self.tools.allowlist().entries();
         let verdict = policy.evaluate(&PolicyInput {
             kind: &call.kind,
             params: &call.params,
             source: call.source,
-            allowed_domains: &allowed,
+            allowed_domains: &self.allowed_domains,
         });
 
         let record = decision_record(
@@ -200,11 +203,7 @@ impl Gate {
     }
 
     async fn append(&self, rec: NewRecord) -> Result<(), WalError> {
-        let wal = self.wal.clone();
-        match tokio::task::spawn_blocking(move || wal.append(rec)).await {
-            Ok(r) => r.map(|_| ()),
-            Err(e) => Err(WalError::Invalid(format!("WAL task failed: {e}"))),
-        }
+        self.wal.append_async(rec).await.map(|_| ())
     }
 }
 

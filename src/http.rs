@@ -155,37 +155,39 @@ pub fn parse_call(bytes: &[u8]) -> Result<ToolCall, String> {
     })
 }
 
+/// The body of a `/v1/tool` answer. Fields in alphabetical order (the order the former
+/// `serde_json::Map` rendering produced), absent ones left out.
+#[derive(serde::Serialize)]
+struct ToolAnswer<'a> {
+    audit_id: &'a str,
+    decision: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    output: Option<&'a Value>,
+    policy_ref: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+}
+
 fn render(r: GateResponse) -> Response {
-    let mut body = Map::new();
-    body.insert("decision".into(), r.decision.as_str().into());
-    let status = match &r.outcome {
-        Outcome::Executed(out) => {
-            body.insert("output".into(), out.clone());
-            StatusCode::OK
-        }
-        Outcome::DecisionOnly => StatusCode::OK,
-        Outcome::PolicyDenied | Outcome::RuntimeDenied => StatusCode::FORBIDDEN,
-        Outcome::BadParams(e) => {
-            body.insert("error".into(), e.clone().into());
-            StatusCode::BAD_REQUEST
-        }
-        Outcome::UpstreamFailed(e) => {
-            body.insert("error".into(), e.clone().into());
-            StatusCode::BAD_GATEWAY
-        }
-        Outcome::WalUnavailable(e) => {
-            body.insert("error".into(), e.clone().into());
-            StatusCode::SERVICE_UNAVAILABLE
-        }
+    let (status, output, err) = match &r.outcome {
+        Outcome::Executed(out) => (StatusCode::OK, Some(out), None),
+        Outcome::DecisionOnly => (StatusCode::OK, None, None),
+        Outcome::PolicyDenied | Outcome::RuntimeDenied => (StatusCode::FORBIDDEN, None, None),
+        Outcome::BadParams(e) => (StatusCode::BAD_REQUEST, None, Some(e.as_str())),
+        Outcome::UpstreamFailed(e) => (StatusCode::BAD_GATEWAY, None, Some(e.as_str())),
+        Outcome::WalUnavailable(e) => (StatusCode::SERVICE_UNAVAILABLE, None, Some(e.as_str())),
     };
-    if let Some(reason) = r.reason {
-        body.insert("reason".into(), reason.into());
-    }
-    body.insert("policy_ref".into(), r.policy_ref.as_str().into());
-    body.insert("audit_id".into(), r.audit_id.as_str().into());
-    let mut resp = Response::new(Body::from(
-        serde_json::to_vec(&Value::Object(body)).unwrap_or_default(),
-    ));
+    let body = ToolAnswer {
+        audit_id: r.audit_id.as_str(),
+        decision: r.decision.as_str(),
+        error: err,
+        output,
+        policy_ref: r.policy_ref.as_str(),
+        reason: r.reason.as_deref(),
+    };
+    let mut resp = Response::new(Body::from(serde_json::to_vec(&body).unwrap_or_default()));
     *resp.status_mut() = status;
     resp.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -216,5 +218,55 @@ mod tests {
         assert!(parse_call(b"nope").unwrap_err().contains("not valid JSON"));
         let deep = "[".repeat(10_000);
         assert!(parse_call(deep.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn render_matches_the_map_rendering() {
+        use crate::types::{AuditId, Decision, PolicyRef};
+        let cases = [
+            (Decision::Allow, None, Outcome::Executed(json!("hi"))),
+            (Decision::Allow, None, Outcome::DecisionOnly),
+            (Decision::Deny, Some("no"), Outcome::PolicyDenied),
+            (
+                Decision::Allow,
+                None,
+                Outcome::BadParams("bad \"p\"".into()),
+            ),
+            (
+                Decision::Deny,
+                Some("r"),
+                Outcome::WalUnavailable("disk".into()),
+            ),
+        ];
+        for (decision, reason, outcome) in cases {
+            let r = GateResponse {
+                decision,
+                policy_ref: PolicyRef::new("embedded:demo"),
+                audit_id: AuditId::from_string("id-1".into()),
+                reason: reason.map(String::from),
+                outcome: outcome.clone(),
+            };
+            let mut want = Map::new();
+            want.insert("decision".into(), decision.as_str().into());
+            match &outcome {
+                Outcome::Executed(v) => {
+                    want.insert("output".into(), v.clone());
+                }
+                Outcome::BadParams(e) | Outcome::WalUnavailable(e) => {
+                    want.insert("error".into(), e.clone().into());
+                }
+                _ => {}
+            }
+            if let Some(x) = reason {
+                want.insert("reason".into(), x.into());
+            }
+            want.insert("policy_ref".into(), "embedded:demo".into());
+            want.insert("audit_id".into(), "id-1".into());
+            let want = serde_json::to_vec(&Value::Object(want)).unwrap();
+            let resp = render(r);
+            let body = futures::executor::block_on(axum::body::to_bytes(resp.into_body(), 1 << 20))
+                .unwrap();
+            assert_eq!(body.as_ref(), want.as_slice());
+        }
     }
 }

@@ -4,9 +4,7 @@
 //! `cargo run --release --bin autonomy-wal-bench -- --dir ./bench-tmp --secs 3`.
 //! Prints a Markdown table (see `docs/benchmarks.md`).
 
-use std::fs::OpenOptions;
 use std::io::Write;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,6 +12,9 @@ use std::time::{Duration, Instant};
 use autonomy::types::AuditId;
 use autonomy::wal::{NewRecord, Preallocate, RecordType, SyncMode, Wal, WalOptions};
 use clap::Parser;
+
+#[path = "common/fsync.rs"]
+mod fsync;
 
 /// Measures fdatasync latency and WAL appends/s with 1, 16 and 64 writer threads.
 #[derive(Parser)]
@@ -64,51 +65,14 @@ fn print_row(r: &mut Row) {
 
 /// 256-byte write + fdatasync to a plain file, one at a time.
 fn raw_fdatasync(dir: &Path, secs: f64, pre: Preallocate) -> Row {
-    let path = dir.join(format!("raw-{pre:?}.dat"));
-    let f = OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .read(true)
-        .write(true)
-        .open(&path)
-        .expect("create raw file");
-    let size: u64 = 64 * 1024 * 1024;
-    match pre {
-        Preallocate::Off => {}
-        Preallocate::Fallocate => {
-            nix::fcntl::fallocate(&f, nix::fcntl::FallocateFlags::empty(), 0, size as i64)
-                .expect("fallocate");
-        }
-        Preallocate::ZeroFill => {
-            let z = vec![0u8; 1 << 20];
-            let mut o = 0;
-            while o < size {
-                f.write_all_at(&z, o).expect("zero-fill");
-                o += z.len() as u64;
-            }
-        }
-    }
-    f.sync_all().expect("sync");
-    let rec = [b'x'; 256];
-    let mut lat = Vec::new();
-    let mut off = 0u64;
-    let start = Instant::now();
-    let end = start + Duration::from_secs_f64(secs);
-    while Instant::now() < end {
-        let t = Instant::now();
-        f.write_all_at(&rec, off).expect("write");
-        f.sync_data().expect("fdatasync");
-        lat.push(t.elapsed().as_nanos() as u64);
-        off += rec.len() as u64;
-    }
-    let _ = std::fs::remove_file(&path);
+    let (lat, secs) = fsync::raw_fdatasync(dir, secs, pre);
     Row {
         what: format!(
             "raw write+fdatasync 256 B, 1 thread, prealloc={}",
             name(pre)
         ),
         ops: lat.len() as u64,
-        secs: start.elapsed().as_secs_f64(),
+        secs,
         lat,
     }
 }

@@ -167,7 +167,7 @@ impl RegoPolicy {
 impl PolicyEvaluator for RegoPolicy {
     fn evaluate(&self, input: &PolicyInput<'_>) -> Verdict {
         let mut engine = self.take_engine();
-        let v = self.eval_in(&mut engine, regorus::Value::from(input.to_json()));
+        let v = self.eval_in(&mut engine, input.to_rego());
         self.put_engine(engine);
         v
     }
@@ -204,6 +204,31 @@ mod tests {
             source: Source::Http,
             allowed_domains: &[],
         })
+    }
+
+    #[test]
+    fn rego_input_equals_the_json_input() {
+        let k = ToolKind::parse("tool.http_get").unwrap();
+        let params: Map<String, serde_json::Value> = serde_json::from_str(
+            r#"{"url":"https://a.b/c","n":[1,2.5,-3,1e300],"o":{"x":null,"y":true},"s":"\u00e9"}"#,
+        )
+        .unwrap();
+        let domains = vec!["a.b".to_string(), "c.d:8080".to_string()];
+        let input = PolicyInput {
+            kind: &k,
+            params: &params,
+            source: Source::Ros2,
+            allowed_domains: &domains,
+        };
+        assert_eq!(input.to_rego(), regorus::Value::from(input.to_json()));
+        let empty = Map::new();
+        let input = PolicyInput {
+            kind: &k,
+            params: &empty,
+            source: Source::Http,
+            allowed_domains: &[],
+        };
+        assert_eq!(input.to_rego(), regorus::Value::from(input.to_json()));
     }
 
     #[test]

@@ -1,9 +1,11 @@
 //! The write-ahead log: durable, hash-chained audit records.
 //!
 //! Segment files of length-prefixed, CRC32C-checked JSON frames; each payload carries a
-//! contiguous `seq` and the hash of the previous payload. Appends use leader/follower group
-//! commit: concurrent appenders share one `fdatasync`, and every append returns only once its
-//! bytes are durable. The byte layout and recovery rules are in `docs/wal.md`.
+//! contiguous `seq` and the hash of the previous payload. Appends use group commit: concurrent
+//! appenders share one `fdatasync`, and every append returns only once its bytes are durable.
+//! Blocking callers use `Wal::append` (leader/follower); async callers use `Wal::append_async`
+//! (queue + completion, one flush per batch on tokio's blocking pool; see
+//! `docs/benchmarks.md`). The byte layout and recovery rules are in `docs/wal.md`.
 
 mod format;
 pub mod reader;

@@ -227,6 +227,98 @@ fn concurrent_appends_are_contiguous() {
     assert!(rep.torn_tail.is_none());
 }
 
+/// Async appenders (many tasks) mixed with blocking appenders (threads), in both sync modes:
+/// seqs stay contiguous, every record is readable, and each append returns only after the
+/// head has reached it.
+#[test]
+fn async_and_sync_appends_mix() {
+    for sync in [SyncMode::Fsync, SyncMode::None] {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().to_path_buf();
+        let seqs = with_timeout(120, move || {
+            let (w, _) = Wal::open(
+                &path,
+                WalOptions {
+                    segment_bytes: 256 * 1024,
+                    sync,
+                    preallocate: Preallocate::Fallocate,
+                },
+            )
+            .unwrap();
+            let w = Arc::new(w);
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            let mut threads = Vec::new();
+            for t in 0..2u64 {
+                let w = w.clone();
+                threads.push(std::thread::spawn(move || {
+                    (0..100u64)
+                        .map(|i| w.append(rec(90_000 + t * 1000 + i)).unwrap().0)
+                        .collect::<Vec<_>>()
+                }));
+            }
+            let mut all = rt.block_on(async {
+                let mut tasks = Vec::new();
+                for t in 0..32u64 {
+                    let w = w.clone();
+                    tasks.push(tokio::spawn(async move {
+                        let mut mine = Vec::new();
+                        for i in 0..50u64 {
+                            let s = w.append_async(rec(t * 1000 + i)).await.unwrap();
+                            assert!(w.head().0 >= s, "returned before durable");
+                            mine.push(s.0);
+                        }
+                        mine
+                    }));
+                }
+                let mut all = Vec::new();
+                for t in tasks {
+                    all.extend(t.await.unwrap());
+                }
+                all
+            });
+            for h in threads {
+                all.extend(h.join().unwrap());
+            }
+            all.sort();
+            assert_eq!(w.head().0, Seq(1800));
+            w.close().unwrap();
+            all
+        });
+        assert_eq!(seqs, (1..=1800).collect::<Vec<_>>());
+        let rep = verify(d.path()).unwrap();
+        assert_eq!(rep.records, 1800);
+        assert!(rep.segments > 1);
+    }
+}
+
+/// A failed write fails every async appender waiting on it and every later one.
+#[test]
+fn async_append_after_a_write_error() {
+    let d = tempfile::tempdir().unwrap();
+    let (w, _) = Wal::open(d.path(), WalOptions::default()).unwrap();
+    let w = Arc::new(w);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        assert_eq!(w.append_async(rec(1)).await.unwrap(), Seq(1));
+        w.fail_next_write.store(true, Ordering::SeqCst);
+        let e = w.append_async(rec(2)).await.unwrap_err();
+        assert!(e.to_string().contains("injected fault"), "{e}");
+        let e = w.append_async(rec(3)).await.unwrap_err();
+        assert!(matches!(e, WalError::Poisoned(_)), "{e}");
+    });
+    assert!(w.append(rec(4)).is_err());
+    assert_eq!(w.head().0, Seq(1));
+    drop(w);
+    assert_eq!(verify(d.path()).unwrap().records, 1);
+}
+
 #[test]
 fn torn_tail_is_cut_and_recorded() {
     for pre in [Preallocate::Off, Preallocate::Fallocate] {

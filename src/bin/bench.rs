@@ -1,0 +1,600 @@
+//! `autonomy-bench`: the end-to-end benchmark of SPEC §9, in one run.
+//!
+//! Not a test. `cargo build --release && cargo run --release --bin autonomy-bench -- [--secs N]
+//! [--out FILE]`:
+//!
+//! * policy evaluation p50/p99 of the embedded demo policy, in-process (allow and deny input);
+//! * the raw `fdatasync` floor of the disk the WAL is on (256-byte appends, preallocated file);
+//! * the real daemon (`autonomy runtime start --demo`) on loopback, driven by a closed-loop
+//!   HTTP/1.1 keep-alive client in this process: `GET /health` and `POST /v1/tool` (`tool.echo`)
+//!   at 1, 16 and 64 connections, with `--wal-sync fsync` and with `--wal-sync none`;
+//!
+//! then prints a Markdown table (also written to `--out`) and the SPEC §9 targets with PASS/MISS.
+//! See `docs/benchmarks.md`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use autonomy::policy::{PolicyEvaluator, PolicyInput, demo_policy};
+use autonomy::tools::Allowlist;
+use autonomy::types::{Decision, Source, ToolKind};
+use autonomy::wal::Preallocate;
+use bytes::Bytes;
+use clap::Parser;
+use http_body_util::{BodyExt, Full};
+use hyper::{Method, Request, StatusCode, header};
+use hyper_util::rt::TokioIo;
+use serde_json::{Map, Value};
+
+#[path = "common/fsync.rs"]
+mod fsync;
+
+/// Each request gives up after this long (counted as an error).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the daemon may take to print its `listening on` line.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// The `tool.echo` request body.
+const TOOL_BODY: &str = r#"{"kind":"tool.echo","params":{"message":"hello"}}"#;
+/// The daemon's default `http_get` allowlist, which the evaluator sees as `allowed_domains`.
+const ALLOWED: &str = "api.anthropic.com,ifconfig.me";
+
+/// End-to-end benchmark: policy evaluation, fdatasync, and the daemon's HTTP API.
+#[derive(Parser)]
+#[command(name = "autonomy-bench")]
+struct Args {
+    /// Seconds per measurement phase (plus a short warm-up).
+    #[arg(long, default_value_t = 3.0)]
+    secs: f64,
+    /// Also write the Markdown report here.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// The daemon binary [default: `autonomy` next to this executable: `cargo build --release`
+    /// first].
+    #[arg(long, value_name = "PATH")]
+    daemon: Option<PathBuf>,
+    /// Parent directory for the scratch WAL dirs and fdatasync file [default: target/bench].
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// Connection counts for the HTTP phases.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64")]
+    conns: Vec<usize>,
+    /// Worker threads of the load generator's tokio runtime.
+    #[arg(long, default_value_t = 1)]
+    client_threads: usize,
+}
+
+/// One measured row.
+struct Row {
+    what: String,
+    conns: Option<usize>,
+    ops: u64,
+    secs: f64,
+    /// Sorted latencies, ns.
+    lat: Vec<u64>,
+    errors: u64,
+}
+
+impl Row {
+    fn new(
+        what: impl Into<String>,
+        conns: Option<usize>,
+        mut lat: Vec<u64>,
+        secs: f64,
+        errors: u64,
+    ) -> Row {
+        lat.sort_unstable();
+        Row {
+            what: what.into(),
+            conns,
+            ops: lat.len() as u64,
+            secs,
+            lat,
+            errors,
+        }
+    }
+
+    /// Percentile in µs.
+    fn p(&self, q: f64) -> f64 {
+        if self.lat.is_empty() {
+            return f64::NAN;
+        }
+        let i = ((self.lat.len() as f64 - 1.0) * q).round() as usize;
+        self.lat[i] as f64 / 1000.0
+    }
+
+    fn rate(&self) -> f64 {
+        if self.secs > 0.0 {
+            self.ops as f64 / self.secs
+        } else {
+            0.0
+        }
+    }
+
+    fn markdown(&self) -> String {
+        let conns = self.conns.map_or("–".to_string(), |c| c.to_string());
+        format!(
+            "| {} | {} | {:.0} | {} | {} | {} | {} |",
+            self.what,
+            conns,
+            self.rate(),
+            fmt_us(self.p(0.50)),
+            fmt_us(self.p(0.99)),
+            self.ops,
+            self.errors
+        )
+    }
+}
+
+fn fmt_us(v: f64) -> String {
+    if v.is_nan() {
+        "–".into()
+    } else if v < 10.0 {
+        format!("{v:.2}")
+    } else if v < 100.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.0}")
+    }
+}
+
+fn say(line: &str) {
+    eprintln!("autonomy-bench: {line}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Policy evaluation (in-process, through the library).
+
+fn eval_phase(
+    what: &str,
+    kind: &str,
+    params: Map<String, Value>,
+    want: Decision,
+    secs: f64,
+) -> Row {
+    let policy = demo_policy().expect("the demo policy compiles");
+    let kind = ToolKind::parse(kind).expect("tool kind");
+    let allowed = Allowlist::parse(ALLOWED).expect("allowlist").entries();
+    let input = PolicyInput {
+        kind: &kind,
+        params: &params,
+        source: Source::Http,
+        allowed_domains: &allowed,
+    };
+    let v = policy.evaluate(&input);
+    assert_eq!(v.decision, want, "{what}: unexpected verdict {v:?}");
+    let warm_end = Instant::now() + Duration::from_millis(300);
+    while Instant::now() < warm_end {
+        std::hint::black_box(policy.evaluate(&input));
+    }
+    let mut lat = Vec::with_capacity(1 << 20);
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(secs);
+    loop {
+        let t = Instant::now();
+        if t >= end {
+            break;
+        }
+        std::hint::black_box(policy.evaluate(std::hint::black_box(&input)));
+        lat.push(t.elapsed().as_nanos() as u64);
+    }
+    // Throughput from the sum of the timed calls (excludes the loop's own clock reads).
+    let busy: u64 = lat.iter().sum();
+    Row::new(what, None, lat, busy as f64 / 1e9, 0)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The daemon.
+
+struct Daemon {
+    child: Child,
+    addr: SocketAddr,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Daemon {
+    fn start(bin: &Path, wal_dir: &Path, sync: &str) -> Daemon {
+        let mut child = Command::new(bin)
+            .args(["runtime", "start", "--demo", "--listen", "127.0.0.1:0"])
+            .arg("--wal-dir")
+            .arg(wal_dir)
+            .args(["--wal-sync", sync])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin.display()));
+        let stderr = child.stderr.take().expect("piped stderr");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let log2 = log.clone();
+        // Reads the daemon's stderr to the end, so it never blocks on a full pipe.
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(i) = line.find("listening on http://") {
+                    let rest = &line[i + "listening on http://".len()..];
+                    let addr = rest.split_whitespace().next().unwrap_or("");
+                    if let Ok(a) = addr.parse::<SocketAddr>() {
+                        let _ = tx.send(a);
+                    }
+                }
+                if let Ok(mut l) = log2.lock() {
+                    l.push(line);
+                }
+            }
+        });
+        let mut d = Daemon {
+            child,
+            addr: "127.0.0.1:0".parse().expect("addr"),
+            log,
+        };
+        match rx.recv_timeout(START_TIMEOUT) {
+            Ok(a) => d.addr = a,
+            Err(_) => {
+                let log = d.log.lock().map(|l| l.join("\n")).unwrap_or_default();
+                panic!(
+                    "the daemon did not print `listening on http://…` within {} s; its stderr:\n{log}",
+                    START_TIMEOUT.as_secs()
+                );
+            }
+        }
+        d
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // SIGTERM: the daemon finishes in-flight calls and closes its WAL; SIGKILL if it hangs.
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(_)) => return,
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => break,
+            }
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The load generator: `conns` keep-alive HTTP/1.1 connections, each sending its next request
+// when the previous answer is in (closed loop).
+
+#[derive(Clone, Copy, PartialEq)]
+enum Target {
+    Health,
+    Tool,
+}
+
+impl Target {
+    fn request(self, addr: SocketAddr) -> Request<Full<Bytes>> {
+        let b = Request::builder().header(header::HOST, addr.to_string());
+        match self {
+            Target::Health => b
+                .method(Method::GET)
+                .uri("/health")
+                .body(Full::new(Bytes::new())),
+            Target::Tool => b
+                .method(Method::POST)
+                .uri("/v1/tool")
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Full::new(Bytes::from_static(TOOL_BODY.as_bytes()))),
+        }
+        .expect("request")
+    }
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+async fn connect(addr: SocketAddr) -> Result<Sender, String> {
+    let stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| format!("connect: {e}"))?;
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
+/// One request; the status and body.
+async fn one(
+    sender: &mut Sender,
+    addr: SocketAddr,
+    t: Target,
+) -> Result<(StatusCode, Bytes), String> {
+    let fut = async {
+        sender.ready().await.map_err(|e| e.to_string())?;
+        let resp = sender
+            .send_request(t.request(addr))
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok::<_, String>((status, body))
+    };
+    match tokio::time::timeout(REQUEST_TIMEOUT, fut).await {
+        Ok(r) => r,
+        Err(_) => Err("timed out".into()),
+    }
+}
+
+/// Checks that the daemon answers `t` as expected before measuring it.
+async fn sanity(addr: SocketAddr, t: Target) {
+    let mut s = connect(addr).await.expect("connect to the daemon");
+    let (status, body) = one(&mut s, addr, t).await.expect("first request");
+    let v: Value = serde_json::from_slice(&body).expect("JSON answer");
+    match t {
+        Target::Health => assert!(status == StatusCode::OK && v["status"] == "ok", "{v}"),
+        Target::Tool => assert!(
+            status == StatusCode::OK && v["decision"] == "allow" && v["output"] == "hello",
+            "{status} {v}"
+        ),
+    }
+}
+
+async fn load(
+    addr: SocketAddr,
+    t: Target,
+    conns: usize,
+    warm: Duration,
+    secs: f64,
+) -> (Vec<u64>, f64, u64) {
+    let measure_from = Instant::now() + warm;
+    let end = measure_from + Duration::from_secs_f64(secs);
+    let mut tasks = Vec::with_capacity(conns);
+    for _ in 0..conns {
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(1 << 16);
+            let mut errors = 0u64;
+            let mut sender: Option<Sender> = None;
+            while Instant::now() < end {
+                let s = match sender.as_mut() {
+                    Some(s) => s,
+                    None => match connect(addr).await {
+                        Ok(s) => sender.insert(s),
+                        Err(_) => {
+                            errors += 1;
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                            continue;
+                        }
+                    },
+                };
+                let t0 = Instant::now();
+                let r = one(s, addr, t).await;
+                let done = Instant::now();
+                let counted = t0 >= measure_from && done <= end;
+                match r {
+                    Ok((StatusCode::OK, _)) => {
+                        if counted {
+                            lat.push((done - t0).as_nanos() as u64);
+                        }
+                    }
+                    Ok(_) => {
+                        if counted {
+                            errors += 1;
+                        }
+                    }
+                    Err(_) => {
+                        errors += 1;
+                        sender = None;
+                    }
+                }
+            }
+            (lat, errors)
+        }));
+    }
+    let mut lat = Vec::new();
+    let mut errors = 0;
+    for task in tasks {
+        if let Ok((l, e)) = task.await {
+            lat.extend(l);
+            errors += e;
+        }
+    }
+    (lat, secs, errors)
+}
+
+// ---------------------------------------------------------------------------------------------
+
+fn daemon_binary(a: &Args) -> PathBuf {
+    if let Some(p) = &a.daemon {
+        return p.clone();
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    let daemon = exe.with_file_name("autonomy");
+    // Not rebuilt from here: a `cargo build` started by `cargo run` inherits its environment,
+    // which makes cargo rebuild half the dependency tree (twice per run).
+    let (Ok(d), Ok(b)) = (std::fs::metadata(&daemon), std::fs::metadata(&exe)) else {
+        panic!(
+            "no daemon binary at {}: run `cargo build --release` first (or pass --daemon)",
+            daemon.display()
+        );
+    };
+    if let (Ok(dt), Ok(bt)) = (d.modified(), b.modified())
+        && dt + Duration::from_secs(60) < bt
+    {
+        say(&format!(
+            "warning: {} is older than this benchmark; run `cargo build --release` to measure the current code",
+            daemon.display()
+        ));
+    }
+    daemon
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn main() {
+    let a = Args::parse();
+    let started = Instant::now();
+    let bin = daemon_binary(&a);
+    assert!(bin.exists(), "no daemon binary at {}", bin.display());
+    let parent = a
+        .dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/target/bench")));
+    std::fs::create_dir_all(&parent).expect("create --dir");
+    let tmp = tempfile::Builder::new()
+        .prefix("autonomy-bench-")
+        .tempdir_in(&parent)
+        .expect("temp dir");
+    let dir = tmp.path();
+    let load_before = loadavg();
+    say(&format!(
+        "scratch dir {}, {} s per phase, load average {load_before}",
+        dir.display(),
+        a.secs
+    ));
+
+    let mut rows: Vec<Row> = Vec::new();
+    let show = |r: &Row| say(&r.markdown());
+
+    // 1. Policy evaluation.
+    let mut params = Map::new();
+    params.insert("message".into(), Value::String("hello".into()));
+    let r = eval_phase(
+        "policy eval, allow (`tool.echo`)",
+        "tool.echo",
+        params,
+        Decision::Allow,
+        a.secs,
+    );
+    show(&r);
+    rows.push(r);
+    let mut params = Map::new();
+    params.insert("command".into(), Value::String("rm -rf /".into()));
+    let r = eval_phase(
+        "policy eval, deny (`tool.shell`) + reason",
+        "tool.shell",
+        params,
+        Decision::Deny,
+        a.secs,
+    );
+    show(&r);
+    rows.push(r);
+
+    // 2. The disk.
+    let (lat, secs) = fsync::raw_fdatasync(dir, a.secs, Preallocate::Fallocate);
+    let r = Row::new(
+        "raw write 256 B + fdatasync, preallocated file",
+        Some(1),
+        lat,
+        secs,
+        0,
+    );
+    show(&r);
+    rows.push(r);
+
+    // 3. The daemon.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(a.client_threads.max(1))
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let warm = Duration::from_secs_f64((a.secs / 6.0).clamp(0.2, 1.0));
+    for (sync, targets) in [
+        ("fsync", &[Target::Health, Target::Tool][..]),
+        ("none", &[Target::Tool][..]),
+    ] {
+        let daemon = Daemon::start(&bin, &dir.join(format!("wal-{sync}")), sync);
+        say(&format!("daemon --wal-sync {sync} on {}", daemon.addr));
+        for &t in targets {
+            rt.block_on(sanity(daemon.addr, t));
+            for &c in &a.conns {
+                let (lat, secs, errors) = rt.block_on(load(daemon.addr, t, c, warm, a.secs));
+                let what = match t {
+                    Target::Health => "`GET /health`".to_string(),
+                    Target::Tool => format!("`POST /v1/tool` echo, `--wal-sync {sync}`"),
+                };
+                let r = Row::new(what, Some(c), lat, secs, errors);
+                show(&r);
+                rows.push(r);
+            }
+        }
+        drop(daemon);
+    }
+    drop(rt);
+    let load_after = loadavg();
+
+    // 4. Report.
+    let find = |prefix: &str, c: Option<usize>| {
+        rows.iter()
+            .find(|r| r.what.starts_with(prefix) && r.conns == c)
+    };
+    let mut md = String::new();
+    md.push_str(&format!(
+        "Command: `cargo build --release && cargo run --release --bin autonomy-bench -- --secs {}`; {} s per phase; load average {load_before} before, {load_after} after; {} CPUs; whole run {:.0} s.\n\n",
+        a.secs,
+        a.secs,
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        started.elapsed().as_secs_f64()
+    ));
+    md.push_str("| measurement | conns | ops/s | p50 µs | p99 µs | samples | errors |\n");
+    md.push_str("|---|---:|---:|---:|---:|---:|---:|\n");
+    for r in &rows {
+        md.push_str(&r.markdown());
+        md.push('\n');
+    }
+
+    let eval_p99 = rows[..2].iter().map(|r| r.p(0.99)).fold(0.0, f64::max);
+    let fsync_p50 = find("raw write", Some(1)).map_or(f64::NAN, |r| r.p(0.50));
+    let health1 = find("`GET /health`", Some(1)).map_or(f64::NAN, |r| r.p(0.50));
+    let tool1 =
+        find("`POST /v1/tool` echo, `--wal-sync fsync`", Some(1)).map_or(f64::NAN, |r| r.p(0.50));
+    let top = a.conns.iter().copied().max().unwrap_or(64);
+    let health_top = find("`GET /health`", Some(top)).map_or(f64::NAN, Row::rate);
+    let tool_top =
+        find("`POST /v1/tool` echo, `--wal-sync fsync`", Some(top)).map_or(f64::NAN, Row::rate);
+    let none_top =
+        find("`POST /v1/tool` echo, `--wal-sync none`", Some(top)).map_or(f64::NAN, Row::rate);
+    let verdict = |ok: bool| if ok { "PASS" } else { "MISS" };
+    let budget = health1 + fsync_p50 + 100.0;
+    md.push_str("\nSPEC §9 targets:\n\n");
+    md.push_str(&format!(
+        "- (a) policy evaluation p99 < 20 µs: **{}** — worst p99 {eval_p99:.1} µs (allow and deny).\n",
+        verdict(eval_p99 < 20.0)
+    ));
+    md.push_str(&format!(
+        "- (b) `/v1/tool` p50 at 1 connection ≤ `/health` p50 + fsync p50 + 100 µs: **{}** — {tool1:.0} µs vs {health1:.0} + {fsync_p50:.0} + 100 = {budget:.0} µs.\n",
+        verdict(tool1 <= budget)
+    ));
+    md.push_str(&format!(
+        "- (c) at {top} connections `/v1/tool` (fsync) ≥ 50% of `GET /health` throughput: **{}** — {tool_top:.0} vs {health_top:.0} req/s ({:.0}%).\n",
+        verdict(tool_top >= 0.5 * health_top),
+        100.0 * tool_top / health_top
+    ));
+    md.push_str(&format!(
+        "- (c′, SPEC §9 wording) at {top} connections `/v1/tool` (fsync) ≥ 50% of `/v1/tool` with `--wal-sync none`: **{}** — {tool_top:.0} vs {none_top:.0} req/s ({:.0}%).\n",
+        verdict(tool_top >= 0.5 * none_top),
+        100.0 * tool_top / none_top
+    ));
+
+    println!("{md}");
+    let _ = std::io::stdout().flush();
+    if let Some(out) = &a.out {
+        std::fs::write(out, &md).unwrap_or_else(|e| panic!("cannot write {}: {e}", out.display()));
+        say(&format!("wrote {}", out.display()));
+    }
+}
