@@ -39,6 +39,19 @@ fn boxed(p: RegoPolicy) -> Box<dyn PolicyEvaluator> {
     Box::new(p)
 }
 
+/// A store bundle, compiled, watched for the next change from its own hash on.
+fn watched(b: &super::bundle::Bundle, w: PolicyWatch) -> Result<Resolved, String> {
+    let p = b.compile().map_err(|e| e.to_string())?;
+    Ok(Resolved {
+        policy: boxed(p),
+        watch: Some(PolicyWatch {
+            active_hash: Some(b.hash.clone()),
+            ..w
+        }),
+        warning: None,
+    })
+}
+
 /// Resolves `r` against the store in `store_dir`.
 pub fn resolve(r: Option<&str>, store_dir: &Path, no_flag: NoFlag) -> Result<Resolved, String> {
     let store = Store::new(store_dir);
@@ -53,15 +66,8 @@ pub fn resolve(r: Option<&str>, store_dir: &Path, no_flag: NoFlag) -> Result<Res
                     watch: Some(watch_before),
                     warning: None,
                 }),
-                Ok(Some((_, b))) => match b.compile() {
-                    Ok(p) => Ok(Resolved {
-                        policy: boxed(p),
-                        watch: Some(PolicyWatch {
-                            active_hash: Some(b.hash.clone()),
-                            ..watch_before
-                        }),
-                        warning: None,
-                    }),
+                Ok(Some((_, b))) => match watched(&b, watch_before.clone()) {
+                    Ok(r) => Ok(r),
                     Err(e) => Ok(deny_all_warn(watch_before, &store, &e)),
                 },
                 Err(e) => Ok(deny_all_warn(watch_before, &store, &e)),
@@ -83,15 +89,7 @@ pub fn resolve(r: Option<&str>, store_dir: &Path, no_flag: NoFlag) -> Result<Res
                         store_dir.display()
                     )
                 })?;
-            let p = b.compile().map_err(|e| format!("--policy current: {e}"))?;
-            Ok(Resolved {
-                policy: boxed(p),
-                watch: Some(PolicyWatch {
-                    active_hash: Some(b.hash.clone()),
-                    ..w
-                }),
-                warning: None,
-            })
+            watched(&b, w).map_err(|e| format!("--policy current: {e}"))
         }
         Some(s) if s.starts_with("oci://") => {
             let oref = OciRef::parse(s)?;
@@ -112,15 +110,7 @@ pub fn resolve(r: Option<&str>, store_dir: &Path, no_flag: NoFlag) -> Result<Res
                     )
                 })?
                 .ok_or_else(|| format!("--policy {key}: the {} slot vanished", slot.as_str()))?;
-            let p = b.compile().map_err(|e| format!("--policy {key}: {e}"))?;
-            Ok(Resolved {
-                policy: boxed(p),
-                watch: Some(PolicyWatch {
-                    active_hash: Some(b.hash.clone()),
-                    ..w
-                }),
-                warning: None,
-            })
+            watched(&b, w).map_err(|e| format!("--policy {key}: {e}"))
         }
         Some(path) => from_path(path).map(|policy| Resolved {
             policy,
