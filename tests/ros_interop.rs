@@ -308,12 +308,29 @@ fn tool_service_decisions_and_discovery_with_a_cyclone_peer() {
     assert!(st.success(), "{st}");
 }
 
+/// An in-process deny-all runtime (WAL under `dir`) with node `/autonomy` on `domain`.
+async fn deny_all_node(
+    dir: &Path,
+    domain: u16,
+    mapping: autonomy::ros::ServiceMapping,
+) -> (autonomy::runtime::Runtime, autonomy::ros::RosHandle) {
+    use autonomy::runtime::{Runtime, RuntimeConfig};
+    let cfg = RuntimeConfig::loopback(Box::new(autonomy::policy::DenyAll::new()), dir.join("wal"));
+    let runtime = Runtime::start(cfg).await.expect("runtime");
+    let ros = autonomy::ros::start_ros(
+        runtime.gate().clone(),
+        autonomy::ros::RosConfig {
+            domain_id: domain,
+            mapping,
+        },
+    )
+    .expect("ROS node");
+    (runtime, ros)
+}
+
 #[test]
 fn markers_reach_late_subscribers() {
-    use autonomy::policy::DenyAll;
-    use autonomy::ros::{RosConfig, ServiceMapping, start_ros};
-    use autonomy::runtime::{Runtime, RuntimeConfig};
-    use autonomy::tools::Allowlist;
+    use autonomy::ros::ServiceMapping;
 
     let _ = venv_python();
     let d_id = domain(1);
@@ -330,25 +347,7 @@ fn markers_reach_late_subscribers() {
     ];
     let live = "PASS ros2-wal-recording context=native";
     rt.block_on(async {
-        let runtime = Runtime::start(RuntimeConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            policy: Box::new(DenyAll::new()),
-            allowlist: Allowlist::parse("example.com").unwrap(),
-            wal_dir: tmp.path().join("wal"),
-            wal_options: Default::default(),
-            body_limit: 1024,
-            policy_watch: None,
-        })
-        .await
-        .expect("runtime");
-        let ros = start_ros(
-            runtime.gate().clone(),
-            RosConfig {
-                domain_id: d_id,
-                mapping: ServiceMapping::Cyclone,
-            },
-        )
-        .expect("ROS node");
+        let (runtime, ros) = deny_all_node(tmp.path(), d_id, ServiceMapping::Cyclone).await;
         for l in lines {
             ros.publish_marker(l).expect("publish");
         }
@@ -519,10 +518,7 @@ fn ros_msgs_match_the_rust_types() {
 /// server end in that mapping, not interop with a real Fast DDS (see docs/ros2.md).
 #[test]
 fn enhanced_mapping_round_trip_with_a_ros2_client_client() {
-    use autonomy::policy::DenyAll;
-    use autonomy::ros::{RosConfig, ServiceMapping, ToolRequest, ToolResponse, start_ros};
-    use autonomy::runtime::{Runtime, RuntimeConfig};
-    use autonomy::tools::Allowlist;
+    use autonomy::ros::{ServiceMapping, ToolRequest, ToolResponse};
     use ros2_client::{
         Context, ContextOptions, Name, NodeName, NodeOptions, QosProfile, ServiceTypeName,
     };
@@ -535,25 +531,7 @@ fn enhanced_mapping_round_trip_with_a_ros2_client_client() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let runtime = Runtime::start(RuntimeConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            policy: Box::new(DenyAll::new()),
-            allowlist: Allowlist::parse("example.com").unwrap(),
-            wal_dir: tmp.path().join("wal"),
-            wal_options: Default::default(),
-            body_limit: 1024,
-            policy_watch: None,
-        })
-        .await
-        .expect("runtime");
-        let ros = start_ros(
-            runtime.gate().clone(),
-            RosConfig {
-                domain_id: d_id,
-                mapping: ServiceMapping::Enhanced,
-            },
-        )
-        .expect("ROS node");
+        let (runtime, ros) = deny_all_node(tmp.path(), d_id, ServiceMapping::Enhanced).await;
 
         let ctx = Context::with_options(ContextOptions::new().domain_id(d_id)).unwrap();
         let mut node = ctx
