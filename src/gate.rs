@@ -153,9 +153,11 @@ impl Gate {
             };
         }
 
-        let (outcome, follow_up) = match self.tools.execute(&call.kind, &call.params).await {
-            ToolOutcome::Output(v) => (Outcome::Executed(v), None),
-            ToolOutcome::DecisionOnly => (Outcome::DecisionOnly, None),
+        // Every outcome but a plain success gets a second record under the same audit id.
+        let (outcome, follow_up, reason) = match self.tools.execute(&call.kind, &call.params).await
+        {
+            ToolOutcome::Output(v) => (Outcome::Executed(v), None, None),
+            ToolOutcome::DecisionOnly => (Outcome::DecisionOnly, None, None),
             ToolOutcome::RuntimeDeny(reason) => {
                 let rec = decision_record(
                     &audit_id,
@@ -165,28 +167,24 @@ impl Gate {
                     &policy_ref,
                     "runtime",
                 );
-                (Outcome::RuntimeDenied, Some((rec, reason)))
+                (Outcome::RuntimeDenied, Some(rec), Some(reason))
             }
             ToolOutcome::BadParams(msg) => {
                 let rec = error_record(&audit_id, call, &msg, "bad_params");
-                (Outcome::BadParams(msg), Some((rec, String::new())))
+                (Outcome::BadParams(msg), Some(rec), None)
             }
             ToolOutcome::Upstream(msg) => {
                 let rec = error_record(&audit_id, call, &msg, "upstream");
-                (Outcome::UpstreamFailed(msg), Some((rec, String::new())))
+                (Outcome::UpstreamFailed(msg), Some(rec), None)
             }
         };
 
-        let mut reason = None;
-        if let Some((rec, why)) = follow_up {
-            if let Err(e) = self.append(rec).await {
-                // The tool did not run (runtime deny / bad params) or already failed; the
-                // decision record is durable, so the audit trail still shows the attempt.
-                tracing::error!("cannot record outcome of {audit_id}: {e}");
-            }
-            if outcome == Outcome::RuntimeDenied {
-                reason = Some(why);
-            }
+        if let Some(rec) = follow_up
+            && let Err(e) = self.append(rec).await
+        {
+            // The tool did not run (runtime deny / bad params) or already failed; the
+            // decision record is durable, so the audit trail still shows the attempt.
+            tracing::error!("cannot record outcome of {audit_id}: {e}");
         }
         let decision = if outcome == Outcome::RuntimeDenied {
             Decision::Deny
