@@ -298,6 +298,30 @@ mod tests {
     }
 
     #[test]
+    fn builtin_errors_fail_closed() {
+        // Strict builtin errors: a type error fails the evaluation (deny). Without them `h`
+        // would be undefined and `not h` would allow (OPA's default, and regorus's VM).
+        let src = "package autonomy\nh := x if { x := split(input.params.endpoint, \"/\") }\nallow if not h\n";
+        let p = RegoPolicy::compile(PolicyRef::new("t"), &[("p.rego".into(), src.into())], None)
+            .unwrap();
+        let k = ToolKind::parse("tool.echo").unwrap();
+        let eval = |params: &str| {
+            let params: Map<String, serde_json::Value> = serde_json::from_str(params).unwrap();
+            p.evaluate(&PolicyInput {
+                kind: &k,
+                params: &params,
+                source: Source::Http,
+                allowed_domains: &[],
+            })
+        };
+        let v = eval(r#"{"endpoint":7}"#);
+        assert_eq!(v.decision, Decision::Deny, "{v:?}");
+        assert!(v.reason.unwrap().contains("policy evaluation failed"));
+        // Undefined without an error still takes `not` as OPA does.
+        assert_eq!(eval("{}").decision, Decision::Allow);
+    }
+
+    #[test]
     fn missing_entry_point_is_rejected() {
         let r = RegoPolicy::compile(
             PolicyRef::new("t"),
