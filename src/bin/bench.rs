@@ -4,7 +4,7 @@
 //! [--out FILE]`:
 //!
 //! * policy evaluation p50/p99 of the embedded demo policy, in-process (allow and deny input);
-//! * the raw `fdatasync` floor of the disk the WAL is on (256-byte appends, preallocated file);
+//! * the raw `fdatasync` floor of the disk the WAL is on (256-byte appends, zero-filled file);
 //! * the real daemon (`autonomy runtime start --demo`) on loopback, driven by a closed-loop
 //!   HTTP/1.1 keep-alive client in this process: `GET /health` and `POST /v1/tool` (`tool.echo`)
 //!   at 1, 16 and 64 connections, with `--wal-sync fsync` and with `--wal-sync none`;
@@ -29,6 +29,10 @@ use http_body_util::{BodyExt, Full};
 use hyper::{Method, Request, StatusCode, header};
 use hyper_util::rt::TokioIo;
 use serde_json::{Map, Value};
+
+/// The daemon's allocator, so the in-process policy evaluation is measured as the daemon runs it.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[path = "common/fsync.rs"]
 mod fsync;
@@ -496,7 +500,7 @@ fn main() {
     rows.push(r);
 
     // 2. The disk.
-    let (lat, secs) = fsync::raw_fdatasync(dir, a.secs, Preallocate::Fallocate);
+    let (lat, secs) = fsync::raw_fdatasync(dir, a.secs, Preallocate::default());
     let r = Row::new(
         "raw write 256 B + fdatasync, preallocated file",
         Some(1),

@@ -97,9 +97,9 @@ pub enum Preallocate {
     /// No preallocation: the file grows with each write.
     Off,
     /// `fallocate(2)` mode 0 (falls back to zero-fill where unsupported).
-    #[default]
     Fallocate,
     /// Write `segment_bytes` of zeros (and fsync) when the segment is created.
+    #[default]
     ZeroFill,
 }
 

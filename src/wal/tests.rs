@@ -460,3 +460,86 @@ fn wal_is_send_and_sync() {
     check::<Wal>();
     check::<Arc<Wal>>();
 }
+
+fn spares(dir: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".spare"))
+        .collect();
+    v.sort();
+    v
+}
+
+fn segments(dir: &std::path::Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".wal"))
+        .collect();
+    v.sort();
+    v
+}
+
+fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let end = std::time::Instant::now() + Duration::from_secs(secs);
+    while !f() {
+        assert!(
+            std::time::Instant::now() < end,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn the_next_segment_is_prepared_half_way_and_renamed_into_place() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().to_path_buf();
+    with_timeout(30, move || {
+        // A stale (half-written) spare from an earlier process is removed on open.
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("next-1-1.spare"), b"AUTONWAL garbage").unwrap();
+        let seg = 64 * 1024;
+        let (w, _) = Wal::open(&dir, opts(seg, Preallocate::ZeroFill)).unwrap();
+        assert_eq!(spares(&dir), Vec::<String>::new());
+        // Below half a segment: no spare yet.
+        let mut i = 0;
+        for _ in 0..20 {
+            i += 1;
+            w.append(rec(i)).unwrap();
+        }
+        assert_eq!(spares(&dir), Vec::<String>::new());
+        // Past half: a spare, complete (full size) once its thread is done.
+        let first = segments(&dir);
+        assert_eq!(first.len(), 1);
+        while spares(&dir).is_empty() {
+            i += 1;
+            w.append(rec(i)).unwrap();
+            assert_eq!(segments(&dir), first, "rotated before a spare was started");
+        }
+        let s = spares(&dir);
+        assert_eq!(s.len(), 1, "{s:?}");
+        wait_for("a ready spare", 10, || w.spare_ready());
+        assert_eq!(std::fs::metadata(dir.join(&s[0])).unwrap().len(), seg);
+        // Rotation renames it into place: the new segment is the spare's inode.
+        let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(dir.join(&s[0])).unwrap());
+        while segments(&dir).len() == 1 {
+            i += 1;
+            w.append(rec(i)).unwrap();
+        }
+        let segs = segments(&dir);
+        let new = dir.join(&segs[1]);
+        assert_eq!(
+            std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&new).unwrap()),
+            ino
+        );
+        assert!(!dir.join(&s[0]).exists());
+        w.close().unwrap();
+        // The log is whole, with every record in order across the two segments.
+        let recs = read_all(&dir);
+        assert_eq!(recs.len() as u64, i);
+        assert!(recs.iter().enumerate().all(|(k, r)| r.seq == k as u64 + 1));
+        assert!(Reader::open(&dir).unwrap().all(|r| r.is_ok()));
+    });
+}

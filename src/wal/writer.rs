@@ -63,6 +63,8 @@ pub struct Wal {
     inner: Mutex<Inner>,
     cv: Condvar,
     io: Mutex<SegIo>,
+    /// The next segment, made ready in the background (see [`Spare`]).
+    spare: Arc<Mutex<Spare>>,
     _lock: Flock<File>,
     #[cfg(test)]
     pub(crate) fail_next_write: std::sync::atomic::AtomicBool,
@@ -105,11 +107,22 @@ fn preallocate(file: &File, mode: Preallocate, len: u64) -> std::io::Result<()> 
 /// Creates segment `first_seq`: header, preallocation, fsync of the file and the directory.
 fn create_segment(dir: &Path, first_seq: u64, opts: &WalOptions) -> std::io::Result<SegIo> {
     let path = dir.join(segment_name(first_seq));
+    let file = new_segment_file(&path, opts)?;
+    fsync_dir(dir)?;
+    Ok(SegIo {
+        file,
+        path,
+        offset: HEADER_LEN,
+    })
+}
+
+/// A new file at `path` with the segment header and preallocated space, fsync'd.
+fn new_segment_file(path: &Path, opts: &WalOptions) -> std::io::Result<File> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .create_new(true)
-        .open(&path)?;
+        .open(path)?;
     file.write_all_at(&header_bytes(), 0)?;
     // Preallocation only makes fdatasync cheaper; when it cannot be had (a full disk, a
     // file-size limit) the segment still works, and a write that really cannot fit fails
@@ -124,12 +137,77 @@ fn create_segment(dir: &Path, first_seq: u64, opts: &WalOptions) -> std::io::Res
         file.set_len(HEADER_LEN)?;
     }
     file.sync_all()?;
-    fsync_dir(dir)?;
-    Ok(SegIo {
-        file,
-        path,
-        offset: HEADER_LEN,
-    })
+    Ok(file)
+}
+
+/// Suffix of a spare segment's file name (never read as a segment; removed on open).
+const SPARE_SUFFIX: &str = ".spare";
+
+/// The next segment, prepared off the append path: zero-filling 64 MiB takes tens of
+/// milliseconds, which would otherwise stall every appender at each rotation.
+#[derive(Default)]
+struct Spare {
+    /// A complete spare (header, preallocated, fsync'd), ready to be renamed into place.
+    ready: Option<(File, PathBuf)>,
+    /// A thread is preparing one.
+    preparing: bool,
+    /// Spares made so far (names them uniquely).
+    made: u64,
+}
+
+/// Starts preparing a spare segment in the background unless one is ready or on its way.
+fn prepare_spare(spare: &Arc<Mutex<Spare>>, dir: &Path, opts: &WalOptions) {
+    if opts.preallocate == Preallocate::Off {
+        return;
+    }
+    let n = {
+        let Ok(mut g) = spare.lock() else { return };
+        if g.ready.is_some() || g.preparing {
+            return;
+        }
+        g.preparing = true;
+        g.made += 1;
+        g.made
+    };
+    let path = dir.join(format!("next-{}-{n}{SPARE_SUFFIX}", std::process::id()));
+    let (slot, opts) = (spare.clone(), opts.clone());
+    let res = std::thread::Builder::new()
+        .name("wal-spare".into())
+        .spawn(move || {
+            let made = new_segment_file(&path, &opts);
+            let Ok(mut g) = slot.lock() else { return };
+            g.preparing = false;
+            match made {
+                Ok(file) => g.ready = Some((file, path)),
+                Err(e) => {
+                    // Rotation then creates the segment itself, as without a spare.
+                    tracing::warn!(
+                        "cannot prepare the next WAL segment {}: {e}",
+                        path.display()
+                    );
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        });
+    if res.is_err()
+        && let Ok(mut g) = spare.lock()
+    {
+        g.preparing = false;
+    }
+}
+
+/// Removes spare segments left by an earlier process (possibly half-written).
+fn remove_stale_spares(dir: &Path) -> std::io::Result<()> {
+    for ent in std::fs::read_dir(dir)? {
+        let p = ent?.path();
+        if p.file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.ends_with(SPARE_SUFFIX))
+        {
+            std::fs::remove_file(&p)?;
+        }
+    }
+    Ok(())
 }
 
 fn take_lock(dir: &Path) -> Result<Flock<File>, WalError> {
@@ -190,6 +268,10 @@ impl Wal {
             dir.display()
         )))?;
         let lock = take_lock(dir)?;
+        remove_stale_spares(dir).map_err(io_err(format!(
+            "cannot remove old spare segments in {}",
+            dir.display()
+        )))?;
 
         let mut r = Reader::open_allow_empty(dir).map_err(WalError::Damaged)?;
         while r.next_record().map_err(WalError::Damaged)?.is_some() {}
@@ -275,10 +357,16 @@ impl Wal {
             }),
             cv: Condvar::new(),
             io: Mutex::new(seg),
+            spare: Arc::new(Mutex::new(Spare::default())),
             _lock: lock,
             #[cfg(test)]
             fail_next_write: std::sync::atomic::AtomicBool::new(false),
         };
+        if let Ok(io) = wal.io.lock()
+            && io.offset > wal.opts.segment_bytes / 2
+        {
+            prepare_spare(&wal.spare, &wal.dir, &wal.opts);
+        }
         let mut recovery = Recovery {
             records,
             trimmed: None,
@@ -488,7 +576,7 @@ impl Wal {
                     .sync_data()
                     .map_err(io_err(format!("WAL fsync of {} failed", io.path.display())))?;
             }
-            *io = create_segment(&self.dir, first_seq, &self.opts).map_err(io_err(format!(
+            *io = self.next_segment(first_seq).map_err(io_err(format!(
                 "cannot create segment {} in {}",
                 segment_name(first_seq),
                 self.dir.display()
@@ -499,6 +587,11 @@ impl Wal {
             .write_all_at(buf, off)
             .map_err(io_err(format!("WAL write to {} failed", io.path.display())))?;
         io.offset += buf.len() as u64;
+        // Half way through a segment, the next one starts being prepared.
+        let half = self.opts.segment_bytes / 2;
+        if off <= half && io.offset > half {
+            prepare_spare(&self.spare, &self.dir, &self.opts);
+        }
         if self.opts.sync == SyncMode::Fsync {
             io.file.sync_data().map_err(io_err(format!(
                 "WAL fdatasync of {} failed",
@@ -506,6 +599,30 @@ impl Wal {
             )))?;
         }
         Ok(())
+    }
+
+    /// A spare segment is ready to be renamed into place.
+    #[cfg(test)]
+    pub(crate) fn spare_ready(&self) -> bool {
+        self.spare.lock().is_ok_and(|g| g.ready.is_some())
+    }
+
+    /// Segment `first_seq`: the spare renamed into place when one is ready, else a new one.
+    fn next_segment(&self, first_seq: u64) -> std::io::Result<SegIo> {
+        let ready = self.spare.lock().ok().and_then(|mut g| g.ready.take());
+        if let Some((file, spare_path)) = ready {
+            let path = self.dir.join(segment_name(first_seq));
+            // The spare is complete and fsync'd; the rename is made durable before any record
+            // in the new segment is acknowledged.
+            std::fs::rename(&spare_path, &path)?;
+            fsync_dir(&self.dir)?;
+            return Ok(SegIo {
+                file,
+                path,
+                offset: HEADER_LEN,
+            });
+        }
+        create_segment(&self.dir, first_seq, &self.opts)
     }
 
     /// Waits for in-flight appends, then refuses new ones. The lock is released on drop.
@@ -520,6 +637,10 @@ impl Wal {
         }
         if let Some(f) = &g.failed {
             return Err(WalError::Poisoned(f.clone()));
+        }
+        // An unused spare is not part of the log; the next open would remove it anyway.
+        if let Some((_, path)) = self.spare.lock().ok().and_then(|mut s| s.ready.take()) {
+            let _ = std::fs::remove_file(path);
         }
         Ok(())
     }
