@@ -543,3 +543,35 @@ fn the_next_segment_is_prepared_half_way_and_renamed_into_place() {
         assert!(Reader::open(&dir).unwrap().all(|r| r.is_ok()));
     });
 }
+
+#[test]
+fn async_appends_group_commit_on_a_single_worker_runtime() {
+    let d = tempfile::tempdir().unwrap();
+    let path = d.path().to_path_buf();
+    with_timeout(30, move || {
+        let (w, _) = Wal::open(&path, WalOptions::default()).unwrap();
+        let w = Arc::new(w);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let tasks: Vec<_> = (0..32)
+                .map(|t| {
+                    let w = w.clone();
+                    tokio::spawn(async move {
+                        for i in 0..20 {
+                            w.append_async(rec(t * 100 + i)).await.unwrap();
+                        }
+                    })
+                })
+                .collect();
+            for t in tasks {
+                t.await.unwrap();
+            }
+        });
+        // Blocking the only worker for each fdatasync would leave one record per batch.
+        assert!(w.max_batch() > 1, "max batch {}", w.max_batch());
+        assert_eq!(read_all(&path).len(), 640);
+    });
+}

@@ -44,6 +44,8 @@ struct Inner {
     waiters: Vec<(u64, Waiter)>,
     /// Records in the last batch written (a measure of concurrency).
     last_batch: usize,
+    /// The largest batch written so far.
+    max_batch: usize,
 }
 
 /// Completes one async append (`Ok` once durable, `Err` with the failure).
@@ -354,6 +356,7 @@ impl Wal {
                 closed: false,
                 waiters: Vec::new(),
                 last_batch: 0,
+                max_batch: 0,
             }),
             cv: Condvar::new(),
             io: Mutex::new(seg),
@@ -461,8 +464,14 @@ impl Wal {
             g.waiters.push((mine, tx));
             let start = !g.flushing;
             g.flushing = true;
-            // Low load: the last batch was a single record and nobody else is waiting now.
-            let inline = start && g.last_batch <= 1 && g.waiters.len() == 1;
+            // Low load: the last batch was a single record and nobody else is waiting now. Never
+            // on a runtime with one worker: blocking it for the fdatasync would stop every
+            // other request meanwhile, so each batch would again hold one record (measured:
+            // 5.7K instead of 48K req/s at 64 connections).
+            let inline = start
+                && g.last_batch <= 1
+                && g.waiters.len() == 1
+                && tokio::runtime::Handle::current().metrics().num_workers() > 1;
             (mine, start, inline)
         };
         if start {
@@ -526,6 +535,7 @@ impl Wal {
                 g.durable_seq = last;
                 g.durable_hash = last_hash;
                 g.last_batch = (last + 1 - first) as usize;
+                g.max_batch = g.max_batch.max(g.last_batch);
                 let done = take_done(&mut g.waiters, last);
                 let more = !g.buf.is_empty();
                 if !more {
@@ -599,6 +609,11 @@ impl Wal {
             )))?;
         }
         Ok(())
+    }
+
+    /// The largest number of records one write + fdatasync has covered (group commit at work).
+    pub fn max_batch(&self) -> usize {
+        self.inner.lock().map_or(0, |g| g.max_batch)
     }
 
     /// A spare segment is ready to be renamed into place.
