@@ -461,24 +461,23 @@ fn wal_is_send_and_sync() {
     check::<Arc<Wal>>();
 }
 
-fn spares(dir: &std::path::Path) -> Vec<String> {
+/// The sorted names of the files in `dir` whose names end with `suffix`.
+fn names_ending(dir: &std::path::Path, suffix: &str) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.ends_with(".spare"))
+        .filter(|n| n.ends_with(suffix))
         .collect();
     v.sort();
     v
 }
 
+fn spares(dir: &std::path::Path) -> Vec<String> {
+    names_ending(dir, ".spare")
+}
+
 fn segments(dir: &std::path::Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.ends_with(".wal"))
-        .collect();
-    v.sort();
-    v
+    names_ending(dir, ".wal")
 }
 
 fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) {

@@ -157,47 +157,6 @@ struct Spare {
     made: u64,
 }
 
-/// Starts preparing a spare segment in the background unless one is ready or on its way.
-fn prepare_spare(spare: &Arc<Mutex<Spare>>, dir: &Path, opts: &WalOptions) {
-    if opts.preallocate == Preallocate::Off {
-        return;
-    }
-    let n = {
-        let Ok(mut g) = spare.lock() else { return };
-        if g.ready.is_some() || g.preparing {
-            return;
-        }
-        g.preparing = true;
-        g.made += 1;
-        g.made
-    };
-    let path = dir.join(format!("next-{}-{n}{SPARE_SUFFIX}", std::process::id()));
-    let (slot, opts) = (spare.clone(), opts.clone());
-    let res = std::thread::Builder::new()
-        .name("wal-spare".into())
-        .spawn(move || {
-            let made = new_segment_file(&path, &opts);
-            let Ok(mut g) = slot.lock() else { return };
-            g.preparing = false;
-            match made {
-                Ok(file) => g.ready = Some((file, path)),
-                Err(e) => {
-                    // Rotation then creates the segment itself, as without a spare.
-                    tracing::warn!(
-                        "cannot prepare the next WAL segment {}: {e}",
-                        path.display()
-                    );
-                    let _ = std::fs::remove_file(&path);
-                }
-            }
-        });
-    if res.is_err()
-        && let Ok(mut g) = spare.lock()
-    {
-        g.preparing = false;
-    }
-}
-
 /// Removes spare segments left by an earlier process (possibly half-written).
 fn remove_stale_spares(dir: &Path) -> std::io::Result<()> {
     for ent in std::fs::read_dir(dir)? {
@@ -368,7 +327,7 @@ impl Wal {
         if let Ok(io) = wal.io.lock()
             && io.offset > wal.opts.segment_bytes / 2
         {
-            prepare_spare(&wal.spare, &wal.dir, &wal.opts);
+            wal.prepare_spare();
         }
         let mut recovery = Recovery {
             records,
@@ -600,7 +559,7 @@ impl Wal {
         // Half way through a segment, the next one starts being prepared.
         let half = self.opts.segment_bytes / 2;
         if off <= half && io.offset > half {
-            prepare_spare(&self.spare, &self.dir, &self.opts);
+            self.prepare_spare();
         }
         if self.opts.sync == SyncMode::Fsync {
             io.file.sync_data().map_err(io_err(format!(
@@ -609,6 +568,49 @@ impl Wal {
             )))?;
         }
         Ok(())
+    }
+
+    /// Starts preparing a spare segment in the background unless one is ready or on its way.
+    fn prepare_spare(&self) {
+        if self.opts.preallocate == Preallocate::Off {
+            return;
+        }
+        let n = {
+            let Ok(mut g) = self.spare.lock() else { return };
+            if g.ready.is_some() || g.preparing {
+                return;
+            }
+            g.preparing = true;
+            g.made += 1;
+            g.made
+        };
+        let path = self
+            .dir
+            .join(format!("next-{}-{n}{SPARE_SUFFIX}", std::process::id()));
+        let (slot, opts) = (self.spare.clone(), self.opts.clone());
+        let res = std::thread::Builder::new()
+            .name("wal-spare".into())
+            .spawn(move || {
+                let made = new_segment_file(&path, &opts);
+                let Ok(mut g) = slot.lock() else { return };
+                g.preparing = false;
+                match made {
+                    Ok(file) => g.ready = Some((file, path)),
+                    Err(e) => {
+                        // Rotation then creates the segment itself, as without a spare.
+                        tracing::warn!(
+                            "cannot prepare the next WAL segment {}: {e}",
+                            path.display()
+                        );
+                        let _ = std::fs::remove_file(&path);
+                    }
+                }
+            });
+        if res.is_err()
+            && let Ok(mut g) = self.spare.lock()
+        {
+            g.preparing = false;
+        }
     }
 
     /// The largest number of records one write + fdatasync has covered (group commit at work).
