@@ -7,6 +7,7 @@ use std::time::Duration;
 use regorus::Engine;
 use regorus::utils::limits::ExecutionTimerConfig;
 
+use super::fast::FastAllow;
 use super::{PolicyEvaluator, PolicyInput, Verdict};
 use crate::types::{Decision, PolicyRef};
 
@@ -42,6 +43,8 @@ pub struct RegoPolicy {
     template: Engine,
     has_reason: bool,
     pool: Mutex<Vec<Engine>>,
+    /// The VM fast path for `allow`, or why this policy has none.
+    fast: Result<FastAllow, String>,
 }
 
 impl RegoPolicy {
@@ -72,9 +75,10 @@ impl RegoPolicy {
                     message: first_line(&e.to_string()),
                 })?;
         }
-        if let Some(d) = data {
+        let data = data.map(regorus::Value::from);
+        if let Some(d) = &data {
             engine
-                .add_data(regorus::Value::from(d))
+                .add_data(d.clone())
                 .map_err(|e| RegoPolicyError::Data(e.to_string()))?;
         }
         // The limit is in force before anything is evaluated, so a pathological policy cannot
@@ -85,21 +89,31 @@ impl RegoPolicy {
         });
         // Compiling for an entry point checks every module and that the rule exists, without
         // evaluating it.
-        if let Err(e) = engine.compile_with_entrypoint(&ALLOW_RULE.into()) {
-            let msg = e.to_string();
-            return Err(
-                if msg.contains("not a valid rule path") || msg.contains("rule") {
-                    RegoPolicyError::EntryPoint(format!(
-                        "the policy must define `package autonomy` with a rule `allow` ({})",
-                        first_line(&msg)
-                    ))
-                } else {
-                    RegoPolicyError::Compile {
-                        file: "policy".into(),
-                        message: first_line(&msg),
-                    }
-                },
-            );
+        let compiled = match engine.compile_with_entrypoint(&ALLOW_RULE.into()) {
+            Ok(c) => c,
+            Err(e) => {
+                let msg = e.to_string();
+                return Err(
+                    if msg.contains("not a valid rule path") || msg.contains("rule") {
+                        RegoPolicyError::EntryPoint(format!(
+                            "the policy must define `package autonomy` with a rule `allow` ({})",
+                            first_line(&msg)
+                        ))
+                    } else {
+                        RegoPolicyError::Compile {
+                            file: "policy".into(),
+                            message: first_line(&msg),
+                        }
+                    },
+                );
+            }
+        };
+        let fast = FastAllow::new(&compiled, ALLOW_RULE, data, limit);
+        match &fast {
+            Ok(_) => tracing::debug!("policy {policy_ref}: allow runs on the regorus VM"),
+            Err(why) => {
+                tracing::debug!("policy {policy_ref}: allow runs on the interpreter: {why}")
+            }
         }
         let has_reason = engine.compile_with_entrypoint(&REASON_RULE.into()).is_ok();
         Ok(RegoPolicy {
@@ -107,7 +121,22 @@ impl RegoPolicy {
             template: engine,
             has_reason,
             pool: Mutex::new(Vec::new()),
+            fast,
         })
+    }
+
+    /// Whether `allow` has the VM fast path; `Err` says why not.
+    pub fn fast_path(&self) -> Result<(), &str> {
+        self.fast.as_ref().map(|_| ()).map_err(String::as_str)
+    }
+
+    /// The interpreter's verdict alone, for checking the fast path against it.
+    #[cfg(test)]
+    pub(crate) fn evaluate_interpreted(&self, input: &PolicyInput<'_>) -> Verdict {
+        let mut engine = self.take_engine();
+        let v = self.eval_in(&mut engine, input.to_rego());
+        self.put_engine(engine);
+        v
     }
 
     fn take_engine(&self) -> Engine {
@@ -166,8 +195,18 @@ impl RegoPolicy {
 
 impl PolicyEvaluator for RegoPolicy {
     fn evaluate(&self, input: &PolicyInput<'_>) -> Verdict {
+        let input = input.to_rego();
+        // Cheap: a regorus value's clone shares its maps.
+        if let Ok(fast) = &self.fast
+            && fast.allows(input.clone())
+        {
+            return Verdict {
+                decision: Decision::Allow,
+                reason: None,
+            };
+        }
         let mut engine = self.take_engine();
-        let v = self.eval_in(&mut engine, input.to_rego());
+        let v = self.eval_in(&mut engine, input);
         self.put_engine(engine);
         v
     }

@@ -1,0 +1,444 @@
+//! A fast path for `allow`: regorus's bytecode VM, used only where it cannot be wrong in the
+//! open direction.
+//!
+//! The interpreter is the reference. regorus 0.14's VM evaluates a plain allowlist about 7×
+//! faster, but it turns every non-fatal error inside a rule body into "undefined", even with
+//! strict builtin errors on. Under `not`, or in a deny-set pattern (`allow if count(deny) == 0`),
+//! that turns an error into an allow where the interpreter denies. So:
+//! - the VM runs only programs whose every instruction cannot raise such an error (no builtin or
+//!   function calls, no arithmetic or ordering, no loops or comprehensions) and whose rules cannot
+//!   conflict (the other error the VM swallows);
+//! - only the VM's `true` is used. Anything else (false, undefined, an error, a limit) goes to
+//!   the interpreter, which decides and explains the deny.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use regorus::languages::rego::compiler::Compiler;
+use regorus::rvm::RegoVM;
+use regorus::rvm::instructions::Instruction;
+use regorus::rvm::program::{Program, RuleType};
+use regorus::utils::limits::ExecutionTimerConfig;
+
+/// Set to `off` to evaluate every policy with the interpreter only.
+pub const VM_ENV: &str = "AUTONOMY_REGO_VM";
+
+/// Most VMs kept for reuse; more concurrent evaluations build a fresh one.
+const POOL_MAX: usize = 64;
+
+/// A compiled `allow` the VM may evaluate, with a pool of VMs (they need `&mut`).
+pub struct FastAllow {
+    program: Arc<Program>,
+    data: Option<regorus::Value>,
+    timer: ExecutionTimerConfig,
+    pool: Mutex<Vec<RegoVM>>,
+}
+
+impl FastAllow {
+    /// Compiles `entry` for the VM; `Err` says why this policy stays on the interpreter.
+    pub fn new(
+        policy: &regorus::CompiledPolicy,
+        entry: &str,
+        data: Option<regorus::Value>,
+        limit: Duration,
+    ) -> Result<Self, String> {
+        if std::env::var(VM_ENV).is_ok_and(|v| v.eq_ignore_ascii_case("off")) {
+            return Err(format!("{VM_ENV}=off"));
+        }
+        let program = Compiler::compile_from_policy(policy, &[entry])
+            .map_err(|e| format!("the VM cannot compile it: {}", first_line(&e.to_string())))?;
+        eligible(&program)?;
+        let fast = FastAllow {
+            program,
+            data,
+            timer: ExecutionTimerConfig {
+                limit,
+                check_interval: std::num::NonZeroU32::new(32).unwrap_or(std::num::NonZeroU32::MIN),
+            },
+            pool: Mutex::new(Vec::new()),
+        };
+        // Fail at load, not per call, if the data cannot be given to a VM.
+        let vm = fast.new_vm()?;
+        fast.put(vm);
+        Ok(fast)
+    }
+
+    /// True only when the VM evaluates `allow` to `true`.
+    pub fn allows(&self, input: regorus::Value) -> bool {
+        let mut vm = match self.take() {
+            Some(vm) => vm,
+            None => match self.new_vm() {
+                Ok(vm) => vm,
+                Err(_) => return false,
+            },
+        };
+        vm.set_input(input);
+        let allowed = matches!(vm.execute(), Ok(regorus::Value::Bool(true)));
+        self.put(vm);
+        allowed
+    }
+
+    fn new_vm(&self) -> Result<RegoVM, String> {
+        let mut vm = RegoVM::new();
+        vm.load_program(self.program.clone());
+        vm.set_strict_builtin_errors(true);
+        vm.set_execution_timer_config(Some(self.timer));
+        if let Some(d) = &self.data {
+            vm.set_data(d.clone())
+                .map_err(|e| format!("the VM refuses the data: {}", first_line(&e.to_string())))?;
+        }
+        Ok(vm)
+    }
+
+    fn take(&self) -> Option<RegoVM> {
+        self.pool.lock().ok().and_then(|mut p| p.pop())
+    }
+
+    fn put(&self, vm: RegoVM) {
+        if let Ok(mut p) = self.pool.lock()
+            && p.len() < POOL_MAX
+        {
+            p.push(vm);
+        }
+    }
+}
+
+/// Whether the VM's `true` for this program always matches the interpreter's.
+fn eligible(program: &Program) -> Result<(), String> {
+    for ins in &program.instructions {
+        if !cannot_fail(ins) {
+            let name = format!("{ins:?}");
+            let name = name.split([' ', '{', '(']).next().unwrap_or("?");
+            return Err(format!(
+                "it uses {name}, which the VM may turn from an error into undefined"
+            ));
+        }
+    }
+    for rule in &program.rule_infos {
+        if rule.function_info.is_some() {
+            return Err(format!("{} is a function", rule.name));
+        }
+        if rule.destructuring_blocks.iter().any(Option::is_some) {
+            return Err(format!("{} destructures", rule.name));
+        }
+        match rule.rule_type {
+            RuleType::PartialSet => {}
+            // Conflicting keys are an error in the interpreter.
+            RuleType::PartialObject => return Err(format!("{} is a partial object", rule.name)),
+            // Definitions with different values are an error in the interpreter, undefined in
+            // the VM; only rules whose definitions all give one static value are safe.
+            RuleType::Complete => {
+                if rule.definitions.len() > 1 && !rule.early_exit_on_first_success {
+                    return Err(format!("{} has definitions that may conflict", rule.name));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Instructions whose only errors are the VM's own invariants or a failed condition.
+fn cannot_fail(ins: &Instruction) -> bool {
+    use Instruction::*;
+    matches!(
+        ins,
+        Load { .. }
+            | LoadTrue { .. }
+            | LoadFalse { .. }
+            | LoadNull { .. }
+            | LoadBool { .. }
+            | LoadData { .. }
+            | LoadInput { .. }
+            | Move { .. }
+            | Eq { .. }
+            | Ne { .. }
+            | Not { .. }
+            | AssertEq { .. }
+            | Guard { .. }
+            | ReturnUndefinedIfNotTrue { .. }
+            | Return { .. }
+            | CallRule { .. }
+            | RuleInit { .. }
+            | RuleReturn {}
+            | Halt {}
+            | Index { .. }
+            | IndexLiteral { .. }
+            | ChainedIndex { .. }
+            | ArrayNew { .. }
+            | ArrayPush { .. }
+            | ArrayCreate { .. }
+            | SetNew { .. }
+            | SetAdd { .. }
+            | SetCreate { .. }
+            | ObjectSet { .. }
+            | ObjectCreate { .. }
+            | Contains { .. }
+    )
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or("").chars().take(300).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::rego::RegoPolicy;
+    use crate::policy::{DEMO_REGO, PolicyEvaluator, PolicyInput};
+    use crate::types::{PolicyRef, Source, ToolKind};
+    use serde_json::{Map, Value, json};
+
+    /// (name, Rego, data, whether the VM fast path must apply).
+    fn corpus() -> Vec<(&'static str, String, Option<Value>, bool)> {
+        let p = |body: &str| format!("package autonomy\n{body}\n");
+        let example = |dir: &str| {
+            let path = format!("{}/examples/policies/{dir}", env!("CARGO_MANIFEST_DIR"));
+            let mut src = String::new();
+            for f in ["policy.rego", "ros/launch.rego"] {
+                if let Ok(s) = std::fs::read_to_string(format!("{path}/{f}")) {
+                    src.push_str(&s.replace("package ros", "package autonomy_ros_inlined"));
+                }
+            }
+            src
+        };
+        vec![
+            ("demo", DEMO_REGO.to_string(), None, true),
+            (
+                "kind in a set",
+                p(
+                    "default allow := false\nallow if input.kind in {\"tool.echo\", \"tool.http_get\"}",
+                ),
+                None,
+                true,
+            ),
+            (
+                "not on an equality rule",
+                p(
+                    "blocked if input.params.mode == \"unsafe\"\nallow if {\n input.kind == \"tool.echo\"\n not blocked\n}",
+                ),
+                None,
+                true,
+            ),
+            (
+                "default true, one override",
+                p("default allow := true\nallow := false if input.kind == \"tool.shell\""),
+                None,
+                true,
+            ),
+            (
+                "objects and arrays",
+                p(
+                    "req := {\"k\": input.kind, \"t\": input.params.tags}\nallow if {\n req.k == \"tool.echo\"\n req.t == [\"a\", \"b\"]\n}",
+                ),
+                None,
+                true,
+            ),
+            (
+                "numbers compare by value",
+                p("allow if input.params.n == 1"),
+                None,
+                true,
+            ),
+            (
+                "kinds from data",
+                p("allow if input.kind in data.kinds"),
+                Some(json!({"kinds": ["tool.echo"]})),
+                true,
+            ),
+            (
+                "else chain",
+                p(
+                    "allow := true if input.kind == \"tool.echo\" else := false if input.kind == \"tool.shell\"",
+                ),
+                None,
+                true,
+            ),
+            // The VM would allow these where the interpreter fails the evaluation (deny).
+            (
+                "builtin error under not",
+                p("h := x if { x := split(input.params.endpoint, \"/\") }\nallow if not h"),
+                None,
+                false,
+            ),
+            (
+                "conflicting definitions under not",
+                p(
+                    "x := 1 if input.params.a == true\nx := 2 if input.params.b == true\nallow if not x",
+                ),
+                None,
+                false,
+            ),
+            (
+                "deny set with a builtin",
+                p(
+                    "deny contains \"file\" if startswith(input.params.endpoint, \"file:\")\nallow if count(deny) == 0",
+                ),
+                None,
+                false,
+            ),
+            (
+                "ordering across types",
+                p("big if input.params.n > 10\nallow if not big"),
+                None,
+                false,
+            ),
+            (
+                "conflicting values, no not",
+                p(
+                    "level := \"high\" if input.params.x == 1\nlevel := \"low\" if input.params.y == 1\nallow if level == \"low\"",
+                ),
+                None,
+                false,
+            ),
+            (
+                "example argument-checks",
+                example("argument-checks"),
+                None,
+                false,
+            ),
+            (
+                "example http-allowlist",
+                example("http-allowlist"),
+                Some(json!({"http": {"hosts": ["api.anthropic.com", "ifconfig.me"]}})),
+                false,
+            ),
+        ]
+    }
+
+    fn inputs() -> Vec<(&'static str, Value)> {
+        let kinds = [
+            "tool.echo",
+            "tool.shell",
+            "tool.http_get",
+            "tool.ros2.launch",
+            "tool.x",
+        ];
+        let params = [
+            json!({}),
+            json!({"message": "hi"}),
+            json!({"message": "my password"}),
+            json!({"message": 7}),
+            json!({"endpoint": 7}),
+            json!({"endpoint": "https://ifconfig.me/ip"}),
+            json!({"endpoint": "file:///etc/passwd"}),
+            json!({"a": true, "b": true}),
+            json!({"a": true}),
+            json!({"n": 1.0}),
+            json!({"n": 1}),
+            json!({"n": "str"}),
+            json!({"n": 11}),
+            json!({"tags": ["a", "b"]}),
+            json!({"tags": ["b", "a"]}),
+            json!({"mode": "unsafe"}),
+            json!({"mode": null}),
+            json!({"x": 1, "y": 1}),
+            json!({"y": 1}),
+        ];
+        let mut out = Vec::new();
+        for k in kinds {
+            for p in &params {
+                out.push((k, p.clone()));
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_fast_path_never_allows_what_the_interpreter_denies() {
+        let mut fast_allows = 0;
+        for (name, src, data, want_fast) in corpus() {
+            let policy = RegoPolicy::compile(
+                PolicyRef::new(name),
+                &[("p.rego".into(), src.clone())],
+                data,
+            )
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(
+                policy.fast_path().is_ok(),
+                want_fast,
+                "{name}: fast path {:?}",
+                policy.fast_path()
+            );
+            for (kind, params) in inputs() {
+                let kind = ToolKind::parse(kind).unwrap();
+                let params: Map<String, Value> = params.as_object().cloned().unwrap();
+                let input = PolicyInput {
+                    kind: &kind,
+                    params: &params,
+                    source: Source::Http,
+                    allowed_domains: &[],
+                };
+                let both = policy.evaluate(&input);
+                let reference = policy.evaluate_interpreted(&input);
+                assert_eq!(
+                    both, reference,
+                    "{name}: kind {kind} params {params:?}: with the VM {both:?}, interpreter {reference:?}"
+                );
+                if want_fast && both.decision == crate::types::Decision::Allow {
+                    fast_allows += 1;
+                }
+            }
+        }
+        // The corpus exercises the fast path, not only the fallback.
+        assert!(fast_allows > 50, "{fast_allows}");
+    }
+
+    #[test]
+    fn the_cases_the_vm_gets_wrong_are_denied() {
+        for (name, src, params) in [
+            (
+                "builtin error under not",
+                "h := x if { x := split(input.params.endpoint, \"/\") }\nallow if not h",
+                json!({"endpoint": 7}),
+            ),
+            (
+                "conflict under not",
+                "x := 1 if input.params.a == true\nx := 2 if input.params.b == true\nallow if not x",
+                json!({"a": true, "b": true}),
+            ),
+            (
+                "deny set with a builtin",
+                "deny contains \"file\" if startswith(input.params.endpoint, \"file:\")\nallow if count(deny) == 0",
+                json!({"endpoint": 7}),
+            ),
+        ] {
+            let policy = RegoPolicy::compile(
+                PolicyRef::new(name),
+                &[("p.rego".into(), format!("package autonomy\n{src}\n"))],
+                None,
+            )
+            .unwrap();
+            let kind = ToolKind::parse("tool.echo").unwrap();
+            let params: Map<String, Value> = params.as_object().cloned().unwrap();
+            let v = policy.evaluate(&PolicyInput {
+                kind: &kind,
+                params: &params,
+                source: Source::Http,
+                allowed_domains: &[],
+            });
+            assert_eq!(v.decision, crate::types::Decision::Deny, "{name}: {v:?}");
+            // And the VM alone would have allowed it: the reason the fast path is gated.
+            let mut engine = regorus::Engine::new();
+            engine.set_rego_v0(false);
+            engine
+                .add_policy("p.rego".into(), format!("package autonomy\n{src}\n"))
+                .unwrap();
+            let compiled = engine
+                .compile_with_entrypoint(&"data.autonomy.allow".into())
+                .unwrap();
+            let program =
+                Compiler::compile_from_policy(&compiled, &["data.autonomy.allow"]).unwrap();
+            let mut vm = RegoVM::new();
+            vm.load_program(program);
+            vm.set_strict_builtin_errors(true);
+            vm.set_input(regorus::Value::from(
+                json!({"kind": "tool.echo", "params": params}),
+            ));
+            assert_eq!(
+                vm.execute().ok(),
+                Some(regorus::Value::Bool(true)),
+                "{name}: regorus's VM no longer fails open here; the gate may be relaxed"
+            );
+        }
+    }
+}
