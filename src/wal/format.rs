@@ -49,7 +49,14 @@ pub fn parse_segment_name(p: &Path) -> Option<u64> {
 
 /// `sha256:<hex>` of a payload.
 pub fn hash_payload(payload: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(payload)))
+    // Into a stack buffer: `hex::encode` goes char by char through an iterator, and this runs
+    // under the WAL's lock for every record.
+    let mut hex = [0u8; 64];
+    let _ = hex::encode_to_slice(Sha256::digest(payload), &mut hex);
+    let mut s = String::with_capacity(7 + 64);
+    s.push_str("sha256:");
+    s.push_str(std::str::from_utf8(&hex).unwrap_or_default());
+    s
 }
 
 /// Appends one frame (length, CRC32C, payload) to `out`.

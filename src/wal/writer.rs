@@ -46,6 +46,9 @@ struct Inner {
     last_batch: usize,
     /// The largest batch written so far.
     max_batch: usize,
+    /// Threads blocked on the condvar: notifying costs a futex syscall even with none, so
+    /// the flush path notifies only when this is non-zero.
+    sleepers: usize,
 }
 
 /// Completes one async append (`Ok` once durable, `Err` with the failure).
@@ -316,6 +319,7 @@ impl Wal {
                 waiters: Vec::new(),
                 last_batch: 0,
                 max_batch: 0,
+                sleepers: 0,
             }),
             cv: Condvar::new(),
             io: Mutex::new(seg),
@@ -368,6 +372,25 @@ impl Wal {
             .map_err(|_| WalError::Poisoned("a thread panicked while appending".into()))
     }
 
+    /// Blocks on the condvar until a flush step or a failure notifies.
+    fn sleep<'a>(&self, mut g: MutexGuard<'a, Inner>) -> Result<MutexGuard<'a, Inner>, WalError> {
+        g.sleepers += 1;
+        let mut g = self
+            .cv
+            .wait(g)
+            .map_err(|_| WalError::Poisoned("a thread panicked while appending".into()))?;
+        g.sleepers -= 1;
+        Ok(g)
+    }
+
+    /// Wakes the sleepers, if any (the caller holds the lock, so none can be between its
+    /// check and its wait).
+    fn wake(cv: &Condvar, g: &Inner) {
+        if g.sleepers > 0 {
+            cv.notify_all();
+        }
+    }
+
     /// Appends one record; returns its seq once it is durable.
     pub fn append(&self, rec: NewRecord) -> Result<Seq, WalError> {
         self.append_batch(vec![rec])
@@ -392,10 +415,7 @@ impl Wal {
                 return Err(WalError::Poisoned(f.clone()));
             }
             if g.flushing {
-                g = self
-                    .cv
-                    .wait(g)
-                    .map_err(|_| WalError::Poisoned("a thread panicked while appending".into()))?;
+                g = self.sleep(g)?;
                 continue;
             }
             // Become the leader: write and sync everything queued, for all.
@@ -479,7 +499,7 @@ impl Wal {
         let mut g = self.lock_inner()?;
         if g.buf.is_empty() || g.failed.is_some() {
             g.flushing = false;
-            self.cv.notify_all();
+            Self::wake(&self.cv, &g);
             return Ok(false);
         }
         let buf = std::mem::take(&mut g.buf);
@@ -500,7 +520,7 @@ impl Wal {
                 if !more {
                     g.flushing = false;
                 }
-                self.cv.notify_all();
+                Self::wake(&self.cv, &g);
                 drop(g);
                 for (_, w) in done {
                     let _ = w.send(Ok(()));
@@ -512,7 +532,7 @@ impl Wal {
                 g.failed = Some(msg.clone());
                 g.flushing = false;
                 let all = std::mem::take(&mut g.waiters);
-                self.cv.notify_all();
+                Self::wake(&self.cv, &g);
                 drop(g);
                 for (_, w) in all {
                     let _ = w.send(Err(msg.clone()));
@@ -647,10 +667,7 @@ impl Wal {
         let mut g = self.lock_inner()?;
         g.closed = true;
         while g.failed.is_none() && (g.flushing || !g.buf.is_empty()) {
-            g = self
-                .cv
-                .wait(g)
-                .map_err(|_| WalError::Poisoned("a thread panicked while appending".into()))?;
+            g = self.sleep(g)?;
         }
         if let Some(f) = &g.failed {
             return Err(WalError::Poisoned(f.clone()));
