@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 use crate::policy::{ActivePolicy, PolicyInput};
 use crate::tools::{ToolOutcome, Tools};
 use crate::types::{AuditId, Decision, PolicyRef, Source, ToolKind};
-use crate::wal::{NewRecord, RecordType, Wal, WalError};
+use crate::wal::{NewRecord, RecordBody, RecordType, Wal, WalError};
 
 /// One tool call as a front end hands it to the gate.
 #[derive(Debug, Clone)]
@@ -200,9 +200,36 @@ impl Gate {
         }
     }
 
-    async fn append(&self, rec: NewRecord) -> Result<(), WalError> {
-        self.wal.append_async(rec).await.map(|_| ())
+    async fn append(&self, rec: Result<NewRecord, WalError>) -> Result<(), WalError> {
+        self.wal.append_async(rec?).await.map(|_| ())
     }
+}
+
+/// A decision record's body, serialised as is: fields in alphabetical order (the order the
+/// former `serde_json::Map` body produced, so the bytes are unchanged), absent ones left out.
+#[derive(serde::Serialize)]
+struct DecisionBody<'a> {
+    decision: &'a str,
+    kind: &'a str,
+    layer: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    params: Option<&'a Map<String, Value>>,
+    policy_ref: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'a str>,
+    source: &'a str,
+}
+
+impl RecordBody for DecisionBody<'_> {
+    const KEYS: &'static [&'static str] = &[
+        "decision",
+        "kind",
+        "layer",
+        "params",
+        "policy_ref",
+        "reason",
+        "source",
+    ];
 }
 
 fn decision_record(
@@ -212,27 +239,81 @@ fn decision_record(
     reason: Option<&str>,
     policy_ref: &PolicyRef,
     layer: &str,
-) -> NewRecord {
-    let mut r = NewRecord::new(RecordType::Decision, Some(audit_id.clone()))
-        .with("kind", call.kind.as_str())
-        .with("decision", decision.as_str())
-        .with("layer", layer)
-        .with("policy_ref", policy_ref.as_str())
-        .with("source", call.source.as_str());
-    if let Some(reason) = reason {
-        r = r.with("reason", reason);
-    }
-    // The policy-layer record carries what was asked, so the log alone answers "what was tried".
-    if layer == "policy" {
-        r = r.with("params", Value::Object(call.params.clone()));
-    }
-    r
+) -> Result<NewRecord, WalError> {
+    NewRecord::encoded(
+        RecordType::Decision,
+        Some(audit_id.clone()),
+        &DecisionBody {
+            decision: decision.as_str(),
+            kind: call.kind.as_str(),
+            layer,
+            // The policy-layer record carries what was asked, so the log alone answers "what
+            // was tried".
+            params: (layer == "policy").then_some(&call.params),
+            policy_ref: policy_ref.as_str(),
+            reason,
+            source: call.source.as_str(),
+        },
+    )
 }
 
-fn error_record(audit_id: &AuditId, call: &ToolCall, msg: &str, code: &str) -> NewRecord {
-    NewRecord::new(RecordType::Error, Some(audit_id.clone()))
+fn error_record(
+    audit_id: &AuditId,
+    call: &ToolCall,
+    msg: &str,
+    code: &str,
+) -> Result<NewRecord, WalError> {
+    Ok(NewRecord::new(RecordType::Error, Some(audit_id.clone()))
         .with("kind", call.kind.as_str())
         .with("code", code)
         .with("error", msg)
-        .with("source", call.source.as_str())
+        .with("source", call.source.as_str()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_decision_body_is_encoded_as_the_map_was() {
+        let params: Map<String, Value> =
+            serde_json::from_value(json!({"z": [1, {"b": null, "a": "é\"\n"}], "a": 1.5})).unwrap();
+        let call = ToolCall {
+            kind: ToolKind::parse("tool.http_get").unwrap(),
+            params: params.clone(),
+            source: Source::Ros2,
+        };
+        let id = AuditId::new();
+        let pref = PolicyRef::new("bundle:x@sha256:ab");
+        for (decision, reason, layer) in [
+            (Decision::Allow, None, "policy"),
+            (Decision::Deny, Some("no \"way\""), "policy"),
+            (Decision::Deny, Some("not in the allowlist"), "runtime"),
+        ] {
+            // The body as the `Map` builder made it before.
+            let mut want = Map::new();
+            want.insert("kind".into(), call.kind.as_str().into());
+            want.insert("decision".into(), decision.as_str().into());
+            want.insert("layer".into(), layer.into());
+            want.insert("policy_ref".into(), pref.as_str().into());
+            want.insert("source".into(), call.source.as_str().into());
+            if let Some(r) = reason {
+                want.insert("reason".into(), r.into());
+            }
+            if layer == "policy" {
+                want.insert("params".into(), Value::Object(params.clone()));
+            }
+            let mut rec = decision_record(&id, &call, decision, reason, &pref, layer).unwrap();
+            let got = rec.take_body().unwrap();
+            assert_eq!(
+                String::from_utf8(got).unwrap(),
+                String::from_utf8(serde_json::to_vec(&want).unwrap()).unwrap()
+            );
+            assert!(
+                want.keys()
+                    .all(|k| DecisionBody::KEYS.contains(&k.as_str()))
+            );
+        }
+    }
 }

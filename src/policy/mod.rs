@@ -56,6 +56,11 @@ impl PolicyInput<'_> {
     /// `regorus::Value::from(self.to_json())`.
     pub fn to_rego(&self) -> regorus::Value {
         use serde::Deserialize;
+        // The keys are the same on every call: made once, shared (a clone is a refcount).
+        static KEYS: std::sync::LazyLock<[regorus::Value; 4]> = std::sync::LazyLock::new(|| {
+            ["kind", "params", "source", "allowed_domains"].map(regorus::Value::from)
+        });
+        let [k_kind, k_params, k_source, k_domains] = &*KEYS;
         let mut params = std::collections::BTreeMap::new();
         for (k, v) in self.params {
             // The same conversion `regorus::Value::from(serde_json::Value)` uses.
@@ -68,19 +73,10 @@ impl PolicyInput<'_> {
             .map(|d| regorus::Value::from(d.as_str()))
             .collect();
         let mut m = std::collections::BTreeMap::new();
-        m.insert(
-            regorus::Value::from("kind"),
-            regorus::Value::from(self.kind.as_str()),
-        );
-        m.insert(regorus::Value::from("params"), regorus::Value::from(params));
-        m.insert(
-            regorus::Value::from("source"),
-            regorus::Value::from(self.source.as_str()),
-        );
-        m.insert(
-            regorus::Value::from("allowed_domains"),
-            regorus::Value::from(domains),
-        );
+        m.insert(k_kind.clone(), regorus::Value::from(self.kind.as_str()));
+        m.insert(k_params.clone(), regorus::Value::from(params));
+        m.insert(k_source.clone(), regorus::Value::from(self.source.as_str()));
+        m.insert(k_domains.clone(), regorus::Value::from(domains));
         regorus::Value::from(m)
     }
 }

@@ -61,7 +61,16 @@ pub struct NewRecord {
     /// The decision this record belongs to, if any.
     pub audit_id: Option<AuditId>,
     /// Type-specific fields; must not use the reserved keys `seq`, `ts`, `type`, `audit_id`, `prev`.
+    /// Empty (and ignored) in a record made by [`NewRecord::encoded`].
     pub body: Map<String, Value>,
+    /// The body already encoded (a JSON object), when made by [`NewRecord::encoded`].
+    encoded: Option<Vec<u8>>,
+}
+
+/// A record body serialised from a struct, so its keys are known up front.
+pub trait RecordBody: serde::Serialize {
+    /// Every key the body can have.
+    const KEYS: &'static [&'static str];
 }
 
 impl NewRecord {
@@ -71,7 +80,49 @@ impl NewRecord {
             rtype,
             audit_id,
             body: Map::new(),
+            encoded: None,
         }
+    }
+
+    /// A record whose body is encoded now, straight from borrowed fields: no `Map` is built and
+    /// nothing is cloned (the per-call decision record, on the hot path).
+    pub fn encoded<B: RecordBody>(
+        rtype: RecordType,
+        audit_id: Option<AuditId>,
+        body: &B,
+    ) -> Result<Self, WalError> {
+        if let Some(k) = B::KEYS.iter().find(|k| RESERVED_KEYS.contains(k)) {
+            return Err(WalError::Invalid(format!(
+                "record body uses the reserved key `{k}` (reserved: seq, ts, type, audit_id, prev)"
+            )));
+        }
+        let bytes = serde_json::to_vec(body)
+            .map_err(|e| WalError::Invalid(format!("cannot encode record body: {e}")))?;
+        if bytes.first() != Some(&b'{') {
+            return Err(WalError::Invalid(
+                "a record body must be a JSON object".into(),
+            ));
+        }
+        Ok(NewRecord {
+            rtype,
+            audit_id,
+            body: Map::new(),
+            encoded: Some(bytes),
+        })
+    }
+
+    /// The body as it goes into the payload (taken out of the record).
+    pub(crate) fn take_body(&mut self) -> Result<Vec<u8>, WalError> {
+        if let Some(b) = self.encoded.take() {
+            return Ok(b);
+        }
+        if let Some(k) = RESERVED_KEYS.iter().find(|k| self.body.contains_key(**k)) {
+            return Err(WalError::Invalid(format!(
+                "record body uses the reserved key `{k}` (reserved: seq, ts, type, audit_id, prev)"
+            )));
+        }
+        serde_json::to_vec(&self.body)
+            .map_err(|e| WalError::Invalid(format!("cannot encode record body: {e}")))
     }
 
     /// Adds a field (builder style).

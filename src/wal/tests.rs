@@ -114,6 +114,30 @@ fn rejects_reserved_keys_and_oversized() {
         .append(NewRecord::new(RecordType::Runtime, None).with("big", big))
         .unwrap_err();
     assert!(e.to_string().contains("too large"), "{e}");
+    // A pre-encoded body is held to the same rules.
+    #[derive(serde::Serialize)]
+    struct Sneaky {
+        seq: u64,
+    }
+    impl RecordBody for Sneaky {
+        const KEYS: &'static [&'static str] = &["seq"];
+    }
+    let e = NewRecord::encoded(RecordType::Runtime, None, &Sneaky { seq: 9 }).unwrap_err();
+    assert!(matches!(e, WalError::Invalid(_)), "{e}");
+    #[derive(serde::Serialize)]
+    struct Huge {
+        big: String,
+    }
+    impl RecordBody for Huge {
+        const KEYS: &'static [&'static str] = &["big"];
+    }
+    let huge = Huge {
+        big: "x".repeat(MAX_PAYLOAD),
+    };
+    let e = w
+        .append(NewRecord::encoded(RecordType::Runtime, None, &huge).unwrap())
+        .unwrap_err();
+    assert!(e.to_string().contains("too large"), "{e}");
     // Nothing was consumed by the rejected records.
     assert_eq!(w.append(rec(1)).unwrap(), Seq(1));
 }

@@ -9,8 +9,8 @@ use nix::errno::Errno;
 use nix::fcntl::{FallocateFlags, Flock, FlockArg};
 
 use super::format::{
-    HEADER_LEN, LOCK_FILE, MAX_PAYLOAD, RESERVED_KEYS, build_payload, hash_payload, header_bytes,
-    push_frame, segment_name,
+    HEADER_LEN, LOCK_FILE, MAX_PAYLOAD, build_payload, hash_payload, header_bytes, push_frame,
+    segment_name,
 };
 use super::reader::Reader;
 use super::{
@@ -686,14 +686,8 @@ type Prepared = (RecordType, Option<String>, Vec<u8>);
 /// Encodes record bodies (outside the lock) and checks their keys and size.
 fn prepare(recs: Vec<NewRecord>) -> Result<Vec<Prepared>, WalError> {
     let mut prepared = Vec::with_capacity(recs.len());
-    for rec in recs {
-        if let Some(k) = RESERVED_KEYS.iter().find(|k| rec.body.contains_key(**k)) {
-            return Err(WalError::Invalid(format!(
-                "record body uses the reserved key `{k}` (reserved: seq, ts, type, audit_id, prev)"
-            )));
-        }
-        let body = serde_json::to_vec(&rec.body)
-            .map_err(|e| WalError::Invalid(format!("cannot encode record body: {e}")))?;
+    for mut rec in recs {
+        let body = rec.take_body()?;
         let audit = match &rec.audit_id {
             Some(a) => Some(
                 serde_json::to_string(a.as_str())
