@@ -10,6 +10,9 @@
 //!   at 1, 16 and 64 connections, with `--wal-sync fsync` and with `--wal-sync none`;
 //!
 //! then prints a Markdown table (also written to `--out`) and the SPEC §9 targets with PASS/MISS.
+//! HTTP rows also give the CPU time per request, read from `/proc` over the measured window: the
+//! daemon's (all its threads, user + kernel) and the whole machine's (load generator included),
+//! which is what bounds throughput when client and daemon share the cores.
 //! See `docs/benchmarks.md`.
 
 use std::io::{BufRead, BufReader, Write};
@@ -80,6 +83,8 @@ struct Row {
     /// Sorted latencies, ns.
     lat: Vec<u64>,
     errors: u64,
+    /// CPU µs per request over the measured window: (daemon, machine).
+    cpu: Option<(f64, f64)>,
 }
 
 impl Row {
@@ -98,6 +103,7 @@ impl Row {
             secs,
             lat,
             errors,
+            cpu: None,
         }
     }
 
@@ -120,8 +126,13 @@ impl Row {
 
     fn markdown(&self) -> String {
         let conns = self.conns.map_or("–".to_string(), |c| c.to_string());
+        let (daemon, machine) = self
+            .cpu
+            .map_or(("–".to_string(), "–".to_string()), |(d, m)| {
+                (format!("{d:.1}"), format!("{m:.1}"))
+            });
         format!(
-            "| {} | {} | {:.0} | {} | {} | {} | {} |",
+            "| {} | {} | {:.0} | {} | {} | {} | {} | {daemon} | {machine} |",
             self.what,
             conns,
             self.rate(),
@@ -192,6 +203,53 @@ fn eval_phase(
 
 // ---------------------------------------------------------------------------------------------
 // The daemon.
+
+/// CPU time counters from `/proc`, in clock ticks.
+#[derive(Clone, Copy)]
+struct CpuSnap {
+    /// The daemon's user + system time (all threads).
+    daemon: u64,
+    /// The machine's busy time (all CPUs; user, nice, system, irq, softirq, steal).
+    machine: u64,
+}
+
+impl CpuSnap {
+    fn take(pid: u32) -> Option<CpuSnap> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the `(comm)`, which may hold spaces: state is field 3, utime 14, stime 15.
+        let rest = stat.rsplit_once(')')?.1;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let daemon = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+        let all = std::fs::read_to_string("/proc/stat").ok()?;
+        let cpu: Vec<u64> = all
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        // user nice system idle iowait irq softirq steal
+        let machine = [0, 1, 2, 5, 6, 7].iter().filter_map(|&i| cpu.get(i)).sum();
+        Some(CpuSnap { daemon, machine })
+    }
+
+    /// µs per op between `self` and `later`: (daemon, machine).
+    fn per_op(self, later: CpuSnap, ops: u64) -> Option<(f64, f64)> {
+        if ops == 0 {
+            return None;
+        }
+        let tick_us = 1e6
+            / nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+                .ok()
+                .flatten()
+                .filter(|&t| t > 0)
+                .unwrap_or(100) as f64;
+        Some((
+            later.daemon.saturating_sub(self.daemon) as f64 * tick_us / ops as f64,
+            later.machine.saturating_sub(self.machine) as f64 * tick_us / ops as f64,
+        ))
+    }
+}
 
 struct Daemon {
     child: Child,
@@ -357,13 +415,24 @@ async fn sanity(addr: SocketAddr, t: Target) {
 
 async fn load(
     addr: SocketAddr,
+    daemon_pid: u32,
     t: Target,
     conns: usize,
     warm: Duration,
     secs: f64,
-) -> (Vec<u64>, f64, u64) {
+) -> (Vec<u64>, f64, u64, Option<(CpuSnap, CpuSnap)>) {
     let measure_from = Instant::now() + warm;
     let end = measure_from + Duration::from_secs_f64(secs);
+    // CPU counters at the edges of the measured window, from a thread of its own.
+    let snaps = std::thread::spawn(move || {
+        let sleep_until =
+            |t: Instant| std::thread::sleep(t.saturating_duration_since(Instant::now()));
+        sleep_until(measure_from);
+        let a = CpuSnap::take(daemon_pid);
+        sleep_until(end);
+        let b = CpuSnap::take(daemon_pid);
+        a.zip(b)
+    });
     let mut tasks = Vec::with_capacity(conns);
     for _ in 0..conns {
         tasks.push(tokio::spawn(async move {
@@ -414,7 +483,8 @@ async fn load(
             errors += e;
         }
     }
-    (lat, secs, errors)
+    let snaps = snaps.join().ok().flatten();
+    (lat, secs, errors, snaps)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -527,12 +597,14 @@ fn main() {
         for &t in targets {
             rt.block_on(sanity(daemon.addr, t));
             for &c in &a.conns {
-                let (lat, secs, errors) = rt.block_on(load(daemon.addr, t, c, warm, a.secs));
+                let (lat, secs, errors, snaps) =
+                    rt.block_on(load(daemon.addr, daemon.child.id(), t, c, warm, a.secs));
                 let what = match t {
                     Target::Health => "`GET /health`".to_string(),
                     Target::Tool => format!("`POST /v1/tool` echo, `--wal-sync {sync}`"),
                 };
-                let r = Row::new(what, Some(c), lat, secs, errors);
+                let mut r = Row::new(what, Some(c), lat, secs, errors);
+                r.cpu = snaps.and_then(|(x, y)| x.per_op(y, r.ops + r.errors));
                 show(&r);
                 rows.push(r);
             }
@@ -555,8 +627,8 @@ fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         started.elapsed().as_secs_f64()
     ));
-    md.push_str("| measurement | conns | ops/s | p50 µs | p99 µs | samples | errors |\n");
-    md.push_str("|---|---:|---:|---:|---:|---:|---:|\n");
+    md.push_str("| measurement | conns | ops/s | p50 µs | p99 µs | samples | errors | daemon CPU µs/op | machine CPU µs/op |\n");
+    md.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in &rows {
         md.push_str(&r.markdown());
         md.push('\n');

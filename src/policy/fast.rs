@@ -8,8 +8,9 @@
 //! - the VM runs only programs whose every instruction cannot raise such an error (no builtin or
 //!   function calls, no arithmetic or ordering, no loops or comprehensions) and whose rules cannot
 //!   conflict (the other error the VM swallows);
-//! - only the VM's `true` is used. Anything else (false, undefined, an error, a limit) goes to
-//!   the interpreter, which decides and explains the deny.
+//! - the VM's `true` allows and its `false` denies (the interpreter then only evaluates
+//!   `reason`). Anything else (undefined, an error, a limit) goes to the interpreter, which
+//!   decides and explains the deny. A wrong `false` could only deny, never allow.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,6 +26,17 @@ pub const VM_ENV: &str = "AUTONOMY_REGO_VM";
 
 /// Most VMs kept for reuse; more concurrent evaluations build a fresh one.
 const POOL_MAX: usize = 64;
+
+/// The VM's answer for `allow`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FastResult {
+    /// `allow` is true: the call is allowed.
+    True,
+    /// `allow` is false: denied; the interpreter still explains why (`reason`).
+    False,
+    /// Undefined, an error or a limit: the interpreter decides.
+    Unsure,
+}
 
 /// A compiled `allow` the VM may evaluate, with a pool of VMs (they need `&mut`).
 pub struct FastAllow {
@@ -63,19 +75,23 @@ impl FastAllow {
         Ok(fast)
     }
 
-    /// True only when the VM evaluates `allow` to `true`.
-    pub fn allows(&self, input: regorus::Value) -> bool {
+    /// What the VM makes of `allow` for this input.
+    pub fn eval(&self, input: regorus::Value) -> FastResult {
         let mut vm = match self.take() {
             Some(vm) => vm,
             None => match self.new_vm() {
                 Ok(vm) => vm,
-                Err(_) => return false,
+                Err(_) => return FastResult::Unsure,
             },
         };
         vm.set_input(input);
-        let allowed = matches!(vm.execute(), Ok(regorus::Value::Bool(true)));
+        let r = match vm.execute() {
+            Ok(regorus::Value::Bool(true)) => FastResult::True,
+            Ok(regorus::Value::Bool(false)) => FastResult::False,
+            _ => FastResult::Unsure,
+        };
         self.put(vm);
-        allowed
+        r
     }
 
     fn new_vm(&self) -> Result<RegoVM, String> {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use regorus::Engine;
 use regorus::utils::limits::ExecutionTimerConfig;
 
-use super::fast::FastAllow;
+use super::fast::{FastAllow, FastResult};
 use super::{PolicyEvaluator, PolicyInput, Verdict};
 use crate::types::{Decision, PolicyRef};
 
@@ -134,7 +134,7 @@ impl RegoPolicy {
     #[cfg(test)]
     pub(crate) fn evaluate_interpreted(&self, input: &PolicyInput<'_>) -> Verdict {
         let mut engine = self.take_engine();
-        let v = self.eval_in(&mut engine, input.to_rego());
+        let v = self.eval_in(&mut engine, input.to_rego(), false);
         self.put_engine(engine);
         v
     }
@@ -155,15 +155,21 @@ impl RegoPolicy {
         }
     }
 
-    fn eval_in(&self, engine: &mut Engine, input: regorus::Value) -> Verdict {
+    /// The interpreter's verdict; `known_false` when the VM has already found `allow` false
+    /// (then only the reason is evaluated here).
+    fn eval_in(&self, engine: &mut Engine, input: regorus::Value, known_false: bool) -> Verdict {
         engine.set_input(input);
-        let allow = match engine.eval_rule(ALLOW_RULE.to_string()) {
-            Ok(v) => v,
-            Err(e) => {
-                return Verdict::deny(format!(
-                    "policy evaluation failed: {}",
-                    first_line(&e.to_string())
-                ));
+        let allow = if known_false {
+            regorus::Value::Bool(false)
+        } else {
+            match engine.eval_rule(ALLOW_RULE.to_string()) {
+                Ok(v) => v,
+                Err(e) => {
+                    return Verdict::deny(format!(
+                        "policy evaluation failed: {}",
+                        first_line(&e.to_string())
+                    ));
+                }
             }
         };
         match allow {
@@ -197,16 +203,18 @@ impl PolicyEvaluator for RegoPolicy {
     fn evaluate(&self, input: &PolicyInput<'_>) -> Verdict {
         let input = input.to_rego();
         // Cheap: a regorus value's clone shares its maps.
-        if let Ok(fast) = &self.fast
-            && fast.allows(input.clone())
-        {
+        let fast = match &self.fast {
+            Ok(fast) => fast.eval(input.clone()),
+            Err(_) => FastResult::Unsure,
+        };
+        if fast == FastResult::True {
             return Verdict {
                 decision: Decision::Allow,
                 reason: None,
             };
         }
         let mut engine = self.take_engine();
-        let v = self.eval_in(&mut engine, input);
+        let v = self.eval_in(&mut engine, input, fast == FastResult::False);
         self.put_engine(engine);
         v
     }
