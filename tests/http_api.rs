@@ -530,3 +530,51 @@ fn a_second_runtime_on_the_same_wal_is_refused() {
         200
     );
 }
+
+#[test]
+fn the_rego_vm_can_be_turned_off_and_decisions_do_not_change() {
+    // The demo policy qualifies for the VM fast path; with AUTONOMY_REGO_VM=off the interpreter
+    // alone decides. The answers must be the same either way.
+    let mut answers = Vec::new();
+    for vm in ["on", "off"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut d = Daemon::start_in(&tmp.path().join("wal"), &["--demo"], |c| {
+            c.env("AUTONOMY_LOG", "autonomy=debug");
+            if vm == "off" {
+                c.env("AUTONOMY_REGO_VM", "off");
+            } else {
+                c.env_remove("AUTONOMY_REGO_VM");
+            }
+        });
+        let engine_line = d
+            .startup
+            .iter()
+            .find(|l| l.contains("policy embedded:demo: allow runs on"))
+            .cloned()
+            .unwrap_or_default();
+        if vm == "off" {
+            assert!(
+                engine_line.contains("the interpreter: AUTONOMY_REGO_VM=off"),
+                "{:?}",
+                d.startup
+            );
+        } else {
+            assert!(engine_line.contains("the regorus VM"), "{:?}", d.startup);
+        }
+        let mut got = Vec::new();
+        for body in [
+            r#"{"kind":"tool.echo","params":{"message":"hi"}}"#,
+            r#"{"kind":"tool.shell","params":{"command":"id"}}"#,
+            r#"{"kind":"tool.teleport","params":{}}"#,
+        ] {
+            let r = d.tool(body);
+            let v = r.json();
+            got.push((r.status, v["decision"].clone(), v["reason"].clone()));
+        }
+        answers.push(got);
+    }
+    assert_eq!(answers[0], answers[1]);
+    assert_eq!(answers[0][0].0, 200);
+    assert_eq!(answers[0][1].0, 403);
+    assert_eq!(answers[0][2].0, 403);
+}
