@@ -538,7 +538,7 @@ fn the_rego_vm_can_be_turned_off_and_decisions_do_not_change() {
     let mut answers = Vec::new();
     for vm in ["on", "off"] {
         let tmp = tempfile::tempdir().unwrap();
-        let mut d = Daemon::start_in(&tmp.path().join("wal"), &["--demo"], |c| {
+        let d = Daemon::start_in(&tmp.path().join("wal"), &["--demo"], |c| {
             c.env("AUTONOMY_LOG", "autonomy=debug");
             if vm == "off" {
                 c.env("AUTONOMY_REGO_VM", "off");
