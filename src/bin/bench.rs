@@ -7,7 +7,8 @@
 //! * the raw `fdatasync` floor of the disk the WAL is on (256-byte appends, zero-filled file);
 //! * the real daemon (`autonomy runtime start --demo`) on loopback, driven by a closed-loop
 //!   HTTP/1.1 keep-alive client in this process: `GET /health` and `POST /v1/tool` (`tool.echo`)
-//!   at 1, 16 and 64 connections, with `--wal-sync fsync` and with `--wal-sync none`;
+//!   at 1, 16 and 64 connections, with `--wal-sync fsync` and with `--wal-sync none`, plus
+//!   `--rounds` back-to-back `/health`, `/v1/tool` pairs at 64 for target (c);
 //!
 //! then prints a Markdown table (also written to `--out`) and the SPEC §9 targets with PASS/MISS.
 //! HTTP rows also give the CPU time per request, read from `/proc` over the measured window: the
