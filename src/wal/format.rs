@@ -55,7 +55,7 @@ pub fn hash_payload(payload: &[u8]) -> String {
     let _ = hex::encode_to_slice(Sha256::digest(payload), &mut hex);
     let mut s = String::with_capacity(7 + 64);
     s.push_str("sha256:");
-    s.push_str(std::str::from_utf8(&hex).unwrap_or_default());
+    s.extend(hex.iter().map(|&b| char::from(b)));
     s
 }
 

@@ -114,6 +114,12 @@ impl NewRecord {
     /// The body as it goes into the payload (taken out of the record).
     pub(crate) fn take_body(&mut self) -> Result<Vec<u8>, WalError> {
         if let Some(b) = self.encoded.take() {
+            // `with` on an encoded record would otherwise lose its field without a word.
+            if !self.body.is_empty() {
+                return Err(WalError::Invalid(
+                    "a record with an encoded body cannot take more fields".into(),
+                ));
+            }
             return Ok(b);
         }
         if let Some(k) = RESERVED_KEYS.iter().find(|k| self.body.contains_key(**k)) {

@@ -125,6 +125,18 @@ fn rejects_reserved_keys_and_oversized() {
     let e = NewRecord::encoded(RecordType::Runtime, None, &Sneaky { seq: 9 }).unwrap_err();
     assert!(matches!(e, WalError::Invalid(_)), "{e}");
     #[derive(serde::Serialize)]
+    struct Fine {
+        n: u64,
+    }
+    impl RecordBody for Fine {
+        const KEYS: &'static [&'static str] = &["n"];
+    }
+    let mixed = NewRecord::encoded(RecordType::Runtime, None, &Fine { n: 1 })
+        .unwrap()
+        .with("more", 2);
+    let e = w.append(mixed).unwrap_err();
+    assert!(matches!(e, WalError::Invalid(_)), "{e}");
+    #[derive(serde::Serialize)]
     struct Huge {
         big: String,
     }

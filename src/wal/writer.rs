@@ -385,9 +385,9 @@ impl Wal {
 
     /// Wakes the sleepers, if any (the caller holds the lock, so none can be between its
     /// check and its wait).
-    fn wake(cv: &Condvar, g: &Inner) {
+    fn wake(&self, g: &Inner) {
         if g.sleepers > 0 {
-            cv.notify_all();
+            self.cv.notify_all();
         }
     }
 
@@ -499,7 +499,7 @@ impl Wal {
         let mut g = self.lock_inner()?;
         if g.buf.is_empty() || g.failed.is_some() {
             g.flushing = false;
-            Self::wake(&self.cv, &g);
+            self.wake(&g);
             return Ok(false);
         }
         let buf = std::mem::take(&mut g.buf);
@@ -520,7 +520,7 @@ impl Wal {
                 if !more {
                     g.flushing = false;
                 }
-                Self::wake(&self.cv, &g);
+                self.wake(&g);
                 drop(g);
                 for (_, w) in done {
                     let _ = w.send(Ok(()));
@@ -532,7 +532,7 @@ impl Wal {
                 g.failed = Some(msg.clone());
                 g.flushing = false;
                 let all = std::mem::take(&mut g.waiters);
-                Self::wake(&self.cv, &g);
+                self.wake(&g);
                 drop(g);
                 for (_, w) in all {
                     let _ = w.send(Err(msg.clone()));
