@@ -492,6 +492,23 @@ async fn load(
     (lat, secs, errors, snaps)
 }
 
+/// One HTTP load phase against `daemon`, as a row with its CPU per request.
+fn measure(
+    rt: &tokio::runtime::Runtime,
+    daemon: &Daemon,
+    t: Target,
+    conns: usize,
+    warm: Duration,
+    secs: f64,
+    what: String,
+) -> Row {
+    let (lat, secs, errors, snaps) =
+        rt.block_on(load(daemon.addr, daemon.child.id(), t, conns, warm, secs));
+    let mut r = Row::new(what, Some(conns), lat, secs, errors);
+    r.cpu = snaps.and_then(|(x, y)| x.per_op(y, r.ops + r.errors));
+    r
+}
+
 // ---------------------------------------------------------------------------------------------
 
 fn daemon_binary(a: &Args) -> PathBuf {
@@ -609,10 +626,7 @@ fn main() {
                 let mut pair = [(0.0, None); 2];
                 for (k, t) in [Target::Health, Target::Tool].into_iter().enumerate() {
                     rt.block_on(sanity(daemon.addr, t));
-                    let (lat, secs, errors, snaps) =
-                        rt.block_on(load(daemon.addr, daemon.child.id(), t, top, warm, a.secs));
-                    let mut r = Row::new("", Some(top), lat, secs, errors);
-                    r.cpu = snaps.and_then(|(x, y)| x.per_op(y, r.ops + r.errors));
+                    let r = measure(&rt, &daemon, t, top, warm, a.secs, String::new());
                     pair[k] = (r.rate(), r.cpu.map(|c| c.1));
                 }
                 say(&format!(
@@ -628,14 +642,11 @@ fn main() {
         for &t in targets {
             rt.block_on(sanity(daemon.addr, t));
             for &c in &a.conns {
-                let (lat, secs, errors, snaps) =
-                    rt.block_on(load(daemon.addr, daemon.child.id(), t, c, warm, a.secs));
                 let what = match t {
                     Target::Health => "`GET /health`".to_string(),
                     Target::Tool => format!("`POST /v1/tool` echo, `--wal-sync {sync}`"),
                 };
-                let mut r = Row::new(what, Some(c), lat, secs, errors);
-                r.cpu = snaps.and_then(|(x, y)| x.per_op(y, r.ops + r.errors));
+                let r = measure(&rt, &daemon, t, c, warm, a.secs, what);
                 show(&r);
                 rows.push(r);
             }

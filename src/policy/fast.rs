@@ -12,7 +12,7 @@
 //!   `reason`). Anything else (undefined, an error, a limit) goes to the interpreter, which
 //!   decides and explains the deny. A wrong `false` could only deny, never allow.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use regorus::languages::rego::compiler::Compiler;
@@ -21,11 +21,11 @@ use regorus::rvm::instructions::Instruction;
 use regorus::rvm::program::{Program, RuleType};
 use regorus::utils::limits::ExecutionTimerConfig;
 
+use super::Pool;
+use super::rego::first_line;
+
 /// Set to `off` to evaluate every policy with the interpreter only.
 pub const VM_ENV: &str = "AUTONOMY_REGO_VM";
-
-/// Most VMs kept for reuse; more concurrent evaluations build a fresh one.
-const POOL_MAX: usize = 64;
 
 /// The VM's answer for `allow`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,7 +43,7 @@ pub struct FastAllow {
     program: Arc<Program>,
     data: Option<regorus::Value>,
     timer: ExecutionTimerConfig,
-    pool: Mutex<Vec<RegoVM>>,
+    pool: Pool<RegoVM>,
 }
 
 impl FastAllow {
@@ -67,17 +67,17 @@ impl FastAllow {
                 limit,
                 check_interval: std::num::NonZeroU32::new(32).unwrap_or(std::num::NonZeroU32::MIN),
             },
-            pool: Mutex::new(Vec::new()),
+            pool: Pool::new(),
         };
         // Fail at load, not per call, if the data cannot be given to a VM.
         let vm = fast.new_vm()?;
-        fast.put(vm);
+        fast.pool.put(vm);
         Ok(fast)
     }
 
     /// What the VM makes of `allow` for this input.
     pub fn eval(&self, input: regorus::Value) -> FastResult {
-        let mut vm = match self.take() {
+        let mut vm = match self.pool.take() {
             Some(vm) => vm,
             None => match self.new_vm() {
                 Ok(vm) => vm,
@@ -90,7 +90,7 @@ impl FastAllow {
             Ok(regorus::Value::Bool(false)) => FastResult::False,
             _ => FastResult::Unsure,
         };
-        self.put(vm);
+        self.pool.put(vm);
         r
     }
 
@@ -105,21 +105,9 @@ impl FastAllow {
         }
         Ok(vm)
     }
-
-    fn take(&self) -> Option<RegoVM> {
-        self.pool.lock().ok().and_then(|mut p| p.pop())
-    }
-
-    fn put(&self, vm: RegoVM) {
-        if let Ok(mut p) = self.pool.lock()
-            && p.len() < POOL_MAX
-        {
-            p.push(vm);
-        }
-    }
 }
 
-/// Whether the VM's `true` for this program always matches the interpreter's.
+/// Whether the VM's `true` and `false` for this program always match the interpreter's.
 fn eligible(program: &Program) -> Result<(), String> {
     for ins in &program.instructions {
         if !cannot_fail(ins) {
@@ -190,10 +178,6 @@ fn cannot_fail(ins: &Instruction) -> bool {
             | ObjectCreate { .. }
             | Contains { .. }
     )
-}
-
-fn first_line(s: &str) -> String {
-    s.lines().next().unwrap_or("").chars().take(300).collect()
 }
 
 #[cfg(test)]

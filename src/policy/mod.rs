@@ -81,6 +81,35 @@ impl PolicyInput<'_> {
     }
 }
 
+/// Evaluators kept for reuse: regorus's engines and VMs need `&mut` to evaluate, so each call
+/// takes one (or the caller makes one) and gives it back.
+pub(crate) struct Pool<T> {
+    items: std::sync::Mutex<Vec<T>>,
+}
+
+impl<T> Pool<T> {
+    /// Most kept; more concurrent evaluations make a fresh one and drop it after.
+    const MAX: usize = 64;
+
+    pub(crate) fn new() -> Self {
+        Pool {
+            items: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    pub(crate) fn take(&self) -> Option<T> {
+        self.items.lock().ok().and_then(|mut p| p.pop())
+    }
+
+    pub(crate) fn put(&self, t: T) {
+        if let Ok(mut p) = self.items.lock()
+            && p.len() < Self::MAX
+        {
+            p.push(t);
+        }
+    }
+}
+
 /// The evaluator's answer.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Verdict {

@@ -1,14 +1,13 @@
 //! Rego policies evaluated in-process with regorus.
 
 use std::num::NonZeroU32;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use regorus::Engine;
 use regorus::utils::limits::ExecutionTimerConfig;
 
 use super::fast::{FastAllow, FastResult};
-use super::{PolicyEvaluator, PolicyInput, Verdict};
+use super::{PolicyEvaluator, PolicyInput, Pool, Verdict};
 use crate::types::{Decision, PolicyRef};
 
 /// The rule that decides.
@@ -42,7 +41,7 @@ pub struct RegoPolicy {
     policy_ref: PolicyRef,
     template: Engine,
     has_reason: bool,
-    pool: Mutex<Vec<Engine>>,
+    pool: Pool<Engine>,
     /// The VM fast path for `allow`, or why this policy has none.
     fast: Result<FastAllow, String>,
 }
@@ -120,7 +119,7 @@ impl RegoPolicy {
             policy_ref,
             template: engine,
             has_reason,
-            pool: Mutex::new(Vec::new()),
+            pool: Pool::new(),
             fast,
         })
     }
@@ -135,24 +134,12 @@ impl RegoPolicy {
     pub(crate) fn evaluate_interpreted(&self, input: &PolicyInput<'_>) -> Verdict {
         let mut engine = self.take_engine();
         let v = self.eval_in(&mut engine, input.to_rego(), false);
-        self.put_engine(engine);
+        self.pool.put(engine);
         v
     }
 
     fn take_engine(&self) -> Engine {
-        self.pool
-            .lock()
-            .ok()
-            .and_then(|mut p| p.pop())
-            .unwrap_or_else(|| self.template.clone())
-    }
-
-    fn put_engine(&self, e: Engine) {
-        if let Ok(mut p) = self.pool.lock()
-            && p.len() < 64
-        {
-            p.push(e);
-        }
+        self.pool.take().unwrap_or_else(|| self.template.clone())
     }
 
     /// The interpreter's verdict; `known_false` when the VM has already found `allow` false
@@ -215,7 +202,7 @@ impl PolicyEvaluator for RegoPolicy {
         }
         let mut engine = self.take_engine();
         let v = self.eval_in(&mut engine, input, fast == FastResult::False);
-        self.put_engine(engine);
+        self.pool.put(engine);
         v
     }
 
@@ -224,7 +211,8 @@ impl PolicyEvaluator for RegoPolicy {
     }
 }
 
-fn first_line(s: &str) -> String {
+/// A compiler or evaluation message on one line, at most 500 characters.
+pub(super) fn first_line(s: &str) -> String {
     s.lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())

@@ -67,6 +67,16 @@ pub struct NewRecord {
     encoded: Option<Vec<u8>>,
 }
 
+/// Refuses a body that would use one of the keys the payload's header fields take.
+fn refuse_reserved<'a>(mut keys: impl Iterator<Item = &'a str>) -> Result<(), WalError> {
+    match keys.find(|k| RESERVED_KEYS.contains(k)) {
+        Some(k) => Err(WalError::Invalid(format!(
+            "record body uses the reserved key `{k}` (reserved: seq, ts, type, audit_id, prev)"
+        ))),
+        None => Ok(()),
+    }
+}
+
 /// A record body serialised from a struct, so its keys are known up front.
 pub trait RecordBody: serde::Serialize {
     /// Every key the body can have.
@@ -91,11 +101,7 @@ impl NewRecord {
         audit_id: Option<AuditId>,
         body: &B,
     ) -> Result<Self, WalError> {
-        if let Some(k) = B::KEYS.iter().find(|k| RESERVED_KEYS.contains(k)) {
-            return Err(WalError::Invalid(format!(
-                "record body uses the reserved key `{k}` (reserved: seq, ts, type, audit_id, prev)"
-            )));
-        }
+        refuse_reserved(B::KEYS.iter().copied())?;
         let bytes = serde_json::to_vec(body)
             .map_err(|e| WalError::Invalid(format!("cannot encode record body: {e}")))?;
         if bytes.first() != Some(&b'{') {
@@ -122,11 +128,7 @@ impl NewRecord {
             }
             return Ok(b);
         }
-        if let Some(k) = RESERVED_KEYS.iter().find(|k| self.body.contains_key(**k)) {
-            return Err(WalError::Invalid(format!(
-                "record body uses the reserved key `{k}` (reserved: seq, ts, type, audit_id, prev)"
-            )));
-        }
+        refuse_reserved(self.body.keys().map(String::as_str))?;
         serde_json::to_vec(&self.body)
             .map_err(|e| WalError::Invalid(format!("cannot encode record body: {e}")))
     }
