@@ -188,7 +188,7 @@ mod tests {
     use crate::types::{PolicyRef, Source, ToolKind};
     use serde_json::{Map, Value, json};
 
-    /// (name, Rego, data, whether the VM fast path must apply).
+    /// (name, Rego modules separated by `---` lines, data, whether the VM fast path must apply).
     fn corpus() -> Vec<(&'static str, String, Option<Value>, bool)> {
         let p = |body: &str| format!("package autonomy\n{body}\n");
         let example = |dir: &str| {
@@ -252,6 +252,24 @@ mod tests {
                 ),
                 None,
                 true,
+            ),
+            (
+                "dynamic keys into data and input",
+                p("allow if data.by_kind[input.kind] == true\nallow if input.params[input.kind] == \"yes\""),
+                Some(json!({"by_kind": {"tool.echo": true, "tool.shell": false}})),
+                true,
+            ),
+            (
+                "with replaces the input",
+                p("echo if input.kind == \"tool.echo\"\nallow if echo with input as {\"kind\": \"tool.echo\"}\nallow if input.params.mode == \"unsafe\""),
+                None,
+                false,
+            ),
+            (
+                "rules across packages",
+                "package autonomy\nimport data.lib\nallow if lib.ok\n---\npackage lib\nok if input.kind == \"tool.http_get\"\nok if input.params.a == true\n".to_string(),
+                None,
+                false,
             ),
             // The VM would allow these where the interpreter fails the evaluation (deny).
             (
@@ -347,12 +365,14 @@ mod tests {
     fn the_fast_path_never_allows_what_the_interpreter_denies() {
         let mut fast_allows = 0;
         for (name, src, data, want_fast) in corpus() {
-            let policy = RegoPolicy::compile(
-                PolicyRef::new(name),
-                &[("p.rego".into(), src.clone())],
-                data,
-            )
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
+            // Modules are separated by `---` lines.
+            let modules: Vec<(String, String)> = src
+                .split("\n---\n")
+                .enumerate()
+                .map(|(i, m)| (format!("p{i}.rego"), m.to_string()))
+                .collect();
+            let policy = RegoPolicy::compile(PolicyRef::new(name), &modules, data)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(
                 policy.fast_path().is_ok(),
                 want_fast,
