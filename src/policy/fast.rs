@@ -13,7 +13,6 @@
 //!   decides and explains the deny. A wrong `false` could only deny, never allow.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use regorus::languages::rego::compiler::Compiler;
 use regorus::rvm::RegoVM;
@@ -47,12 +46,13 @@ pub struct FastAllow {
 }
 
 impl FastAllow {
-    /// Compiles `entry` for the VM; `Err` says why this policy stays on the interpreter.
+    /// Compiles `entry` for the VM, with the interpreter's time limit; `Err` says why this
+    /// policy stays on the interpreter.
     pub fn new(
         policy: &regorus::CompiledPolicy,
         entry: &str,
         data: Option<regorus::Value>,
-        limit: Duration,
+        timer: ExecutionTimerConfig,
     ) -> Result<Self, String> {
         if std::env::var(VM_ENV).is_ok_and(|v| v.eq_ignore_ascii_case("off")) {
             return Err(format!("{VM_ENV}=off"));
@@ -63,10 +63,7 @@ impl FastAllow {
         let fast = FastAllow {
             program,
             data,
-            timer: ExecutionTimerConfig {
-                limit,
-                check_interval: std::num::NonZeroU32::new(32).unwrap_or(std::num::NonZeroU32::MIN),
-            },
+            timer,
             pool: Pool::new(),
         };
         // Fail at load, not per call, if the data cannot be given to a VM.

@@ -82,10 +82,11 @@ impl RegoPolicy {
         }
         // The limit is in force before anything is evaluated, so a pathological policy cannot
         // hang a build or a load either.
-        engine.set_execution_timer_config(ExecutionTimerConfig {
+        let timer = ExecutionTimerConfig {
             limit,
             check_interval: NonZeroU32::new(32).unwrap_or(NonZeroU32::MIN),
-        });
+        };
+        engine.set_execution_timer_config(timer);
         // Compiling for an entry point checks every module and that the rule exists, without
         // evaluating it.
         let compiled = match engine.compile_with_entrypoint(&ALLOW_RULE.into()) {
@@ -107,7 +108,7 @@ impl RegoPolicy {
                 );
             }
         };
-        let fast = FastAllow::new(&compiled, ALLOW_RULE, data, limit);
+        let fast = FastAllow::new(&compiled, ALLOW_RULE, data, timer);
         match &fast {
             Ok(_) => tracing::debug!("policy {policy_ref}: allow runs on the regorus VM"),
             Err(why) => {
@@ -132,14 +133,15 @@ impl RegoPolicy {
     /// The interpreter's verdict alone, for checking the fast path against it.
     #[cfg(test)]
     pub(crate) fn evaluate_interpreted(&self, input: &PolicyInput<'_>) -> Verdict {
-        let mut engine = self.take_engine();
-        let v = self.eval_in(&mut engine, input.to_rego(), false);
-        self.pool.put(engine);
-        v
+        self.interpret(input.to_rego(), false)
     }
 
-    fn take_engine(&self) -> Engine {
-        self.pool.take().unwrap_or_else(|| self.template.clone())
+    /// [`RegoPolicy::eval_in`] on a pooled engine.
+    fn interpret(&self, input: regorus::Value, known_false: bool) -> Verdict {
+        let mut engine = self.pool.take().unwrap_or_else(|| self.template.clone());
+        let v = self.eval_in(&mut engine, input, known_false);
+        self.pool.put(engine);
+        v
     }
 
     /// The interpreter's verdict; `known_false` when the VM has already found `allow` false
@@ -200,10 +202,7 @@ impl PolicyEvaluator for RegoPolicy {
                 reason: None,
             };
         }
-        let mut engine = self.take_engine();
-        let v = self.eval_in(&mut engine, input, fast == FastResult::False);
-        self.pool.put(engine);
-        v
+        self.interpret(input, fast == FastResult::False)
     }
 
     fn policy_ref(&self) -> &PolicyRef {
