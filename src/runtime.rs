@@ -24,8 +24,8 @@ pub struct RuntimeConfig {
     pub wal_dir: PathBuf,
     /// WAL options.
     pub wal_options: WalOptions,
-    /// Largest `POST /v1/tool` body.
-    pub body_limit: usize,
+    /// Bounds on HTTP clients: body size, timeouts, connection limit, lingering.
+    pub http: crate::http::HttpLimits,
     /// Watch this policy store and hot-reload its current slot (see [`crate::policy::watch`]).
     pub policy_watch: Option<crate::policy::watch::PolicyWatch>,
 }
@@ -40,7 +40,7 @@ impl RuntimeConfig {
             allowlist: Allowlist::empty(),
             wal_dir,
             wal_options: WalOptions::default(),
-            body_limit: crate::http::DEFAULT_BODY_LIMIT,
+            http: crate::http::HttpLimits::default(),
             policy_watch: None,
         }
     }
@@ -69,7 +69,7 @@ pub struct Runtime {
     gate: Arc<Gate>,
     addr: SocketAddr,
     stop_tx: Option<oneshot::Sender<()>>,
-    server: Option<JoinHandle<std::io::Result<()>>>,
+    server: Option<JoinHandle<()>>,
     watcher: Option<JoinHandle<()>>,
 }
 
@@ -129,15 +129,16 @@ impl Runtime {
             .policy_watch
             .map(|w| crate::policy::watch::spawn(w, gate.policy().clone(), wal.clone()));
 
-        let app = crate::http::router(gate.clone(), cfg.body_limit);
+        let app = crate::http::router(gate.clone(), &cfg.http);
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let server = tokio::spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move {
-                    let _ = stop_rx.await;
-                })
-                .await
-        });
+        let server = tokio::spawn(crate::http::server::serve(
+            listener,
+            app,
+            cfg.http,
+            async move {
+                let _ = stop_rx.await;
+            },
+        ));
         Ok(Runtime {
             gate,
             addr,
@@ -171,12 +172,10 @@ impl Runtime {
         if let Some(tx) = self.stop_tx.take() {
             let _ = tx.send(());
         }
-        if let Some(server) = self.server.take() {
-            match server.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::warn!("HTTP server ended with an error: {e}"),
-                Err(e) => tracing::warn!("HTTP server task failed: {e}"),
-            }
+        if let Some(server) = self.server.take()
+            && let Err(e) = server.await
+        {
+            tracing::warn!("HTTP server task failed: {e}");
         }
         let wal = self.gate.wal().clone();
         tokio::task::spawn_blocking(move || {

@@ -3,9 +3,11 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::Args;
 
+use crate::http::HttpLimits;
 use crate::policy::PolicyEvaluator;
 use crate::runtime::{Runtime, RuntimeConfig};
 use crate::tools::Allowlist;
@@ -45,10 +47,70 @@ pub struct StartArgs {
     /// Rotate WAL segments at this size in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024 * 1024)]
     pub wal_segment_bytes: u64,
+    /// Bounds on HTTP clients.
+    #[command(flatten)]
+    pub http: HttpArgs,
     /// Also run the ROS 2 node /autonomy (service /autonomy/tool, topics /autonomy/markers and
     /// /autonomy/decisions) on ROS_DOMAIN_ID; RMW_IMPLEMENTATION picks the service mapping.
     #[arg(long)]
     pub ros: bool,
+}
+
+/// The HTTP server's bounds on clients (`docs/http-api.md`, "Limits").
+#[derive(Args, Debug)]
+pub struct HttpArgs {
+    /// Close a connection whose request head is not complete this long after its first byte
+    /// (or after connecting).
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    pub header_timeout: Duration,
+    /// Close a keep-alive connection idle this long between requests.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+    /// Answer 408 when a request body takes longer than this to arrive.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub body_timeout: Duration,
+    /// Most open connections [default: the open-file limit (ulimit -n) minus 64, at most 4096].
+    /// At the limit the longest-idle connection is closed; if none is idle, new ones get 503.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub max_connections: Option<u32>,
+    /// After answering before a body was read (413, 415, 405…): keep reading and discarding
+    /// it this long at most, so the client can read the answer.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
+    pub linger_timeout: Duration,
+    /// … and this many bytes at most; a client that sends more is cut off.
+    #[arg(long, value_name = "BYTES", default_value_t = 8 * 1024 * 1024)]
+    pub linger_bytes: u64,
+}
+
+impl HttpArgs {
+    /// The limits these flags set.
+    pub fn limits(&self) -> HttpLimits {
+        let defaults = HttpLimits::default();
+        HttpLimits {
+            header_timeout: self.header_timeout,
+            idle_timeout: self.idle_timeout,
+            body_timeout: self.body_timeout,
+            max_connections: self
+                .max_connections
+                .map_or(defaults.max_connections, |n| n as usize),
+            linger_time: self.linger_timeout,
+            linger_bytes: self.linger_bytes,
+            ..defaults
+        }
+    }
+}
+
+/// Parses a duration such as `10s`, `500ms` or `2m` (a bare number is seconds); 1 ms to 1 h.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = match s.trim().parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => humantime::parse_duration(s.trim())
+            .map_err(|e| format!("{s:?} is not a duration such as 10s or 500ms: {e}"))?,
+    };
+    if d < Duration::from_millis(1) || d > Duration::from_secs(3600) {
+        return Err(format!("{s:?} is out of range: use 1ms to 1h"));
+    }
+    Ok(d)
 }
 
 /// Parses `--wal-sync`.
@@ -100,7 +162,7 @@ pub async fn start(args: StartArgs) -> ExitCode {
             sync: args.wal_sync,
             ..WalOptions::default()
         },
-        body_limit: crate::http::DEFAULT_BODY_LIMIT,
+        http: args.http.limits(),
         policy_watch: resolved.watch,
     };
     let mut sigs = match crate::signals::Signals::new() {

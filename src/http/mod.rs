@@ -1,6 +1,11 @@
-//! The HTTP front end (axum): `GET /health`, `POST /v1/tool`. It only translates; the `Gate` decides.
+//! The HTTP front end (axum on hyper): `GET /health`, `POST /v1/tool`. It only translates; the
+//! `Gate` decides. [`server`] bounds the connections themselves (timeouts, limit, lingering).
+
+mod conn;
+pub mod server;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -8,6 +13,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get, post};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::{Map, Value, json};
 
 use crate::gate::{Gate, GateResponse, Outcome, ToolCall};
@@ -16,18 +22,72 @@ use crate::types::{Source, ToolKind};
 /// Largest request body accepted by `POST /v1/tool`.
 pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
 
-/// How long a client may take to send its request body.
-pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// Every bound the HTTP server puts on a client; see `docs/http-api.md` ("Limits").
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    /// Largest `POST /v1/tool` body (413 beyond).
+    pub body_limit: usize,
+    /// Time from the first byte of a request (or from accepting the connection) to the end of
+    /// its head; the connection is closed when it runs out.
+    pub header_timeout: Duration,
+    /// How long a connection may wait between requests before it is closed.
+    pub idle_timeout: Duration,
+    /// How long a client may take to send a request body (408 beyond).
+    pub body_timeout: Duration,
+    /// Most open connections; at the limit the longest-idle one is closed, or the new one is
+    /// refused with 503 when all are busy.
+    pub max_connections: usize,
+    /// After an answer sent before the body was read: longest time to keep reading.
+    pub linger_time: Duration,
+    /// After an answer sent before the body was read: most bytes to read and discard.
+    pub linger_bytes: u64,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits {
+            body_limit: DEFAULT_BODY_LIMIT,
+            header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(30),
+            max_connections: default_max_connections(),
+            linger_time: Duration::from_secs(2),
+            linger_bytes: 8 * 1024 * 1024,
+        }
+    }
+}
+
+/// File descriptors kept free of connections (the WAL, the policy store, ROS sockets, DNS).
+const FD_RESERVE: u64 = 64;
+/// The default connection limit where the fd limit is very high.
+const MAX_CONNECTIONS_CAP: u64 = 4096;
+
+/// The default connection limit: below this process's open-file limit (`ulimit -n`) by
+/// [`FD_RESERVE`], at most 4096, at least 16.
+pub fn default_max_connections() -> usize {
+    let soft = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map(|(soft, _)| soft)
+        .unwrap_or(1024);
+    let n = soft
+        .saturating_sub(FD_RESERVE)
+        .clamp(16, MAX_CONNECTIONS_CAP);
+    usize::try_from(n).unwrap_or(16)
+}
 
 #[derive(Clone)]
 struct AppState {
     gate: Arc<Gate>,
     body_limit: usize,
+    body_timeout: Duration,
 }
 
 /// The router for the runtime's HTTP API.
-pub fn router(gate: Arc<Gate>, body_limit: usize) -> Router {
-    let state = AppState { gate, body_limit };
+pub fn router(gate: Arc<Gate>, limits: &HttpLimits) -> Router {
+    let state = AppState {
+        gate,
+        body_limit: limits.body_limit,
+        body_timeout: limits.body_timeout,
+    };
     Router::new()
         .route(
             "/health",
@@ -107,16 +167,23 @@ async fn tool(State(st): State<AppState>, req: Request) -> Response {
     {
         return too_big();
     }
-    let read = axum::body::to_bytes(req.into_body(), st.body_limit);
-    let bytes = match tokio::time::timeout(BODY_READ_TIMEOUT, read).await {
-        Ok(Ok(b)) => b,
-        Ok(Err(_)) => return too_big(),
+    let read = Limited::new(req.into_body(), st.body_limit).collect();
+    let bytes = match tokio::time::timeout(st.body_timeout, read).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) if e.is::<LengthLimitError>() => return too_big(),
+        // Cut short, a broken chunk, an oversized chunk extension: the body is malformed.
+        Ok(Err(e)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("the request body is malformed: {}", innermost(&*e)),
+            );
+        }
         Err(_) => {
             return error(
                 StatusCode::REQUEST_TIMEOUT,
                 &format!(
                     "the body did not arrive within {} s",
-                    BODY_READ_TIMEOUT.as_secs()
+                    st.body_timeout.as_secs_f64()
                 ),
             );
         }
@@ -127,6 +194,16 @@ async fn tool(State(st): State<AppState>, req: Request) -> Response {
     };
     let resp = st.gate.call(call).await;
     render(resp)
+}
+
+/// The most specific message in an error's chain ("unexpected end of file", "invalid chunk
+/// size line") rather than hyper's generic outer one.
+fn innermost(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = e;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    cur.to_string()
 }
 
 /// Parses a `POST /v1/tool` body into a call, or says what is wrong with it.
