@@ -432,6 +432,75 @@ fn http_get_through_the_gate() {
 }
 
 #[test]
+fn http_get_redirects_to_file_or_data_are_403() {
+    let file = LocalServer::start(|_| redirect_response("file:///etc/passwd"));
+    let data = LocalServer::start(|_| redirect_response("data:text/plain,root:x:0:0"));
+    let allow = format!(
+        "127.0.0.1:{},127.0.0.1:{}",
+        file.addr.port(),
+        data.addr.port()
+    );
+    let d = Daemon::start(&["--demo", "--allowed-domains", &allow]);
+    for (server, scheme) in [(&file, "file"), (&data, "data")] {
+        let r = d.tool(&format!(
+            r#"{{"kind":"tool.http_get","params":{{"endpoint":"http://127.0.0.1:{}/"}}}}"#,
+            server.addr.port()
+        ));
+        assert_eq!(r.status, 403, "{}", String::from_utf8_lossy(&r.body));
+        let v = r.json();
+        assert_common(&v, "deny", "embedded:demo");
+        assert_eq!(
+            v["reason"],
+            format!("redirect to scheme {scheme}: refused (http and https only)")
+        );
+        assert!(v.get("output").is_none(), "{v}");
+        // Recorded as a runtime-layer deny after the policy allow.
+        let recs = records_for(&d.wal_dir, v["audit_id"].as_str().unwrap());
+        let layers: Vec<_> = recs.iter().map(|r| r["layer"].clone()).collect();
+        assert_eq!(layers, ["policy", "runtime"], "{recs:?}");
+    }
+}
+
+#[test]
+fn an_ip_entry_exempts_its_ip_only_on_the_port_it_names() {
+    let named = LocalServer::start(|_| ok_response("text/plain", b"named port"));
+    let other = LocalServer::start(|_| ok_response("text/plain", b"must never be reached"));
+    // 127.0.0.1 is named for `named`'s port only; localhost is allowed on `other`'s port.
+    let allow = format!(
+        "127.0.0.1:{},localhost:{}",
+        named.addr.port(),
+        other.addr.port()
+    );
+    let d = Daemon::start(&["--demo", "--allowed-domains", &allow]);
+    let get = |url: String| {
+        d.tool(&format!(
+            r#"{{"kind":"tool.http_get","params":{{"endpoint":"{url}"}}}}"#
+        ))
+    };
+    let r = get(format!("http://localhost:{}/", other.addr.port()));
+    assert_eq!(r.status, 403, "{}", String::from_utf8_lossy(&r.body));
+    let reason = r.json()["reason"].as_str().unwrap().to_string();
+    assert!(
+        reason.contains("resolves to") && reason.contains("names the IP literally"),
+        "{reason}"
+    );
+    assert_eq!(other.hits(), 0);
+    // The IP literal on its own port still works.
+    let r = get(format!("http://127.0.0.1:{}/", named.addr.port()));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["output"]["body"], "named port");
+    // Naming the IP for localhost's port opens it.
+    let allow = format!("127.0.0.1:{p},localhost:{p}", p = other.addr.port());
+    let d2 = Daemon::start(&["--demo", "--allowed-domains", &allow]);
+    let r = d2.tool(&format!(
+        r#"{{"kind":"tool.http_get","params":{{"endpoint":"http://localhost:{}/"}}}}"#,
+        other.addr.port()
+    ));
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(other.hits(), 1);
+}
+
+#[test]
 fn cli_errors_are_one_line() {
     let run = |args: &[&str]| {
         let mut child = std::process::Command::new(bin())

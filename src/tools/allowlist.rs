@@ -153,12 +153,32 @@ impl Allowlist {
         self.allows(url.scheme(), &host, port)
     }
 
-    /// Whether some entry names `ip` literally (on any port).
-    pub(crate) fn names_ip(&self, ip: IpAddr) -> bool {
+    /// Whether an entry names `ip` literally for `port` (an IP entry without a port names it
+    /// on every port).
+    fn names_ip_on(&self, ip: IpAddr, port: u16) -> bool {
         let ip = canonical_ip(ip);
-        self.entries
+        self.entries.iter().any(|e| {
+            matches!(e.host, AllowHost::Ip(a) if canonical_ip(a) == ip)
+                && e.port.is_none_or(|p| p == port)
+        })
+    }
+
+    /// Whether the SSRF guard may let the host name `host` connect to the special-purpose
+    /// address `ip`: only when the allowlist names that IP for every port it allows `host` on.
+    /// The resolver does not learn which port a connection is for, so the exemption must hold
+    /// for all of them (`127.0.0.1:8080,localhost:9000` does not open `localhost:9000`).
+    pub(crate) fn exempts(&self, host: &str, ip: IpAddr) -> bool {
+        let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+        let mut ports = self
+            .entries
             .iter()
-            .any(|e| matches!(e.host, AllowHost::Ip(a) if canonical_ip(a) == ip))
+            .filter(|e| matches!(&e.host, AllowHost::Domain(d) if *d == host))
+            .flat_map(|e| match e.port {
+                Some(p) => vec![p],
+                None => vec![80, 443],
+            })
+            .peekable();
+        ports.peek().is_some() && ports.all(|p| self.names_ip_on(ip, p))
     }
 }
 
@@ -466,12 +486,27 @@ mod tests {
     }
 
     #[test]
-    fn names_ip_literal() {
-        let a = Allowlist::parse("127.0.0.1:80,localhost,[fe80::1]").unwrap();
-        assert!(a.names_ip("127.0.0.1".parse().unwrap()));
-        assert!(a.names_ip("::ffff:127.0.0.1".parse().unwrap()));
-        assert!(a.names_ip("fe80::1".parse().unwrap()));
-        assert!(!a.names_ip("::1".parse().unwrap()));
-        assert!(!a.names_ip("127.0.0.2".parse().unwrap()));
+    fn ip_exemption_holds_only_for_the_ports_it_names() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let a = Allowlist::parse("127.0.0.1:80,127.0.0.1:443,localhost,[fe80::1]").unwrap();
+        // localhost is allowed on 80 and 443; 127.0.0.1 is named on both.
+        assert!(a.exempts("localhost", ip("127.0.0.1")));
+        assert!(a.exempts("LocalHost.", ip("::ffff:127.0.0.1")));
+        assert!(!a.exempts("localhost", ip("::1")));
+        assert!(!a.exempts("localhost", ip("127.0.0.2")));
+        // A host the allowlist does not name is never exempt.
+        assert!(!a.exempts("other", ip("127.0.0.1")));
+
+        // The IP named for another port does not exempt it for this host's port.
+        let a = Allowlist::parse("127.0.0.1:19001,localhost:19002").unwrap();
+        assert!(!a.exempts("localhost", ip("127.0.0.1")));
+        let a = Allowlist::parse("127.0.0.1:19002,localhost:19002").unwrap();
+        assert!(a.exempts("localhost", ip("127.0.0.1")));
+        // An IP entry without a port names it on every port.
+        let a = Allowlist::parse("127.0.0.1,localhost:19002").unwrap();
+        assert!(a.exempts("localhost", ip("127.0.0.1")));
+        // A host allowed on two ports needs the IP named on both.
+        let a = Allowlist::parse("127.0.0.1:19002,localhost:19002,localhost:19003").unwrap();
+        assert!(!a.exempts("localhost", ip("127.0.0.1")));
     }
 }

@@ -116,7 +116,7 @@ impl HttpGet {
         let timeout = self.limits.timeout;
         let run = fetch(client, url, self.limits.max_body);
         match tokio::time::timeout(timeout, run).await {
-            Ok(Ok(v)) => ToolOutcome::Output(v),
+            Ok(Ok(outcome)) => outcome,
             Ok(Err(e)) => classify_error(&e, &host, timeout),
             Err(_) => ToolOutcome::Upstream(format!("{host}: timed out after {timeout:?}")),
         }
@@ -128,8 +128,15 @@ async fn fetch(
     client: &reqwest::Client,
     url: url::Url,
     max_body: usize,
-) -> Result<Value, reqwest::Error> {
+) -> Result<ToolOutcome, reqwest::Error> {
     let mut resp = client.get(url).send().await?;
+    // reqwest hands back, unfollowed, a redirect whose target it cannot fetch (`file:`,
+    // `data:`): that is still a redirect to a refused scheme, not an answer.
+    if let Some(scheme) = refused_redirect_scheme(&resp) {
+        return Ok(ToolOutcome::RuntimeDeny(format!(
+            "redirect to scheme {scheme}: refused (http and https only)"
+        )));
+    }
     let status = resp.status().as_u16();
     let content_type = resp
         .headers()
@@ -151,12 +158,26 @@ async fn fetch(
         let cut = incomplete_utf8_tail(&body);
         body.truncate(body.len() - cut);
     }
-    Ok(json!({
+    Ok(ToolOutcome::Output(json!({
         "status": status,
         "content_type": content_type,
         "body": String::from_utf8_lossy(&body),
         "truncated": truncated,
-    }))
+    })))
+}
+
+/// The scheme of a redirect's `Location` when it is neither http nor https.
+fn refused_redirect_scheme(resp: &reqwest::Response) -> Option<String> {
+    if !resp.status().is_redirection() {
+        return None;
+    }
+    let location = resp
+        .headers()
+        .get(reqwest::header::LOCATION)?
+        .to_str()
+        .ok()?;
+    let target = resp.url().join(location).ok()?;
+    (!matches!(target.scheme(), "http" | "https")).then(|| target.scheme().to_string())
 }
 
 /// How many trailing bytes form an incomplete UTF-8 sequence (cut by truncation).
@@ -282,7 +303,7 @@ fn check_addrs(
     for a in addrs {
         let ip = a.ip();
         match refused_range(ip) {
-            Some(range) if !allowlist.names_ip(ip) => {
+            Some(range) if !allowlist.exempts(host, ip) => {
                 let r = format!("{ip} ({range})");
                 if !refused.contains(&r) {
                     refused.push(r);
