@@ -223,7 +223,8 @@ fn poisoned_after_a_write_error() {
     w.append(rec(1)).unwrap();
     w.fail_next_write.store(true, Ordering::SeqCst);
     let e = w.append(rec(2)).unwrap_err();
-    assert!(matches!(e, WalError::Io { .. }), "{e}");
+    assert!(matches!(e, WalError::Poisoned(_)), "{e}");
+    assert!(e.to_string().contains("injected fault"), "{e}");
     let e = w.append(rec(3)).unwrap_err();
     assert!(matches!(e, WalError::Poisoned(_)), "{e}");
     assert!(e.to_string().contains("injected fault"), "{e}");
