@@ -22,8 +22,6 @@ use crate::types::Seq;
 
 /// Room for the reserved fields in front of a body (seq, ts, type, prev and the punctuation).
 const PREFIX_ROOM: usize = 256;
-/// Drops remembered for blocking appenders that slept through one (see `Inner::discards`).
-const DISCARDS_KEPT: usize = 16;
 
 /// State shared by appenders (under `Wal::inner`).
 struct Inner {
@@ -46,9 +44,12 @@ struct Inner {
     /// Bumped each time a failure that wrote nothing drops the queued records; the seqs from
     /// `durable_seq + 1` on are then given out again.
     epoch: u64,
-    /// The last few drops: (the epoch it ended, first seq dropped, why). A blocking appender that
-    /// queued in that epoch learns here whether its record was durable before the drop.
-    discards: VecDeque<(u64, u64, String)>,
+    /// Blocking appenders that queued in the current epoch and have not returned yet.
+    blocking: usize,
+    /// Drops that blocking appenders of the epoch they ended have still to read: a blocking
+    /// appender learns here whether its record was durable before the drop. An entry goes when
+    /// the last of them has read it, so there are never more than blocking appenders.
+    discards: VecDeque<Discard>,
     /// The first failure of the current run of dropped writes, and how many there were; the next
     /// durable write clears it (and says so once in the log).
     failing: Option<(String, u64)>,
@@ -62,6 +63,18 @@ struct Inner {
     /// Threads blocked on the condvar: notifying costs a futex syscall even with none, so
     /// the flush path notifies only when this is non-zero.
     sleepers: usize,
+}
+
+/// A drop of the queued records, kept for the blocking appenders of the epoch it ended.
+struct Discard {
+    /// The epoch it ended.
+    epoch: u64,
+    /// The first seq dropped: records before it were durable.
+    first: u64,
+    /// Why.
+    why: String,
+    /// Blocking appenders of that epoch that have not read it yet.
+    readers: usize,
 }
 
 /// Why an append did not become durable (what an async appender is told).
@@ -389,6 +402,7 @@ impl Wal {
                 durable_hash: prev,
                 failed: None,
                 epoch: 0,
+                blocking: 0,
                 discards: VecDeque::new(),
                 failing: None,
                 closed: false,
@@ -487,15 +501,17 @@ impl Wal {
             return Ok(Seq(mine));
         }
         let epoch = g.epoch;
+        g.blocking += 1;
         loop {
             if g.epoch != epoch {
-                return settled(&g, epoch, mine);
+                return leave(&mut g, epoch, mine, Ok(Seq(mine)));
             }
             if g.durable_seq >= mine {
-                return Ok(Seq(mine));
+                return leave(&mut g, epoch, mine, Ok(Seq(mine)));
             }
             if let Some(f) = &g.failed {
-                return Err(WalError::Poisoned(f.clone()));
+                let e = Err(WalError::Poisoned(f.clone()));
+                return leave(&mut g, epoch, mine, e);
             }
             if g.flushing {
                 g = self.sleep(g)?;
@@ -625,10 +641,14 @@ impl Wal {
                 g.next_seq = batch.first;
                 g.buf_first = batch.first;
                 g.prev = g.durable_hash.clone();
-                let ended = g.epoch;
-                g.discards.push_back((ended, batch.first, msg.clone()));
-                if g.discards.len() > DISCARDS_KEPT {
-                    g.discards.pop_front();
+                if g.blocking > 0 {
+                    let d = Discard {
+                        epoch: g.epoch,
+                        first: batch.first,
+                        why: msg.clone(),
+                        readers: std::mem::take(&mut g.blocking),
+                    };
+                    g.discards.push_back(d);
                 }
                 g.epoch += 1;
                 let first_failure = match &mut g.failing {
@@ -895,18 +915,37 @@ fn enqueue(g: &mut Inner, prepared: &[Prepared]) -> Result<u64, WalError> {
     Ok(g.next_seq - 1)
 }
 
-/// A blocking appender's answer once the epoch it queued in (`epoch`) has ended with a drop: its
-/// records (the last is `mine`) were durable if they came before the first seq dropped.
-fn settled(g: &Inner, epoch: u64, mine: u64) -> Result<Seq, WalError> {
-    match g.discards.iter().find(|(e, _, _)| *e == epoch) {
-        Some((_, first, _)) if mine < *first => Ok(Seq(mine)),
-        Some((_, _, why)) => Err(WalError::Unavailable(why.clone())),
-        // Older than the drops remembered: fail closed (the record may be on disk, but this
-        // caller is not told it is).
-        None => Err(WalError::Unavailable(
-            "the WAL failed repeatedly while this append waited".into(),
-        )),
+/// A blocking appender that queued in `epoch` returns: it is no longer counted, and once the
+/// epoch has ended with a drop, reads its answer there (and removes the entry when it is the
+/// last to). `mine` is its last seq; `now` what it would answer were the epoch still current.
+fn leave(
+    g: &mut Inner,
+    epoch: u64,
+    mine: u64,
+    now: Result<Seq, WalError>,
+) -> Result<Seq, WalError> {
+    if g.epoch == epoch {
+        g.blocking = g.blocking.saturating_sub(1);
+        return now;
     }
+    let Some(i) = g.discards.iter().position(|d| d.epoch == epoch) else {
+        // Cannot happen (the entry stays until its last reader); fail closed.
+        return Err(WalError::Unavailable(
+            "the outcome of this append was lost".into(),
+        ));
+    };
+    let d = &mut g.discards[i];
+    // Records before the first one dropped were durable before the drop.
+    let answer = if mine < d.first {
+        Ok(Seq(mine))
+    } else {
+        Err(WalError::Unavailable(d.why.clone()))
+    };
+    d.readers -= 1;
+    if d.readers == 0 {
+        g.discards.remove(i);
+    }
+    answer
 }
 
 /// What one leader writes: whole frames, and the seq and hash of the first and last of them.
