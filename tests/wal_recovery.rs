@@ -523,3 +523,120 @@ fn stray_bytes_far_past_the_head_are_damage() {
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
     start_and_stop(&dir);
 }
+
+/// The syscalls of a daemon run under `strace`, in order, with file descriptors shown as paths.
+fn traced_daemon_run(wal: &Path, log: &Path, calls: usize) -> Vec<String> {
+    use std::io::BufRead;
+    let mut child = Command::new("strace")
+        .args(["-f", "-y", "-qq", "-s", "40", "-o"])
+        .arg(&log)
+        .args([
+            "-e",
+            "trace=mkdir,rename,renameat,renameat2,fsync,pwrite64",
+            "--",
+        ])
+        .arg(env!("CARGO_BIN_EXE_autonomy"))
+        .args(["runtime", "start", "--demo", "--listen", "127.0.0.1:0"])
+        .args(["--wal-segment-bytes", "65536", "--wal-dir"])
+        .arg(wal)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("strace (needed for this test)");
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let (mut addr, mut seen) = (None, Vec::new());
+    for line in stderr.lines().map_while(Result::ok) {
+        if let Some(rest) = line.split("listening on http://").nth(1) {
+            addr = rest.split_whitespace().next().and_then(|a| a.parse().ok());
+            break;
+        }
+        seen.push(line);
+    }
+    let addr: std::net::SocketAddr =
+        addr.unwrap_or_else(|| panic!("the daemon did not start under strace: {seen:?}"));
+    let pad = "z".repeat(3000);
+    for i in 0..calls {
+        let body = format!(r#"{{"kind":"tool.echo","params":{{"message":"{i}-{pad}"}}}}"#);
+        let r = common::http(
+            addr,
+            "POST",
+            "/v1/tool",
+            Some(("application/json", body.as_bytes())),
+        );
+        assert_eq!(r.status, 200);
+    }
+    // The daemon's pid is in the lock file; strace exits with it.
+    let pid: i32 = std::fs::read_to_string(wal.join("wal.lock"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(common::wait_timeout(&mut child, Duration::from_secs(30)).is_some());
+    std::fs::read_to_string(log)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            l.split_once(' ')
+                .map_or(l, |(_, rest)| rest)
+                .trim()
+                .to_string()
+        })
+        .collect()
+}
+
+/// Index of the first line at or after `from` that starts with `call(` and contains `text`.
+fn find(lines: &[String], from: usize, call: &str, text: &str) -> usize {
+    lines[from..]
+        .iter()
+        .position(|l| l.starts_with(&format!("{call}(")) && l.contains(text))
+        .map(|i| from + i)
+        .unwrap_or_else(|| panic!("no {call}(…{text}…) after line {from} in {lines:#?}"))
+}
+
+#[test]
+fn new_names_are_durable_in_their_directory_before_records_go_under_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let parent = tmp.path().join("new");
+    let wal = parent.join("wal");
+    // 30 calls of 3 KiB: past the 64 KiB segment, so one rotation.
+    let t = traced_daemon_run(&wal, &tmp.path().join("strace.log"), 30);
+    let fd = |p: &Path| format!("<{}>", p.display());
+    let record = r#"{\"seq\":"#;
+
+    // A new WAL directory (and the new parent it needed) is durable in its parent before the
+    // first segment is created in it.
+    let made = find(&t, 0, "mkdir", &format!("\"{}\"", wal.display()));
+    let made = find(&t, made + 1, "mkdir", &format!("\"{}\"", wal.display()));
+    let synced_root = find(&t, made, "fsync", &fd(tmp.path()));
+    let synced_parent = find(&t, made, "fsync", &fd(&parent));
+    let seg1 = wal.join(segment_name(1));
+    let header = find(&t, made, "pwrite64", &fd(&seg1));
+    assert!(synced_root < header && synced_parent < header, "{t:#?}");
+    // The first segment's entry is durable before its first record is written.
+    let synced = find(&t, header, "fsync", &fd(&wal));
+    let first_record = t[header..]
+        .iter()
+        .position(|l| l.starts_with("pwrite64(") && l.contains(&fd(&seg1)) && l.contains(record))
+        .map(|i| header + i)
+        .expect("the first record written");
+    assert!(synced < first_record, "{t:#?}");
+
+    // Rotation: the spare renamed into place, the directory fsync'd, then records written.
+    let names = autonomy::wal::list_segments(&wal).unwrap();
+    assert_eq!(names.len(), 2, "{names:?}");
+    let seg2 = &names[1].1;
+    let renamed = t
+        .iter()
+        .position(|l| l.starts_with("rename") && l.contains(&format!("\"{}\"", seg2.display())))
+        .unwrap_or_else(|| panic!("no rename to {} in {t:#?}", seg2.display()));
+    let synced = find(&t, renamed, "fsync", &fd(&wal));
+    let first_record = find(&t, renamed, "pwrite64", &fd(seg2));
+    assert!(t[first_record].contains(record), "{}", t[first_record]);
+    assert!(synced < first_record, "{t:#?}");
+}

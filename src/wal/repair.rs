@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use super::durable::{create_beside, cut_tail, data_end, fsync_dir, save_cut};
 use super::format::HEADER_LEN;
 use super::reader::{Reader, list_segments};
-use super::writer::{file_name, lock_dir};
+use super::writer::{file_name, take_lock};
 use super::{NewRecord, Preallocate, RecordType, Wal, WalError, WalOptions};
 
 /// One piece cut from the log.
@@ -68,7 +68,7 @@ pub fn repair(dir: &Path, truncate_at: Option<u64>) -> Result<RepairReport, Repa
     // would be created in it.
     let damaged = |d| RepairError::Wal(WalError::Damaged(d));
     Reader::open(dir).map_err(damaged)?;
-    let lock = lock_dir(dir)?;
+    let lock = take_lock(dir)?;
 
     let mut r = Reader::open(dir).map_err(damaged)?;
     let found = loop {

@@ -224,7 +224,9 @@ fn remove_stale_spares(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-fn take_lock(dir: &Path) -> Result<Flock<File>, WalError> {
+/// Takes the writer's lock on `dir` (which must exist), for the life of the returned handle:
+/// anything that changes the files of a WAL holds it.
+pub(crate) fn take_lock(dir: &Path) -> Result<Flock<File>, WalError> {
     let path = dir.join(LOCK_FILE);
     let file = OpenOptions::new()
         .read(true)
@@ -281,12 +283,6 @@ pub(crate) fn file_name(p: &Path) -> String {
     p.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default()
-}
-
-/// Takes the writer's lock on `dir` (which must exist): the one way in for anything that changes
-/// the files of a WAL.
-pub(crate) fn lock_dir(dir: &Path) -> Result<Flock<File>, WalError> {
-    take_lock(dir)
 }
 
 impl Wal {
