@@ -529,7 +529,7 @@ fn traced_daemon_run(wal: &Path, log: &Path, calls: usize) -> Vec<String> {
     use std::io::BufRead;
     let mut child = Command::new("strace")
         .args(["-f", "-y", "-qq", "-s", "40", "-o"])
-        .arg(&log)
+        .arg(log)
         .args([
             "-e",
             "trace=mkdir,rename,renameat,renameat2,fsync,pwrite64",
