@@ -632,7 +632,7 @@ fn fail_a_rotation(
     loop {
         head += 1;
         w.append(rec(head)).unwrap();
-        if !spares(dir).is_empty() {
+        if w.spare_started() {
             wait_for("a ready spare", 10, || w.spare_ready());
         }
         let (_, end) = data_end(dir);
@@ -894,7 +894,7 @@ fn new_names_are_made_durable_before_records_are_written_under_them() {
         while segments(&dir).len() < 2 {
             i += 1;
             w.append(rec(i)).unwrap();
-            if !spares(&dir).is_empty() {
+            if w.spare_started() {
                 wait_for("a ready spare", 10, || w.spare_ready());
             }
         }

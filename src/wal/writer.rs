@@ -812,6 +812,14 @@ impl Wal {
         self.spare.lock().is_ok_and(|g| g.ready.is_some())
     }
 
+    /// A spare segment is being prepared or ready.
+    #[cfg(test)]
+    pub(crate) fn spare_started(&self) -> bool {
+        self.spare
+            .lock()
+            .is_ok_and(|g| g.preparing || g.ready.is_some())
+    }
+
     /// Segment `first_seq`: the spare renamed into place when one is ready, else a new one.
     /// Either way the directory is fsync'd before any record in it is written.
     fn next_segment(&self, first_seq: u64) -> std::io::Result<SegIo> {
