@@ -36,6 +36,38 @@ fn make_wal(dir: &Path, n: u64, o: WalOptions) -> Vec<StoredRecord> {
     records(dir)
 }
 
+/// Ten small records, then more than the last write could have carried
+/// (`autonomy::wal::MAX_BATCH_BYTES`) in ten large ones, all in one segment: damage in the small
+/// ones lies before anything a crash could have torn.
+fn make_long_wal(dir: &Path) -> Vec<StoredRecord> {
+    let (w, _) = Wal::open(
+        dir,
+        WalOptions {
+            segment_bytes: 8 * 1024 * 1024,
+            ..opts()
+        },
+    )
+    .unwrap();
+    for i in 1..=20u64 {
+        let pad = if i > 10 { 256 * 1024 } else { 0 };
+        w.append(
+            NewRecord::new(RecordType::Decision, Some(AuditId::new()))
+                .with("kind", "tool.http_get")
+                .with("decision", "allow")
+                .with("note", format!("hello record {i}"))
+                .with("pad", "p".repeat(pad)),
+        )
+        .unwrap();
+    }
+    w.close().unwrap();
+    drop(w);
+    let recs = records(dir);
+    let after_small = recs[10].offset;
+    let end = recs[19].offset + 8 + recs[19].raw.len() as u64;
+    assert!(end - after_small > autonomy::wal::MAX_BATCH_BYTES + autonomy::wal::TORN_PAGE);
+    recs
+}
+
 fn records(dir: &Path) -> Vec<StoredRecord> {
     Reader::open(dir)
         .unwrap()
@@ -100,6 +132,8 @@ fn assert_refused(dir: &Path, code: &str, offset: u64) {
     assert!(msg.contains(&segment_name(1)), "{msg}");
     assert!(msg.contains(&format!("offset {offset}")), "{msg}");
     assert!(msg.contains("wal verify --dir"), "{msg}");
+    let repair = format!("`autonomy wal repair --dir {}`", dir.display());
+    assert!(msg.contains(&repair), "{msg}");
     assert!(!msg.contains('\n'), "{msg}");
     let d = verify(dir).unwrap_err();
     assert_eq!(d.code.as_str(), code);
@@ -116,12 +150,13 @@ fn assert_refused(dir: &Path, code: &str, offset: u64) {
         "{}",
         out.stderr
     );
+    assert!(out.stderr.contains(&repair), "{}", out.stderr);
 }
 
 #[test]
 fn flipped_byte_in_a_middle_record_is_a_crc_mismatch() {
     let d = tempfile::tempdir().unwrap();
-    let recs = make_wal(d.path(), 10, opts());
+    let recs = make_long_wal(d.path());
     let mut b = std::fs::read(seg1(d.path())).unwrap();
     let r = frame(&b, &recs[4]);
     b[r.start + 8 + 20] ^= 0x01;
@@ -134,7 +169,7 @@ fn flipped_byte_in_a_middle_record_is_a_crc_mismatch() {
 #[test]
 fn flipped_length_field_in_a_middle_record_is_a_crc_mismatch() {
     let d = tempfile::tempdir().unwrap();
-    let recs = make_wal(d.path(), 10, opts());
+    let recs = make_long_wal(d.path());
     let mut b = std::fs::read(seg1(d.path())).unwrap();
     let r = frame(&b, &recs[3]);
     b[r.start] ^= 0x04;

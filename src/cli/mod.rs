@@ -38,7 +38,7 @@ enum Command {
         #[command(subcommand)]
         cmd: RuntimeCmd,
     },
-    /// Read and check a WAL directory (no lock needed; safe on a live runtime's WAL).
+    /// Read, check and repair a WAL directory (inspect and verify take no lock: safe on a live runtime's WAL).
     Wal {
         #[command(subcommand)]
         cmd: wal_cmd::WalCmd,
@@ -177,9 +177,11 @@ fn init_tracing() {
         .unwrap_or_else(|_| {
             tracing_subscriber::EnvFilter::new("warn,ros2_client::distributions=off")
         });
+    // Colour codes only on a terminal: a journal or a log file gets plain lines.
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
 

@@ -1,6 +1,8 @@
-//! `autonomy wal inspect` and `autonomy wal verify`: read-only views of a WAL directory.
+//! `autonomy wal inspect`, `wal verify` and `wal repair`.
 //!
-//! Both work without the writer's lock, on a WAL a live runtime is writing, and modify nothing.
+//! `inspect` and `verify` work without the writer's lock, on a WAL a live runtime is writing,
+//! and modify nothing. `repair` takes the lock (so never runs under a live runtime) and cuts a
+//! damaged log back to its intact records, saving what it cuts.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -18,6 +20,9 @@ pub enum WalCmd {
     Inspect(InspectArgs),
     /// Check every segment header, CRC, seq and the hash chain; print the count and head hash.
     Verify(VerifyArgs),
+    /// Cut a damaged WAL back to its intact records (saving what is cut beside the segment) so
+    /// the runtime starts again. Needs the runtime stopped.
+    Repair(RepairArgs),
 }
 
 /// `autonomy wal inspect`.
@@ -51,12 +56,74 @@ pub struct VerifyArgs {
     pub dir: Option<PathBuf>,
 }
 
+/// `autonomy wal repair`.
+#[derive(Args, Debug)]
+pub struct RepairArgs {
+    /// WAL directory [default: $XDG_STATE_HOME/autonomy/wal]
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Cut at this byte offset instead: where a record starts, in the segment where the intact
+    /// records end, no later than that end.
+    #[arg(long, value_name = "OFFSET")]
+    pub truncate_at: Option<u64>,
+}
+
 /// Runs a `wal` subcommand.
 pub fn run(cmd: WalCmd) -> ExitCode {
     match cmd {
         WalCmd::Inspect(a) => inspect(a),
         WalCmd::Verify(a) => verify(a),
+        WalCmd::Repair(a) => repair(a),
     }
+}
+
+fn repair(a: RepairArgs) -> ExitCode {
+    use crate::wal::repair::RepairError;
+    let dir = dir_or_default(a.dir);
+    let rep = match crate::wal::repair::repair(&dir, a.truncate_at) {
+        Ok(r) => r,
+        Err(e @ RepairError::BadOffset(_)) => return super::usage(&e.to_string()),
+        Err(e) => return super::fail(&e.to_string()),
+    };
+    if let Some(f) = &rep.found {
+        println!("wal repair: found {f}");
+    }
+    let kept = format!(
+        "records={} head_seq={} head_hash={}",
+        rep.kept_records, rep.kept_head_seq, rep.kept_head_hash
+    );
+    if rep.cuts.is_empty() {
+        println!("wal repair: nothing to cut; kept everything: {kept}");
+        return ExitCode::SUCCESS;
+    }
+    println!("wal repair: kept {kept}");
+    for c in &rep.cuts {
+        let seg = c
+            .segment
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if c.offset == 0 {
+            println!(
+                "wal repair: moved segment {seg} ({} bytes) aside as {}",
+                c.bytes,
+                c.saved_as.display()
+            );
+        } else {
+            println!(
+                "wal repair: cut {} bytes of segment {seg} from offset {}, saved as {}",
+                c.bytes,
+                c.offset,
+                c.saved_as.display()
+            );
+        }
+    }
+    if let Some(s) = rep.recorded_seq {
+        println!(
+            "wal repair: recorded the repair as seq {s} (runtime event wal.repaired); the runtime can start"
+        );
+    }
+    ExitCode::SUCCESS
 }
 
 fn dir_or_default(d: Option<PathBuf>) -> PathBuf {

@@ -14,6 +14,13 @@ pub const HEADER_LEN: u64 = 16;
 pub const FRAME_HEADER_LEN: u64 = 8;
 /// The largest payload accepted (2 MiB: twice the HTTP body limit).
 pub const MAX_PAYLOAD: usize = 2 * 1024 * 1024;
+/// The most frame bytes one group-commit write (one `pwrite` + one `fdatasync`) carries: one
+/// largest frame. The writer takes whole frames from its queue up to this bound, and recovery's
+/// torn-tail window is derived from the same constant, so the two cannot drift apart.
+pub const MAX_BATCH_BYTES: u64 = FRAME_HEADER_LEN + MAX_PAYLOAD as u64;
+/// The unit a torn write is rounded out to: the largest page size Linux uses (64 KiB on
+/// arm64/ppc64, 4 KiB on x86-64), which is also at least any device sector or filesystem block.
+pub const TORN_PAGE: u64 = 64 * 1024;
 /// The `prev` of record 1.
 pub const GENESIS: &str = "sha256:0000000000000000000000000000000000000000000000000000000000000000";
 /// Keys the engine writes itself; a body must not use them.
@@ -35,6 +42,15 @@ pub fn header_bytes() -> [u8; HEADER_LEN as usize] {
 /// The file name of the segment whose first record is `first_seq`: 20 digits + `.wal`.
 pub fn segment_name(first_seq: u64) -> String {
     format!("{first_seq:020}.{SEGMENT_EXT}")
+}
+
+/// End (exclusive) of the bytes a write in flight could have touched when the intact records end
+/// at `off`: that write started at or before `off` and carried at most [`MAX_BATCH_BYTES`], and
+/// a torn write damages whole pages. See "Torn tail" in `docs/wal.md`.
+pub fn batch_window_end(off: u64) -> u64 {
+    off.saturating_add(MAX_BATCH_BYTES)
+        .div_ceil(TORN_PAGE)
+        .saturating_mul(TORN_PAGE)
 }
 
 /// Parses a segment file name back into its first seq.

@@ -7,15 +7,19 @@
 //! (queue + completion, one flush per batch on tokio's blocking pool; see
 //! `docs/benchmarks.md`). The byte layout and recovery rules are in `docs/wal.md`.
 
+mod durable;
 mod format;
 pub mod reader;
+pub mod repair;
 mod writer;
 
 use serde_json::{Map, Value};
 
 use crate::types::AuditId;
 
-pub use format::{GENESIS, MAX_PAYLOAD, RESERVED_KEYS, segment_name};
+pub use format::{
+    GENESIS, MAX_BATCH_BYTES, MAX_PAYLOAD, RESERVED_KEYS, TORN_PAGE, batch_window_end, segment_name,
+};
 pub use reader::{
     DamageCode, Reader, StoredRecord, TornTail, VerifyReport, WalDamage, list_segments, verify,
 };
@@ -197,9 +201,15 @@ pub enum WalError {
     /// Another process holds the directory lock.
     #[error("WAL_LOCKED: {0}")]
     Locked(String),
-    /// A previous write or fsync failed; the log refuses further appends.
-    #[error("WAL_FAILED: an earlier write failed ({0}); restart the runtime")]
+    /// A write or fsync of record bytes failed; the log refuses further appends until restart.
+    #[error(
+        "WAL_FAILED: a write to the WAL failed ({0}); it refuses every append until the runtime is restarted"
+    )]
     Poisoned(String),
+    /// This append failed without writing anything (the next segment could not be made); the
+    /// next append tries again.
+    #[error("WAL_UNAVAILABLE: {0}; nothing was written, and the next append tries again")]
+    Unavailable(String),
     /// The stored log is damaged; the WAL refuses to open.
     #[error("{0}")]
     Damaged(WalDamage),

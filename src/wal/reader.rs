@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use super::format::{
-    FRAME_HEADER_LEN, GENESIS, HEADER_LEN, MAX_PAYLOAD, hash_payload, header_bytes,
-    parse_segment_name,
+    FRAME_HEADER_LEN, GENESIS, HEADER_LEN, MAX_PAYLOAD, batch_window_end, hash_payload,
+    header_bytes, parse_segment_name,
 };
 
 /// What kind of fault a [`WalDamage`] is.
@@ -31,6 +31,9 @@ pub enum DamageCode {
     BadPayload,
     /// A segment file does not start with the WAL header (not a WAL file, or another version).
     BadHeader,
+    /// Non-zero bytes after the end of the records, beyond any write that could have been in
+    /// flight: not what a crash leaves.
+    StrayBytes,
     /// The directory or a segment could not be read.
     Io,
     /// The directory holds no segment files.
@@ -46,6 +49,7 @@ impl DamageCode {
             DamageCode::ChainBroken => "WAL_CHAIN_BROKEN",
             DamageCode::BadPayload => "WAL_BAD_PAYLOAD",
             DamageCode::BadHeader => "WAL_BAD_HEADER",
+            DamageCode::StrayBytes => "WAL_STRAY_BYTES",
             DamageCode::Io => "WAL_IO",
             DamageCode::NoSegments => "WAL_NO_SEGMENTS",
         }
@@ -116,10 +120,9 @@ impl WalDamage {
     /// How to get going again (without the pointer to `wal verify`).
     pub fn restore_advice(&self) -> String {
         format!(
-            "restore the directory from a backup, or move {} and any later segments aside, \
-             accepting the loss of the records from offset {} on",
-            self.segment_name(),
-            self.offset
+            "to keep the records before it, run `autonomy wal repair --dir {}` (it saves what it \
+             cuts beside the segment), or restore the directory from a backup",
+            self.dir.display()
         )
     }
 
@@ -186,6 +189,9 @@ pub struct TornTail {
     pub offset: u64,
     /// How many bytes (up to the last non-zero one) follow it.
     pub bytes: u64,
+    /// Whole frames (length and CRC32C check out) inside those bytes, after the damage: records
+    /// of the same unacknowledged write, cut with it.
+    pub whole_frames: u64,
     /// True when the segment's header itself is incomplete (a segment being created).
     pub in_header: bool,
     /// The last good seq before it.
@@ -196,15 +202,25 @@ impl TornTail {
     /// One line describing it.
     pub fn describe(&self) -> String {
         format!(
-            "torn tail: {} bytes at segment {} offset {} after seq {} (a crash mid-write, or a writer mid-append); opening the WAL for writing cuts it back",
+            "torn tail: {} bytes at segment {} offset {} after seq {}{} (a crash mid-write, or a writer mid-append); opening the WAL for writing cuts it back",
             self.bytes,
             self.segment
                 .file_name()
                 .map(|n| n.to_string_lossy().to_string())
                 .unwrap_or_default(),
             self.offset,
-            self.after_seq
+            self.after_seq,
+            self.frames_note()
         )
+    }
+
+    /// `, holding N whole frames` when the cut region holds any.
+    pub fn frames_note(&self) -> String {
+        match self.whole_frames {
+            0 => String::new(),
+            1 => ", holding 1 whole frame".into(),
+            n => format!(", holding {n} whole frames"),
+        }
     }
 }
 
@@ -312,34 +328,82 @@ fn valid_frame_at(b: &[u8]) -> Option<usize> {
         return None;
     }
     let len = u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize;
-    if len == 0 || len > MAX_PAYLOAD || b.len() < FRAME_HEADER_LEN as usize + len {
+    let start = FRAME_HEADER_LEN as usize;
+    if len == 0 || len > MAX_PAYLOAD || b.len() < start + len {
         return None;
     }
     let crc = u32::from_le_bytes([b[4], b[5], b[6], b[7]]);
-    let payload = &b[FRAME_HEADER_LEN as usize..FRAME_HEADER_LEN as usize + len];
-    (crc32c::crc32c(payload) == crc).then_some(len)
+    (crc32c::crc32c(&b[start..start + len]) == crc).then_some(len)
+}
+
+/// [`valid_frame_at`] for a scan through unknown bytes: only a frame whose payload starts like a
+/// JSON object counts, which spares computing a CRC at nearly every offset of garbage.
+fn frame_in_scan(b: &[u8]) -> Option<usize> {
+    if b.get(FRAME_HEADER_LEN as usize) != Some(&b'{') {
+        return None;
+    }
+    valid_frame_at(b)
+}
+
+/// Whole frames in `b`, found by trying every offset and hopping over each frame found.
+fn count_frames(b: &[u8]) -> u64 {
+    let (mut k, mut n) = (0, 0);
+    while k < b.len() {
+        match frame_in_scan(&b[k..]) {
+            Some(len) => {
+                n += 1;
+                k += FRAME_HEADER_LEN as usize + len;
+            }
+            None => k += 1,
+        }
+    }
+    n
 }
 
 enum Tail {
     /// Only zeros (or nothing) from here.
     Clean,
-    /// Garbage up to this absolute offset, with no valid frame in it.
-    Torn { garbage_end: u64 },
-    /// A valid frame starts at this absolute offset after the bad one.
-    ValidLater(u64),
+    /// Non-zero bytes up to this absolute offset, all inside the window of the last write that
+    /// could have been in flight: a torn tail.
+    Torn { garbage_end: u64, whole_frames: u64 },
+    /// A valid frame starts at this absolute offset, beyond that window.
+    ValidBeyond { frame: u64, window_end: u64 },
+    /// A non-zero byte at this absolute offset, beyond that window, and no valid frame there.
+    Stray { at: u64, window_end: u64 },
 }
 
+/// Classifies what follows the end of the intact records at `off` (`rest` starts there).
+///
+/// A write in flight at a crash started at or before `off` (every earlier write was fsync'd
+/// before the next began) and carried at most `MAX_BATCH_BYTES`, so everything it could have
+/// left lies before [`batch_window_end`]`(off)`. Inside that window anything goes (a later page
+/// of the same write may have landed while an earlier one did not); beyond it, only zeros.
 fn classify_tail(rest: &[u8], off: u64) -> Tail {
-    let Some(last_nz) = rest.iter().rposition(|&b| b != 0) else {
-        return Tail::Clean;
-    };
-    for k in 1..rest.len() {
-        if valid_frame_at(&rest[k..]).is_some() {
-            return Tail::ValidLater(off + k as u64);
-        }
+    let window_end = batch_window_end(off);
+    let win = usize::try_from(window_end - off)
+        .unwrap_or(usize::MAX)
+        .min(rest.len());
+    if let Some(p) = rest[win..].iter().position(|&b| b != 0) {
+        let start = win + p;
+        return match (start..rest.len()).find(|&k| frame_in_scan(&rest[k..]).is_some()) {
+            Some(k) => Tail::ValidBeyond {
+                frame: off + k as u64,
+                window_end,
+            },
+            None => Tail::Stray {
+                at: off + start as u64,
+                window_end,
+            },
+        };
     }
-    Tail::Torn {
-        garbage_end: off + last_nz as u64 + 1,
+    match rest[..win].iter().rposition(|&b| b != 0) {
+        None => Tail::Clean,
+        Some(last) => Tail::Torn {
+            garbage_end: off + last as u64 + 1,
+            // The frame at `off` itself does not check out; whole ones after it are counted (a
+            // frame ends with its payload's closing `}`, so none reaches past `last`).
+            whole_frames: count_frames(&rest[..=last]),
+        },
     }
 }
 
@@ -548,6 +612,7 @@ impl Reader {
                 segment: path,
                 offset: 0,
                 bytes: got as u64,
+                whole_frames: 0,
                 in_header: true,
                 after_seq: self.next_seq - 1,
             });
@@ -625,18 +690,32 @@ impl Reader {
                         }
                         return Ok(None);
                     }
-                    Tail::ValidLater(k) => {
+                    Tail::ValidBeyond { frame, window_end } => {
                         return Err(self.damage(
                             DamageCode::CrcMismatch,
                             &path,
                             off,
                             Some(self.next_seq),
                             format!(
-                                "the frame does not check out (CRC32C or length) but a valid frame follows at offset {k}, so this is not a torn tail"
+                                "the frame does not check out (CRC32C or length) but a valid frame follows at offset {frame}, beyond offset {window_end} where the last write that could have been in flight ends, so this is not a torn tail"
                             ),
                         ));
                     }
-                    Tail::Torn { garbage_end } => {
+                    Tail::Stray { at, window_end } => {
+                        return Err(self.damage(
+                            DamageCode::StrayBytes,
+                            &path,
+                            at,
+                            Some(self.next_seq),
+                            format!(
+                                "non-zero bytes at offset {at}, after the end of the records at offset {off} and beyond offset {window_end} where the last write that could have been in flight ends, so this is not a torn tail"
+                            ),
+                        ));
+                    }
+                    Tail::Torn {
+                        garbage_end,
+                        whole_frames,
+                    } => {
                         let first = self.cur.as_ref().map(|c| c.first_seq).unwrap_or(0);
                         let later = list_segments(&self.dir)
                             .map(|v| v.iter().any(|(s, _)| *s > first))
@@ -654,6 +733,7 @@ impl Reader {
                             segment: path,
                             offset: off,
                             bytes: garbage_end - off,
+                            whole_frames,
                             in_header: false,
                             after_seq: self.next_seq - 1,
                         });

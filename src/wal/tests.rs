@@ -223,7 +223,8 @@ fn poisoned_after_a_write_error() {
     w.append(rec(1)).unwrap();
     w.fail_next_write.store(true, Ordering::SeqCst);
     let e = w.append(rec(2)).unwrap_err();
-    assert!(matches!(e, WalError::Io { .. }), "{e}");
+    assert!(matches!(e, WalError::Poisoned(_)), "{e}");
+    assert!(e.to_string().contains("injected fault"), "{e}");
     let e = w.append(rec(3)).unwrap_err();
     assert!(matches!(e, WalError::Poisoned(_)), "{e}");
     assert!(e.to_string().contains("injected fault"), "{e}");
@@ -609,4 +610,359 @@ fn async_appends_group_commit_on_a_single_worker_runtime() {
         assert!(w.max_batch() > 1, "max batch {}", w.max_batch());
         assert_eq!(read_all(&path).len(), 640);
     });
+}
+
+/// The end of the last record in `dir` (where the next one goes).
+fn data_end(dir: &std::path::Path) -> (std::path::PathBuf, u64) {
+    let recs = read_all(dir);
+    let r = recs.last().expect("a record");
+    (r.segment.clone(), r.offset + 8 + r.raw.len() as u64)
+}
+
+/// Fills the first segment to within `room..room+300` bytes of its end, then makes the next
+/// segment's name a directory and appends a record too large for what is left: the rotation
+/// fails without writing anything. Returns the blocked path and the last durable seq.
+fn fail_a_rotation(
+    w: &Wal,
+    dir: &std::path::Path,
+    seg: u64,
+    room: u64,
+) -> (std::path::PathBuf, u64) {
+    let mut head = 0;
+    loop {
+        head += 1;
+        w.append(rec(head)).unwrap();
+        if w.spare_started() {
+            wait_for("a ready spare", 10, || w.spare_ready());
+        }
+        let (_, end) = data_end(dir);
+        if seg - end < room + 300 {
+            break;
+        }
+    }
+    assert_eq!(segments(dir).len(), 1);
+    let next = dir.join(segment_name(head + 1));
+    std::fs::create_dir(&next).unwrap();
+    let big = rec(head + 1).with("pad", "p".repeat((room + 400) as usize));
+    let e = w.append(big).unwrap_err();
+    assert!(matches!(e, WalError::Unavailable(_)), "{e}");
+    assert!(e.to_string().contains("cannot create segment"), "{e}");
+    (next, head)
+}
+
+fn rotation_failure_is_retried(pre: Preallocate) {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().to_path_buf();
+    with_timeout(60, move || {
+        let seg = 16 * 1024;
+        let (w, _) = Wal::open(&dir, opts(seg, pre)).unwrap();
+        let spare_ino = || {
+            spares(&dir).first().map(|s| {
+                std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(dir.join(s)).unwrap())
+            })
+        };
+        let (next, head) = fail_a_rotation(&w, &dir, seg, 600);
+        let spare = spare_ino();
+        assert_eq!(spare.is_some(), pre != Preallocate::Off);
+        assert_eq!(w.head().0, Seq(head));
+        // While the cause lasts, every append fails the same way, small ones too.
+        let small = || NewRecord::new(RecordType::Marker, None).with("line", "m");
+        assert!(matches!(w.append(small()), Err(WalError::Unavailable(_))));
+        // Nothing of them is on disk.
+        std::fs::remove_dir(&next).unwrap();
+        assert_eq!(read_all(&dir).len() as u64, head);
+        // Now the next append works. It goes to the new segment although it would fit in the
+        // old one (the failed attempt could have left a file there), with the seq given out
+        // again.
+        assert_eq!(w.append(small()).unwrap(), Seq(head + 1));
+        assert_eq!(w.append(rec(head + 2)).unwrap(), Seq(head + 2));
+        if let Some(ino) = spare {
+            // The spare kept through the failure is the one renamed into place.
+            let got = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&next).unwrap());
+            assert_eq!(got, ino);
+        }
+        w.close().unwrap();
+        drop(w);
+        let recs = read_all(&dir);
+        assert_eq!(recs.len() as u64, head + 2);
+        assert_eq!(recs[head as usize].segment, next);
+        assert_eq!(recs[head as usize].payload["line"], "m");
+        let rep = verify(&dir).unwrap();
+        assert_eq!(rep.segments, 2);
+        assert!(rep.torn_tail.is_none());
+    });
+}
+
+#[test]
+fn a_segment_that_cannot_be_created_is_retried() {
+    rotation_failure_is_retried(Preallocate::Off);
+}
+
+#[test]
+fn a_spare_that_cannot_be_renamed_into_place_is_retried() {
+    rotation_failure_is_retried(Preallocate::ZeroFill);
+}
+
+/// Many appenders, blocking and async, while rotations keep failing and recovering: every
+/// append told `Ok(seq)` is at that seq in the log, every one told it failed is not in it.
+#[test]
+fn concurrent_appends_through_failing_rotations_are_told_the_truth() {
+    use std::sync::atomic::AtomicBool;
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().to_path_buf();
+    with_timeout(180, move || {
+        let (w, _) = Wal::open(&dir, opts(16 * 1024, Preallocate::Off)).unwrap();
+        let w = Arc::new(w);
+        let done = Arc::new(AtomicBool::new(false));
+        let id = |t: u64, i: u64| AuditId::from_string(format!("t{t}-{i}"));
+        let mk = move |t: u64, i: u64| {
+            NewRecord::new(RecordType::Decision, Some(id(t, i))).with("pad", "q".repeat(100))
+        };
+        let mut workers = Vec::new();
+        for t in 0..6u64 {
+            let w = w.clone();
+            workers.push(std::thread::spawn(move || {
+                (0..150u64)
+                    .map(|i| (id(t, i), w.append(mk(t, i))))
+                    .collect::<Vec<_>>()
+            }));
+        }
+        {
+            let w = w.clone();
+            workers.push(std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    let tasks: Vec<_> = (0..4u64)
+                        .map(|k| {
+                            let w = w.clone();
+                            tokio::spawn(async move {
+                                let mut out = Vec::new();
+                                for i in 0..150u64 {
+                                    let t = 100 + k;
+                                    out.push((id(t, i), w.append_async(mk(t, i)).await));
+                                }
+                                out
+                            })
+                        })
+                        .collect();
+                    let mut all = Vec::new();
+                    for t in tasks {
+                        all.extend(t.await.unwrap());
+                    }
+                    all
+                })
+            }));
+        }
+        // Blocks the names of the next segments for a while, then frees them, until the
+        // appenders are done.
+        let blocker = {
+            let (w, dir, done) = (w.clone(), dir.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut made = Vec::new();
+                while !done.load(Ordering::SeqCst) {
+                    let head = w.head().0.0;
+                    for s in head + 1..=head + 64 {
+                        let p = dir.join(segment_name(s));
+                        if std::fs::create_dir(&p).is_ok() {
+                            made.push(p);
+                        }
+                    }
+                    std::thread::sleep(Duration::from_millis(3));
+                    for p in made.drain(..) {
+                        let _ = std::fs::remove_dir(&p);
+                    }
+                    std::thread::sleep(Duration::from_millis(3));
+                }
+            })
+        };
+        let mut answers = Vec::new();
+        for h in workers {
+            answers.extend(h.join().unwrap());
+        }
+        done.store(true, Ordering::SeqCst);
+        blocker.join().unwrap();
+        w.close().unwrap();
+        drop(w);
+        let recs = read_all(&dir);
+        for (k, r) in recs.iter().enumerate() {
+            assert_eq!(r.seq, k as u64 + 1);
+        }
+        let (mut ok, mut failed) = (0, 0);
+        for (aid, res) in &answers {
+            let found: Vec<_> = recs
+                .iter()
+                .filter(|r| r.audit_id.as_deref() == Some(aid.as_str()))
+                .collect();
+            match res {
+                Ok(seq) => {
+                    ok += 1;
+                    assert_eq!(found.len(), 1, "{aid} acknowledged but not in the log once");
+                    assert_eq!(found[0].seq, seq.0, "{aid}");
+                }
+                Err(e) => {
+                    failed += 1;
+                    assert!(matches!(e, WalError::Unavailable(_)), "{e}");
+                    assert!(found.is_empty(), "{aid} refused ({e}) but in the log");
+                }
+            }
+        }
+        assert_eq!(ok, recs.len());
+        assert!(
+            failed > 0,
+            "no rotation ever failed: the test proved nothing"
+        );
+        assert!(verify(&dir).unwrap().torn_tail.is_none());
+    });
+}
+
+#[test]
+fn one_write_carries_at_most_max_batch_bytes() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().to_path_buf();
+    with_timeout(60, move || {
+        let (w, _) = Wal::open(&dir, opts(16 * 1024 * 1024, Preallocate::Off)).unwrap();
+        let big = |i| rec(i).with("pad", "p".repeat(700 * 1024));
+        durable::TRACE.with(|t| t.borrow_mut().clear());
+        // One call, five records of 700 KiB: queued together, written as 2 + 2 + 1.
+        assert_eq!(w.append_batch((1..=5).map(big).collect()).unwrap(), Seq(5));
+        let writes = durable::TRACE.with(|t| {
+            t.borrow()
+                .iter()
+                .filter(|e| e.starts_with("write "))
+                .count()
+        });
+        assert_eq!(writes, 3);
+        assert_eq!(w.max_batch(), 2);
+        let (_, hash) = w.head();
+        w.close().unwrap();
+        drop(w);
+        let rep = verify(&dir).unwrap();
+        assert_eq!((rep.records, rep.head_hash), (5, hash));
+    });
+}
+
+/// Index of the first trace event equal to `e`.
+fn event(trace: &[String], e: &str) -> usize {
+    trace
+        .iter()
+        .position(|x| x == e)
+        .unwrap_or_else(|| panic!("no `{e}` in {trace:#?}"))
+}
+
+#[test]
+fn new_names_are_made_durable_before_records_are_written_under_them() {
+    let d = tempfile::tempdir().unwrap();
+    let root = d.path().to_path_buf();
+    with_timeout(60, move || {
+        let take = || durable::TRACE.with(|t| std::mem::take(&mut *t.borrow_mut()));
+        take();
+        // A new directory (and its new parent) is durable in its parent before anything else.
+        let dir = root.join("a").join("wal");
+        let (w, _) = Wal::open(&dir, opts(4096, Preallocate::Off)).unwrap();
+        let t = take();
+        let seg1 = dir.join(segment_name(1));
+        assert!(
+            event(&t, &format!("dir-sync {}", root.display()))
+                < event(&t, &format!("dir-sync {}", root.join("a").display()))
+        );
+        assert!(
+            event(&t, &format!("create {}", seg1.display()))
+                < event(&t, &format!("dir-sync {}", dir.display()))
+        );
+        // Rotation by creating the segment: created, directory synced, then written.
+        let mut i = 0;
+        while segments(&dir).len() < 2 {
+            i += 1;
+            w.append(rec(i)).unwrap();
+        }
+        let t = take();
+        let seg2 = dir.join(segment_name(i));
+        let created = event(&t, &format!("create {}", seg2.display()));
+        let synced = event(&t, &format!("dir-sync {}", dir.display()));
+        let written = event(&t, &format!("write {}", seg2.display()));
+        assert!(created < synced && synced < written, "{t:#?}");
+        w.close().unwrap();
+        drop(w);
+
+        // Rotation by renaming the spare: renamed, directory synced, then written.
+        let dir = root.join("b");
+        let (w, _) = Wal::open(&dir, opts(8192, Preallocate::ZeroFill)).unwrap();
+        let mut i = 0;
+        while segments(&dir).len() < 2 {
+            i += 1;
+            w.append(rec(i)).unwrap();
+            if w.spare_started() {
+                wait_for("a ready spare", 10, || w.spare_ready());
+            }
+        }
+        let t = take();
+        let seg2 = dir.join(segment_name(i));
+        let renamed = t
+            .iter()
+            .position(|e| e.starts_with("rename ") && e.ends_with(&format!(" {}", seg2.display())))
+            .unwrap_or_else(|| panic!("no rename in {t:#?}"));
+        let synced = renamed
+            + t[renamed..]
+                .iter()
+                .position(|e| *e == format!("dir-sync {}", dir.display()))
+                .expect("a directory sync after the rename");
+        let written = event(&t, &format!("write {}", seg2.display()));
+        assert!(synced < written, "{t:#?}");
+        w.close().unwrap();
+    });
+}
+
+#[test]
+fn the_torn_tail_window_ends_where_the_last_possible_write_ends() {
+    use super::format::batch_window_end;
+    // Three records; the third is then destroyed and a copy of the second put further on.
+    let build = |gap_from_window_end: i64| {
+        let d = tempfile::tempdir().unwrap();
+        let (w, _) = Wal::open(d.path(), opts(8 * 1024 * 1024, Preallocate::ZeroFill)).unwrap();
+        for i in 1..=3 {
+            w.append(rec(i)).unwrap();
+        }
+        w.close().unwrap();
+        drop(w);
+        let recs = read_all(d.path());
+        let path = d.path().join(segment_name(1));
+        let mut b = std::fs::read(&path).unwrap();
+        let off = recs[2].offset as usize;
+        let frame = b[recs[1].offset as usize..off].to_vec();
+        b[off..off + 8].fill(0xEE);
+        let at = (batch_window_end(off as u64) as i64 + gap_from_window_end) as usize;
+        b[at..at + frame.len()].copy_from_slice(&frame);
+        std::fs::write(&path, &b).unwrap();
+        (d, off as u64, at as u64, frame.len() as u64)
+    };
+    // Wholly inside the window: one write's worth, cut (the copy with it).
+    let (d, off, at, len) = build(-(4096 + 600));
+    assert!(at + len <= batch_window_end(off));
+    let rep = verify(d.path()).unwrap();
+    assert!(
+        rep.torn_tail
+            .as_deref()
+            .unwrap()
+            .contains("holding 1 whole frame"),
+        "{:?}",
+        rep.torn_tail
+    );
+    let (w, r) = Wal::open(d.path(), WalOptions::default()).unwrap();
+    assert!(r.trimmed.unwrap().contains(&format!("offset {off}")));
+    drop(w);
+    assert!(verify(d.path()).unwrap().torn_tail.is_none());
+    // Starting right at the window's end: damage, refused.
+    let (d, off, at, _) = build(0);
+    let e = verify(d.path()).unwrap_err();
+    assert_eq!(e.code, DamageCode::CrcMismatch);
+    assert_eq!(e.offset, off);
+    assert!(
+        e.message
+            .contains(&format!("valid frame follows at offset {at}")),
+        "{e}"
+    );
+    assert!(Wal::open(d.path(), WalOptions::default()).is_err());
 }

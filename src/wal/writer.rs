@@ -1,5 +1,6 @@
 //! The writer: directory lock, recovery on open, leader/follower group commit, rotation.
 
+use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -8,9 +9,10 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use nix::errno::Errno;
 use nix::fcntl::{FallocateFlags, Flock, FlockArg};
 
+use super::durable::{create_dir_durable, cut_tail, fsync_dir, save_cut, trace, zero_fill};
 use super::format::{
-    HEADER_LEN, LOCK_FILE, MAX_PAYLOAD, build_payload, hash_payload, header_bytes, push_frame,
-    segment_name,
+    FRAME_HEADER_LEN, HEADER_LEN, LOCK_FILE, MAX_BATCH_BYTES, MAX_PAYLOAD, build_payload,
+    hash_payload, header_bytes, push_frame, segment_name,
 };
 use super::reader::Reader;
 use super::{
@@ -37,8 +39,20 @@ struct Inner {
     durable_seq: u64,
     /// Hash of record `durable_seq`.
     durable_hash: String,
-    /// Set after any write or fsync error: the WAL refuses all later appends.
+    /// Set after a failed write or fsync of record bytes: the WAL refuses all later appends.
     failed: Option<String>,
+    /// Bumped each time a failure that wrote nothing drops the queued records; the seqs from
+    /// `durable_seq + 1` on are then given out again.
+    epoch: u64,
+    /// Blocking appenders that queued in the current epoch and have not returned yet.
+    blocking: usize,
+    /// Drops that blocking appenders of the epoch they ended have still to read: a blocking
+    /// appender learns here whether its record was durable before the drop. An entry goes when
+    /// the last of them has read it, so there are never more than blocking appenders.
+    discards: VecDeque<Discard>,
+    /// The first failure of the current run of dropped writes, and how many there were; the next
+    /// durable write clears it (and says so once in the log).
+    failing: Option<(String, u64)>,
     closed: bool,
     /// Async appenders waiting for their record to be durable: (last seq, completion).
     waiters: Vec<(u64, Waiter)>,
@@ -51,14 +65,57 @@ struct Inner {
     sleepers: usize,
 }
 
+/// A drop of the queued records, kept for the blocking appenders of the epoch it ended.
+struct Discard {
+    /// The epoch it ended.
+    epoch: u64,
+    /// The first seq dropped: records before it were durable.
+    first: u64,
+    /// Why.
+    why: String,
+    /// Blocking appenders of that epoch that have not read it yet.
+    readers: usize,
+}
+
+/// Why an append did not become durable (what an async appender is told).
+#[derive(Debug, Clone)]
+enum Failure {
+    /// A write or fsync of record bytes failed: the WAL refuses everything until restart.
+    Latched(String),
+    /// Nothing was written (the next segment could not be made): the record was dropped, and
+    /// the next append tries again.
+    Dropped(String),
+}
+
+impl Failure {
+    fn into_error(self) -> WalError {
+        match self {
+            Failure::Latched(m) => WalError::Poisoned(m),
+            Failure::Dropped(m) => WalError::Unavailable(m),
+        }
+    }
+}
+
 /// Completes one async append (`Ok` once durable, `Err` with the failure).
-type Waiter = tokio::sync::oneshot::Sender<Result<(), String>>;
+type Waiter = tokio::sync::oneshot::Sender<Result<(), Failure>>;
+
+/// How a leader's write failed.
+enum WriteError {
+    /// No record byte was written (creating, opening or preparing the next segment failed).
+    NothingWritten(WalError),
+    /// Writing or syncing record bytes failed: what reached the disk is unknown.
+    RecordBytes(WalError),
+}
 
 /// The open segment; only the current leader touches it.
 struct SegIo {
     file: File,
     path: PathBuf,
     offset: u64,
+    /// The last rotation failed, so the next write rotates whatever its size: it then goes to the
+    /// same segment name (its first seq is the one given out again) and reuses any file the
+    /// failed attempt left there, which therefore never ends up after records written elsewhere.
+    rotate_pending: bool,
 }
 
 /// An open, exclusively owned WAL directory. `Send + Sync`: share it in an `Arc`.
@@ -79,22 +136,6 @@ fn io_err(context: String) -> impl FnOnce(std::io::Error) -> WalError {
     move |source| WalError::Io { context, source }
 }
 
-fn fsync_dir(dir: &Path) -> std::io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-fn zero_fill(file: &File, from: u64, to: u64) -> std::io::Result<()> {
-    const Z: usize = 1024 * 1024;
-    let zeros = vec![0u8; Z];
-    let mut off = from;
-    while off < to {
-        let n = ((to - off) as usize).min(Z);
-        file.write_all_at(&zeros[..n], off)?;
-        off += n as u64;
-    }
-    Ok(())
-}
-
 fn preallocate(file: &File, mode: Preallocate, len: u64) -> std::io::Result<()> {
     match mode {
         Preallocate::Off => Ok(()),
@@ -110,24 +151,33 @@ fn preallocate(file: &File, mode: Preallocate, len: u64) -> std::io::Result<()> 
 }
 
 /// Creates segment `first_seq`: header, preallocation, fsync of the file and the directory.
+///
+/// A file already at that name is reused (truncated): it can only be what a failed attempt of
+/// this writer left, as no record with seq `first_seq` is durable yet and the lock keeps other
+/// writers out.
 fn create_segment(dir: &Path, first_seq: u64, opts: &WalOptions) -> std::io::Result<SegIo> {
     let path = dir.join(segment_name(first_seq));
-    let file = new_segment_file(&path, opts)?;
+    let file = new_segment_file(&path, opts, false)?;
     fsync_dir(dir)?;
     Ok(SegIo {
         file,
         path,
         offset: HEADER_LEN,
+        rotate_pending: false,
     })
 }
 
-/// A new file at `path` with the segment header and preallocated space, fsync'd.
-fn new_segment_file(path: &Path, opts: &WalOptions) -> std::io::Result<File> {
+/// A file at `path` with the segment header and preallocated space, fsync'd. `fresh`: fail if
+/// the name exists; otherwise an existing file there is truncated and reused.
+fn new_segment_file(path: &Path, opts: &WalOptions, fresh: bool) -> std::io::Result<File> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
-        .create_new(true)
+        .create_new(fresh)
+        .create(!fresh)
+        .truncate(!fresh)
         .open(path)?;
+    trace(|| format!("create {}", path.display()));
     file.write_all_at(&header_bytes(), 0)?;
     // Preallocation only makes fdatasync cheaper; when it cannot be had (a full disk, a
     // file-size limit) the segment still works, and a write that really cannot fit fails
@@ -174,7 +224,9 @@ fn remove_stale_spares(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-fn take_lock(dir: &Path) -> Result<Flock<File>, WalError> {
+/// Takes the writer's lock on `dir` (which must exist), for the life of the returned handle:
+/// anything that changes the files of a WAL holds it.
+pub(crate) fn take_lock(dir: &Path) -> Result<Flock<File>, WalError> {
     let path = dir.join(LOCK_FILE);
     let file = OpenOptions::new()
         .read(true)
@@ -215,23 +267,45 @@ fn take_lock(dir: &Path) -> Result<Flock<File>, WalError> {
     }
 }
 
+fn check_options(opts: &WalOptions) -> Result<(), WalError> {
+    if opts.segment_bytes < HEADER_LEN + 64 {
+        return Err(WalError::Invalid(format!(
+            "segment size {} is too small (at least {} bytes)",
+            opts.segment_bytes,
+            HEADER_LEN + 64
+        )));
+    }
+    Ok(())
+}
+
+/// The last component of `p`, for messages.
+pub(crate) fn file_name(p: &Path) -> String {
+    p.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
 impl Wal {
     /// Opens (creating if needed) the WAL in `dir`: takes the lock, checks every record, cuts a
-    /// torn tail back (reporting it, and recording a `wal.recovered` runtime record), and
-    /// refuses to open a damaged log.
+    /// torn tail back (reporting it, saving the cut bytes beside the segment, and recording a
+    /// `wal.recovered` runtime record), and refuses to open a damaged log.
     pub fn open(dir: &Path, opts: WalOptions) -> Result<(Wal, Recovery), WalError> {
-        if opts.segment_bytes < HEADER_LEN + 64 {
-            return Err(WalError::Invalid(format!(
-                "segment size {} is too small (at least {} bytes)",
-                opts.segment_bytes,
-                HEADER_LEN + 64
-            )));
-        }
-        std::fs::create_dir_all(dir).map_err(io_err(format!(
+        check_options(&opts)?;
+        create_dir_durable(dir).map_err(io_err(format!(
             "cannot create WAL directory {}",
             dir.display()
         )))?;
         let lock = take_lock(dir)?;
+        Self::open_locked(dir, opts, lock)
+    }
+
+    /// [`Wal::open`] with the lock already held.
+    pub(crate) fn open_locked(
+        dir: &Path,
+        opts: WalOptions,
+        lock: Flock<File>,
+    ) -> Result<(Wal, Recovery), WalError> {
+        check_options(&opts)?;
         remove_stale_spares(dir).map_err(io_err(format!(
             "cannot remove old spare segments in {}",
             dir.display()
@@ -245,44 +319,47 @@ impl Wal {
 
         let mut trimmed = None;
         if let Some(t) = r.torn_tail().cloned() {
-            let name = t
-                .segment
-                .file_name()
-                .map(|n| n.to_string_lossy().to_string())
-                .unwrap_or_default();
+            let name = file_name(&t.segment);
+            let mut saved = None;
             if t.in_header {
                 std::fs::remove_file(&t.segment)
                     .and_then(|_| fsync_dir(dir))
                     .map_err(io_err(format!("cannot remove {}", t.segment.display())))?;
             } else {
-                let f = OpenOptions::new()
-                    .write(true)
-                    .open(&t.segment)
-                    .map_err(io_err(format!("cannot open {}", t.segment.display())))?;
-                let len = f
-                    .metadata()
-                    .map_err(io_err(format!("cannot stat {}", t.segment.display())))?
-                    .len();
-                let garbage_end = t.offset + t.bytes;
-                let res = if len > garbage_end {
-                    // A preallocated segment: zero the garbage, keep the reserved space.
-                    zero_fill(&f, t.offset, garbage_end)
-                } else {
-                    f.set_len(t.offset)
+                let end = t.offset + t.bytes;
+                // The rule says these bytes were never acknowledged; they are kept anyway, as
+                // evidence in case the damage was something else. Not being able to keep them
+                // (a full disk) must not keep the runtime from starting.
+                saved = match save_cut(&t.segment, t.offset, end) {
+                    Ok(p) => Some(file_name(&p)),
+                    Err(e) => {
+                        tracing::warn!(
+                            "cannot save the torn tail of {} before cutting it: {e}",
+                            t.segment.display()
+                        );
+                        None
+                    }
                 };
-                res.and_then(|_| f.sync_all()).map_err(io_err(format!(
+                cut_tail(&t.segment, t.offset, end).map_err(io_err(format!(
                     "cannot cut the torn tail of {}",
                     t.segment.display()
                 )))?;
             }
+            let saved_note = saved
+                .as_ref()
+                .map(|s| format!("; saved them as {s}"))
+                .unwrap_or_default();
             trimmed = Some((
                 format!(
-                    "cut {} bytes of torn tail at segment {name} offset {} (after seq {})",
-                    t.bytes, t.offset, t.after_seq
+                    "cut {} bytes of torn tail at segment {name} offset {} (after seq {}{}){saved_note}",
+                    t.bytes,
+                    t.offset,
+                    t.after_seq,
+                    t.frames_note()
                 ),
-                t.bytes,
+                t,
                 name,
-                t.offset,
+                saved,
             ));
         }
 
@@ -293,7 +370,12 @@ impl Wal {
                     .write(true)
                     .open(&path)
                     .map_err(io_err(format!("cannot open {}", path.display())))?;
-                SegIo { file, path, offset }
+                SegIo {
+                    file,
+                    path,
+                    offset,
+                    rotate_pending: false,
+                }
             }
             None => create_segment(dir, next_seq, &opts).map_err(io_err(format!(
                 "cannot create segment {} in {}",
@@ -315,6 +397,10 @@ impl Wal {
                 durable_seq: next_seq - 1,
                 durable_hash: prev,
                 failed: None,
+                epoch: 0,
+                blocking: 0,
+                discards: VecDeque::new(),
+                failing: None,
                 closed: false,
                 waiters: Vec::new(),
                 last_batch: 0,
@@ -337,14 +423,17 @@ impl Wal {
             records,
             trimmed: None,
         };
-        if let Some((msg, bytes, segment, offset)) = trimmed {
-            wal.append(
-                NewRecord::new(RecordType::Runtime, None)
-                    .with("event", "wal.recovered")
-                    .with("trimmed_bytes", bytes)
-                    .with("segment", segment)
-                    .with("offset", offset),
-            )?;
+        if let Some((msg, t, segment, saved)) = trimmed {
+            let mut rec = NewRecord::new(RecordType::Runtime, None)
+                .with("event", "wal.recovered")
+                .with("trimmed_bytes", t.bytes)
+                .with("segment", segment)
+                .with("offset", t.offset)
+                .with("whole_frames", t.whole_frames);
+            if let Some(s) = saved {
+                rec = rec.with("saved_as", s);
+            }
+            wal.append(rec)?;
             recovery.trimmed = Some(msg);
         }
         Ok((wal, recovery))
@@ -407,21 +496,28 @@ impl Wal {
         if prepared.is_empty() {
             return Ok(Seq(mine));
         }
+        let epoch = g.epoch;
+        g.blocking += 1;
         loop {
+            if g.epoch != epoch {
+                return leave(&mut g, epoch, mine, Ok(Seq(mine)));
+            }
             if g.durable_seq >= mine {
-                return Ok(Seq(mine));
+                return leave(&mut g, epoch, mine, Ok(Seq(mine)));
             }
             if let Some(f) = &g.failed {
-                return Err(WalError::Poisoned(f.clone()));
+                let e = Err(WalError::Poisoned(f.clone()));
+                return leave(&mut g, epoch, mine, e);
             }
             if g.flushing {
                 g = self.sleep(g)?;
                 continue;
             }
-            // Become the leader: write and sync everything queued, for all.
+            // Become the leader: write and sync everything queued, for all. How it went for
+            // this caller's records is read from the state, like a follower does.
             g.flushing = true;
             drop(g);
-            self.flush()?;
+            let _ = self.flush();
             g = self.lock_inner()?;
         }
     }
@@ -469,7 +565,7 @@ impl Wal {
         }
         match rx.await {
             Ok(Ok(())) => Ok(Seq(mine)),
-            Ok(Err(f)) => Err(WalError::Poisoned(f)),
+            Ok(Err(f)) => Err(f.into_error()),
             Err(_) => Err(WalError::Poisoned(
                 "the WAL flush ended without an answer".into(),
             )),
@@ -486,7 +582,8 @@ impl Wal {
     }
 
     /// The caller has set `flushing`: writes and syncs what is queued, completes its appenders,
-    /// and repeats until the queue is empty, which clears `flushing`. Errors poison the WAL.
+    /// and repeats until the queue is empty, which clears `flushing`. A failed write or fsync of
+    /// record bytes poisons the WAL; a failure that wrote nothing drops what was queued.
     fn flush(&self) -> Result<(), WalError> {
         while self.flush_step()? {}
         Ok(())
@@ -502,20 +599,18 @@ impl Wal {
             self.wake(&g);
             return Ok(false);
         }
-        let buf = std::mem::take(&mut g.buf);
-        let first = g.buf_first;
-        let last = g.next_seq - 1;
-        let last_hash = g.prev.clone();
+        let batch = take_batch(&mut g);
         drop(g);
-        let res = self.write_out(&buf, first);
+        let res = self.write_out(&batch.bytes, batch.first);
         let mut g = self.lock_inner()?;
         match res {
             Ok(()) => {
-                g.durable_seq = last;
-                g.durable_hash = last_hash;
-                g.last_batch = (last + 1 - first) as usize;
+                g.durable_seq = batch.last;
+                g.durable_hash = batch.last_hash;
+                g.last_batch = (batch.last + 1 - batch.first) as usize;
                 g.max_batch = g.max_batch.max(g.last_batch);
-                let done = take_done(&mut g.waiters, last);
+                let recovered = g.failing.take();
+                let done = take_done(&mut g.waiters, batch.last);
                 let more = !g.buf.is_empty();
                 if !more {
                     g.flushing = false;
@@ -525,9 +620,58 @@ impl Wal {
                 for (_, w) in done {
                     let _ = w.send(Ok(()));
                 }
+                if let Some((first, n)) = recovered {
+                    tracing::warn!(
+                        "WAL writes again: appends are durable again after {n} failed attempt(s) that wrote nothing (the first: {first})"
+                    );
+                }
                 Ok(more)
             }
-            Err(e) => {
+            Err(WriteError::NothingWritten(e)) => {
+                let msg = e.to_string();
+                // No byte of this batch reached the file. Its records, and any queued since
+                // (they are chained on them), are dropped and their seqs given out again, so the
+                // log on disk stays contiguous; every appender among them is told it failed.
+                debug_assert_eq!(batch.first, g.durable_seq + 1);
+                g.buf.clear();
+                g.next_seq = batch.first;
+                g.buf_first = batch.first;
+                g.prev = g.durable_hash.clone();
+                if g.blocking > 0 {
+                    let d = Discard {
+                        epoch: g.epoch,
+                        first: batch.first,
+                        why: msg.clone(),
+                        readers: std::mem::take(&mut g.blocking),
+                    };
+                    g.discards.push_back(d);
+                }
+                g.epoch += 1;
+                let first_failure = match &mut g.failing {
+                    Some((_, n)) => {
+                        *n += 1;
+                        false
+                    }
+                    None => {
+                        g.failing = Some((msg.clone(), 1));
+                        true
+                    }
+                };
+                g.flushing = false;
+                let all = std::mem::take(&mut g.waiters);
+                self.wake(&g);
+                drop(g);
+                for (_, w) in all {
+                    let _ = w.send(Err(Failure::Dropped(msg.clone())));
+                }
+                if first_failure {
+                    tracing::error!(
+                        "WAL cannot write: {msg}; nothing was written, and appends fail until one succeeds again"
+                    );
+                }
+                Err(WalError::Unavailable(msg))
+            }
+            Err(WriteError::RecordBytes(e)) => {
                 let msg = e.to_string();
                 g.failed = Some(msg.clone());
                 g.flushing = false;
@@ -535,46 +679,70 @@ impl Wal {
                 self.wake(&g);
                 drop(g);
                 for (_, w) in all {
-                    let _ = w.send(Err(msg.clone()));
+                    let _ = w.send(Err(Failure::Latched(msg.clone())));
                 }
+                tracing::error!(
+                    "WAL failed: {msg}; every append is refused until the runtime is restarted"
+                );
                 Err(e)
             }
         }
     }
 
     /// Leader only: rotate if needed, write the frames, fdatasync.
-    fn write_out(&self, buf: &[u8], first_seq: u64) -> Result<(), WalError> {
-        let mut io = self
-            .io
-            .lock()
-            .map_err(|_| WalError::Poisoned("a thread panicked while writing".into()))?;
+    fn write_out(&self, buf: &[u8], first_seq: u64) -> Result<(), WriteError> {
+        let written = |ctx: String| {
+            move |source| {
+                WriteError::RecordBytes(WalError::Io {
+                    context: ctx,
+                    source,
+                })
+            }
+        };
+        let mut io = self.io.lock().map_err(|_| {
+            WriteError::RecordBytes(WalError::Poisoned("a thread panicked while writing".into()))
+        })?;
         #[cfg(test)]
         if self
             .fail_next_write
             .swap(false, std::sync::atomic::Ordering::SeqCst)
         {
-            return Err(WalError::Io {
+            return Err(WriteError::RecordBytes(WalError::Io {
                 context: format!("WAL write to {} failed", io.path.display()),
                 source: std::io::Error::other("injected fault"),
-            });
+            }));
         }
-        if io.offset > HEADER_LEN && io.offset + buf.len() as u64 > self.opts.segment_bytes {
+        if io.rotate_pending
+            || (io.offset > HEADER_LEN && io.offset + buf.len() as u64 > self.opts.segment_bytes)
+        {
             if self.opts.sync == SyncMode::None {
                 // Leave the old segment complete on disk before the chain moves on.
-                io.file
-                    .sync_data()
-                    .map_err(io_err(format!("WAL fsync of {} failed", io.path.display())))?;
+                io.file.sync_data().map_err(written(format!(
+                    "WAL fsync of {} failed",
+                    io.path.display()
+                )))?;
             }
-            *io = self.next_segment(first_seq).map_err(io_err(format!(
-                "cannot create segment {} in {}",
-                segment_name(first_seq),
-                self.dir.display()
-            )))?;
+            match self.next_segment(first_seq) {
+                Ok(seg) => *io = seg,
+                Err(source) => {
+                    io.rotate_pending = true;
+                    return Err(WriteError::NothingWritten(WalError::Io {
+                        context: format!(
+                            "cannot create segment {} in {}",
+                            segment_name(first_seq),
+                            self.dir.display()
+                        ),
+                        source,
+                    }));
+                }
+            }
         }
         let off = io.offset;
-        io.file
-            .write_all_at(buf, off)
-            .map_err(io_err(format!("WAL write to {} failed", io.path.display())))?;
+        trace(|| format!("write {}", io.path.display()));
+        io.file.write_all_at(buf, off).map_err(written(format!(
+            "WAL write to {} failed",
+            io.path.display()
+        )))?;
         io.offset += buf.len() as u64;
         // Half way through a segment, the next one starts being prepared.
         let half = self.opts.segment_bytes / 2;
@@ -582,7 +750,7 @@ impl Wal {
             self.prepare_spare();
         }
         if self.opts.sync == SyncMode::Fsync {
-            io.file.sync_data().map_err(io_err(format!(
+            io.file.sync_data().map_err(written(format!(
                 "WAL fdatasync of {} failed",
                 io.path.display()
             )))?;
@@ -611,7 +779,7 @@ impl Wal {
         let res = std::thread::Builder::new()
             .name("wal-spare".into())
             .spawn(move || {
-                let made = new_segment_file(&path, &opts);
+                let made = new_segment_file(&path, &opts, true);
                 let Ok(mut g) = slot.lock() else { return };
                 g.preparing = false;
                 match made {
@@ -644,19 +812,40 @@ impl Wal {
         self.spare.lock().is_ok_and(|g| g.ready.is_some())
     }
 
+    /// A spare segment is being prepared or ready.
+    #[cfg(test)]
+    pub(crate) fn spare_started(&self) -> bool {
+        self.spare
+            .lock()
+            .is_ok_and(|g| g.preparing || g.ready.is_some())
+    }
+
     /// Segment `first_seq`: the spare renamed into place when one is ready, else a new one.
+    /// Either way the directory is fsync'd before any record in it is written.
     fn next_segment(&self, first_seq: u64) -> std::io::Result<SegIo> {
         let ready = self.spare.lock().ok().and_then(|mut g| g.ready.take());
         if let Some((file, spare_path)) = ready {
             let path = self.dir.join(segment_name(first_seq));
+            if let Err(e) = std::fs::rename(&spare_path, &path) {
+                // The spare is still whole where it was: keep it for the next try.
+                match self.spare.lock() {
+                    Ok(mut g) if g.ready.is_none() => g.ready = Some((file, spare_path)),
+                    _ => {
+                        let _ = std::fs::remove_file(&spare_path);
+                    }
+                }
+                return Err(e);
+            }
+            trace(|| format!("rename {} {}", spare_path.display(), path.display()));
             // The spare is complete and fsync'd; the rename is made durable before any record
-            // in the new segment is acknowledged.
-            std::fs::rename(&spare_path, &path)?;
+            // in the new segment is written. Should that fail, the retry re-creates the file
+            // at its new name (see `create_segment`).
             fsync_dir(&self.dir)?;
             return Ok(SegIo {
                 file,
                 path,
                 offset: HEADER_LEN,
+                rotate_pending: false,
             });
         }
         create_segment(&self.dir, first_seq, &self.opts)
@@ -728,6 +917,84 @@ fn enqueue(g: &mut Inner, prepared: &[Prepared]) -> Result<u64, WalError> {
         g.next_seq += 1;
     }
     Ok(g.next_seq - 1)
+}
+
+/// A blocking appender that queued in `epoch` returns: it is no longer counted, and once the
+/// epoch has ended with a drop, reads its answer there (and removes the entry when it is the
+/// last to). `mine` is its last seq; `now` what it would answer were the epoch still current.
+fn leave(
+    g: &mut Inner,
+    epoch: u64,
+    mine: u64,
+    now: Result<Seq, WalError>,
+) -> Result<Seq, WalError> {
+    if g.epoch == epoch {
+        g.blocking = g.blocking.saturating_sub(1);
+        return now;
+    }
+    let Some(i) = g.discards.iter().position(|d| d.epoch == epoch) else {
+        // Cannot happen (the entry stays until its last reader); fail closed.
+        return Err(WalError::Unavailable(
+            "the outcome of this append was lost".into(),
+        ));
+    };
+    let d = &mut g.discards[i];
+    // Records before the first one dropped were durable before the drop.
+    let answer = if mine < d.first {
+        Ok(Seq(mine))
+    } else {
+        Err(WalError::Unavailable(d.why.clone()))
+    };
+    d.readers -= 1;
+    if d.readers == 0 {
+        g.discards.remove(i);
+    }
+    answer
+}
+
+/// What one leader writes: whole frames, and the seq and hash of the first and last of them.
+struct Batch {
+    bytes: Vec<u8>,
+    first: u64,
+    last: u64,
+    last_hash: String,
+}
+
+/// Under the lock: takes the queued frames up to `MAX_BATCH_BYTES` (whole frames, at least one)
+/// for one write. Recovery's torn-tail rule relies on this bound.
+fn take_batch(g: &mut Inner) -> Batch {
+    let first = g.buf_first;
+    if g.buf.len() as u64 <= MAX_BATCH_BYTES {
+        return Batch {
+            bytes: std::mem::take(&mut g.buf),
+            first,
+            last: g.next_seq - 1,
+            last_hash: g.prev.clone(),
+        };
+    }
+    // The queue holds whole frames, and more than the bound, so a frame ends before it runs out.
+    let (mut end, mut n, mut last_payload) = (0usize, 0u64, 0..0);
+    loop {
+        let h = &g.buf[end..end + FRAME_HEADER_LEN as usize];
+        let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
+        let next = end + FRAME_HEADER_LEN as usize + len;
+        if n > 0 && next as u64 > MAX_BATCH_BYTES {
+            break;
+        }
+        last_payload = end + FRAME_HEADER_LEN as usize..next;
+        end = next;
+        n += 1;
+    }
+    let last_hash = hash_payload(&g.buf[last_payload]);
+    let rest = g.buf.split_off(end);
+    let bytes = std::mem::replace(&mut g.buf, rest);
+    g.buf_first = first + n;
+    Batch {
+        bytes,
+        first,
+        last: first + n - 1,
+        last_hash,
+    }
 }
 
 /// Removes and returns the waiters whose records are durable (seq <= `durable`).
