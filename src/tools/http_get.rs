@@ -432,10 +432,14 @@ mod tests {
         // Mixed: only the public address survives.
         let ok = check_addrs("mixed", vec![sa("10.0.0.1"), sa("8.8.8.8")], &none).unwrap();
         assert_eq!(ok, vec![sa("8.8.8.8")]);
-        // Named literally: allowed.
-        let lit = Allowlist::parse("127.0.0.1").unwrap();
+        // Named literally (for every port the host is allowed on): allowed.
+        let lit = Allowlist::parse("127.0.0.1,localhost").unwrap();
         let ok = check_addrs("localhost", vec![sa("127.0.0.1"), sa("::1")], &lit).unwrap();
         assert_eq!(ok, vec![sa("127.0.0.1")]);
+        // Named for another port only: refused.
+        let other = Allowlist::parse("127.0.0.1:8080,localhost:9000").unwrap();
+        let e = check_addrs("localhost", vec![sa("127.0.0.1")], &other).unwrap_err();
+        assert!(e.downcast_ref::<Denied>().is_some());
         // Nothing at all: a resolution failure.
         let e = check_addrs("x", vec![], &none).unwrap_err();
         assert!(e.downcast_ref::<ResolveFailed>().is_some());
