@@ -1,7 +1,7 @@
 //! `autonomy-wal-bench`: raw fdatasync latency and WAL group-commit throughput on one disk.
 //!
 //! Not a test. Run a release build on the disk you care about:
-//! `cargo run --release --bin autonomy-wal-bench -- --dir ./bench-tmp --secs 3`.
+//! `cargo run --release -p autonomy-bench --bin autonomy-wal-bench -- --dir ./bench-tmp --secs 3`.
 //! Prints a Markdown table (see `docs/benchmarks.md`).
 
 use std::io::Write;
@@ -13,8 +13,7 @@ use autonomy::types::AuditId;
 use autonomy::wal::{NewRecord, Preallocate, RecordType, SyncMode, Wal, WalOptions};
 use clap::Parser;
 
-#[path = "common/fsync.rs"]
-mod fsync;
+use autonomy_bench::fsync;
 
 /// Measures fdatasync latency and WAL appends/s with 1, 16 and 64 writer threads.
 #[derive(Parser)]

@@ -1,6 +1,6 @@
 //! `autonomy-bench`: the end-to-end benchmark of SPEC §9, in one run.
 //!
-//! Not a test. `cargo build --release && cargo run --release --bin autonomy-bench -- [--secs N]
+//! Not a test. `cargo build --release && cargo run --release -p autonomy-bench --bin autonomy-bench -- [--secs N]
 //! [--out FILE]`:
 //!
 //! * policy evaluation p50/p99 of the embedded demo policy, in-process (allow and deny input);
@@ -38,8 +38,7 @@ use serde_json::{Map, Value};
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-#[path = "common/fsync.rs"]
-mod fsync;
+use autonomy_bench::fsync;
 
 /// Each request gives up after this long (counted as an error).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -663,7 +662,7 @@ fn main() {
     };
     let mut md = String::new();
     md.push_str(&format!(
-        "Command: `cargo build --release && cargo run --release --bin autonomy-bench -- --secs {}`; {} s per phase; load average {load_before} before, {load_after} after; {} CPUs; whole run {:.0} s.\n\n",
+        "Command: `cargo build --release && cargo run --release -p autonomy-bench --bin autonomy-bench -- --secs {}`; {} s per phase; load average {load_before} before, {load_after} after; {} CPUs; whole run {:.0} s.\n\n",
         a.secs,
         a.secs,
         std::thread::available_parallelism().map_or(0, |n| n.get()),

@@ -1,0 +1,3 @@
+//! Shared pieces of the benchmarks (`autonomy-bench`, `autonomy-wal-bench`).
+
+pub mod fsync;
