@@ -1,6 +1,7 @@
 //! Policy evaluation: one evaluator decides allow or deny for every tool call.
 
 pub mod bundle;
+pub mod deps;
 pub mod fast;
 pub mod oci;
 pub mod rego;
