@@ -4,6 +4,7 @@ pub mod bundle;
 pub mod deps;
 pub mod fast;
 pub mod oci;
+mod quiet;
 pub mod rego;
 pub mod resolve;
 pub mod store;

@@ -112,7 +112,9 @@ impl RegoPolicy {
         engine.set_execution_timer_config(timer);
         // Compiling for an entry point checks every module and that the rule exists, without
         // evaluating it.
-        let compiled = match engine.compile_with_entrypoint(&ALLOW_RULE.into()) {
+        let compiled = match super::quiet::compile(|| {
+            engine.compile_with_entrypoint(&ALLOW_RULE.into())
+        }) {
             Ok(c) => c,
             Err(e) => {
                 let msg = e.to_string();
@@ -138,7 +140,8 @@ impl RegoPolicy {
                 tracing::debug!("policy {policy_ref}: allow runs on the interpreter: {why}")
             }
         }
-        let has_reason = engine.compile_with_entrypoint(&REASON_RULE.into()).is_ok();
+        let has_reason =
+            super::quiet::compile(|| engine.compile_with_entrypoint(&REASON_RULE.into())).is_ok();
         Ok(RegoPolicy {
             policy_ref,
             template: engine,
