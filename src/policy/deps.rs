@@ -379,7 +379,8 @@ impl ModuleCtx {
     }
 }
 
-/// Walks one rule definition (head with one body) and records its references and nesting.
+/// Walks one rule (its head and every body, `else` branches included) and records what it refers
+/// to in `deps` and its deepest expression nesting in `depth`.
 fn walk_rule(ctx: &ModuleCtx, g: &Graph, rule: &Rule, deps: &mut Vec<usize>, depth: &mut usize) {
     // Head pieces, body queries, else values.
     let mut roots: Vec<&Expr> = Vec::new();
@@ -402,18 +403,14 @@ fn walk_rule(ctx: &ModuleCtx, g: &Graph, rule: &Rule, deps: &mut Vec<usize>, dep
                         roots.push(k);
                     }
                 }
+                // The function's own name in its head is not a call: `refr` is left out.
                 RuleHead::Func {
-                    refr,
-                    args: a,
-                    assign,
-                    ..
+                    args: a, assign, ..
                 } => {
                     for arg in a {
                         pattern_vars(arg, &mut args);
                         roots.push(arg);
                     }
-                    // The function's own name in its head is not a call.
-                    let _ = refr;
                     if let Some(asg) = assign {
                         roots.push(&asg.value);
                     }

@@ -465,6 +465,14 @@ mod tests {
     }
 
     #[test]
+    fn ordinary_policies_evaluate_inline_on_a_runtime_thread() {
+        // A runtime (tokio) thread has a 2 MiB stack: the demo policy must fit well inside it,
+        // so its evaluation never moves to a fresh stack (no cost on the hot path).
+        let need = demo_policy().unwrap().deps().stack_need();
+        assert!(need < 1024 * 1024, "{need}");
+    }
+
+    #[test]
     fn recursion_and_depth_are_refused_at_compile() {
         let r = RegoPolicy::compile(
             PolicyRef::new("t"),

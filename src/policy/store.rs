@@ -201,7 +201,11 @@ impl Store {
                 self.dir.display()
             ));
         };
-        check_slot(&lkg).map_err(|e| format!("the lkg slot is not usable: {e}"))?;
+        // Compiled too: a bundle an older version stored (say, a recursive one) must not become
+        // current again.
+        check_slot(&lkg)
+            .and_then(|b| b.compile().map(|_| ()))
+            .map_err(|e| format!("the lkg slot is not usable: {e}"))?;
         let cur = self.read_slot(Slot::Current)?;
         self.commit(
             Some((&lkg.bytes, &lkg.meta_raw)),
