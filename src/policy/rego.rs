@@ -448,8 +448,15 @@ mod tests {
             "f1000(x) := x == \"tool.echo\"\na0 if f0(input.kind)",
         );
         for (name, src, fast) in [("rules", rules, true), ("functions", functions, false)] {
-            let p = RegoPolicy::compile(PolicyRef::new(name), &[("p.rego".into(), src)], None)
-                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            // A generous time limit: this is about the stack, and an unoptimised build under
+            // load can take longer than the default 50 ms for 1,000 levels.
+            let p = RegoPolicy::compile_with_limit(
+                PolicyRef::new(name),
+                &[("p.rego".into(), src)],
+                None,
+                Duration::from_secs(10),
+            )
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(p.fast_path().is_ok(), fast, "{name}: {:?}", p.fast_path());
             assert!(p.deps().depth > 1000, "{name}: {:?}", p.deps());
             let p = std::sync::Arc::new(p);
