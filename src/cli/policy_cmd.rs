@@ -263,36 +263,9 @@ fn load(a: LoadArgs) -> ExitCode {
         .display()
         .to_string();
     let wal = a.wal_dir.as_deref();
-    let meta = match std::fs::metadata(&a.bundle) {
-        Ok(m) => m,
-        Err(e) => {
-            return rejected(
-                &format!("cannot read {}: {e}", a.bundle.display()),
-                &source,
-                wal,
-            );
-        }
-    };
-    if meta.len() > bundle::MAX_COMPRESSED {
-        return rejected(
-            &format!(
-                "bundle is {} bytes compressed; the limit is {}",
-                meta.len(),
-                bundle::MAX_COMPRESSED
-            ),
-            &source,
-            wal,
-        );
-    }
-    let bytes = match std::fs::read(&a.bundle) {
+    let bytes = match bundle::read_capped(&a.bundle, bundle::MAX_COMPRESSED, "bundle") {
         Ok(b) => b,
-        Err(e) => {
-            return rejected(
-                &format!("cannot read {}: {e}", a.bundle.display()),
-                &source,
-                wal,
-            );
-        }
+        Err(e) => return rejected(&e, &source, wal),
     };
     load_bytes(&bytes, &source, &a.store.store(), wal)
 }
@@ -405,11 +378,11 @@ fn rollback(a: RollbackArgs) -> ExitCode {
 async fn push(a: PushArgs) -> ExitCode {
     let r = match OciRef::parse(&a.oci_ref) {
         Ok(r) => r,
-        Err(e) => return super::usage(&e),
+        Err(e) => return super::usage(&e.to_string()),
     };
-    let bytes = match std::fs::read(&a.file) {
+    let bytes = match bundle::read_capped(&a.file, bundle::MAX_COMPRESSED, "bundle") {
         Ok(b) => b,
-        Err(e) => return super::usage(&format!("cannot read {}: {e}", a.file.display())),
+        Err(e) => return super::usage(&e),
     };
     // Only valid bundles leave this machine.
     let b = match bundle::read_bytes(&bytes).and_then(|b| b.compile().map(|_| b)) {
@@ -437,7 +410,7 @@ async fn push(a: PushArgs) -> ExitCode {
 async fn pull(a: PullArgs) -> ExitCode {
     let r = match OciRef::parse(&a.oci_ref) {
         Ok(r) => r,
-        Err(e) => return super::usage(&e),
+        Err(e) => return super::usage(&e.to_string()),
     };
     let source = r.to_string();
     let wal = a.wal_dir.as_deref();

@@ -218,22 +218,42 @@ fn clean_path(raw: &[u8]) -> Result<(bool, Option<String>), String> {
     Ok((absolute, Some(parts.join("/"))))
 }
 
-/// Reads and checks a bundle file.
-pub fn read_file(path: &Path) -> Result<Bundle, String> {
-    let meta = std::fs::metadata(path)
-        .map_err(|e| format!("cannot read bundle {}: {e}", path.display()))?;
+/// Reads a file of at most `cap` bytes; `what` names it in messages ("bundle", "policy file").
+///
+/// Only a regular file is read. It is opened non-blocking (so opening a FIFO cannot hang) and
+/// checked on the open descriptor (so it cannot be swapped between the check and the read),
+/// and no more than `cap + 1` bytes are read whatever its size claims (a device such as
+/// `/dev/zero` reports 0 and never ends).
+pub fn read_capped(path: &Path, cap: u64, what: &str) -> Result<Vec<u8>, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| format!("cannot read {what} {}: {e}", path.display()))?;
+    let meta = f
+        .metadata()
+        .map_err(|e| format!("cannot read {what} {}: {e}", path.display()))?;
     if !meta.is_file() {
-        return Err(format!("bundle {} is not a regular file", path.display()));
+        return Err(format!("{what} {} is not a regular file", path.display()));
     }
-    if meta.len() > MAX_COMPRESSED {
-        return Err(format!(
-            "bundle is {} bytes compressed; the limit is {MAX_COMPRESSED}",
-            meta.len()
-        ));
+    let too_big = |n: u64| format!("{what} {} is {n} bytes; the limit is {cap}", path.display());
+    if meta.len() > cap {
+        return Err(too_big(meta.len()));
     }
-    let bytes =
-        std::fs::read(path).map_err(|e| format!("cannot read bundle {}: {e}", path.display()))?;
-    read_bytes(&bytes)
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    f.take(cap + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read {what} {}: {e}", path.display()))?;
+    if bytes.len() as u64 > cap {
+        return Err(too_big(bytes.len() as u64));
+    }
+    Ok(bytes)
+}
+
+/// Reads and checks a bundle file (at most [`MAX_COMPRESSED`] bytes, a regular file).
+pub fn read_file(path: &Path) -> Result<Bundle, String> {
+    read_bytes(&read_capped(path, MAX_COMPRESSED, "bundle")?)
 }
 
 /// Reads and checks a bundle from its compressed bytes.
@@ -540,10 +560,7 @@ fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) -> Result<
         if rel == MANIFEST {
             continue;
         }
-        let content = std::fs::read(&p).map_err(|e| format!("cannot read {}: {e}", p.display()))?;
-        if content.len() as u64 > MAX_FILE {
-            return Err(format!("{} is larger than {MAX_FILE} bytes", p.display()));
-        }
+        let content = read_capped(&p, MAX_FILE, "policy file")?;
         out.insert(rel, content);
     }
     Ok(())

@@ -1,8 +1,10 @@
 //! Policy evaluation: one evaluator decides allow or deny for every tool call.
 
 pub mod bundle;
+pub mod deps;
 pub mod fast;
 pub mod oci;
+mod quiet;
 pub mod rego;
 pub mod resolve;
 pub mod store;

@@ -25,7 +25,7 @@ pub const LAYER_MEDIA_TYPE: &str = "application/vnd.autonomy.policy.bundle.v1.ta
 /// `oci://host[:port]/name[:tag]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OciRef {
-    /// `host[:port]`.
+    /// `host[:port]` (an IPv6 host in brackets).
     pub registry: String,
     /// Repository path (`name` or `org/name`).
     pub repository: String,
@@ -43,52 +43,207 @@ impl fmt::Display for OciRef {
     }
 }
 
-impl OciRef {
-    /// Parses `oci://host[:port]/name[:tag]`.
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let bad = |why: &str| {
-            format!("invalid OCI ref {s:?}: {why} (expected oci://host[:port]/name[:tag])")
-        };
-        let rest = s
-            .strip_prefix("oci://")
-            .ok_or_else(|| bad("missing oci://"))?;
-        if rest.contains('@') {
-            return Err(bad("digest refs are not supported; use a tag"));
+/// A ref that is not `oci://host[:port]/name[:tag]` under the OCI distribution reference
+/// grammar, and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid OCI ref {input:?}: {problem} (expected oci://host[:port]/name[:tag])")]
+pub struct OciRefError {
+    /// The ref as given.
+    pub input: String,
+    /// What is wrong.
+    pub problem: RefProblem,
+}
+
+/// What is wrong with an OCI ref.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RefProblem {
+    /// Not `oci://…`.
+    #[error("it must start with oci://")]
+    Scheme,
+    /// Nothing before the first `/`.
+    #[error("no registry host")]
+    NoHost,
+    /// Nothing after the host.
+    #[error("no repository name after the host")]
+    NoRepository,
+    /// `user:password@host`.
+    #[error("credentials (user:password@) are not accepted in a ref; registry access is anonymous")]
+    Userinfo,
+    /// `[` without `]` or the reverse.
+    #[error("unbalanced [ ] around the registry host")]
+    Brackets,
+    /// `[…]` that is not an IPv6 address.
+    #[error("{0:?} is not an IPv6 address")]
+    Ipv6(String),
+    /// Not a DNS name or an IPv4 address.
+    #[error("registry host {0:?} is not a host name or an IP address")]
+    Host(String),
+    /// Not 1–65535.
+    #[error("port {0:?} is not a number from 1 to 65535")]
+    Port(String),
+    /// `.` or `..` in the repository path.
+    #[error("path component {0:?} is not allowed")]
+    Traversal(String),
+    /// `//`, or a `/` at the start or end of the repository.
+    #[error("the repository path has an empty component")]
+    EmptyComponent,
+    /// Upper case in the repository.
+    #[error("repository names are lower-case")]
+    Uppercase,
+    /// A repository component outside the grammar.
+    #[error(
+        "repository component {0:?} is not valid (lower-case a-z and 0-9, separated by ., _, __ or -)"
+    )]
+    Component(String),
+    /// Over 255 characters.
+    #[error("the repository name is longer than 255 characters")]
+    TooLong,
+    /// A tag outside `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
+    #[error("tag {0:?} is not valid (1-128 of A-Z a-z 0-9 _ . -, not starting with . or -)")]
+    Tag(String),
+    /// `@sha256:…`.
+    #[error("digest refs (@sha256:…) are not supported; use a tag")]
+    Digest,
+}
+
+/// A DNS label as the reference grammar has it: alphanumerics, inner `-`.
+fn host_label(l: &str) -> bool {
+    !l.is_empty()
+        && l.len() <= 63
+        && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        && !l.starts_with('-')
+        && !l.ends_with('-')
+}
+
+/// A repository path component: `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`.
+fn path_component(c: &str) -> bool {
+    let b = c.as_bytes();
+    let alnum = |x: u8| x.is_ascii_lowercase() || x.is_ascii_digit();
+    if b.is_empty() || !alnum(b[0]) || !alnum(b[b.len() - 1]) {
+        return false;
+    }
+    let mut i = 0;
+    while i < b.len() {
+        if alnum(b[i]) {
+            i += 1;
+            continue;
         }
-        let (registry, path) = rest
-            .split_once('/')
-            .ok_or_else(|| bad("no repository name"))?;
-        if registry.is_empty()
-            || !registry
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c))
-        {
-            return Err(bad("bad registry host"));
+        let start = i;
+        while i < b.len() && !alnum(b[i]) {
+            i += 1;
+        }
+        let sep = &c[start..i];
+        if !(sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|x| x == b'-')) {
+            return false;
+        }
+    }
+    true
+}
+
+/// A tag: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
+fn tag_ok(t: &str) -> bool {
+    let word = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let mut cs = t.chars();
+    t.len() <= 128 && cs.next().is_some_and(word) && cs.all(|c| word(c) || c == '.' || c == '-')
+}
+
+/// Checks `host[:port]` (or `[v6][:port]`).
+fn check_registry(auth: &str) -> Result<(), RefProblem> {
+    if auth.is_empty() {
+        return Err(RefProblem::NoHost);
+    }
+    if auth.contains('@') {
+        return Err(RefProblem::Userinfo);
+    }
+    let (host, port) = if let Some(rest) = auth.strip_prefix('[') {
+        let (v6, after) = rest.split_once(']').ok_or(RefProblem::Brackets)?;
+        if v6.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(RefProblem::Ipv6(v6.to_string()));
+        }
+        let port = match after {
+            "" => None,
+            p => Some(p.strip_prefix(':').ok_or(RefProblem::Brackets)?),
+        };
+        (None, port)
+    } else {
+        if auth.contains(['[', ']']) {
+            return Err(RefProblem::Brackets);
+        }
+        match auth.split_once(':') {
+            Some((h, p)) => (Some(h), Some(p)),
+            None => (Some(auth), None),
+        }
+    };
+    if let Some(h) = host {
+        let ok = h.parse::<std::net::Ipv4Addr>().is_ok()
+            || (!h.is_empty() && h.len() <= 253 && h.split('.').all(host_label));
+        if !ok {
+            return Err(RefProblem::Host(h.to_string()));
+        }
+    }
+    if let Some(p) = port
+        && !(p.len() <= 5
+            && p.bytes().all(|b| b.is_ascii_digit())
+            && p.parse::<u32>().is_ok_and(|n| (1..=65535).contains(&n)))
+    {
+        return Err(RefProblem::Port(p.to_string()));
+    }
+    Ok(())
+}
+
+impl OciRef {
+    /// Parses `oci://host[:port]/name[:tag]` with the OCI distribution reference grammar (an
+    /// IPv6 host in brackets; no credentials, no digest).
+    pub fn parse(s: &str) -> Result<Self, OciRefError> {
+        let err = |problem| OciRefError {
+            input: s.to_string(),
+            problem,
+        };
+        let rest = s.strip_prefix("oci://").ok_or(err(RefProblem::Scheme))?;
+        let (auth, path) = match rest.split_once('/') {
+            Some((a, p)) => (a, p),
+            None => (rest, ""),
+        };
+        check_registry(auth).map_err(err)?;
+        if path.is_empty() {
+            return Err(err(RefProblem::NoRepository));
+        }
+        if path.contains('@') {
+            return Err(err(RefProblem::Digest));
         }
         let (repository, tag) = match path.rsplit_once(':') {
             Some((r, t)) if !t.contains('/') => (r, t),
             _ => (path, "latest"),
         };
-        if repository.is_empty()
-            || repository.starts_with('/')
-            || repository.ends_with('/')
-            || repository.contains("//")
-            || !repository
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-/".contains(c))
-        {
-            return Err(bad("repository names use lower-case a-z, 0-9, . _ - and /"));
+        for c in repository.split('/') {
+            if c == "." || c == ".." {
+                return Err(err(RefProblem::Traversal(c.to_string())));
+            }
+            if c.is_empty() {
+                return Err(err(RefProblem::EmptyComponent));
+            }
+            if c.chars().any(|ch| ch.is_ascii_uppercase()) {
+                return Err(err(RefProblem::Uppercase));
+            }
+            if !path_component(c) {
+                return Err(err(RefProblem::Component(c.to_string())));
+            }
         }
-        if tag.is_empty()
-            || tag.len() > 128
-            || !tag
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
-        {
-            return Err(bad("bad tag"));
+        if repository.len() > 255 {
+            return Err(err(RefProblem::TooLong));
+        }
+        if !tag_ok(tag) {
+            return Err(err(RefProblem::Tag(tag.to_string())));
+        }
+        // The same name and tag through the distribution grammar of `oci-spec` (its host part
+        // knows no IPv6, so a stand-in host is used): both must agree before anything is sent.
+        let probe = format!("registry.invalid/{repository}:{tag}");
+        match Reference::try_from(probe.as_str()) {
+            Ok(r) if r.repository() == repository && r.tag() == Some(tag) => {}
+            _ => return Err(err(RefProblem::Component(repository.to_string()))),
         }
         Ok(OciRef {
-            registry: registry.to_string(),
+            registry: auth.to_string(),
             repository: repository.to_string(),
             tag: tag.to_string(),
         })
@@ -308,5 +463,48 @@ mod tests {
         assert!(OciRef::parse("reg/pol").is_err());
         assert!(OciRef::parse("oci://reg").is_err());
         assert!(OciRef::parse("oci://reg/Pol").is_err());
+        let r = OciRef::parse("oci://[::1]:5000/a/b-c__d.e:v1.0_x").unwrap();
+        assert_eq!(
+            (r.registry.as_str(), r.repository.as_str(), r.tag.as_str()),
+            ("[::1]:5000", "a/b-c__d.e", "v1.0_x")
+        );
+        assert!(r.is_loopback());
+        let problem = |s: &str| OciRef::parse(s).unwrap_err().problem;
+        assert_eq!(
+            problem("oci://127.0.0.1:1/../../x"),
+            RefProblem::Traversal("..".into())
+        );
+        assert_eq!(problem("oci://h/a/./b"), RefProblem::Traversal(".".into()));
+        assert_eq!(
+            problem("oci://127.0.0.1:99999/x:y"),
+            RefProblem::Port("99999".into())
+        );
+        assert_eq!(problem("oci://h:0/x"), RefProblem::Port("0".into()));
+        assert_eq!(problem("oci://h:/x"), RefProblem::Port("".into()));
+        assert_eq!(problem("oci://[::1/x"), RefProblem::Brackets);
+        assert_eq!(problem("oci://::1]/x"), RefProblem::Brackets);
+        assert_eq!(problem("oci://[zz]/x"), RefProblem::Ipv6("zz".into()));
+        assert_eq!(problem("oci://user:pw@host/x"), RefProblem::Userinfo);
+        assert_eq!(problem("oci://host/x@sha256:ab"), RefProblem::Digest);
+        assert_eq!(problem("oci://host//x"), RefProblem::EmptyComponent);
+        assert_eq!(problem("oci://host/x/"), RefProblem::EmptyComponent);
+        assert_eq!(problem("oci:///x"), RefProblem::NoHost);
+        assert_eq!(problem("oci://h_x/x"), RefProblem::Host("h_x".into()));
+        assert!(OciRef::parse("oci://h/a--b__c").is_ok());
+        assert_eq!(
+            problem("oci://h/a___b"),
+            RefProblem::Component("a___b".into())
+        );
+        assert_eq!(problem("oci://h/x:.t"), RefProblem::Tag(".t".into()));
+        assert_eq!(
+            problem("oci://h/x?y=1"),
+            RefProblem::Component("x?y=1".into())
+        );
+        assert_eq!(
+            OciRef::parse("oci://127.0.0.1:99999/x:y")
+                .unwrap_err()
+                .to_string(),
+            "invalid OCI ref \"oci://127.0.0.1:99999/x:y\": port \"99999\" is not a number from 1 to 65535 (expected oci://host[:port]/name[:tag])"
+        );
     }
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use regorus::Engine;
 use regorus::utils::limits::ExecutionTimerConfig;
 
+use super::deps::{self, Deps, DepsError};
 use super::fast::{FastAllow, FastResult};
 use super::{PolicyEvaluator, PolicyInput, Pool, Verdict};
 use crate::types::{Decision, PolicyRef};
@@ -34,6 +35,9 @@ pub enum RegoPolicyError {
     /// No `package autonomy` with an `allow` rule.
     #[error("entry point missing: {0}")]
     EntryPoint(String),
+    /// A rule depends on itself, or evaluation could nest deeper than the stack budget.
+    #[error(transparent)]
+    Deps(#[from] DepsError),
 }
 
 /// A compiled Rego policy with a pool of engines (regorus engines need `&mut` to evaluate).
@@ -44,6 +48,8 @@ pub struct RegoPolicy {
     pool: Pool<Engine>,
     /// The VM fast path for `allow`, or why this policy has none.
     fast: Result<FastAllow, String>,
+    /// How deep evaluating it may go.
+    deps: Deps,
 }
 
 impl RegoPolicy {
@@ -67,6 +73,7 @@ impl RegoPolicy {
         engine.set_rego_v0(false);
         engine.set_strict_builtin_errors(true);
         for (file, src) in modules {
+            deps::check_source(file, src)?;
             engine
                 .add_policy(file.clone(), src.clone())
                 .map_err(|e| RegoPolicyError::Compile {
@@ -74,6 +81,22 @@ impl RegoPolicy {
                     message: first_line(&e.to_string()),
                 })?;
         }
+        // Before anything walks the rules recursively (compiling does): recursion and depths
+        // beyond the stack budget are refused here, with one line.
+        let deps = deps::check(engine.get_modules())?;
+        on_stack(deps, || {
+            Self::compiled(policy_ref, engine, data, limit, deps)
+        })
+    }
+
+    /// The rest of [`RegoPolicy::compile_with_limit`], once the rules are known to be acyclic.
+    fn compiled(
+        policy_ref: PolicyRef,
+        mut engine: Engine,
+        data: Option<serde_json::Value>,
+        limit: Duration,
+        deps: Deps,
+    ) -> Result<Self, RegoPolicyError> {
         let data = data.map(regorus::Value::from);
         if let Some(d) = &data {
             engine
@@ -89,7 +112,9 @@ impl RegoPolicy {
         engine.set_execution_timer_config(timer);
         // Compiling for an entry point checks every module and that the rule exists, without
         // evaluating it.
-        let compiled = match engine.compile_with_entrypoint(&ALLOW_RULE.into()) {
+        let compiled = match super::quiet::compile(|| {
+            engine.compile_with_entrypoint(&ALLOW_RULE.into())
+        }) {
             Ok(c) => c,
             Err(e) => {
                 let msg = e.to_string();
@@ -115,14 +140,21 @@ impl RegoPolicy {
                 tracing::debug!("policy {policy_ref}: allow runs on the interpreter: {why}")
             }
         }
-        let has_reason = engine.compile_with_entrypoint(&REASON_RULE.into()).is_ok();
+        let has_reason =
+            super::quiet::compile(|| engine.compile_with_entrypoint(&REASON_RULE.into())).is_ok();
         Ok(RegoPolicy {
             policy_ref,
             template: engine,
             has_reason,
             pool: Pool::new(),
             fast,
+            deps,
         })
+    }
+
+    /// How deep evaluating this policy may nest, and the stack that needs.
+    pub fn deps(&self) -> Deps {
+        self.deps
     }
 
     /// Whether `allow` has the VM fast path; `Err` says why not.
@@ -138,6 +170,10 @@ impl RegoPolicy {
 
     /// [`RegoPolicy::eval_in`] on a pooled engine.
     fn interpret(&self, input: regorus::Value, known_false: bool) -> Verdict {
+        on_stack(self.deps, || self.interpret_here(input, known_false))
+    }
+
+    fn interpret_here(&self, input: regorus::Value, known_false: bool) -> Verdict {
         let mut engine = self.pool.take().unwrap_or_else(|| self.template.clone());
         let v = self.eval_in(&mut engine, input, known_false);
         self.pool.put(engine);
@@ -191,6 +227,17 @@ impl RegoPolicy {
 impl PolicyEvaluator for RegoPolicy {
     fn evaluate(&self, input: &PolicyInput<'_>) -> Verdict {
         let input = input.to_rego();
+        on_stack(self.deps, || self.evaluate_rego(input))
+    }
+
+    fn policy_ref(&self) -> &PolicyRef {
+        &self.policy_ref
+    }
+}
+
+impl RegoPolicy {
+    /// Both engines, on a stack deep enough for this policy (see [`on_stack`]).
+    fn evaluate_rego(&self, input: regorus::Value) -> Verdict {
         // Cheap: a regorus value's clone shares its maps.
         let fast = match &self.fast {
             Ok(fast) => fast.eval(input.clone()),
@@ -204,10 +251,15 @@ impl PolicyEvaluator for RegoPolicy {
         }
         self.interpret(input, fast == FastResult::False)
     }
+}
 
-    fn policy_ref(&self) -> &PolicyRef {
-        &self.policy_ref
-    }
+/// Runs `f` where at least the stack `deps` needs is free: inline when the calling thread has
+/// it (the common case: a shallow policy on any runtime thread), else on a fresh stack of that
+/// size on this thread. regorus recurses on the native stack and an overflow aborts the process,
+/// so nothing may compile or evaluate a policy except through here.
+fn on_stack<R>(deps: Deps, f: impl FnOnce() -> R) -> R {
+    let need = deps.stack_need();
+    stacker::maybe_grow(need, need, f)
 }
 
 /// A compiler or evaluation message on one line, at most 500 characters.
@@ -369,5 +421,85 @@ mod tests {
             None,
         );
         assert!(r.is_err());
+    }
+
+    fn chain(levels: usize, link: &dyn Fn(usize) -> String, last: &str) -> String {
+        let mut src = String::from("package autonomy\ndefault allow := false\nallow if a0\n");
+        for i in 0..levels {
+            src.push_str(&link(i));
+            src.push('\n');
+        }
+        src.push_str(last);
+        src
+    }
+
+    #[test]
+    fn deep_policies_evaluate_on_a_small_stack() {
+        // A thread with far less stack than these chains need: evaluation must move to a stack
+        // of the size the policy's depth calls for, for the VM and for the interpreter alike.
+        let rules = chain(
+            1000,
+            &|i| format!("a{i} if a{}", i + 1),
+            "a1000 if input.kind == \"tool.echo\"",
+        );
+        let functions = chain(
+            1000,
+            &|i| format!("f{i}(x) := f{}(x)", i + 1),
+            "f1000(x) := x == \"tool.echo\"\na0 if f0(input.kind)",
+        );
+        for (name, src, fast) in [("rules", rules, true), ("functions", functions, false)] {
+            // A generous time limit: this is about the stack, and an unoptimised build under
+            // load can take longer than the default 50 ms for 1,000 levels.
+            let p = RegoPolicy::compile_with_limit(
+                PolicyRef::new(name),
+                &[("p.rego".into(), src)],
+                None,
+                Duration::from_secs(10),
+            )
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(p.fast_path().is_ok(), fast, "{name}: {:?}", p.fast_path());
+            assert!(p.deps().depth > 1000, "{name}: {:?}", p.deps());
+            let p = std::sync::Arc::new(p);
+            let (echo, shell) = std::thread::Builder::new()
+                .stack_size(128 * 1024)
+                .spawn(move || (decide(&p, "tool.echo"), decide(&p, "tool.shell")))
+                .unwrap()
+                .join()
+                .unwrap();
+            assert_eq!(echo.decision, Decision::Allow, "{name}: {echo:?}");
+            assert_eq!(shell.decision, Decision::Deny, "{name}: {shell:?}");
+        }
+    }
+
+    #[test]
+    fn ordinary_policies_evaluate_inline_on_a_runtime_thread() {
+        // A runtime (tokio) thread has a 2 MiB stack: the demo policy must fit well inside it,
+        // so its evaluation never moves to a fresh stack (no cost on the hot path).
+        let need = demo_policy().unwrap().deps().stack_need();
+        assert!(need < 1024 * 1024, "{need}");
+    }
+
+    #[test]
+    fn recursion_and_depth_are_refused_at_compile() {
+        let r = RegoPolicy::compile(
+            PolicyRef::new("t"),
+            &[(
+                "p.rego".into(),
+                "package autonomy\na if b\nb if a\nallow if a".into(),
+            )],
+            None,
+        );
+        assert!(
+            matches!(&r, Err(RegoPolicyError::Deps(DepsError::Recursion(m))) if m.contains("rego_recursion_error")),
+            "{:?}",
+            r.err()
+        );
+        let long = chain(6000, &|i| format!("a{i} if a{}", i + 1), "a6000 := true");
+        let r = RegoPolicy::compile(PolicyRef::new("t"), &[("p.rego".into(), long)], None);
+        assert!(
+            matches!(&r, Err(RegoPolicyError::Deps(DepsError::TooDeep(m))) if m.contains("6002 rules deep")),
+            "{:?}",
+            r.err()
+        );
     }
 }

@@ -92,7 +92,7 @@ pub fn resolve(r: Option<&str>, store_dir: &Path, no_flag: NoFlag) -> Result<Res
             watched(&b, w).map_err(|e| format!("--policy current: {e}"))
         }
         Some(s) if s.starts_with("oci://") => {
-            let oref = OciRef::parse(s)?;
+            let oref = OciRef::parse(s).map_err(|e| e.to_string())?;
             let key = oref.to_string();
             let w = PolicyWatch::new(store_dir.to_path_buf(), None);
             let slot = store.find_source(&key)?.ok_or_else(|| {
@@ -165,6 +165,10 @@ pub fn from_path(path: &str) -> Result<Box<dyn PolicyEvaluator>, String> {
         }
     } else if p.is_file() {
         files.push(p.to_path_buf());
+    } else if p.exists() {
+        return Err(format!(
+            "--policy {path}: not a regular file or a directory (a FIFO or a device cannot hold a policy)"
+        ));
     } else {
         return Err(format!(
             "--policy {path}: no such file or directory (use `demo`, `current`, `oci://host/name:tag`, a bundle .tar.gz, a .rego file or a directory of .rego files)"
@@ -172,8 +176,8 @@ pub fn from_path(path: &str) -> Result<Box<dyn PolicyEvaluator>, String> {
     }
     let mut modules = Vec::new();
     for f in &files {
-        let src =
-            std::fs::read_to_string(f).map_err(|e| format!("cannot read {}: {e}", f.display()))?;
+        let bytes = super::bundle::read_capped(f, super::bundle::MAX_FILE, "policy file")?;
+        let src = String::from_utf8(bytes).map_err(|_| format!("{} is not UTF-8", f.display()))?;
         modules.push((f.display().to_string(), src));
     }
     let name = p

@@ -30,6 +30,8 @@ use super::bundle::{self, Bundle};
 pub const BUNDLE_FILE: &str = "bundle.tar.gz";
 /// Metadata file name inside a slot.
 pub const META_FILE: &str = "meta.json";
+/// Largest `meta.json` read.
+pub const MAX_META: u64 = 64 * 1024;
 
 /// A slot's `meta.json`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -121,13 +123,15 @@ impl Store {
     /// Reads a slot's metadata; `Ok(None)` when the slot is empty.
     pub fn meta(&self, slot: Slot) -> Result<Option<Meta>, String> {
         let p = self.slot_dir(slot).join(META_FILE);
-        match std::fs::read(&p) {
-            Ok(b) => serde_json::from_slice(&b)
-                .map(Some)
-                .map_err(|e| format!("{} is not valid: {e}", p.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(format!("cannot read {}: {e}", p.display())),
+        match std::fs::metadata(&p) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("cannot read {}: {e}", p.display())),
+            Ok(_) => {}
         }
+        let b = bundle::read_capped(&p, MAX_META, "slot metadata")?;
+        serde_json::from_slice(&b)
+            .map(Some)
+            .map_err(|e| format!("{} is not valid: {e}", p.display()))
     }
 
     /// Reads a slot (from one generation, so meta and bundle always match).
@@ -197,7 +201,11 @@ impl Store {
                 self.dir.display()
             ));
         };
-        check_slot(&lkg).map_err(|e| format!("the lkg slot is not usable: {e}"))?;
+        // Compiled too: a bundle an older version stored (say, a recursive one) must not become
+        // current again.
+        check_slot(&lkg)
+            .and_then(|b| b.compile().map(|_| ()))
+            .map_err(|e| format!("the lkg slot is not usable: {e}"))?;
         let cur = self.read_slot(Slot::Current)?;
         self.commit(
             Some((&lkg.bytes, &lkg.meta_raw)),
@@ -314,25 +322,19 @@ impl Store {
 /// Reads `bundle.tar.gz` and `meta.json` from a slot directory.
 pub fn read_slot_dir(base: &Path) -> Result<Option<SlotData>, String> {
     let mp = base.join(META_FILE);
-    let (meta, meta_raw) = match std::fs::read(&mp) {
-        Ok(b) => (
-            serde_json::from_slice::<Meta>(&b)
-                .map_err(|e| format!("{} is not valid: {e}", mp.display()))?,
-            b,
-        ),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !base.join(BUNDLE_FILE).exists() => {
+    let bp = base.join(BUNDLE_FILE);
+    if let Err(e) = std::fs::metadata(&mp) {
+        if e.kind() == std::io::ErrorKind::NotFound && !bp.exists() {
             return Ok(None);
         }
-        Err(e) => return Err(format!("cannot read {}: {e}", mp.display())),
-    };
-    let bp = base.join(BUNDLE_FILE);
-    let len = std::fs::metadata(&bp)
-        .map_err(|e| format!("cannot read {}: {e}", bp.display()))?
-        .len();
-    if len > bundle::MAX_COMPRESSED {
-        return Err(format!("{} is larger than the limit", bp.display()));
+        return Err(format!("cannot read {}: {e}", mp.display()));
     }
-    let bytes = std::fs::read(&bp).map_err(|e| format!("cannot read {}: {e}", bp.display()))?;
+    // Bounded reads of regular files only: a slot edited by hand into a FIFO or a device must
+    // not hang or exhaust the daemon that watches it.
+    let meta_raw = bundle::read_capped(&mp, MAX_META, "slot metadata")?;
+    let meta = serde_json::from_slice::<Meta>(&meta_raw)
+        .map_err(|e| format!("{} is not valid: {e}", mp.display()))?;
+    let bytes = bundle::read_capped(&bp, bundle::MAX_COMPRESSED, "slot bundle")?;
     Ok(Some(SlotData {
         meta,
         bytes,

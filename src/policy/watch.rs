@@ -54,7 +54,12 @@ pub fn fingerprint(store: &Store) -> String {
         .generation()
         .map(|g| g.display().to_string())
         .unwrap_or_default();
-    let meta = std::fs::read(base.join(super::store::META_FILE)).unwrap_or_default();
+    let meta = super::bundle::read_capped(
+        &base.join(super::store::META_FILE),
+        super::store::MAX_META,
+        "slot metadata",
+    )
+    .unwrap_or_default();
     let b = std::fs::metadata(base.join(super::store::BUNDLE_FILE))
         .map(|m| format!("{}:{}:{}", m.len(), m.mtime(), m.mtime_nsec()))
         .unwrap_or_default();
