@@ -19,6 +19,7 @@ compile_error!("select the ROS 2 distro: enable feature `jazzy` (the default) or
 
 pub mod dds;
 pub mod msgs;
+pub mod type_hash;
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,6 +49,29 @@ pub const TOOL_SERVICE: &str = "/autonomy/tool";
 pub const MARKERS_DEPTH: usize = 32;
 /// Decisions waiting for the publisher before new ones are dropped (and counted).
 pub const DECISION_QUEUE: usize = 1024;
+
+/// How long `run ros2.launch` waits for marker subscribers before marker 1, and for their
+/// acknowledgements after the last marker (see [`RosHandle::await_marker_subscribers`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MarkerTiming {
+    /// Longest wait for discovery before marker 1 when no subscriber shows up.
+    pub settle: Duration,
+    /// Once a subscriber is matched, how much longer to wait: its side of the match (our
+    /// writer, seen by it) and other subscribers usually complete within this.
+    pub grace: Duration,
+    /// Longest wait after the last marker for matched reliable subscribers to acknowledge it.
+    pub linger: Duration,
+}
+
+impl Default for MarkerTiming {
+    fn default() -> Self {
+        MarkerTiming {
+            settle: Duration::from_secs(2),
+            grace: Duration::from_millis(300),
+            linger: Duration::from_secs(3),
+        }
+    }
+}
 
 /// The distro this binary speaks (chosen at build time by cargo feature).
 #[cfg(feature = "jazzy")]
@@ -260,6 +284,16 @@ pub fn decision_msg(call: &ToolCall, r: &GateResponse) -> DecisionMsg {
 pub trait RosTransport: Send + Sync + 'static {
     /// Publishes one line on `/autonomy/markers`, exactly as given.
     fn publish_marker(&self, line: &str) -> Result<(), RosError>;
+    /// How many subscribers of `/autonomy/markers` discovery has matched so far.
+    fn marker_subscribers(&self) -> usize {
+        0
+    }
+    /// Waits up to `limit` until every matched reliable subscriber of `/autonomy/markers` has
+    /// acknowledged every marker published so far; true when they have (or there are none).
+    fn flush_markers(&self, limit: Duration) -> BoxFuture<'_, bool> {
+        let _ = limit;
+        Box::pin(async { true })
+    }
     /// Publishes one message on `/autonomy/decisions`. May block briefly (reliable writer).
     fn publish_decision(&self, msg: &DecisionMsg) -> Result<(), RosError>;
     /// Serves `/autonomy/tool` with `svc` until `stop` turns true; the request being handled
@@ -313,6 +347,47 @@ impl RosHandle {
     /// Publishes a marker line on `/autonomy/markers` exactly as printed.
     pub fn publish_marker(&self, line: &str) -> Result<(), RosError> {
         self.transport.publish_marker(line)
+    }
+
+    /// Waits until discovery has matched the subscribers of `/autonomy/markers` that already
+    /// run, so that a plain (volatile) `ros2 topic echo` started before us sees every marker:
+    /// returns `timing.grace` after the first match, or after `timing.settle` when nobody
+    /// subscribes. Returns the number of matched subscribers.
+    pub async fn await_marker_subscribers(&self, timing: MarkerTiming) -> usize {
+        let start = tokio::time::Instant::now();
+        let end = start + timing.settle;
+        let mut matched_at = None;
+        loop {
+            let n = self.transport.marker_subscribers();
+            let now = tokio::time::Instant::now();
+            if n > 0 && matched_at.is_none() {
+                matched_at = Some(now);
+            }
+            let done = match matched_at {
+                Some(t) => now >= t + timing.grace,
+                None => now >= end,
+            };
+            if done {
+                tracing::debug!(
+                    "{MARKERS_TOPIC}: {n} subscriber(s) matched after {:?}",
+                    now - start
+                );
+                return n;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits up to `limit` until matched reliable subscribers have acknowledged every marker;
+    /// true when they have (or there are none).
+    pub async fn flush_markers(&self, limit: Duration) -> bool {
+        let start = std::time::Instant::now();
+        let acked = self.transport.flush_markers(limit).await;
+        tracing::debug!(
+            "{MARKERS_TOPIC}: acknowledged: {acked} after {:?}",
+            start.elapsed()
+        );
+        acked
     }
 
     /// Decision messages dropped because the publisher fell behind.
