@@ -205,11 +205,13 @@ impl RosTransport for Ros2ClientTransport {
     }
 
     fn marker_subscribers(&self) -> usize {
-        // The node's spinner counts the readers matched to each of its writers.
+        // Readers discovered on the topic (our writer offers the strongest QoS, so every one of
+        // them matches). `Publisher::get_subscription_count` would log an error per call until
+        // the first match.
         match self.node.lock() {
             Ok(g) => g
                 .as_ref()
-                .map_or(0, |n| self.markers.get_subscription_count(n)),
+                .map_or(0, |n| n.subscription_count(MARKERS_TOPIC)),
             Err(_) => 0,
         }
     }

@@ -2031,6 +2031,33 @@ impl Writer {
               );
             }
           }
+          // PATCH(autonomy): a best-effort reader never answers a HEARTBEAT,
+          // so the history a transient-local one asks for would never reach
+          // it. Send it the samples we hold once, now, ahead of any later one
+          // (this runs in the event loop, like every write).
+          let durable = |q: &QosPolicies| {
+            !matches!(
+              q.durability().unwrap_or(policy::Durability::Volatile),
+              policy::Durability::Volatile
+            )
+          };
+          if !requested_qos.is_reliable()
+            && durable(requested_qos)
+            && durable(&self.qos_policies)
+            && !self.like_stateless
+          {
+            let new_reader_guid = reader_proxy.remote_reader_guid;
+            let first = self.send_buffer.first_change_sequence_number();
+            let last = self.send_buffer.last_change_sequence_number();
+            if let Some(rp) = self.readers.get_mut(&new_reader_guid) {
+              let mut sn = first;
+              while sn <= last {
+                rp.notify_new_cache_change(sn);
+                sn = sn.plus_1();
+              }
+            }
+            self.handle_repair_data_send(new_reader_guid);
+          }
           info!(
             "Matched new remote reader on topic={:?} reader={:?}",
             self.topic_name(),
