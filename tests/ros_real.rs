@@ -597,8 +597,15 @@ fn real_launch_and_markers(rmw: &'static str) {
         argv.extend(["/autonomy/markers", "std_msgs/msg/String"]);
         Proc::spawn(env.command(&argv), "ros2 topic echo /autonomy/markers")
     };
-    // The way users watch a run: a plain echo, started first.
+    // The way users watch a run: a plain echo, started first (it subscribes with the CLI's
+    // default QoS, best effort and volatile, as no publisher is there yet).
     let mut early = echo(&[]);
+    env.run_until(
+        &["ros2", "topic", "info", "--no-daemon", "/autonomy/markers"],
+        "Subscription count: 1",
+        10,
+        Duration::from_secs(30),
+    );
 
     let hold_arg = format!("hold:={}", hold.display());
     let autonomy = bin();
@@ -610,10 +617,6 @@ fn real_launch_and_markers(rmw: &'static str) {
             wal.to_str().unwrap(),
             "--grace-period",
             "2",
-            // Long enough for the echo above to start on a busy machine; the wait ends 300 ms
-            // after it is matched.
-            "--ros-settle",
-            "20",
             "ros2.launch",
             "autonomy_test_nodes",
             "run.launch.py",
