@@ -919,3 +919,47 @@ fn colcon_build_interface_show_and_type_hashes() {
         assert!(checked.iter().any(|c| c == t), "{t} not checked");
     }
 }
+
+/// `scripts/robot-check.sh`, the check users run on a robot: every line PASS, exit 0 (on
+/// Cyclone, where missing type hashes would show; the other tests cover both RMWs).
+#[test]
+fn robot_check_script_passes() {
+    if !have_ros("robot_check_script_passes") {
+        return;
+    }
+    let ws = workspace();
+    let env = RosEnv::new(CYCLONE, Some(&ws));
+    let script = root().join("scripts/robot-check.sh");
+    let mut cmd = env.command(&[
+        script.to_str().unwrap(),
+        "autonomy_test_nodes",
+        "run.launch.py",
+    ]);
+    cmd.env("AUTONOMY", bin());
+    let mut p = Proc::spawn(cmd, "scripts/robot-check.sh");
+    let st = p.wait(Duration::from_secs(240));
+    let (out, err) = p.output();
+    assert!(st.success(), "{out}\n{err}");
+    let lines: Vec<&str> = out.lines().collect();
+    let (summary, checks) = lines.split_last().expect("output");
+    assert!(checks.iter().all(|l| l.starts_with("PASS ")), "{out}");
+    for name in [
+        "node-list",
+        "service-allow",
+        "service-deny",
+        "service-malformed",
+        "decisions-echo",
+        "wal-source-ros2",
+        "markers",
+        "type-hashes",
+        "runtime-log",
+    ] {
+        assert!(
+            checks
+                .iter()
+                .any(|l| l.starts_with(&format!("PASS {name} "))),
+            "no PASS {name}:\n{out}"
+        );
+    }
+    assert!(summary.ends_with(" passed, 0 failed"), "{summary}");
+}
