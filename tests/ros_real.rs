@@ -75,7 +75,10 @@ struct RosEnv {
 
 impl RosEnv {
     fn new(rmw: &'static str, overlay: Option<&Path>) -> RosEnv {
-        let log_dir = std::env::temp_dir().join(format!("autonomy-ros-log-{}", std::process::id()));
+        // Inside this run's workspace directory, removed with it by a later run.
+        let log_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("ros_ws-{}", std::process::id()))
+            .join("ros_log");
         RosEnv {
             rmw,
             domain: domain(),

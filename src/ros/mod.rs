@@ -305,6 +305,28 @@ pub trait RosTransport: Send + Sync + 'static {
     }
 }
 
+/// Polls `count` until `timing.grace` after it first is non-zero, or until `timing.settle` when
+/// it stays zero; returns the last count. Never waits longer than `settle + grace`.
+async fn await_subscribers(count: impl Fn() -> usize, timing: MarkerTiming) -> usize {
+    let start = tokio::time::Instant::now();
+    let mut matched_at = None;
+    loop {
+        let n = count();
+        let now = tokio::time::Instant::now();
+        if n > 0 && matched_at.is_none() {
+            matched_at = Some(now);
+        }
+        let done = match matched_at {
+            Some(t) => now >= t + timing.grace,
+            None => now >= start + timing.settle,
+        };
+        if done {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Forwards every gate decision to the decisions publisher without blocking the gate: a
 /// bounded queue; when it is full the message is dropped and counted.
 struct DecisionForwarder {
@@ -355,27 +377,12 @@ impl RosHandle {
     /// subscribes. Returns the number of matched subscribers.
     pub async fn await_marker_subscribers(&self, timing: MarkerTiming) -> usize {
         let start = tokio::time::Instant::now();
-        let end = start + timing.settle;
-        let mut matched_at = None;
-        loop {
-            let n = self.transport.marker_subscribers();
-            let now = tokio::time::Instant::now();
-            if n > 0 && matched_at.is_none() {
-                matched_at = Some(now);
-            }
-            let done = match matched_at {
-                Some(t) => now >= t + timing.grace,
-                None => now >= end,
-            };
-            if done {
-                tracing::debug!(
-                    "{MARKERS_TOPIC}: {n} subscriber(s) matched after {:?}",
-                    now - start
-                );
-                return n;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let n = await_subscribers(|| self.transport.marker_subscribers(), timing).await;
+        tracing::debug!(
+            "{MARKERS_TOPIC}: {n} subscriber(s) matched after {:?}",
+            start.elapsed()
+        );
+        n
     }
 
     /// Waits up to `limit` until matched reliable subscribers have acknowledged every marker;
@@ -464,6 +471,42 @@ pub fn start_with(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn timing(settle_ms: u64, grace_ms: u64) -> MarkerTiming {
+        MarkerTiming {
+            settle: Duration::from_millis(settle_ms),
+            grace: Duration::from_millis(grace_ms),
+            linger: Duration::ZERO,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_marker_wait_ends_after_settle_without_subscribers() {
+        let t0 = tokio::time::Instant::now();
+        assert_eq!(await_subscribers(|| 0, timing(2000, 300)).await, 0);
+        let took = t0.elapsed();
+        assert!(took >= Duration::from_millis(2000) && took < Duration::from_millis(2100));
+        // Turned off.
+        let t0 = tokio::time::Instant::now();
+        assert_eq!(await_subscribers(|| 0, timing(0, 300)).await, 0);
+        assert!(t0.elapsed() < Duration::from_millis(50));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_marker_wait_ends_a_grace_after_the_first_subscriber() {
+        let t0 = tokio::time::Instant::now();
+        let count = || usize::from(t0.elapsed() >= Duration::from_millis(500));
+        assert_eq!(await_subscribers(count, timing(20_000, 300)).await, 1);
+        let took = t0.elapsed();
+        assert!(
+            took >= Duration::from_millis(800) && took < Duration::from_millis(900),
+            "{took:?}"
+        );
+        // Matched at once: only the grace.
+        let t0 = tokio::time::Instant::now();
+        assert_eq!(await_subscribers(|| 2, timing(2000, 300)).await, 2);
+        assert!(t0.elapsed() < Duration::from_millis(350));
+    }
 
     #[test]
     fn mapping_from_rmw_implementation() {
