@@ -85,6 +85,14 @@ pub struct RunArgs {
     /// `ros2.launch` only: seconds between SIGINT to launch and SIGTERM to its process group.
     #[arg(long, value_name = "SECS", default_value_t = 15.0, value_parser = parse_secs)]
     pub grace_period: f64,
+    /// `ros2.launch` only: wait up to SECS for subscribers of /autonomy/markers to be matched
+    /// before marker 1 (a subscriber started before the run then sees every marker).
+    #[arg(long, value_name = "SECS", default_value_t = 2.0, value_parser = parse_secs, env = "AUTONOMY_ROS_SETTLE")]
+    pub ros_settle: f64,
+    /// `ros2.launch` only: after the last marker, keep the node up to SECS until matched
+    /// reliable subscribers have acknowledged it.
+    #[arg(long, value_name = "SECS", default_value_t = 3.0, value_parser = parse_secs, env = "AUTONOMY_ROS_LINGER")]
+    pub ros_linger: f64,
     /// The command and its arguments; everything from here on goes to it unchanged.
     #[arg(
         required = true,

@@ -72,8 +72,16 @@ pub async fn run(args: RunArgs) -> ExitCode {
         }
     };
 
+    let timing = crate::ros::MarkerTiming {
+        settle: std::time::Duration::from_secs_f64(args.ros_settle),
+        linger: std::time::Duration::from_secs_f64(args.ros_linger),
+        ..Default::default()
+    };
     let code = match launch {
         Some(req) => {
+            if let Some(h) = &ros {
+                h.await_marker_subscribers(timing).await;
+            }
             let sink: Box<dyn crate::launch::MarkerSink + '_> = match &ros {
                 Some(h) => Box::new(RosMarkers(h)),
                 None => Box::new(crate::launch::NoMarkers),
@@ -87,6 +95,12 @@ pub async fn run(args: RunArgs) -> ExitCode {
         None => supervise(&args, &rt, &mut sigs).await,
     };
     if let Some(h) = ros {
+        if !h.flush_markers(timing.linger).await {
+            eprintln!(
+                "autonomy: warning: a subscriber of /autonomy/markers did not acknowledge the last marker within {:?}",
+                timing.linger
+            );
+        }
         h.shutdown().await;
     }
 

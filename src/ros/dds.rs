@@ -4,10 +4,11 @@ use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use futures::future::BoxFuture;
+use ros2_client::dds::rustdds::{DomainParticipant, DomainParticipantBuilder};
 use ros2_client::qos::{Durability, History, WhenFull};
 use ros2_client::{
-    Context, ContextOptions, MessageTypeName, Name, Node, NodeName, NodeOptions, Publisher,
-    QosProfile, Server, ServiceTypeName,
+    Context, MessageTypeName, Name, Node, NodeName, NodeOptions, Publisher, QosProfile, Server,
+    ServiceTypeName,
 };
 use tokio::sync::watch;
 
@@ -68,6 +69,23 @@ fn err(what: &str) -> impl Fn(ros2_client::CreateError) -> RosError + '_ {
     move |e| RosError(format!("cannot create {what}: {e:?}"))
 }
 
+/// The DDS participant on the configured domain (ros2-client ignores `ROS_DOMAIN_ID`, so the
+/// domain is passed explicitly). On Jazzy every endpoint advertises its type's REP 2011 hash in
+/// USER_DATA, as rmw does; without it Jazzy's Cyclone RMW warns about each of our endpoints.
+fn participant(cfg: &RosConfig) -> Result<DomainParticipant, RosError> {
+    #[cfg_attr(not(feature = "jazzy"), allow(unused_mut))]
+    let mut builder = DomainParticipantBuilder::new(cfg.domain_id);
+    #[cfg(feature = "jazzy")]
+    for (dds_type, user_data) in
+        super::type_hash::endpoint_user_data().map_err(|e| RosError(e.to_string()))?
+    {
+        builder = builder.endpoint_user_data(dds_type, user_data);
+    }
+    builder
+        .build()
+        .map_err(|e| RosError(format!("cannot create the DDS participant: {e:?}")))
+}
+
 fn name(full: &str) -> Result<Name, RosError> {
     Name::parse(full).map_err(|e| RosError(format!("bad ROS name {full}: {e:?}")))
 }
@@ -76,13 +94,17 @@ impl Ros2ClientTransport {
     /// Creates the DDS participant on the configured domain, the node, its topics and the
     /// service, and spawns the node's spinner (needs a tokio runtime).
     pub fn new(cfg: &RosConfig) -> Result<Self, RosError> {
-        // ros2-client ignores ROS_DOMAIN_ID: pass the domain explicitly.
-        let ctx = Context::with_options(ContextOptions::new().domain_id(cfg.domain_id))
-            .map_err(err("the DDS participant"))?;
+        let ctx =
+            Context::from_domain_participant(participant(cfg)?).map_err(err("the ROS context"))?;
         let node_name = NodeName::new(NODE_NAMESPACE, NODE_NAME)
             .map_err(|e| RosError(format!("bad node name: {e:?}")))?;
+        // No rosout (we log to stderr) and no parameter services: the node has no parameters,
+        // and every endpoint it creates must advertise a type hash (see `participant`).
+        let options = NodeOptions::new()
+            .enable_rosout(false)
+            .start_parameter_services(false);
         let mut node = ctx
-            .new_node(node_name, NodeOptions::new().enable_rosout(false))
+            .new_node(node_name, options)
             .map_err(|e| RosError(format!("cannot create node /{NODE_NAME}: {e:?}")))?;
 
         let mq = markers_qos();
@@ -180,6 +202,31 @@ impl RosTransport for Ros2ClientTransport {
         self.markers
             .publish(line.to_string())
             .map_err(|e| RosError(format!("{MARKERS_TOPIC}: {e:?}")))
+    }
+
+    fn marker_subscribers(&self) -> usize {
+        // Readers discovered on the topic (our writer offers the strongest QoS, so every one of
+        // them matches). `Publisher::get_subscription_count` would log an error per call until
+        // the first match.
+        match self.node.lock() {
+            Ok(g) => g
+                .as_ref()
+                .map_or(0, |n| n.subscription_count(MARKERS_TOPIC)),
+            Err(_) => 0,
+        }
+    }
+
+    fn flush_markers(&self, limit: std::time::Duration) -> BoxFuture<'_, bool> {
+        Box::pin(async move {
+            match tokio::time::timeout(limit, self.markers.async_wait_for_acknowledgments()).await {
+                Ok(Ok(acked)) => acked,
+                Ok(Err(e)) => {
+                    tracing::debug!("{MARKERS_TOPIC}: waiting for acknowledgements failed: {e:?}");
+                    false
+                }
+                Err(_) => false,
+            }
+        })
     }
 
     fn publish_decision(&self, msg: &DecisionMsg) -> Result<(), RosError> {

@@ -19,6 +19,7 @@ compile_error!("select the ROS 2 distro: enable feature `jazzy` (the default) or
 
 pub mod dds;
 pub mod msgs;
+pub mod type_hash;
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -48,6 +49,29 @@ pub const TOOL_SERVICE: &str = "/autonomy/tool";
 pub const MARKERS_DEPTH: usize = 32;
 /// Decisions waiting for the publisher before new ones are dropped (and counted).
 pub const DECISION_QUEUE: usize = 1024;
+
+/// How long `run ros2.launch` waits for marker subscribers before marker 1, and for their
+/// acknowledgements after the last marker (see [`RosHandle::await_marker_subscribers`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MarkerTiming {
+    /// Longest wait for discovery before marker 1 when no subscriber shows up.
+    pub settle: Duration,
+    /// Once a subscriber is matched, how much longer to wait: its side of the match (our
+    /// writer, seen by it) and other subscribers usually complete within this.
+    pub grace: Duration,
+    /// Longest wait after the last marker for matched reliable subscribers to acknowledge it.
+    pub linger: Duration,
+}
+
+impl Default for MarkerTiming {
+    fn default() -> Self {
+        MarkerTiming {
+            settle: Duration::from_secs(2),
+            grace: Duration::from_millis(300),
+            linger: Duration::from_secs(3),
+        }
+    }
+}
 
 /// The distro this binary speaks (chosen at build time by cargo feature).
 #[cfg(feature = "jazzy")]
@@ -260,6 +284,16 @@ pub fn decision_msg(call: &ToolCall, r: &GateResponse) -> DecisionMsg {
 pub trait RosTransport: Send + Sync + 'static {
     /// Publishes one line on `/autonomy/markers`, exactly as given.
     fn publish_marker(&self, line: &str) -> Result<(), RosError>;
+    /// How many subscribers of `/autonomy/markers` discovery has matched so far.
+    fn marker_subscribers(&self) -> usize {
+        0
+    }
+    /// Waits up to `limit` until every matched reliable subscriber of `/autonomy/markers` has
+    /// acknowledged every marker published so far; true when they have (or there are none).
+    fn flush_markers(&self, limit: Duration) -> BoxFuture<'_, bool> {
+        let _ = limit;
+        Box::pin(async { true })
+    }
     /// Publishes one message on `/autonomy/decisions`. May block briefly (reliable writer).
     fn publish_decision(&self, msg: &DecisionMsg) -> Result<(), RosError>;
     /// Serves `/autonomy/tool` with `svc` until `stop` turns true; the request being handled
@@ -268,6 +302,28 @@ pub trait RosTransport: Send + Sync + 'static {
     /// Stops the backend's background work (spinner); called last on shutdown.
     fn shutdown(&self) -> BoxFuture<'static, ()> {
         Box::pin(async {})
+    }
+}
+
+/// Polls `count` until `timing.grace` after it first is non-zero, or until `timing.settle` when
+/// it stays zero; returns the last count. Never waits longer than `settle + grace`.
+async fn await_subscribers(count: impl Fn() -> usize, timing: MarkerTiming) -> usize {
+    let start = tokio::time::Instant::now();
+    let mut matched_at = None;
+    loop {
+        let n = count();
+        let now = tokio::time::Instant::now();
+        if n > 0 && matched_at.is_none() {
+            matched_at = Some(now);
+        }
+        let done = match matched_at {
+            Some(t) => now >= t + timing.grace,
+            None => now >= start + timing.settle,
+        };
+        if done {
+            return n;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -313,6 +369,32 @@ impl RosHandle {
     /// Publishes a marker line on `/autonomy/markers` exactly as printed.
     pub fn publish_marker(&self, line: &str) -> Result<(), RosError> {
         self.transport.publish_marker(line)
+    }
+
+    /// Waits until discovery has matched the subscribers of `/autonomy/markers` that already
+    /// run, so that a plain (volatile) `ros2 topic echo` started before us sees every marker:
+    /// returns `timing.grace` after the first match, or after `timing.settle` when nobody
+    /// subscribes. Returns the number of matched subscribers.
+    pub async fn await_marker_subscribers(&self, timing: MarkerTiming) -> usize {
+        let start = tokio::time::Instant::now();
+        let n = await_subscribers(|| self.transport.marker_subscribers(), timing).await;
+        tracing::debug!(
+            "{MARKERS_TOPIC}: {n} subscriber(s) matched after {:?}",
+            start.elapsed()
+        );
+        n
+    }
+
+    /// Waits up to `limit` until matched reliable subscribers have acknowledged every marker;
+    /// true when they have (or there are none).
+    pub async fn flush_markers(&self, limit: Duration) -> bool {
+        let start = std::time::Instant::now();
+        let acked = self.transport.flush_markers(limit).await;
+        tracing::debug!(
+            "{MARKERS_TOPIC}: acknowledged: {acked} after {:?}",
+            start.elapsed()
+        );
+        acked
     }
 
     /// Decision messages dropped because the publisher fell behind.
@@ -389,6 +471,42 @@ pub fn start_with(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn timing(settle_ms: u64, grace_ms: u64) -> MarkerTiming {
+        MarkerTiming {
+            settle: Duration::from_millis(settle_ms),
+            grace: Duration::from_millis(grace_ms),
+            linger: Duration::ZERO,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_marker_wait_ends_after_settle_without_subscribers() {
+        let t0 = tokio::time::Instant::now();
+        assert_eq!(await_subscribers(|| 0, timing(2000, 300)).await, 0);
+        let took = t0.elapsed();
+        assert!(took >= Duration::from_millis(2000) && took < Duration::from_millis(2100));
+        // Turned off.
+        let t0 = tokio::time::Instant::now();
+        assert_eq!(await_subscribers(|| 0, timing(0, 300)).await, 0);
+        assert!(t0.elapsed() < Duration::from_millis(50));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_marker_wait_ends_a_grace_after_the_first_subscriber() {
+        let t0 = tokio::time::Instant::now();
+        let count = || usize::from(t0.elapsed() >= Duration::from_millis(500));
+        assert_eq!(await_subscribers(count, timing(20_000, 300)).await, 1);
+        let took = t0.elapsed();
+        assert!(
+            took >= Duration::from_millis(800) && took < Duration::from_millis(900),
+            "{took:?}"
+        );
+        // Matched at once: only the grace.
+        let t0 = tokio::time::Instant::now();
+        assert_eq!(await_subscribers(|| 2, timing(2000, 300)).await, 2);
+        assert!(t0.elapsed() < Duration::from_millis(350));
+    }
 
     #[test]
     fn mapping_from_rmw_implementation() {
