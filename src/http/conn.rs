@@ -5,6 +5,11 @@
 //! pick idle connections to close when the connection limit is reached. hyper cannot do this
 //! itself: its only timer is a header-read timeout that also runs while a keep-alive connection
 //! waits for its next request, so it cannot tell a slow head from an idle client.
+//!
+//! Nothing here wakes the supervisor when a request starts or ends: that would cost a task wake
+//! and a timer reset per request. Instead its one timer is always set no later than the earliest
+//! deadline the connection could have, and when it fires it looks at the state and sets itself
+//! again ([`ConnState::check`]).
 
 use std::io;
 use std::pin::Pin;
@@ -14,10 +19,10 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::task::AtomicWaker;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::Notify;
 
 /// How long and how much to keep reading after answering a request whose body was not read, so
 /// the client is not reset while it is still sending (a reset discards the answer unread).
@@ -48,19 +53,31 @@ pub struct ConnState {
     abandoned: AtomicBool,
     /// Set once the supervisor was asked to close this idle connection to make room.
     evicted: AtomicBool,
-    /// Wakes the supervisor when the state changed or the connection should close.
-    pub wake: Notify,
+    /// Set when the server stops: finish the request in flight, if any, then close.
+    stopping: AtomicBool,
+    /// Whether the current request's body has been read to its end.
+    body_done: AtomicBool,
+    /// Wakes the supervisor for an eviction or a stop. An `AtomicWaker`, not a `Notify`: the
+    /// supervisor polls it on every wake of the connection, and a `Notify` takes a lock there.
+    signal: AtomicWaker,
 }
 
-/// What the supervisor should wait for next.
+/// Why the supervisor was signalled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// Close this idle connection to make room.
+    Evict,
+    /// The server stops.
+    Stop,
+}
+
+/// What the supervisor's timer found.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Wait {
-    /// A handler runs; it bounds its own time (body timeout, tool timeouts).
-    Busy,
-    /// The head must be complete by then.
-    Head(Instant),
-    /// The client may stay idle until then.
-    Idle(Instant),
+pub enum Check {
+    /// A deadline has passed: close the connection.
+    Close,
+    /// Look again then.
+    At(Instant),
 }
 
 impl ConnState {
@@ -75,7 +92,9 @@ impl ConnState {
             unread_body: AtomicBool::new(false),
             abandoned: AtomicBool::new(false),
             evicted: AtomicBool::new(false),
-            wake: Notify::new(),
+            stopping: AtomicBool::new(false),
+            body_done: AtomicBool::new(false),
+            signal: AtomicWaker::new(),
         })
     }
 
@@ -87,14 +106,29 @@ impl ConnState {
         self.epoch + Duration::from_millis(self.since_ms.load(Ordering::Acquire))
     }
 
-    /// When the current phase's deadline falls, given the two timeouts.
-    pub fn wait(&self, header_timeout: Duration, idle_timeout: Duration) -> Wait {
+    /// At `now`: close, or when to look again. The next look is never later than the earliest
+    /// deadline the connection could reach before it: a head that starts after `now` is due
+    /// `header` after its first byte, so an idle or busy connection is looked at again within
+    /// `header` (and an idle one at its idle deadline, if that is sooner).
+    pub fn check(&self, now: Instant, header: Duration, idle: Duration) -> Check {
+        let next_head = now + header.min(idle);
         if self.busy.load(Ordering::Acquire) > 0 {
-            Wait::Busy
+            // A handler bounds its own time (body timeout, tool timeouts).
+            Check::At(next_head)
         } else if self.reading_head.load(Ordering::Acquire) {
-            Wait::Head(self.since() + header_timeout)
+            let due = self.since() + header;
+            if due <= now {
+                Check::Close
+            } else {
+                Check::At(due)
+            }
         } else {
-            Wait::Idle(self.since() + idle_timeout)
+            let due = self.since() + idle;
+            if due <= now {
+                Check::Close
+            } else {
+                Check::At(due.min(next_head))
+            }
         }
     }
 
@@ -112,7 +146,7 @@ impl ConnState {
     pub fn evict(&self) -> bool {
         let first = !self.evicted.swap(true, Ordering::AcqRel);
         if first {
-            self.wake.notify_one();
+            self.signal.wake();
         }
         first
     }
@@ -120,6 +154,27 @@ impl ConnState {
     /// Whether [`ConnState::evict`] was called.
     pub fn is_evicted(&self) -> bool {
         self.evicted.load(Ordering::Acquire)
+    }
+
+    /// Tells the supervisor that the server stops.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+        self.signal.wake();
+    }
+
+    /// The next eviction or stop signal (a stop first, and each at most once per call site:
+    /// the caller stops waiting for what it has handled).
+    pub fn signalled(&self, handled_stop: bool) -> impl Future<Output = Signal> + '_ {
+        std::future::poll_fn(move |cx| {
+            self.signal.register(cx.waker());
+            if !handled_stop && self.stopping.load(Ordering::Acquire) {
+                Poll::Ready(Signal::Stop)
+            } else if self.evicted.load(Ordering::Acquire) && self.is_idle() {
+                Poll::Ready(Signal::Evict)
+            } else {
+                Poll::Pending
+            }
+        })
     }
 
     /// The connection is dropped for a timeout or an eviction: close the socket at once.
@@ -155,18 +210,23 @@ impl ConnState {
         if self.answering.swap(false, Ordering::AcqRel) {
             self.since_ms.store(self.now_ms(), Ordering::Release);
             self.busy.fetch_sub(1, Ordering::AcqRel);
-            self.wake.notify_one();
         }
     }
 
-    /// A handler starts; the returned guard marks its answer as being written when dropped.
-    pub fn begin_request(self: &Arc<Self>, body_done: Arc<AtomicBool>) -> RequestGuard {
+    /// A handler starts on a request whose body is `body` (HTTP/1.1: one at a time); the
+    /// returned guard marks its answer as being written when dropped, and the body is wrapped
+    /// so its end is noticed.
+    pub fn begin_request<B: Body>(self: &Arc<Self>, body: B) -> (RequestGuard, TrackedBody<B>) {
         self.busy.fetch_add(1, Ordering::AcqRel);
         self.reading_head.store(false, Ordering::Release);
-        RequestGuard {
+        self.body_done
+            .store(body.is_end_stream(), Ordering::Release);
+        let guard = RequestGuard { conn: self.clone() };
+        let body = TrackedBody {
+            inner: body,
             conn: self.clone(),
-            body_done,
-        }
+        };
+        (guard, body)
     }
 }
 
@@ -174,32 +234,21 @@ impl ConnState {
 /// of the socket ends the request.
 pub struct RequestGuard {
     conn: Arc<ConnState>,
-    body_done: Arc<AtomicBool>,
 }
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
         let c = &self.conn;
         c.unread_body
-            .store(!self.body_done.load(Ordering::Acquire), Ordering::Release);
+            .store(!c.body_done.load(Ordering::Acquire), Ordering::Release);
         c.answering.store(true, Ordering::Release);
     }
 }
 
-/// A request body that notes when it has been read to its end.
+/// A request body that notes in its connection's state when it has been read to its end.
 pub struct TrackedBody<B> {
     inner: B,
-    done: Arc<AtomicBool>,
-}
-
-impl<B: Body> TrackedBody<B> {
-    /// Wraps `inner`; `done` becomes true once its last frame was read (at once if it is empty).
-    pub fn new(inner: B, done: Arc<AtomicBool>) -> Self {
-        if inner.is_end_stream() {
-            done.store(true, Ordering::Release);
-        }
-        TrackedBody { inner, done }
-    }
+    conn: Arc<ConnState>,
 }
 
 impl<B> Body for TrackedBody<B>
@@ -215,7 +264,7 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let r = Pin::new(&mut self.inner).poll_frame(cx);
         if let Poll::Ready(None) = r {
-            self.done.store(true, Ordering::Release);
+            self.conn.body_done.store(true, Ordering::Release);
         }
         r
     }

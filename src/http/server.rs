@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,10 +19,10 @@ use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::Semaphore;
 
 use super::HttpLimits;
-use super::conn::{ConnState, Linger, TrackedBody, TrackedStream, Wait};
+use super::conn::{Check, ConnState, Linger, Signal, TrackedStream};
 
 /// Open connections, by accept order, for picking one to close at the limit.
 struct Registry {
@@ -42,6 +42,15 @@ impl Registry {
     fn remove(&self, id: u64) {
         if let Ok(mut m) = self.conns.lock() {
             m.remove(&id);
+        }
+    }
+
+    /// Tells every connection that the server stops.
+    fn stop_all(&self) {
+        if let Ok(m) = self.conns.lock() {
+            for c in m.values() {
+                c.stop();
+            }
         }
     }
 
@@ -105,7 +114,6 @@ pub async fn serve(
         conns: Mutex::new(BTreeMap::new()),
         next_id: AtomicU64::new(0),
     });
-    let (stop_tx, stop_rx) = watch::channel(false);
     let at_limit = Throttled {
         last: Mutex::new(None),
     };
@@ -172,15 +180,14 @@ pub async fn serve(
         let id = registry.insert(st.clone());
         let registry = registry.clone();
         let app = app.clone();
-        let stop_rx = stop_rx.clone();
         tokio::spawn(async move {
-            serve_conn(stream, st, permit, app, limits, stop_rx).await;
+            serve_conn(stream, st, permit, app, limits).await;
             registry.remove(id);
         });
     }
 
     drop(listener);
-    let _ = stop_tx.send(true);
+    registry.stop_all();
     // Every connection holds a permit until its socket is closed.
     let _ = permits.acquire_many(max as u32).await;
 }
@@ -216,7 +223,6 @@ async fn serve_conn(
     permit: tokio::sync::OwnedSemaphorePermit,
     app: Router,
     limits: HttpLimits,
-    mut stop: watch::Receiver<bool>,
 ) {
     let linger = Linger {
         time: limits.linger_time,
@@ -225,9 +231,9 @@ async fn serve_conn(
     let io = TokioIo::new(TrackedStream::new(stream, st.clone(), linger, permit));
     let svc_state = st.clone();
     let svc = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
-        let body_done = Arc::new(AtomicBool::new(false));
-        let guard = svc_state.begin_request(body_done.clone());
-        let req = req.map(|b| axum::body::Body::new(TrackedBody::new(b, body_done)));
+        let (parts, body) = req.into_parts();
+        let (guard, body) = svc_state.begin_request(body);
+        let req = hyper::Request::from_parts(parts, axum::body::Body::new(body));
         let app = app.clone();
         async move {
             let resp = tower::ServiceExt::oneshot(app, req).await;
@@ -240,22 +246,13 @@ async fn serve_conn(
         .serve_connection(io, svc);
     tokio::pin!(conn);
     let mut stopping = false;
+    let first = match st.check(Instant::now(), limits.header_timeout, limits.idle_timeout) {
+        Check::At(t) => t,
+        Check::Close => Instant::now(),
+    };
+    let timer = tokio::time::sleep_until(first.into());
+    tokio::pin!(timer);
     loop {
-        // Stopping: an idle connection has nothing to finish; a busy one finishes its request.
-        if (stopping || *stop.borrow()) && st.is_idle() {
-            st.abandon();
-            return;
-        }
-        let deadline = match st.wait(limits.header_timeout, limits.idle_timeout) {
-            Wait::Busy => None,
-            Wait::Head(t) | Wait::Idle(t) => Some(t),
-        };
-        let sleep = async {
-            match deadline {
-                Some(t) => tokio::time::sleep_until(t.into()).await,
-                None => std::future::pending::<()>().await,
-            }
-        };
         tokio::select! {
             r = conn.as_mut() => {
                 if r.is_err() {
@@ -263,28 +260,31 @@ async fn serve_conn(
                 }
                 return;
             }
-            _ = sleep => {
-                // The deadline may have moved while we slept (a read or a request began).
-                let now = Instant::now();
-                let due = match st.wait(limits.header_timeout, limits.idle_timeout) {
-                    Wait::Busy => false,
-                    Wait::Head(t) | Wait::Idle(t) => t <= now,
-                };
-                if due {
+            () = &mut timer => {
+                match st.check(Instant::now(), limits.header_timeout, limits.idle_timeout) {
+                    Check::Close => {
+                        st.abandon();
+                        return;
+                    }
+                    Check::At(t) => timer.as_mut().reset(t.into()),
+                }
+            }
+            signal = st.signalled(stopping) => match signal {
+                Signal::Evict => {
                     st.abandon();
                     return;
                 }
-            }
-            _ = st.wake.notified() => {
-                if st.is_evicted() && st.is_idle() {
-                    st.abandon();
-                    return;
+                Signal::Stop => {
+                    stopping = true;
+                    // An idle connection has nothing to finish; a busy one finishes its
+                    // request and hyper then closes it.
+                    if st.is_idle() {
+                        st.abandon();
+                        return;
+                    }
+                    conn.as_mut().graceful_shutdown();
                 }
-            }
-            _ = stop.changed(), if !stopping => {
-                stopping = true;
-                conn.as_mut().graceful_shutdown();
-            }
+            },
         }
     }
 }
