@@ -21,7 +21,7 @@ use regorus::rvm::program::{Program, RuleType};
 use regorus::utils::limits::ExecutionTimerConfig;
 
 use super::Pool;
-use super::rego::first_line;
+use super::message::{MAX_CHARS, one_line};
 
 /// Set to `off` to evaluate every policy with the interpreter only.
 pub const VM_ENV: &str = "AUTONOMY_REGO_VM";
@@ -57,8 +57,12 @@ impl FastAllow {
         if std::env::var(VM_ENV).is_ok_and(|v| v.eq_ignore_ascii_case("off")) {
             return Err(format!("{VM_ENV}=off"));
         }
-        let program = Compiler::compile_from_policy(policy, &[entry])
-            .map_err(|e| format!("the VM cannot compile it: {}", first_line(&e.to_string())))?;
+        let program = Compiler::compile_from_policy(policy, &[entry]).map_err(|e| {
+            format!(
+                "the VM cannot compile it: {}",
+                one_line(&e.to_string(), MAX_CHARS)
+            )
+        })?;
         eligible(&program)?;
         let fast = FastAllow {
             program,
@@ -97,8 +101,12 @@ impl FastAllow {
         vm.set_strict_builtin_errors(true);
         vm.set_execution_timer_config(Some(self.timer));
         if let Some(d) = &self.data {
-            vm.set_data(d.clone())
-                .map_err(|e| format!("the VM refuses the data: {}", first_line(&e.to_string())))?;
+            vm.set_data(d.clone()).map_err(|e| {
+                format!(
+                    "the VM refuses the data: {}",
+                    one_line(&e.to_string(), MAX_CHARS)
+                )
+            })?;
         }
         Ok(vm)
     }

@@ -3,6 +3,7 @@
 pub mod bundle;
 pub mod deps;
 pub mod fast;
+mod message;
 pub mod oci;
 mod quiet;
 pub mod rego;

@@ -16,6 +16,7 @@ use oci_client::{Client, Reference};
 use sha2::{Digest, Sha256};
 
 use super::bundle::{self, Bundle};
+use super::message::one_line;
 
 /// Config media type of a policy artifact.
 pub const CONFIG_MEDIA_TYPE: &str = "application/vnd.autonomy.policy.config.v1+json";
@@ -339,7 +340,13 @@ pub async fn push(bytes: &[u8], b: &Bundle, r: &OciRef, insecure: bool) -> Resul
             None,
         )
         .await
-        .map_err(|e| format!("push to {r} failed: {}", one_line(&e.to_string())))?;
+        // A registry's message is kept whole (no cap), as it always was.
+        .map_err(|e| {
+            format!(
+                "push to {r} failed: {}",
+                one_line(&e.to_string(), usize::MAX)
+            )
+        })?;
     Ok(Pushed {
         digest: sha256(bytes),
         manifest_url: resp.manifest_url,
@@ -353,7 +360,7 @@ pub async fn pull(r: &OciRef, insecure: bool) -> Result<(Vec<u8>, String), Strin
     let (manifest, _digest) = c
         .pull_manifest(&reference, &RegistryAuth::Anonymous)
         .await
-        .map_err(|e| format!("cannot fetch {r}: {}", one_line(&e.to_string())))?;
+        .map_err(|e| format!("cannot fetch {r}: {}", one_line(&e.to_string(), usize::MAX)))?;
     let m = match manifest {
         OciManifest::Image(m) => m,
         OciManifest::ImageIndex(_) => {
@@ -385,9 +392,12 @@ pub async fn pull(r: &OciRef, insecure: bool) -> Result<(Vec<u8>, String), Strin
         buf: Vec::with_capacity(layer.size as usize),
         cap: layer.size as usize,
     };
-    c.pull_blob(&reference, &layer, &mut w)
-        .await
-        .map_err(|e| format!("cannot download {r}: {}", one_line(&e.to_string())))?;
+    c.pull_blob(&reference, &layer, &mut w).await.map_err(|e| {
+        format!(
+            "cannot download {r}: {}",
+            one_line(&e.to_string(), usize::MAX)
+        )
+    })?;
     let out = w.buf;
     let got = sha256(&out);
     if got != layer.digest {
@@ -440,10 +450,6 @@ impl tokio::io::AsyncWrite for CapWriter {
     ) -> std::task::Poll<std::io::Result<()>> {
         std::task::Poll::Ready(Ok(()))
     }
-}
-
-fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 #[cfg(test)]

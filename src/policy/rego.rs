@@ -8,6 +8,7 @@ use regorus::utils::limits::ExecutionTimerConfig;
 
 use super::deps::{self, Deps, DepsError};
 use super::fast::{FastAllow, FastResult};
+use super::message::{MAX_CHARS, one_line};
 use super::{PolicyEvaluator, PolicyInput, Pool, Verdict};
 use crate::types::{Decision, PolicyRef};
 
@@ -78,7 +79,7 @@ impl RegoPolicy {
                 .add_policy(file.clone(), src.clone())
                 .map_err(|e| RegoPolicyError::Compile {
                     file: file.clone(),
-                    message: first_line(&e.to_string()),
+                    message: one_line(&e.to_string(), MAX_CHARS),
                 })?;
         }
         // Before anything walks the rules recursively (compiling does): recursion and depths
@@ -122,12 +123,12 @@ impl RegoPolicy {
                     if msg.contains("not a valid rule path") || msg.contains("rule") {
                         RegoPolicyError::EntryPoint(format!(
                             "the policy must define `package autonomy` with a rule `allow` ({})",
-                            first_line(&msg)
+                            one_line(&msg, MAX_CHARS)
                         ))
                     } else {
                         RegoPolicyError::Compile {
                             file: "policy".into(),
-                            message: first_line(&msg),
+                            message: one_line(&msg, MAX_CHARS),
                         }
                     },
                 );
@@ -192,7 +193,7 @@ impl RegoPolicy {
                 Err(e) => {
                     return Verdict::deny(format!(
                         "policy evaluation failed: {}",
-                        first_line(&e.to_string())
+                        one_line(&e.to_string(), MAX_CHARS)
                     ));
                 }
             }
@@ -260,18 +261,6 @@ impl RegoPolicy {
 fn on_stack<R>(deps: Deps, f: impl FnOnce() -> R) -> R {
     let need = deps.stack_need();
     stacker::maybe_grow(need, need, f)
-}
-
-/// A compiler or evaluation message on one line, at most 500 characters.
-pub(super) fn first_line(s: &str) -> String {
-    s.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ")
-        .chars()
-        .take(500)
-        .collect()
 }
 
 #[cfg(test)]
