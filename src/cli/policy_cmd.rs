@@ -5,9 +5,9 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 
-use crate::policy::bundle;
-use crate::policy::oci::{self, OciRef};
-use crate::policy::store::{Meta, Slot, Store};
+use crate::policy::dist::bundle;
+use crate::policy::dist::oci::{self, OciRef};
+use crate::policy::dist::store::{Meta, Slot, Store};
 use crate::wal::{NewRecord, RecordType, Wal, WalOptions};
 
 /// The policy store directory flag, shared by the subcommands that use the store.

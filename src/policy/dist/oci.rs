@@ -16,7 +16,7 @@ use oci_client::{Client, Reference};
 use sha2::{Digest, Sha256};
 
 use super::bundle::{self, Bundle};
-use super::message::one_line;
+use crate::policy::message::one_line;
 
 /// Config media type of a policy artifact.
 pub const CONFIG_MEDIA_TYPE: &str = "application/vnd.autonomy.policy.config.v1+json";

@@ -13,7 +13,7 @@ use std::path::Path;
 use super::oci::OciRef;
 use super::store::{Slot, Store};
 use super::watch::PolicyWatch;
-use super::{DenyAll, PolicyEvaluator, RegoPolicy, demo_policy};
+use crate::policy::eval::{DenyAll, PolicyEvaluator, RegoPolicy, demo_policy};
 use crate::types::PolicyRef;
 
 /// What a REF resolved to.

@@ -21,7 +21,7 @@ use regorus::rvm::program::{Program, RuleType};
 use regorus::utils::limits::ExecutionTimerConfig;
 
 use super::Pool;
-use super::message::{MAX_CHARS, one_line};
+use crate::policy::message::{MAX_CHARS, one_line};
 
 /// Set to `off` to evaluate every policy with the interpreter only.
 pub const VM_ENV: &str = "AUTONOMY_REGO_VM";
@@ -188,8 +188,8 @@ fn cannot_fail(ins: &Instruction) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::rego::RegoPolicy;
-    use crate::policy::{DEMO_REGO, PolicyEvaluator, PolicyInput};
+    use crate::policy::eval::rego::RegoPolicy;
+    use crate::policy::eval::{DEMO_REGO, PolicyEvaluator, PolicyInput};
     use crate::types::{PolicyRef, Source, ToolKind};
     use serde_json::{Map, Value, json};
 

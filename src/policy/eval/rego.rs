@@ -8,8 +8,8 @@ use regorus::utils::limits::ExecutionTimerConfig;
 
 use super::deps::{self, Deps, DepsError};
 use super::fast::{FastAllow, FastResult};
-use super::message::{MAX_CHARS, one_line};
 use super::{PolicyEvaluator, PolicyInput, Pool, Verdict};
+use crate::policy::message::{MAX_CHARS, one_line};
 use crate::types::{Decision, PolicyRef};
 
 /// The rule that decides.
@@ -266,7 +266,7 @@ fn on_stack<R>(deps: Deps, f: impl FnOnce() -> R) -> R {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::demo_policy;
+    use crate::policy::eval::demo_policy;
     use crate::types::{Source, ToolKind};
     use serde_json::Map;
 

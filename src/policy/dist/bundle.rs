@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use super::RegoPolicy;
+use crate::policy::eval::RegoPolicy;
 use crate::types::PolicyRef;
 
 /// Largest compressed bundle accepted.

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::store::{Slot, Store};
-use super::{ActivePolicy, PolicyEvaluator};
+use crate::policy::eval::{ActivePolicy, PolicyEvaluator};
 use crate::wal::{NewRecord, RecordType, Wal};
 
 /// Poll interval.
