@@ -5,9 +5,9 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 
-use crate::policy::dist::bundle;
 use crate::policy::dist::oci::{self, OciRef};
 use crate::policy::dist::store::{Meta, Slot, Store};
+use crate::policy::dist::{bundle, file};
 use crate::wal::{NewRecord, RecordType, Wal, WalOptions};
 
 /// The policy store directory flag, shared by the subcommands that use the store.
@@ -263,7 +263,7 @@ fn load(a: LoadArgs) -> ExitCode {
         .display()
         .to_string();
     let wal = a.wal_dir.as_deref();
-    let bytes = match bundle::read_capped(&a.bundle, bundle::MAX_COMPRESSED, "bundle") {
+    let bytes = match file::read_capped(&a.bundle, bundle::MAX_COMPRESSED, "bundle") {
         Ok(b) => b,
         Err(e) => return rejected(&e, &source, wal),
     };
@@ -380,7 +380,7 @@ async fn push(a: PushArgs) -> ExitCode {
         Ok(r) => r,
         Err(e) => return super::usage(&e.to_string()),
     };
-    let bytes = match bundle::read_capped(&a.file, bundle::MAX_COMPRESSED, "bundle") {
+    let bytes = match file::read_capped(&a.file, bundle::MAX_COMPRESSED, "bundle") {
         Ok(b) => b,
         Err(e) => return super::usage(&e),
     };

@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::bundle::{self, Bundle};
+use super::file;
 
 /// Bundle file name inside a slot.
 pub const BUNDLE_FILE: &str = "bundle.tar.gz";
@@ -128,7 +129,7 @@ impl Store {
             Err(e) => return Err(format!("cannot read {}: {e}", p.display())),
             Ok(_) => {}
         }
-        let b = bundle::read_capped(&p, MAX_META, "slot metadata")?;
+        let b = file::read_capped(&p, MAX_META, "slot metadata")?;
         serde_json::from_slice(&b)
             .map(Some)
             .map_err(|e| format!("{} is not valid: {e}", p.display()))
@@ -331,10 +332,10 @@ pub fn read_slot_dir(base: &Path) -> Result<Option<SlotData>, String> {
     }
     // Bounded reads of regular files only: a slot edited by hand into a FIFO or a device must
     // not hang or exhaust the daemon that watches it.
-    let meta_raw = bundle::read_capped(&mp, MAX_META, "slot metadata")?;
+    let meta_raw = file::read_capped(&mp, MAX_META, "slot metadata")?;
     let meta = serde_json::from_slice::<Meta>(&meta_raw)
         .map_err(|e| format!("{} is not valid: {e}", mp.display()))?;
-    let bytes = bundle::read_capped(&bp, bundle::MAX_COMPRESSED, "slot bundle")?;
+    let bytes = file::read_capped(&bp, bundle::MAX_COMPRESSED, "slot bundle")?;
     Ok(Some(SlotData {
         meta,
         bytes,

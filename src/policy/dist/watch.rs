@@ -54,7 +54,7 @@ pub fn fingerprint(store: &Store) -> String {
         .generation()
         .map(|g| g.display().to_string())
         .unwrap_or_default();
-    let meta = super::bundle::read_capped(
+    let meta = super::file::read_capped(
         &base.join(super::store::META_FILE),
         super::store::MAX_META,
         "slot metadata",
