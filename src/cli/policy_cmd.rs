@@ -5,9 +5,10 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 
+use crate::policy::dist::bundle;
+use crate::policy::dist::file::{self, FileKind};
 use crate::policy::dist::oci::{self, OciRef};
 use crate::policy::dist::store::{Meta, Slot, Store};
-use crate::policy::dist::{bundle, file};
 use crate::wal::{NewRecord, RecordType, Wal, WalOptions};
 
 /// The policy store directory flag, shared by the subcommands that use the store.
@@ -227,10 +228,10 @@ fn rejected(reason: &str, source: &str, wal: Option<&Path>) -> ExitCode {
 fn load_bytes(bytes: &[u8], source: &str, store: &Store, wal: Option<&Path>) -> ExitCode {
     let b = match bundle::read_bytes(bytes) {
         Ok(b) => b,
-        Err(e) => return rejected(&e, source, wal),
+        Err(e) => return rejected(&e.to_string(), source, wal),
     };
     if let Err(e) = b.compile() {
-        return rejected(&e, source, wal);
+        return rejected(&e.to_string(), source, wal);
     }
     match store.install(bytes, &b, source) {
         Ok(l) => {
@@ -263,9 +264,9 @@ fn load(a: LoadArgs) -> ExitCode {
         .display()
         .to_string();
     let wal = a.wal_dir.as_deref();
-    let bytes = match file::read_capped(&a.bundle, bundle::MAX_COMPRESSED, "bundle") {
+    let bytes = match file::read_capped(&a.bundle, bundle::MAX_COMPRESSED, FileKind::Bundle) {
         Ok(b) => b,
-        Err(e) => return rejected(&e, &source, wal),
+        Err(e) => return rejected(&e.to_string(), &source, wal),
     };
     load_bytes(&bytes, &source, &a.store.store(), wal)
 }
@@ -380,12 +381,16 @@ async fn push(a: PushArgs) -> ExitCode {
         Ok(r) => r,
         Err(e) => return super::usage(&e.to_string()),
     };
-    let bytes = match file::read_capped(&a.file, bundle::MAX_COMPRESSED, "bundle") {
+    let bytes = match file::read_capped(&a.file, bundle::MAX_COMPRESSED, FileKind::Bundle) {
         Ok(b) => b,
-        Err(e) => return super::usage(&e),
+        Err(e) => return super::usage(&e.to_string()),
     };
     // Only valid bundles leave this machine.
-    let b = match bundle::read_bytes(&bytes).and_then(|b| b.compile().map(|_| b)) {
+    let checked = match bundle::read_bytes(&bytes) {
+        Ok(b) => b.compile().map(|_| b).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    let b = match checked {
         Ok(b) => b,
         Err(e) => {
             eprintln!("policy push: FAILED — {}: {e}", a.file.display());

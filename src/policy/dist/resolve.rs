@@ -176,7 +176,12 @@ pub fn from_path(path: &str) -> Result<Box<dyn PolicyEvaluator>, String> {
     }
     let mut modules = Vec::new();
     for f in &files {
-        let bytes = super::file::read_capped(f, super::bundle::MAX_FILE, "policy file")?;
+        let bytes = super::file::read_capped(
+            f,
+            super::bundle::MAX_FILE,
+            super::file::FileKind::PolicyFile,
+        )
+        .map_err(|e| e.to_string())?;
         let src = String::from_utf8(bytes).map_err(|_| format!("{} is not UTF-8", f.display()))?;
         modules.push((f.display().to_string(), src));
     }

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::bundle::{self, Bundle};
-use super::file;
+use super::file::{self, FileKind};
 
 /// Bundle file name inside a slot.
 pub const BUNDLE_FILE: &str = "bundle.tar.gz";
@@ -129,7 +129,8 @@ impl Store {
             Err(e) => return Err(format!("cannot read {}: {e}", p.display())),
             Ok(_) => {}
         }
-        let b = file::read_capped(&p, MAX_META, "slot metadata")?;
+        let b =
+            file::read_capped(&p, MAX_META, FileKind::SlotMetadata).map_err(|e| e.to_string())?;
         serde_json::from_slice(&b)
             .map(Some)
             .map_err(|e| format!("{} is not valid: {e}", p.display()))
@@ -205,7 +206,7 @@ impl Store {
         // Compiled too: a bundle an older version stored (say, a recursive one) must not become
         // current again.
         check_slot(&lkg)
-            .and_then(|b| b.compile().map(|_| ()))
+            .and_then(|b| b.compile().map(|_| ()).map_err(|e| e.to_string()))
             .map_err(|e| format!("the lkg slot is not usable: {e}"))?;
         let cur = self.read_slot(Slot::Current)?;
         self.commit(
@@ -332,10 +333,12 @@ pub fn read_slot_dir(base: &Path) -> Result<Option<SlotData>, String> {
     }
     // Bounded reads of regular files only: a slot edited by hand into a FIFO or a device must
     // not hang or exhaust the daemon that watches it.
-    let meta_raw = file::read_capped(&mp, MAX_META, "slot metadata")?;
+    let meta_raw =
+        file::read_capped(&mp, MAX_META, FileKind::SlotMetadata).map_err(|e| e.to_string())?;
     let meta = serde_json::from_slice::<Meta>(&meta_raw)
         .map_err(|e| format!("{} is not valid: {e}", mp.display()))?;
-    let bytes = file::read_capped(&bp, bundle::MAX_COMPRESSED, "slot bundle")?;
+    let bytes = file::read_capped(&bp, bundle::MAX_COMPRESSED, FileKind::SlotBundle)
+        .map_err(|e| e.to_string())?;
     Ok(Some(SlotData {
         meta,
         bytes,
@@ -345,7 +348,7 @@ pub fn read_slot_dir(base: &Path) -> Result<Option<SlotData>, String> {
 
 /// Checks a slot's bundle fully and that it matches its metadata.
 pub fn check_slot(sd: &SlotData) -> Result<Bundle, String> {
-    let b = bundle::read_bytes(&sd.bytes)?;
+    let b = bundle::read_bytes(&sd.bytes).map_err(|e| e.to_string())?;
     if b.hash != sd.meta.hash {
         return Err(format!(
             "slot bundle hashes to {}, meta.json says {}",

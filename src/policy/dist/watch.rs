@@ -57,7 +57,7 @@ pub fn fingerprint(store: &Store) -> String {
     let meta = super::file::read_capped(
         &base.join(super::store::META_FILE),
         super::store::MAX_META,
-        "slot metadata",
+        super::file::FileKind::SlotMetadata,
     )
     .unwrap_or_default();
     let b = std::fs::metadata(base.join(super::store::BUNDLE_FILE))
@@ -92,7 +92,10 @@ pub fn spawn(
             let res = tokio::task::spawn_blocking(move || {
                 let r = s.open_slot(Slot::Current).and_then(|o| match o {
                     None => Ok(None),
-                    Some((meta, b)) => b.compile().map(|p| Some((meta, b, p))),
+                    Some((meta, b)) => b
+                        .compile()
+                        .map(|p| Some((meta, b, p)))
+                        .map_err(|e| e.to_string()),
                 });
                 // Was the slot replaced while we read it? Then read again next tick.
                 let stable = fingerprint(&s) == fp;

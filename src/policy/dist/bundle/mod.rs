@@ -8,6 +8,7 @@
 
 mod archive;
 mod build;
+mod data;
 mod hash;
 mod manifest;
 mod version;
@@ -17,14 +18,17 @@ use std::path::Path;
 
 use serde_json::{Map, Value};
 
-pub use archive::{MAX_COMPRESSED, MAX_ENTRIES, MAX_FILE, MAX_TOTAL, pack, unpack};
-pub use build::{Built, build, collect_dir, created_at};
+pub use archive::{
+    MAX_COMPRESSED, MAX_ENTRIES, MAX_FILE, MAX_TOTAL, PackError, Special, UnpackError, pack, unpack,
+};
+pub use build::{BuildError, Built, build, collect_dir, created_at};
+pub use data::MergeError;
 pub use hash::{bundle_hash, policy_ref_string};
-pub use manifest::{MANIFEST, Manifest, OPA_MANIFEST};
-pub use version::{check_runtime, parse_constraints};
+pub use manifest::{MANIFEST, Manifest, ManifestError, NameError, OPA_MANIFEST};
+pub use version::{Constraint, Op, VersionError, check_runtime, parse_constraints};
 
-use crate::policy::dist::file::read_capped;
-use crate::policy::eval::RegoPolicy;
+use crate::policy::dist::file::{FileKind, ReadError, read_capped};
+use crate::policy::eval::{RegoPolicy, RegoPolicyError};
 use crate::types::PolicyRef;
 
 /// Which layout a bundle uses.
@@ -62,25 +66,79 @@ impl Bundle {
     }
 
     /// Compiles every module and checks the entry point.
-    pub fn compile(&self) -> Result<RegoPolicy, String> {
+    pub fn compile(&self) -> Result<RegoPolicy, RegoPolicyError> {
         RegoPolicy::compile(self.policy_ref(), &self.modules, self.data.clone())
-            .map_err(|e| e.to_string())
     }
 }
 
+/// Why a bundle is refused before it is compiled.
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    /// The bundle file could not be read.
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// The archive is unsafe or broken.
+    #[error(transparent)]
+    Archive(#[from] UnpackError),
+    /// The manifest is invalid or does not match the files.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// The bundle's runtime constraint is invalid, or this runtime is outside it.
+    #[error(transparent)]
+    Runtime(#[from] VersionError),
+    /// A `.rego` module that is not UTF-8.
+    #[error("{path} is not UTF-8")]
+    ModuleNotUtf8 {
+        /// The module's bundle path.
+        path: String,
+    },
+    /// A `data.json` that is not JSON.
+    #[error("{path} is not valid JSON: {error}")]
+    DataJson {
+        /// The file's bundle path.
+        path: String,
+        /// What the parser said.
+        error: serde_json::Error,
+    },
+    /// A `data.json` that cannot be merged with the others.
+    #[error("{path}: {error}")]
+    Data {
+        /// The file's bundle path.
+        path: String,
+        /// Why not.
+        error: MergeError,
+    },
+    /// `.signatures.json`: a signed OPA bundle.
+    #[error(
+        "signed OPA bundles (.signatures.json) are not supported: rebuild without --signing-key"
+    )]
+    Signed,
+    /// A file that is not a module, a data document or a manifest.
+    #[error(
+        "unexpected file {path} in the bundle (allowed: *.rego, data.json, manifest.json, .manifest)"
+    )]
+    UnexpectedFile {
+        /// The file's bundle path.
+        path: String,
+    },
+    /// No `.rego` file at all.
+    #[error("bundle has no .rego modules")]
+    NoModules,
+}
+
 /// Reads and checks a bundle file (at most [`MAX_COMPRESSED`] bytes, a regular file).
-pub fn read_file(path: &Path) -> Result<Bundle, String> {
-    read_bytes(&read_capped(path, MAX_COMPRESSED, "bundle")?)
+pub fn read_file(path: &Path) -> Result<Bundle, BundleError> {
+    read_bytes(&read_capped(path, MAX_COMPRESSED, FileKind::Bundle)?)
 }
 
 /// Reads and checks a bundle from its compressed bytes.
-pub fn read_bytes(bytes: &[u8]) -> Result<Bundle, String> {
+pub fn read_bytes(bytes: &[u8]) -> Result<Bundle, BundleError> {
     let files = unpack(bytes)?;
     from_files(files)
 }
 
 /// Checks the unpacked files and turns them into a [`Bundle`].
-pub fn from_files(files: BTreeMap<String, Vec<u8>>) -> Result<Bundle, String> {
+pub fn from_files(files: BTreeMap<String, Vec<u8>>) -> Result<Bundle, BundleError> {
     let hash = bundle_hash(&files);
     let manifest::Identity {
         layout,
@@ -98,12 +156,15 @@ pub fn from_files(files: BTreeMap<String, Vec<u8>>) -> Result<Bundle, String> {
             continue;
         }
         if base.ends_with(".rego") {
-            let src =
-                String::from_utf8(content.clone()).map_err(|_| format!("{path} is not UTF-8"))?;
+            let src = String::from_utf8(content.clone())
+                .map_err(|_| BundleError::ModuleNotUtf8 { path: path.clone() })?;
             modules.push((path.clone(), src));
         } else if base == "data.json" {
-            let v: Value = serde_json::from_slice(content)
-                .map_err(|e| format!("{path} is not valid JSON: {e}"))?;
+            let v: Value =
+                serde_json::from_slice(content).map_err(|error| BundleError::DataJson {
+                    path: path.clone(),
+                    error,
+                })?;
             let dir: Vec<&str> = path
                 .strip_suffix("data.json")
                 .unwrap_or("")
@@ -111,20 +172,18 @@ pub fn from_files(files: BTreeMap<String, Vec<u8>>) -> Result<Bundle, String> {
                 .filter(|s| !s.is_empty())
                 .collect();
             let root = data.get_or_insert_with(|| Value::Object(Map::new()));
-            merge_at(root, &dir, v).map_err(|e| format!("{path}: {e}"))?;
+            data::merge_at(root, &dir, v).map_err(|error| BundleError::Data {
+                path: path.clone(),
+                error,
+            })?;
         } else if path == ".signatures.json" {
-            return Err(
-                "signed OPA bundles (.signatures.json) are not supported: rebuild without --signing-key"
-                    .into(),
-            );
+            return Err(BundleError::Signed);
         } else {
-            return Err(format!(
-                "unexpected file {path} in the bundle (allowed: *.rego, data.json, manifest.json, .manifest)"
-            ));
+            return Err(BundleError::UnexpectedFile { path: path.clone() });
         }
     }
     if modules.is_empty() {
-        return Err("bundle has no .rego modules".into());
+        return Err(BundleError::NoModules);
     }
     Ok(Bundle {
         name,
@@ -135,40 +194,6 @@ pub fn from_files(files: BTreeMap<String, Vec<u8>>) -> Result<Bundle, String> {
         modules,
         data,
     })
-}
-
-fn merge_at(root: &mut Value, dir: &[&str], v: Value) -> Result<(), String> {
-    let mut cur = root;
-    for seg in dir {
-        let obj = cur
-            .as_object_mut()
-            .ok_or_else(|| format!("data at {seg} is not an object"))?;
-        cur = obj
-            .entry(seg.to_string())
-            .or_insert_with(|| Value::Object(Map::new()));
-    }
-    merge(cur, v)
-}
-
-fn merge(dst: &mut Value, src: Value) -> Result<(), String> {
-    match (dst, src) {
-        (Value::Object(d), Value::Object(s)) => {
-            for (k, v) in s {
-                match d.get_mut(&k) {
-                    Some(existing) => merge(existing, v)?,
-                    None => {
-                        d.insert(k, v);
-                    }
-                }
-            }
-            Ok(())
-        }
-        (d, s) if d.as_object().is_some_and(Map::is_empty) => {
-            *d = s;
-            Ok(())
-        }
-        _ => Err("data documents overlap".into()),
-    }
 }
 
 #[cfg(test)]
