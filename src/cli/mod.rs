@@ -241,13 +241,13 @@ pub(crate) async fn start_ros(
 }
 
 /// Prints one error line and returns the failure exit code.
-pub(crate) fn fail(msg: &str) -> ExitCode {
+pub(crate) fn fail(msg: &dyn std::fmt::Display) -> ExitCode {
     eprintln!("autonomy: error: {msg}");
     ExitCode::from(EXIT_FAILURE)
 }
 
 /// Prints one error line and returns the usage exit code.
-pub(crate) fn usage(msg: &str) -> ExitCode {
+pub(crate) fn usage(msg: &dyn std::fmt::Display) -> ExitCode {
     eprintln!("autonomy: error: {msg}");
     ExitCode::from(EXIT_USAGE)
 }
@@ -258,7 +258,7 @@ pub(crate) fn load_policy(
     r: Option<&str>,
     policy_dir: Option<&std::path::Path>,
     no_flag: crate::policy::dist::resolve::NoFlag,
-) -> Result<crate::policy::dist::resolve::Resolved, String> {
+) -> Result<crate::policy::dist::resolve::Resolved, crate::policy::dist::resolve::ResolveError> {
     let dir = policy_dir
         .map(std::path::Path::to_path_buf)
         .unwrap_or_else(crate::paths::default_policy_dir);

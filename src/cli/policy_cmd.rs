@@ -212,13 +212,14 @@ fn record(dir: Option<&Path>, rec: NewRecord) {
     }
 }
 
-fn rejected(reason: &str, source: &str, wal: Option<&Path>) -> ExitCode {
+fn rejected(reason: &dyn std::fmt::Display, source: &str, wal: Option<&Path>) -> ExitCode {
+    let reason = reason.to_string();
     eprintln!("policy load: REJECTED — {reason}");
     record(
         wal,
         NewRecord::new(RecordType::Policy, None)
             .with("event", "policy.rejected")
-            .with("reason", reason)
+            .with("reason", reason.as_str())
             .with("source", source),
     );
     ExitCode::from(super::EXIT_FAILURE)
@@ -228,10 +229,10 @@ fn rejected(reason: &str, source: &str, wal: Option<&Path>) -> ExitCode {
 fn load_bytes(bytes: &[u8], source: &str, store: &Store, wal: Option<&Path>) -> ExitCode {
     let b = match bundle::read_bytes(bytes) {
         Ok(b) => b,
-        Err(e) => return rejected(&e.to_string(), source, wal),
+        Err(e) => return rejected(&e, source, wal),
     };
     if let Err(e) = b.compile() {
-        return rejected(&e.to_string(), source, wal);
+        return rejected(&e, source, wal);
     }
     match store.install(bytes, &b, source) {
         Ok(l) => {
@@ -266,7 +267,7 @@ fn load(a: LoadArgs) -> ExitCode {
     let wal = a.wal_dir.as_deref();
     let bytes = match file::read_capped(&a.bundle, bundle::MAX_COMPRESSED, FileKind::Bundle) {
         Ok(b) => b,
-        Err(e) => return rejected(&e.to_string(), &source, wal),
+        Err(e) => return rejected(&e, &source, wal),
     };
     load_bytes(&bytes, &source, &a.store.store(), wal)
 }
@@ -379,24 +380,24 @@ fn rollback(a: RollbackArgs) -> ExitCode {
 async fn push(a: PushArgs) -> ExitCode {
     let r = match OciRef::parse(&a.oci_ref) {
         Ok(r) => r,
-        Err(e) => return super::usage(&e.to_string()),
+        Err(e) => return super::usage(&e),
     };
     let bytes = match file::read_capped(&a.file, bundle::MAX_COMPRESSED, FileKind::Bundle) {
         Ok(b) => b,
-        Err(e) => return super::usage(&e.to_string()),
+        Err(e) => return super::usage(&e),
     };
     // Only valid bundles leave this machine.
-    let checked = match bundle::read_bytes(&bytes) {
-        Ok(b) => b.compile().map(|_| b).map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
+    let refused = |e: &dyn std::fmt::Display| {
+        eprintln!("policy push: FAILED — {}: {e}", a.file.display());
+        ExitCode::from(super::EXIT_FAILURE)
     };
-    let b = match checked {
+    let b = match bundle::read_bytes(&bytes) {
         Ok(b) => b,
-        Err(e) => {
-            eprintln!("policy push: FAILED — {}: {e}", a.file.display());
-            return ExitCode::from(super::EXIT_FAILURE);
-        }
+        Err(e) => return refused(&e),
     };
+    if let Err(e) = b.compile() {
+        return refused(&e);
+    }
     match oci::push(&bytes, &b, &r, a.insecure).await {
         Ok(p) => {
             println!(
@@ -415,7 +416,7 @@ async fn push(a: PushArgs) -> ExitCode {
 async fn pull(a: PullArgs) -> ExitCode {
     let r = match OciRef::parse(&a.oci_ref) {
         Ok(r) => r,
-        Err(e) => return super::usage(&e.to_string()),
+        Err(e) => return super::usage(&e),
     };
     let source = r.to_string();
     let wal = a.wal_dir.as_deref();
@@ -429,12 +430,13 @@ async fn pull(a: PullArgs) -> ExitCode {
                 .unwrap_or_else(|e| super::fail(&format!("load task failed: {e}")))
         }
         Err(e) => {
-            eprintln!("policy pull: FAILED — {e}");
+            let reason = e.to_string();
+            eprintln!("policy pull: FAILED — {reason}");
             record(
                 wal,
                 NewRecord::new(RecordType::Policy, None)
                     .with("event", "policy.rejected")
-                    .with("reason", e.as_str())
+                    .with("reason", reason.as_str())
                     .with("source", source.as_str()),
             );
             ExitCode::from(super::EXIT_FAILURE)

@@ -8,12 +8,15 @@
 //! - nothing: `run` uses the demo policy; `runtime start` uses the current slot when there is
 //!   one, else deny-all, and watches the store either way.
 
-use std::path::Path;
+use std::fmt::Display;
+use std::path::{Path, PathBuf};
 
-use super::oci::OciRef;
-use super::store::{Slot, Store};
+use super::bundle::{self, BundleError};
+use super::file::{self, FileKind, ReadError};
+use super::oci::{OciRef, OciRefError};
+use super::store::{Slot, Store, StoreError};
 use super::watch::PolicyWatch;
-use crate::policy::eval::{DenyAll, PolicyEvaluator, RegoPolicy, demo_policy};
+use crate::policy::eval::{DenyAll, PolicyEvaluator, RegoPolicy, RegoPolicyError, demo_policy};
 use crate::types::PolicyRef;
 
 /// What a REF resolved to.
@@ -24,6 +27,129 @@ pub struct Resolved {
     pub watch: Option<PolicyWatch>,
     /// A warning to print (e.g. the current slot is broken, so deny-all).
     pub warning: Option<String>,
+}
+
+/// Why `--policy REF` names no usable policy. Every one is a usage error on the command line.
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveError {
+    /// The embedded demo policy does not compile (a build defect).
+    #[error("embedded demo policy: {0}")]
+    Demo(RegoPolicyError),
+    /// `--policy current` with an empty store.
+    #[error(
+        "--policy current: the policy store {} has no current bundle (load one with `autonomy policy load --bundle FILE`)",
+        store.display()
+    )]
+    NoCurrent {
+        /// The store directory.
+        store: PathBuf,
+    },
+    /// `--policy current` with a current slot that cannot be read or checked.
+    #[error("--policy current: the current slot in {} is not usable: {error}", store.display())]
+    CurrentUnusable {
+        /// The store directory.
+        store: PathBuf,
+        /// Why not.
+        error: StoreError,
+    },
+    /// An `oci://` ref that does not parse.
+    #[error(transparent)]
+    OciRef(#[from] OciRefError),
+    /// The store could not be searched for an `oci://` ref.
+    #[error(transparent)]
+    Store(StoreError),
+    /// An `oci://` ref no slot came from.
+    #[error(
+        "--policy {reference}: not in the policy store {} (no network is used here; run `autonomy policy pull {reference}` first)",
+        store.display()
+    )]
+    NotPulled {
+        /// The ref, normalised.
+        reference: String,
+        /// The store directory.
+        store: PathBuf,
+    },
+    /// The slot an `oci://` ref came from cannot be read or checked.
+    #[error("--policy {reference}: the {slot} slot is not usable: {error}")]
+    SlotUnusable {
+        /// The ref, normalised.
+        reference: String,
+        /// The slot.
+        slot: Slot,
+        /// Why not.
+        error: StoreError,
+    },
+    /// The slot an `oci://` ref came from was emptied meanwhile.
+    #[error("--policy {reference}: the {slot} slot vanished")]
+    SlotVanished {
+        /// The ref, normalised.
+        reference: String,
+        /// The slot.
+        slot: Slot,
+    },
+    /// A store bundle or a bundle file that does not compile.
+    #[error("--policy {reference}: {error}")]
+    Compile {
+        /// `current`, the `oci://` ref or the bundle path.
+        reference: String,
+        /// Why not.
+        error: RegoPolicyError,
+    },
+    /// A bundle file that is refused.
+    #[error("--policy {path}: {error}")]
+    Bundle {
+        /// The path as given.
+        path: String,
+        /// Why.
+        error: BundleError,
+    },
+    /// A directory that cannot be listed.
+    #[error("cannot read policy directory {path}: {error}")]
+    Directory {
+        /// The path as given.
+        path: String,
+        /// What the OS said.
+        error: std::io::Error,
+    },
+    /// A directory without `.rego` files.
+    #[error("policy directory {path} has no .rego files")]
+    NoRego {
+        /// The path as given.
+        path: String,
+    },
+    /// A FIFO, device or socket.
+    #[error(
+        "--policy {path}: not a regular file or a directory (a FIFO or a device cannot hold a policy)"
+    )]
+    NotAFile {
+        /// The path as given.
+        path: String,
+    },
+    /// Nothing at that path, and not a known REF either.
+    #[error(
+        "--policy {path}: no such file or directory (use `demo`, `current`, `oci://host/name:tag`, a bundle .tar.gz, a .rego file or a directory of .rego files)"
+    )]
+    Missing {
+        /// The path as given.
+        path: String,
+    },
+    /// A `.rego` file that cannot be read.
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// A `.rego` file that is not UTF-8.
+    #[error("{} is not UTF-8", file.display())]
+    NotUtf8 {
+        /// The file.
+        file: PathBuf,
+    },
+    /// `.rego` files that do not compile.
+    #[error("policy {path} rejected: {error}")]
+    Rejected {
+        /// The path as given.
+        path: String,
+        /// Why.
+        error: RegoPolicyError,
+    },
 }
 
 /// What to do without `--policy`.
@@ -40,8 +166,8 @@ fn boxed(p: RegoPolicy) -> Box<dyn PolicyEvaluator> {
 }
 
 /// A store bundle, compiled, watched for the next change from its own hash on.
-fn watched(b: &super::bundle::Bundle, w: PolicyWatch) -> Result<Resolved, String> {
-    let p = b.compile().map_err(|e| e.to_string())?;
+fn watched(b: &bundle::Bundle, w: PolicyWatch) -> Result<Resolved, RegoPolicyError> {
+    let p = b.compile()?;
     Ok(Resolved {
         policy: boxed(p),
         watch: Some(PolicyWatch {
@@ -53,7 +179,11 @@ fn watched(b: &super::bundle::Bundle, w: PolicyWatch) -> Result<Resolved, String
 }
 
 /// Resolves `r` against the store in `store_dir`.
-pub fn resolve(r: Option<&str>, store_dir: &Path, no_flag: NoFlag) -> Result<Resolved, String> {
+pub fn resolve(
+    r: Option<&str>,
+    store_dir: &Path,
+    no_flag: NoFlag,
+) -> Result<Resolved, ResolveError> {
     let store = Store::new(store_dir);
     match r {
         None if no_flag == NoFlag::Demo => demo(),
@@ -77,40 +207,43 @@ pub fn resolve(r: Option<&str>, store_dir: &Path, no_flag: NoFlag) -> Result<Res
             let w = PolicyWatch::new(store_dir.to_path_buf(), None);
             let (_, b) = store
                 .open_slot(Slot::Current)
-                .map_err(|e| {
-                    format!(
-                        "--policy current: the current slot in {} is not usable: {e}",
-                        store_dir.display()
-                    )
+                .map_err(|error| ResolveError::CurrentUnusable {
+                    store: store_dir.to_path_buf(),
+                    error,
                 })?
-                .ok_or_else(|| {
-                    format!(
-                        "--policy current: the policy store {} has no current bundle (load one with `autonomy policy load --bundle FILE`)",
-                        store_dir.display()
-                    )
+                .ok_or_else(|| ResolveError::NoCurrent {
+                    store: store_dir.to_path_buf(),
                 })?;
-            watched(&b, w).map_err(|e| format!("--policy current: {e}"))
+            watched(&b, w).map_err(|error| ResolveError::Compile {
+                reference: "current".into(),
+                error,
+            })
         }
         Some(s) if s.starts_with("oci://") => {
-            let oref = OciRef::parse(s).map_err(|e| e.to_string())?;
-            let key = oref.to_string();
+            let key = OciRef::parse(s)?.to_string();
             let w = PolicyWatch::new(store_dir.to_path_buf(), None);
-            let slot = store.find_source(&key)?.ok_or_else(|| {
-                format!(
-                    "--policy {key}: not in the policy store {} (no network is used here; run `autonomy policy pull {key}` first)",
-                    store_dir.display()
-                )
-            })?;
+            let slot = store
+                .find_source(&key)
+                .map_err(ResolveError::Store)?
+                .ok_or_else(|| ResolveError::NotPulled {
+                    reference: key.clone(),
+                    store: store_dir.to_path_buf(),
+                })?;
             let (_, b) = store
                 .open_slot(slot)
-                .map_err(|e| {
-                    format!(
-                        "--policy {key}: the {} slot is not usable: {e}",
-                        slot.as_str()
-                    )
+                .map_err(|error| ResolveError::SlotUnusable {
+                    reference: key.clone(),
+                    slot,
+                    error,
                 })?
-                .ok_or_else(|| format!("--policy {key}: the {} slot vanished", slot.as_str()))?;
-            watched(&b, w).map_err(|e| format!("--policy {key}: {e}"))
+                .ok_or_else(|| ResolveError::SlotVanished {
+                    reference: key.clone(),
+                    slot,
+                })?;
+            watched(&b, w).map_err(|error| ResolveError::Compile {
+                reference: key,
+                error,
+            })
         }
         Some(path) => from_path(path).map(|policy| Resolved {
             policy,
@@ -120,8 +253,8 @@ pub fn resolve(r: Option<&str>, store_dir: &Path, no_flag: NoFlag) -> Result<Res
     }
 }
 
-fn demo() -> Result<Resolved, String> {
-    let p = demo_policy().map_err(|e| format!("embedded demo policy: {e}"))?;
+fn demo() -> Result<Resolved, ResolveError> {
+    let p = demo_policy().map_err(ResolveError::Demo)?;
     Ok(Resolved {
         policy: boxed(p),
         watch: None,
@@ -129,7 +262,7 @@ fn demo() -> Result<Resolved, String> {
     })
 }
 
-fn deny_all_warn(w: PolicyWatch, store: &Store, e: &str) -> Resolved {
+fn deny_all_warn(w: PolicyWatch, store: &Store, e: &dyn Display) -> Resolved {
     Resolved {
         policy: Box::new(DenyAll::new()),
         watch: Some(w),
@@ -141,18 +274,26 @@ fn deny_all_warn(w: PolicyWatch, store: &Store, e: &str) -> Resolved {
 }
 
 /// A bundle file, a `.rego` file or a directory of `.rego` files.
-pub fn from_path(path: &str) -> Result<Box<dyn PolicyEvaluator>, String> {
+pub fn from_path(path: &str) -> Result<Box<dyn PolicyEvaluator>, ResolveError> {
     let p = Path::new(path);
     let is_bundle = path.ends_with(".tar.gz") || path.ends_with(".tgz");
     if p.is_file() && is_bundle {
-        let b = super::bundle::read_file(p).map_err(|e| format!("--policy {path}: {e}"))?;
-        let pol = b.compile().map_err(|e| format!("--policy {path}: {e}"))?;
+        let b = bundle::read_file(p).map_err(|error| ResolveError::Bundle {
+            path: path.into(),
+            error,
+        })?;
+        let pol = b.compile().map_err(|error| ResolveError::Compile {
+            reference: path.into(),
+            error,
+        })?;
         return Ok(boxed(pol));
     }
     let mut files = Vec::new();
     if p.is_dir() {
-        let rd = std::fs::read_dir(p)
-            .map_err(|e| format!("cannot read policy directory {path}: {e}"))?;
+        let rd = std::fs::read_dir(p).map_err(|error| ResolveError::Directory {
+            path: path.into(),
+            error,
+        })?;
         for ent in rd.flatten() {
             let fp = ent.path();
             if fp.extension().is_some_and(|x| x == "rego") {
@@ -161,28 +302,20 @@ pub fn from_path(path: &str) -> Result<Box<dyn PolicyEvaluator>, String> {
         }
         files.sort();
         if files.is_empty() {
-            return Err(format!("policy directory {path} has no .rego files"));
+            return Err(ResolveError::NoRego { path: path.into() });
         }
     } else if p.is_file() {
         files.push(p.to_path_buf());
     } else if p.exists() {
-        return Err(format!(
-            "--policy {path}: not a regular file or a directory (a FIFO or a device cannot hold a policy)"
-        ));
+        return Err(ResolveError::NotAFile { path: path.into() });
     } else {
-        return Err(format!(
-            "--policy {path}: no such file or directory (use `demo`, `current`, `oci://host/name:tag`, a bundle .tar.gz, a .rego file or a directory of .rego files)"
-        ));
+        return Err(ResolveError::Missing { path: path.into() });
     }
     let mut modules = Vec::new();
     for f in &files {
-        let bytes = super::file::read_capped(
-            f,
-            super::bundle::MAX_FILE,
-            super::file::FileKind::PolicyFile,
-        )
-        .map_err(|e| e.to_string())?;
-        let src = String::from_utf8(bytes).map_err(|_| format!("{} is not UTF-8", f.display()))?;
+        let bytes = file::read_capped(f, bundle::MAX_FILE, FileKind::PolicyFile)?;
+        let src =
+            String::from_utf8(bytes).map_err(|_| ResolveError::NotUtf8 { file: f.clone() })?;
         modules.push((f.display().to_string(), src));
     }
     let name = p
@@ -191,5 +324,8 @@ pub fn from_path(path: &str) -> Result<Box<dyn PolicyEvaluator>, String> {
         .unwrap_or_else(|| path.to_string());
     RegoPolicy::compile(PolicyRef::new(format!("file:{name}")), &modules, None)
         .map(boxed)
-        .map_err(|e| format!("policy {path} rejected: {e}"))
+        .map_err(|error| ResolveError::Rejected {
+            path: path.into(),
+            error,
+        })
 }

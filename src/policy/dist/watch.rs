@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::store::{Slot, Store};
+use super::store::{Slot, Store, StoreError};
 use crate::policy::eval::{ActivePolicy, PolicyEvaluator};
 use crate::wal::{NewRecord, RecordType, Wal};
 
@@ -95,7 +95,7 @@ pub fn spawn(
                     Some((meta, b)) => b
                         .compile()
                         .map(|p| Some((meta, b, p)))
-                        .map_err(|e| e.to_string()),
+                        .map_err(StoreError::from),
                 });
                 // Was the slot replaced while we read it? Then read again next tick.
                 let stable = fingerprint(&s) == fp;
@@ -130,7 +130,8 @@ pub fn spawn(
                         meta.source
                     );
                 }
-                Err(reason) => {
+                Err(e) => {
+                    let reason = e.to_string();
                     let keep = policy.get().policy_ref().as_str().to_string();
                     eprintln!(
                         "autonomy: policy rejected: the current slot is not usable ({reason}); still serving {keep}"

@@ -7,7 +7,7 @@ use regorus::Engine;
 use regorus::utils::limits::ExecutionTimerConfig;
 
 use super::deps::{self, Deps, DepsError};
-use super::fast::{FastAllow, FastResult};
+use super::fast::{FastAllow, FastResult, NoFastPath};
 use super::{PolicyEvaluator, PolicyInput, Pool, Verdict};
 use crate::policy::message::{MAX_CHARS, one_line};
 use crate::types::{Decision, PolicyRef};
@@ -48,7 +48,7 @@ pub struct RegoPolicy {
     has_reason: bool,
     pool: Pool<Engine>,
     /// The VM fast path for `allow`, or why this policy has none.
-    fast: Result<FastAllow, String>,
+    fast: Result<FastAllow, NoFastPath>,
     /// How deep evaluating it may go.
     deps: Deps,
 }
@@ -159,8 +159,8 @@ impl RegoPolicy {
     }
 
     /// Whether `allow` has the VM fast path; `Err` says why not.
-    pub fn fast_path(&self) -> Result<(), &str> {
-        self.fast.as_ref().map(|_| ()).map_err(String::as_str)
+    pub fn fast_path(&self) -> Result<(), &NoFastPath> {
+        self.fast.as_ref().map(|_| ())
     }
 
     /// The interpreter's verdict alone, for checking the fast path against it.
