@@ -329,3 +329,35 @@ pub fn from_path(path: &str) -> Result<Box<dyn PolicyEvaluator>, ResolveError> {
             error,
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_without_a_black_box_test() {
+        // A slot emptied between two reads, and a directory that lists as one but cannot be
+        // read, are races or need root to provoke; their lines are pinned here.
+        let vanished = ResolveError::SlotVanished {
+            reference: "oci://h/p:1".into(),
+            slot: Slot::Lkg,
+        };
+        assert_eq!(
+            vanished.to_string(),
+            "--policy oci://h/p:1: the lkg slot vanished"
+        );
+        let dir = ResolveError::Directory {
+            path: "pol".into(),
+            error: std::io::Error::from_raw_os_error(13),
+        };
+        assert_eq!(
+            dir.to_string(),
+            "cannot read policy directory pol: Permission denied (os error 13)"
+        );
+        let store = ResolveError::Store(StoreError::NoLkg { dir: "/s".into() });
+        assert_eq!(
+            store.to_string(),
+            "no last-known-good bundle in /s (nothing to roll back to)"
+        );
+    }
+}
