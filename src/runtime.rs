@@ -26,8 +26,8 @@ pub struct RuntimeConfig {
     pub wal_options: WalOptions,
     /// Bounds on HTTP clients: body size, timeouts, connection limit, lingering.
     pub http: crate::http::HttpLimits,
-    /// Watch this policy store and hot-reload its current slot (see [`crate::policy::watch`]).
-    pub policy_watch: Option<crate::policy::watch::PolicyWatch>,
+    /// Watch this policy store and hot-reload its current slot (see [`crate::policy::dist::watch`]).
+    pub policy_watch: Option<crate::policy::dist::watch::PolicyWatch>,
 }
 
 impl RuntimeConfig {
@@ -127,7 +127,7 @@ impl Runtime {
 
         let watcher = cfg
             .policy_watch
-            .map(|w| crate::policy::watch::spawn(w, gate.policy().clone(), wal.clone()));
+            .map(|w| crate::policy::dist::watch::spawn(w, gate.policy().clone(), wal.clone()));
 
         let app = crate::http::router(gate.clone(), &cfg.http);
         let (stop_tx, stop_rx) = oneshot::channel::<()>();

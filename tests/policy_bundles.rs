@@ -1346,11 +1346,11 @@ fn a_recursive_bundle_pulled_from_a_registry_is_refused() {
     let r = format!("oci://127.0.0.1:{}/policies/rec:1.0.0", reg.port);
     // `policy push` only sends valid bundles, so a hostile publisher pushes it with the library's
     // push, which sends whatever bytes it is given.
-    let oref = autonomy::policy::oci::OciRef::parse(&r).expect("ref");
-    let b = autonomy::policy::bundle::read_bytes(&bytes).expect("readable bundle");
+    let oref = autonomy::policy::dist::oci::OciRef::parse(&r).expect("ref");
+    let b = autonomy::policy::dist::bundle::read_bytes(&bytes).expect("readable bundle");
     tokio::runtime::Runtime::new()
         .unwrap()
-        .block_on(autonomy::policy::oci::push(&bytes, &b, &oref, true))
+        .block_on(autonomy::policy::dist::oci::push(&bytes, &b, &oref, true))
         .expect("push");
     let store = t.path().join("store");
     let o = cli(

@@ -249,26 +249,26 @@ pub(crate) async fn start_ros(
 }
 
 /// Prints one error line and returns the failure exit code.
-pub(crate) fn fail(msg: &str) -> ExitCode {
+pub(crate) fn fail(msg: &dyn std::fmt::Display) -> ExitCode {
     eprintln!("autonomy: error: {msg}");
     ExitCode::from(EXIT_FAILURE)
 }
 
 /// Prints one error line and returns the usage exit code.
-pub(crate) fn usage(msg: &str) -> ExitCode {
+pub(crate) fn usage(msg: &dyn std::fmt::Display) -> ExitCode {
     eprintln!("autonomy: error: {msg}");
     ExitCode::from(EXIT_USAGE)
 }
 
-/// Resolves `--policy REF` (see [`crate::policy::resolve`]) against the store in `policy_dir`
+/// Resolves `--policy REF` (see [`crate::policy::dist::resolve`]) against the store in `policy_dir`
 /// (default `$XDG_DATA_HOME/autonomy/policy`).
 pub(crate) fn load_policy(
     r: Option<&str>,
     policy_dir: Option<&std::path::Path>,
-    no_flag: crate::policy::resolve::NoFlag,
-) -> Result<crate::policy::resolve::Resolved, String> {
+    no_flag: crate::policy::dist::resolve::NoFlag,
+) -> Result<crate::policy::dist::resolve::Resolved, crate::policy::dist::resolve::ResolveError> {
     let dir = policy_dir
         .map(std::path::Path::to_path_buf)
         .unwrap_or_else(crate::paths::default_policy_dir);
-    crate::policy::resolve::resolve(r, &dir, no_flag)
+    crate::policy::dist::resolve::resolve(r, &dir, no_flag)
 }

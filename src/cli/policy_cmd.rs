@@ -5,9 +5,10 @@ use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
 
-use crate::policy::bundle;
-use crate::policy::oci::{self, OciRef};
-use crate::policy::store::{Meta, Slot, Store};
+use crate::policy::dist::bundle;
+use crate::policy::dist::file::{self, FileKind};
+use crate::policy::dist::oci::{self, OciRef};
+use crate::policy::dist::store::{Meta, Slot, Store};
 use crate::wal::{NewRecord, RecordType, Wal, WalOptions};
 
 /// The policy store directory flag, shared by the subcommands that use the store.
@@ -211,13 +212,14 @@ fn record(dir: Option<&Path>, rec: NewRecord) {
     }
 }
 
-fn rejected(reason: &str, source: &str, wal: Option<&Path>) -> ExitCode {
+fn rejected(reason: &dyn std::fmt::Display, source: &str, wal: Option<&Path>) -> ExitCode {
+    let reason = reason.to_string();
     eprintln!("policy load: REJECTED — {reason}");
     record(
         wal,
         NewRecord::new(RecordType::Policy, None)
             .with("event", "policy.rejected")
-            .with("reason", reason)
+            .with("reason", reason.as_str())
             .with("source", source),
     );
     ExitCode::from(super::EXIT_FAILURE)
@@ -263,7 +265,7 @@ fn load(a: LoadArgs) -> ExitCode {
         .display()
         .to_string();
     let wal = a.wal_dir.as_deref();
-    let bytes = match bundle::read_capped(&a.bundle, bundle::MAX_COMPRESSED, "bundle") {
+    let bytes = match file::read_capped(&a.bundle, bundle::MAX_COMPRESSED, FileKind::Bundle) {
         Ok(b) => b,
         Err(e) => return rejected(&e, &source, wal),
     };
@@ -378,20 +380,24 @@ fn rollback(a: RollbackArgs) -> ExitCode {
 async fn push(a: PushArgs) -> ExitCode {
     let r = match OciRef::parse(&a.oci_ref) {
         Ok(r) => r,
-        Err(e) => return super::usage(&e.to_string()),
+        Err(e) => return super::usage(&e),
     };
-    let bytes = match bundle::read_capped(&a.file, bundle::MAX_COMPRESSED, "bundle") {
+    let bytes = match file::read_capped(&a.file, bundle::MAX_COMPRESSED, FileKind::Bundle) {
         Ok(b) => b,
         Err(e) => return super::usage(&e),
     };
     // Only valid bundles leave this machine.
-    let b = match bundle::read_bytes(&bytes).and_then(|b| b.compile().map(|_| b)) {
-        Ok(b) => b,
-        Err(e) => {
-            eprintln!("policy push: FAILED — {}: {e}", a.file.display());
-            return ExitCode::from(super::EXIT_FAILURE);
-        }
+    let refused = |e: &dyn std::fmt::Display| {
+        eprintln!("policy push: FAILED — {}: {e}", a.file.display());
+        ExitCode::from(super::EXIT_FAILURE)
     };
+    let b = match bundle::read_bytes(&bytes) {
+        Ok(b) => b,
+        Err(e) => return refused(&e),
+    };
+    if let Err(e) = b.compile() {
+        return refused(&e);
+    }
     match oci::push(&bytes, &b, &r, a.insecure).await {
         Ok(p) => {
             println!(
@@ -410,7 +416,7 @@ async fn push(a: PushArgs) -> ExitCode {
 async fn pull(a: PullArgs) -> ExitCode {
     let r = match OciRef::parse(&a.oci_ref) {
         Ok(r) => r,
-        Err(e) => return super::usage(&e.to_string()),
+        Err(e) => return super::usage(&e),
     };
     let source = r.to_string();
     let wal = a.wal_dir.as_deref();
@@ -424,12 +430,13 @@ async fn pull(a: PullArgs) -> ExitCode {
                 .unwrap_or_else(|e| super::fail(&format!("load task failed: {e}")))
         }
         Err(e) => {
-            eprintln!("policy pull: FAILED — {e}");
+            let reason = e.to_string();
+            eprintln!("policy pull: FAILED — {reason}");
             record(
                 wal,
                 NewRecord::new(RecordType::Policy, None)
                     .with("event", "policy.rejected")
-                    .with("reason", e.as_str())
+                    .with("reason", reason.as_str())
                     .with("source", source.as_str()),
             );
             ExitCode::from(super::EXIT_FAILURE)

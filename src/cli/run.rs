@@ -29,7 +29,7 @@ pub async fn run(args: RunArgs) -> ExitCode {
     let resolved = match super::load_policy(
         args.policy.as_deref(),
         args.policy_dir.as_deref(),
-        crate::policy::resolve::NoFlag::Demo,
+        crate::policy::dist::resolve::NoFlag::Demo,
     ) {
         Ok(p) => p,
         Err(e) => return super::usage(&e),

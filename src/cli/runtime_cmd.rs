@@ -140,7 +140,7 @@ pub async fn start(args: StartArgs) -> ExitCode {
     let resolved = match super::load_policy(
         policy_ref_arg,
         args.policy_dir.as_deref(),
-        crate::policy::resolve::NoFlag::StoreOrDenyAll,
+        crate::policy::dist::resolve::NoFlag::StoreOrDenyAll,
     ) {
         Ok(p) => p,
         Err(e) => return super::usage(&e),

@@ -21,7 +21,7 @@ use regorus::rvm::program::{Program, RuleType};
 use regorus::utils::limits::ExecutionTimerConfig;
 
 use super::Pool;
-use super::rego::first_line;
+use crate::policy::message::{MAX_CHARS, one_line};
 
 /// Set to `off` to evaluate every policy with the interpreter only.
 pub const VM_ENV: &str = "AUTONOMY_REGO_VM";
@@ -35,6 +35,35 @@ pub enum FastResult {
     False,
     /// Undefined, an error or a limit: the interpreter decides.
     Unsure,
+}
+
+/// Why a policy's `allow` stays on the interpreter.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NoFastPath {
+    /// The VM is switched off ([`VM_ENV`]).
+    #[error("{VM_ENV}=off")]
+    Off,
+    /// The VM compiler refuses the policy.
+    #[error("the VM cannot compile it: {0}")]
+    Compile(String),
+    /// An instruction whose error the VM would turn into undefined.
+    #[error("it uses {0}, which the VM may turn from an error into undefined")]
+    Instruction(String),
+    /// A rule that is a function.
+    #[error("{0} is a function")]
+    Function(String),
+    /// A rule that destructures its arguments.
+    #[error("{0} destructures")]
+    Destructures(String),
+    /// A partial object rule (its keys may conflict).
+    #[error("{0} is a partial object")]
+    PartialObject(String),
+    /// A complete rule whose definitions may give different values.
+    #[error("{0} has definitions that may conflict")]
+    MayConflict(String),
+    /// The VM refuses the policy's data document.
+    #[error("the VM refuses the data: {0}")]
+    Data(String),
 }
 
 /// A compiled `allow` the VM may evaluate, with a pool of VMs (they need `&mut`).
@@ -53,12 +82,12 @@ impl FastAllow {
         entry: &str,
         data: Option<regorus::Value>,
         timer: ExecutionTimerConfig,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, NoFastPath> {
         if std::env::var(VM_ENV).is_ok_and(|v| v.eq_ignore_ascii_case("off")) {
-            return Err(format!("{VM_ENV}=off"));
+            return Err(NoFastPath::Off);
         }
         let program = Compiler::compile_from_policy(policy, &[entry])
-            .map_err(|e| format!("the VM cannot compile it: {}", first_line(&e.to_string())))?;
+            .map_err(|e| NoFastPath::Compile(one_line(&e.to_string(), MAX_CHARS)))?;
         eligible(&program)?;
         let fast = FastAllow {
             program,
@@ -91,46 +120,44 @@ impl FastAllow {
         r
     }
 
-    fn new_vm(&self) -> Result<RegoVM, String> {
+    fn new_vm(&self) -> Result<RegoVM, NoFastPath> {
         let mut vm = RegoVM::new();
         vm.load_program(self.program.clone());
         vm.set_strict_builtin_errors(true);
         vm.set_execution_timer_config(Some(self.timer));
         if let Some(d) = &self.data {
             vm.set_data(d.clone())
-                .map_err(|e| format!("the VM refuses the data: {}", first_line(&e.to_string())))?;
+                .map_err(|e| NoFastPath::Data(one_line(&e.to_string(), MAX_CHARS)))?;
         }
         Ok(vm)
     }
 }
 
 /// Whether the VM's `true` and `false` for this program always match the interpreter's.
-fn eligible(program: &Program) -> Result<(), String> {
+fn eligible(program: &Program) -> Result<(), NoFastPath> {
     for ins in &program.instructions {
         if !cannot_fail(ins) {
             let name = format!("{ins:?}");
             let name = name.split([' ', '{', '(']).next().unwrap_or("?");
-            return Err(format!(
-                "it uses {name}, which the VM may turn from an error into undefined"
-            ));
+            return Err(NoFastPath::Instruction(name.to_string()));
         }
     }
     for rule in &program.rule_infos {
         if rule.function_info.is_some() {
-            return Err(format!("{} is a function", rule.name));
+            return Err(NoFastPath::Function(rule.name.clone()));
         }
         if rule.destructuring_blocks.iter().any(Option::is_some) {
-            return Err(format!("{} destructures", rule.name));
+            return Err(NoFastPath::Destructures(rule.name.clone()));
         }
         match rule.rule_type {
             RuleType::PartialSet => {}
             // Conflicting keys are an error in the interpreter.
-            RuleType::PartialObject => return Err(format!("{} is a partial object", rule.name)),
+            RuleType::PartialObject => return Err(NoFastPath::PartialObject(rule.name.clone())),
             // Definitions with different values are an error in the interpreter, undefined in
             // the VM; only rules whose definitions all give one static value are safe.
             RuleType::Complete => {
                 if rule.definitions.len() > 1 && !rule.early_exit_on_first_success {
-                    return Err(format!("{} has definitions that may conflict", rule.name));
+                    return Err(NoFastPath::MayConflict(rule.name.clone()));
                 }
             }
         }
@@ -180,8 +207,8 @@ fn cannot_fail(ins: &Instruction) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::rego::RegoPolicy;
-    use crate::policy::{DEMO_REGO, PolicyEvaluator, PolicyInput};
+    use crate::policy::eval::rego::RegoPolicy;
+    use crate::policy::eval::{DEMO_REGO, PolicyEvaluator, PolicyInput};
     use crate::types::{PolicyRef, Source, ToolKind};
     use serde_json::{Map, Value, json};
 
@@ -356,6 +383,55 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn why_a_policy_stays_on_the_interpreter() {
+        let why = |body: &str| {
+            let src = format!("package autonomy\n{body}\n");
+            RegoPolicy::compile(PolicyRef::new("t"), &[("p.rego".into(), src)], None)
+                .unwrap()
+                .fast_path()
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(why("allow if input.kind == \"tool.echo\""), Ok(()));
+        assert_eq!(
+            why(
+                "x := 1 if input.params.a == true\nx := 2 if input.params.b == true\nallow if not x"
+            ),
+            Err("data.autonomy.x has definitions that may conflict".into())
+        );
+        assert_eq!(
+            why(
+                "deny contains \"f\" if startswith(input.params.e, \"file:\")\nallow if count(deny) == 0"
+            ),
+            Err("it uses BuiltinCall, which the VM may turn from an error into undefined".into())
+        );
+        assert_eq!(NoFastPath::Off.to_string(), "AUTONOMY_REGO_VM=off");
+        assert_eq!(
+            NoFastPath::Compile("no".into()).to_string(),
+            "the VM cannot compile it: no"
+        );
+        assert_eq!(
+            NoFastPath::Data("no".into()).to_string(),
+            "the VM refuses the data: no"
+        );
+        for (e, want) in [
+            (
+                NoFastPath::Function("data.a.f".into()),
+                "data.a.f is a function",
+            ),
+            (
+                NoFastPath::Destructures("data.a.f".into()),
+                "data.a.f destructures",
+            ),
+            (
+                NoFastPath::PartialObject("data.a.o".into()),
+                "data.a.o is a partial object",
+            ),
+        ] {
+            assert_eq!(e.to_string(), want);
+        }
     }
 
     #[test]

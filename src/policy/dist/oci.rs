@@ -10,12 +10,14 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use oci_client::client::{ClientConfig, ClientProtocol, Config, ImageLayer};
+use oci_client::errors::OciDistributionError;
 use oci_client::manifest::OciManifest;
 use oci_client::secrets::RegistryAuth;
 use oci_client::{Client, Reference};
 use sha2::{Digest, Sha256};
 
 use super::bundle::{self, Bundle};
+use crate::policy::message::one_line;
 
 /// Config media type of a policy artifact.
 pub const CONFIG_MEDIA_TYPE: &str = "application/vnd.autonomy.policy.config.v1+json";
@@ -271,12 +273,107 @@ impl OciRef {
     }
 }
 
-fn client(r: &OciRef, insecure: bool) -> Result<Client, String> {
+/// Why a push or a pull failed.
+#[derive(Debug, thiserror::Error)]
+pub enum OciError {
+    /// Plain HTTP to a registry that is not on this machine.
+    #[error("--insecure (plain HTTP) is only allowed for loopback registries, not {registry}")]
+    InsecureRemote {
+        /// The registry, `host[:port]`.
+        registry: String,
+    },
+    /// The client could not be set up (TLS roots, proxy settings).
+    #[error("cannot set up the OCI client: {0}")]
+    Client(Box<OciDistributionError>),
+    /// The artifact's config could not be written as JSON.
+    #[error(transparent)]
+    Config(serde_json::Error),
+    /// The registry refused the push, or could not be reached.
+    // A registry's message is kept whole (no cap), as it always was.
+    #[error("push to {reference} failed: {}", one_line(&error.to_string(), usize::MAX))]
+    Push {
+        /// Where to.
+        reference: OciRef,
+        /// What the client said.
+        error: Box<OciDistributionError>,
+    },
+    /// The manifest could not be fetched.
+    #[error("cannot fetch {reference}: {}", one_line(&error.to_string(), usize::MAX))]
+    Fetch {
+        /// What.
+        reference: OciRef,
+        /// What the client said.
+        error: Box<OciDistributionError>,
+    },
+    /// The ref names an image index.
+    #[error("{reference} is an image index, not a policy bundle")]
+    ImageIndex {
+        /// What.
+        reference: OciRef,
+    },
+    /// The artifact's config is not ours.
+    #[error(
+        "{reference} is not a policy bundle (config media type {media_type:?}, expected {CONFIG_MEDIA_TYPE})"
+    )]
+    NotAPolicy {
+        /// What.
+        reference: OciRef,
+        /// The config's media type.
+        media_type: String,
+    },
+    /// Not exactly one layer of our media type.
+    #[error("{reference} does not hold exactly one layer of type {LAYER_MEDIA_TYPE}")]
+    Layers {
+        /// What.
+        reference: OciRef,
+    },
+    /// The manifest declares a layer over the compressed bundle limit (or a negative size).
+    #[error("{reference}: the bundle layer is {size} bytes; the limit is {limit}")]
+    LayerTooBig {
+        /// What.
+        reference: OciRef,
+        /// The declared size.
+        size: i64,
+        /// The limit.
+        limit: u64,
+    },
+    /// The layer could not be downloaded (or was longer than declared).
+    #[error("cannot download {reference}: {}", one_line(&error.to_string(), usize::MAX))]
+    Download {
+        /// What.
+        reference: OciRef,
+        /// What the client said.
+        error: Box<OciDistributionError>,
+    },
+    /// The layer does not hash to its digest.
+    #[error(
+        "digest mismatch for {reference}: the manifest says {manifest}, the layer hashes to {actual}"
+    )]
+    DigestMismatch {
+        /// What.
+        reference: OciRef,
+        /// The digest in the manifest.
+        manifest: String,
+        /// What the bytes hash to.
+        actual: String,
+    },
+    /// The layer is shorter than declared.
+    #[error("size mismatch for {reference}: the manifest says {manifest} bytes, got {actual}")]
+    SizeMismatch {
+        /// What.
+        reference: OciRef,
+        /// The size in the manifest.
+        manifest: i64,
+        /// The bytes received.
+        actual: usize,
+    },
+}
+
+fn client(r: &OciRef, insecure: bool) -> Result<Client, OciError> {
     if insecure && !r.is_loopback() {
-        return Err(format!(
-            "--insecure (plain HTTP) is only allowed for loopback registries, not {}",
-            r.registry
-        ));
+        return Err(OciError::InsecureRemote {
+            registry: r.registry.clone(),
+        });
     }
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cfg = ClientConfig {
@@ -289,7 +386,7 @@ fn client(r: &OciRef, insecure: bool) -> Result<Client, String> {
         read_timeout: Some(std::time::Duration::from_secs(60)),
         ..ClientConfig::default()
     };
-    Client::try_from(cfg).map_err(|e| format!("cannot set up the OCI client: {e}"))
+    Client::try_from(cfg).map_err(|e| OciError::Client(Box::new(e)))
 }
 
 fn sha256(b: &[u8]) -> String {
@@ -306,7 +403,12 @@ pub struct Pushed {
 }
 
 /// Pushes a checked bundle's bytes to `r`.
-pub async fn push(bytes: &[u8], b: &Bundle, r: &OciRef, insecure: bool) -> Result<Pushed, String> {
+pub async fn push(
+    bytes: &[u8],
+    b: &Bundle,
+    r: &OciRef,
+    insecure: bool,
+) -> Result<Pushed, OciError> {
     let c = client(r, insecure)?;
     let config = serde_json::json!({
         "name": b.name,
@@ -326,7 +428,7 @@ pub async fn push(bytes: &[u8], b: &Bundle, r: &OciRef, insecure: bool) -> Resul
     );
     let layer = ImageLayer::new(bytes.to_vec(), LAYER_MEDIA_TYPE.to_string(), Some(ann));
     let cfg = Config::new(
-        serde_json::to_vec(&config).map_err(|e| e.to_string())?,
+        serde_json::to_vec(&config).map_err(OciError::Config)?,
         CONFIG_MEDIA_TYPE.to_string(),
         None,
     );
@@ -339,7 +441,10 @@ pub async fn push(bytes: &[u8], b: &Bundle, r: &OciRef, insecure: bool) -> Resul
             None,
         )
         .await
-        .map_err(|e| format!("push to {r} failed: {}", one_line(&e.to_string())))?;
+        .map_err(|error| OciError::Push {
+            reference: r.clone(),
+            error: Box::new(error),
+        })?;
     Ok(Pushed {
         digest: sha256(bytes),
         manifest_url: resp.manifest_url,
@@ -347,39 +452,44 @@ pub async fn push(bytes: &[u8], b: &Bundle, r: &OciRef, insecure: bool) -> Resul
 }
 
 /// Pulls the bundle bytes from `r`, verifying media types, size and digest.
-pub async fn pull(r: &OciRef, insecure: bool) -> Result<(Vec<u8>, String), String> {
+pub async fn pull(r: &OciRef, insecure: bool) -> Result<(Vec<u8>, String), OciError> {
     let c = client(r, insecure)?;
     let reference = r.reference();
     let (manifest, _digest) = c
         .pull_manifest(&reference, &RegistryAuth::Anonymous)
         .await
-        .map_err(|e| format!("cannot fetch {r}: {}", one_line(&e.to_string())))?;
+        .map_err(|error| OciError::Fetch {
+            reference: r.clone(),
+            error: Box::new(error),
+        })?;
     let m = match manifest {
         OciManifest::Image(m) => m,
         OciManifest::ImageIndex(_) => {
-            return Err(format!("{r} is an image index, not a policy bundle"));
+            return Err(OciError::ImageIndex {
+                reference: r.clone(),
+            });
         }
     };
     if m.config.media_type != CONFIG_MEDIA_TYPE {
-        return Err(format!(
-            "{r} is not a policy bundle (config media type {:?}, expected {CONFIG_MEDIA_TYPE})",
-            m.config.media_type
-        ));
+        return Err(OciError::NotAPolicy {
+            reference: r.clone(),
+            media_type: m.config.media_type,
+        });
     }
     let layer = match m.layers.as_slice() {
         [l] if l.media_type == LAYER_MEDIA_TYPE => l.clone(),
         _ => {
-            return Err(format!(
-                "{r} does not hold exactly one layer of type {LAYER_MEDIA_TYPE}"
-            ));
+            return Err(OciError::Layers {
+                reference: r.clone(),
+            });
         }
     };
     if layer.size < 0 || layer.size as u64 > bundle::MAX_COMPRESSED {
-        return Err(format!(
-            "{r}: the bundle layer is {} bytes; the limit is {}",
-            layer.size,
-            bundle::MAX_COMPRESSED
-        ));
+        return Err(OciError::LayerTooBig {
+            reference: r.clone(),
+            size: layer.size,
+            limit: bundle::MAX_COMPRESSED,
+        });
     }
     let mut w = CapWriter {
         buf: Vec::with_capacity(layer.size as usize),
@@ -387,21 +497,25 @@ pub async fn pull(r: &OciRef, insecure: bool) -> Result<(Vec<u8>, String), Strin
     };
     c.pull_blob(&reference, &layer, &mut w)
         .await
-        .map_err(|e| format!("cannot download {r}: {}", one_line(&e.to_string())))?;
+        .map_err(|error| OciError::Download {
+            reference: r.clone(),
+            error: Box::new(error),
+        })?;
     let out = w.buf;
     let got = sha256(&out);
     if got != layer.digest {
-        return Err(format!(
-            "digest mismatch for {r}: the manifest says {}, the layer hashes to {got}",
-            layer.digest
-        ));
+        return Err(OciError::DigestMismatch {
+            reference: r.clone(),
+            manifest: layer.digest,
+            actual: got,
+        });
     }
     if out.len() as i64 != layer.size {
-        return Err(format!(
-            "size mismatch for {r}: the manifest says {} bytes, got {}",
-            layer.size,
-            out.len()
-        ));
+        return Err(OciError::SizeMismatch {
+            reference: r.clone(),
+            manifest: layer.size,
+            actual: out.len(),
+        });
     }
     Ok((out, got))
 }
@@ -440,10 +554,6 @@ impl tokio::io::AsyncWrite for CapWriter {
     ) -> std::task::Poll<std::io::Result<()>> {
         std::task::Poll::Ready(Ok(()))
     }
-}
-
-fn one_line(s: &str) -> String {
-    s.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 #[cfg(test)]
@@ -506,5 +616,71 @@ mod tests {
                 .to_string(),
             "invalid OCI ref \"oci://127.0.0.1:99999/x:y\": port \"99999\" is not a number from 1 to 65535 (expected oci://host[:port]/name[:tag])"
         );
+    }
+
+    #[test]
+    fn pull_messages() {
+        // What a registry can serve wrongly is pinned here; reaching each through a real
+        // registry would take hand-made manifests it may refuse to store.
+        let r = OciRef::parse("oci://127.0.0.1:5000/org/pol:1.0.0").unwrap();
+        let reference = || r.clone();
+        let cases = [
+            (
+                OciError::ImageIndex {
+                    reference: reference(),
+                },
+                "oci://127.0.0.1:5000/org/pol:1.0.0 is an image index, not a policy bundle",
+            ),
+            (
+                OciError::NotAPolicy {
+                    reference: reference(),
+                    media_type: "application/vnd.oci.image.config.v1+json".into(),
+                },
+                "oci://127.0.0.1:5000/org/pol:1.0.0 is not a policy bundle (config media type \"application/vnd.oci.image.config.v1+json\", expected application/vnd.autonomy.policy.config.v1+json)",
+            ),
+            (
+                OciError::Layers {
+                    reference: reference(),
+                },
+                "oci://127.0.0.1:5000/org/pol:1.0.0 does not hold exactly one layer of type application/vnd.autonomy.policy.bundle.v1.tar+gzip",
+            ),
+            (
+                OciError::LayerTooBig {
+                    reference: reference(),
+                    size: -1,
+                    limit: bundle::MAX_COMPRESSED,
+                },
+                "oci://127.0.0.1:5000/org/pol:1.0.0: the bundle layer is -1 bytes; the limit is 16777216",
+            ),
+            (
+                OciError::DigestMismatch {
+                    reference: reference(),
+                    manifest: "sha256:aa".into(),
+                    actual: "sha256:bb".into(),
+                },
+                "digest mismatch for oci://127.0.0.1:5000/org/pol:1.0.0: the manifest says sha256:aa, the layer hashes to sha256:bb",
+            ),
+            (
+                OciError::SizeMismatch {
+                    reference: reference(),
+                    manifest: 10,
+                    actual: 9,
+                },
+                "size mismatch for oci://127.0.0.1:5000/org/pol:1.0.0: the manifest says 10 bytes, got 9",
+            ),
+            (
+                OciError::Download {
+                    reference: reference(),
+                    error: Box::new(OciDistributionError::SpecViolationError(
+                        "line one\n   line  two\n\n".into(),
+                    )),
+                },
+                // Lines trimmed and joined; spaces inside a line kept.
+                "cannot download oci://127.0.0.1:5000/org/pol:1.0.0: OCI distribution spec violation: line one line  two",
+            ),
+        ];
+        for (e, want) in cases {
+            assert_eq!(e.to_string(), want);
+        }
     }
 }

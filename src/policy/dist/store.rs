@@ -24,7 +24,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::bundle::{self, Bundle};
+use super::bundle::{self, Bundle, BundleError};
+use super::file::{self, FileKind, ReadError};
+use crate::policy::eval::RegoPolicyError;
 
 /// Bundle file name inside a slot.
 pub const BUNDLE_FILE: &str = "bundle.tar.gz";
@@ -69,6 +71,131 @@ impl Slot {
             Slot::Current => "current",
             Slot::Lkg => "lkg",
         }
+    }
+}
+
+impl std::fmt::Display for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A file-system step of the store that failed; names it in messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoOp {
+    /// Reading a file's metadata.
+    Read,
+    /// Opening the lock file.
+    Open,
+    /// Creating the store directory.
+    CreateStore,
+    /// Creating a directory, file or symlink.
+    Create,
+    /// Creating the temporary generation directory.
+    CreateTempIn,
+    /// Writing and syncing a file.
+    Write,
+    /// Syncing a directory.
+    Fsync,
+    /// Renaming the new generation into `gens/`.
+    RenameTo,
+    /// Renaming the new `state` symlink over the old one (the commit point).
+    Switch,
+}
+
+impl std::fmt::Display for IoOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            IoOp::Read => "cannot read",
+            IoOp::Open => "cannot open",
+            IoOp::CreateStore => "cannot create policy store",
+            IoOp::Create => "cannot create",
+            IoOp::CreateTempIn => "cannot create a temp dir in",
+            IoOp::Write => "cannot write",
+            IoOp::Fsync => "cannot fsync",
+            IoOp::RenameTo => "cannot rename to",
+            IoOp::Switch => "cannot switch",
+        })
+    }
+}
+
+/// Why the store could not be read or updated, or a slot is not usable.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A file-system step failed.
+    #[error("{op} {}: {error}", path.display())]
+    Io {
+        /// The step.
+        op: IoOp,
+        /// The path it was on.
+        path: PathBuf,
+        /// What the OS said.
+        error: std::io::Error,
+    },
+    /// The store's lock could not be taken.
+    #[error("cannot lock {}: {error}", path.display())]
+    Lock {
+        /// The lock file.
+        path: PathBuf,
+        /// What the OS said.
+        error: nix::errno::Errno,
+    },
+    /// A slot file could not be read.
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// A slot's `meta.json` is not valid.
+    #[error("{} is not valid: {error}", path.display())]
+    Meta {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said.
+        error: serde_json::Error,
+    },
+    /// A slot's metadata could not be written as JSON.
+    #[error(transparent)]
+    MetaJson(serde_json::Error),
+    /// A slot's bundle is refused.
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    /// A slot's bundle does not hash to what its `meta.json` says.
+    #[error("slot bundle hashes to {actual}, meta.json says {recorded}")]
+    HashMismatch {
+        /// What the bundle hashes to.
+        actual: String,
+        /// What `meta.json` says.
+        recorded: String,
+    },
+    /// A slot's bundle does not compile.
+    #[error(transparent)]
+    Compile(#[from] RegoPolicyError),
+    /// `current` or `lkg` exists but is not the symlink this store makes.
+    #[error(
+        "{} is not managed by this version of autonomy (expected a symlink to state/{slot}); move it away",
+        link.display()
+    )]
+    Unmanaged {
+        /// The path.
+        link: PathBuf,
+        /// The slot it should be.
+        slot: Slot,
+    },
+    /// A rollback without a last-known-good bundle.
+    #[error("no last-known-good bundle in {} (nothing to roll back to)", dir.display())]
+    NoLkg {
+        /// The store directory.
+        dir: PathBuf,
+    },
+    /// A rollback to a last-known-good bundle that is not usable.
+    #[error("the lkg slot is not usable: {0}")]
+    LkgUnusable(Box<StoreError>),
+}
+
+/// A failed file-system step, for `map_err`.
+fn io(op: IoOp, path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |error| StoreError::Io {
+        op,
+        path: path.to_path_buf(),
+        error,
     }
 }
 
@@ -121,21 +248,21 @@ impl Store {
     }
 
     /// Reads a slot's metadata; `Ok(None)` when the slot is empty.
-    pub fn meta(&self, slot: Slot) -> Result<Option<Meta>, String> {
+    pub fn meta(&self, slot: Slot) -> Result<Option<Meta>, StoreError> {
         let p = self.slot_dir(slot).join(META_FILE);
         match std::fs::metadata(&p) {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(format!("cannot read {}: {e}", p.display())),
+            Err(e) => return Err(io(IoOp::Read, &p)(e)),
             Ok(_) => {}
         }
-        let b = bundle::read_capped(&p, MAX_META, "slot metadata")?;
+        let b = file::read_capped(&p, MAX_META, FileKind::SlotMetadata)?;
         serde_json::from_slice(&b)
             .map(Some)
-            .map_err(|e| format!("{} is not valid: {e}", p.display()))
+            .map_err(|error| StoreError::Meta { path: p, error })
     }
 
     /// Reads a slot (from one generation, so meta and bundle always match).
-    pub fn read_slot(&self, slot: Slot) -> Result<Option<SlotData>, String> {
+    pub fn read_slot(&self, slot: Slot) -> Result<Option<SlotData>, StoreError> {
         let base = match self.generation() {
             Some(g) => g.join(slot.as_str()),
             None => self.slot_dir(slot),
@@ -144,7 +271,7 @@ impl Store {
     }
 
     /// Reads, checks and compiles a slot's bundle; `Ok(None)` when the slot is empty.
-    pub fn open_slot(&self, slot: Slot) -> Result<Option<(Meta, Bundle)>, String> {
+    pub fn open_slot(&self, slot: Slot) -> Result<Option<(Meta, Bundle)>, StoreError> {
         let Some(sd) = self.read_slot(slot)? else {
             return Ok(None);
         };
@@ -153,7 +280,7 @@ impl Store {
     }
 
     /// The slot whose source ref is `source` (current first).
-    pub fn find_source(&self, source: &str) -> Result<Option<Slot>, String> {
+    pub fn find_source(&self, source: &str) -> Result<Option<Slot>, StoreError> {
         for s in [Slot::Current, Slot::Lkg] {
             if let Some(m) = self.meta(s)?
                 && m.source == source
@@ -165,7 +292,7 @@ impl Store {
     }
 
     /// Installs a checked bundle as current; the old current becomes lkg.
-    pub fn install(&self, bytes: &[u8], b: &Bundle, source: &str) -> Result<Loaded, String> {
+    pub fn install(&self, bytes: &[u8], b: &Bundle, source: &str) -> Result<Loaded, StoreError> {
         let meta = Meta {
             name: b.name.clone(),
             version: b.version.clone(),
@@ -180,7 +307,7 @@ impl Store {
         };
         let _lock = self.lock()?;
         let old = self.read_slot(Slot::Current)?;
-        let meta_bytes = serde_json::to_vec_pretty(&meta).map_err(|e| e.to_string())?;
+        let meta_bytes = serde_json::to_vec_pretty(&meta).map_err(StoreError::MetaJson)?;
         self.commit(
             Some((bytes, &meta_bytes)),
             old.as_ref()
@@ -193,19 +320,18 @@ impl Store {
     }
 
     /// Swaps current and lkg. Errors when there is no lkg.
-    pub fn rollback(&self) -> Result<(Meta, Option<Meta>), String> {
+    pub fn rollback(&self) -> Result<(Meta, Option<Meta>), StoreError> {
         let _lock = self.lock()?;
         let Some(lkg) = self.read_slot(Slot::Lkg)? else {
-            return Err(format!(
-                "no last-known-good bundle in {} (nothing to roll back to)",
-                self.dir.display()
-            ));
+            return Err(StoreError::NoLkg {
+                dir: self.dir.clone(),
+            });
         };
         // Compiled too: a bundle an older version stored (say, a recursive one) must not become
         // current again.
         check_slot(&lkg)
-            .and_then(|b| b.compile().map(|_| ()))
-            .map_err(|e| format!("the lkg slot is not usable: {e}"))?;
+            .and_then(|b| b.compile().map(|_| ()).map_err(StoreError::from))
+            .map_err(|e| StoreError::LkgUnusable(Box::new(e)))?;
         let cur = self.read_slot(Slot::Current)?;
         self.commit(
             Some((&lkg.bytes, &lkg.meta_raw)),
@@ -215,18 +341,17 @@ impl Store {
         Ok((lkg.meta, cur.map(|c| c.meta)))
     }
 
-    fn lock(&self) -> Result<nix::fcntl::Flock<std::fs::File>, String> {
-        std::fs::create_dir_all(&self.dir)
-            .map_err(|e| format!("cannot create policy store {}: {e}", self.dir.display()))?;
+    fn lock(&self) -> Result<nix::fcntl::Flock<std::fs::File>, StoreError> {
+        std::fs::create_dir_all(&self.dir).map_err(io(IoOp::CreateStore, &self.dir))?;
         let p = self.dir.join(".lock");
         let f = std::fs::OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
             .open(&p)
-            .map_err(|e| format!("cannot open {}: {e}", p.display()))?;
+            .map_err(io(IoOp::Open, &p))?;
         nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
-            .map_err(|(_, e)| format!("cannot lock {}: {e}", p.display()))
+            .map_err(|(_, error)| StoreError::Lock { path: p, error })
     }
 
     /// Writes a new generation and switches `state` to it (see the module docs).
@@ -234,36 +359,30 @@ impl Store {
         &self,
         current: Option<(&[u8], &[u8])>,
         lkg: Option<(&[u8], &[u8])>,
-    ) -> Result<(), String> {
+    ) -> Result<(), StoreError> {
         let d = &self.dir;
-        let err = |what: &str, p: &Path, e: std::io::Error| format!("{what} {}: {e}", p.display());
         self.cleanup();
         let gens = d.join("gens");
-        std::fs::create_dir_all(&gens).map_err(|e| err("cannot create", &gens, e))?;
-        for s in ["current", "lkg"] {
-            let link = d.join(s);
+        std::fs::create_dir_all(&gens).map_err(io(IoOp::Create, &gens))?;
+        for slot in [Slot::Current, Slot::Lkg] {
+            let link = d.join(slot.as_str());
             match std::fs::symlink_metadata(&link) {
                 Ok(m) if m.file_type().is_symlink() => {}
-                Ok(_) => {
-                    return Err(format!(
-                        "{} is not managed by this version of autonomy (expected a symlink to state/{s}); move it away",
-                        link.display()
-                    ));
-                }
+                Ok(_) => return Err(StoreError::Unmanaged { link, slot }),
                 Err(_) => {
-                    std::os::unix::fs::symlink(format!("state/{s}"), &link)
-                        .map_err(|e| err("cannot create", &link, e))?;
+                    std::os::unix::fs::symlink(format!("state/{slot}"), &link)
+                        .map_err(io(IoOp::Create, &link))?;
                 }
             }
         }
         let tmp = tempfile::Builder::new()
             .prefix("tmp-")
             .tempdir_in(d)
-            .map_err(|e| err("cannot create a temp dir in", d, e))?;
+            .map_err(io(IoOp::CreateTempIn, d))?;
         for (name, slot) in [("current", current), ("lkg", lkg)] {
             let Some((bundle, meta)) = slot else { continue };
             let sd = tmp.path().join(name);
-            std::fs::create_dir(&sd).map_err(|e| err("cannot create", &sd, e))?;
+            std::fs::create_dir(&sd).map_err(io(IoOp::Create, &sd))?;
             write_synced(&sd.join(BUNDLE_FILE), bundle)?;
             write_synced(&sd.join(META_FILE), meta)?;
             sync_dir(&sd)?;
@@ -279,15 +398,15 @@ impl Store {
         );
         let gen_dir = gens.join(&gen_name);
         let tmp_path = tmp.keep();
-        std::fs::rename(&tmp_path, &gen_dir).map_err(|e| err("cannot rename to", &gen_dir, e))?;
+        std::fs::rename(&tmp_path, &gen_dir).map_err(io(IoOp::RenameTo, &gen_dir))?;
         sync_dir(&gens)?;
         let new_link = d.join(format!("state.tmp-{}", std::process::id()));
         let _ = std::fs::remove_file(&new_link);
         std::os::unix::fs::symlink(format!("gens/{gen_name}"), &new_link)
-            .map_err(|e| err("cannot create", &new_link, e))?;
+            .map_err(io(IoOp::Create, &new_link))?;
         // The commit point.
-        std::fs::rename(&new_link, d.join("state"))
-            .map_err(|e| err("cannot switch", &d.join("state"), e))?;
+        let state = d.join("state");
+        std::fs::rename(&new_link, &state).map_err(io(IoOp::Switch, &state))?;
         sync_dir(d)?;
         self.cleanup();
         Ok(())
@@ -320,21 +439,21 @@ impl Store {
 }
 
 /// Reads `bundle.tar.gz` and `meta.json` from a slot directory.
-pub fn read_slot_dir(base: &Path) -> Result<Option<SlotData>, String> {
+pub fn read_slot_dir(base: &Path) -> Result<Option<SlotData>, StoreError> {
     let mp = base.join(META_FILE);
     let bp = base.join(BUNDLE_FILE);
     if let Err(e) = std::fs::metadata(&mp) {
         if e.kind() == std::io::ErrorKind::NotFound && !bp.exists() {
             return Ok(None);
         }
-        return Err(format!("cannot read {}: {e}", mp.display()));
+        return Err(io(IoOp::Read, &mp)(e));
     }
     // Bounded reads of regular files only: a slot edited by hand into a FIFO or a device must
     // not hang or exhaust the daemon that watches it.
-    let meta_raw = bundle::read_capped(&mp, MAX_META, "slot metadata")?;
+    let meta_raw = file::read_capped(&mp, MAX_META, FileKind::SlotMetadata)?;
     let meta = serde_json::from_slice::<Meta>(&meta_raw)
-        .map_err(|e| format!("{} is not valid: {e}", mp.display()))?;
-    let bytes = bundle::read_capped(&bp, bundle::MAX_COMPRESSED, "slot bundle")?;
+        .map_err(|error| StoreError::Meta { path: mp, error })?;
+    let bytes = file::read_capped(&bp, bundle::MAX_COMPRESSED, FileKind::SlotBundle)?;
     Ok(Some(SlotData {
         meta,
         bytes,
@@ -343,27 +462,63 @@ pub fn read_slot_dir(base: &Path) -> Result<Option<SlotData>, String> {
 }
 
 /// Checks a slot's bundle fully and that it matches its metadata.
-pub fn check_slot(sd: &SlotData) -> Result<Bundle, String> {
+pub fn check_slot(sd: &SlotData) -> Result<Bundle, StoreError> {
     let b = bundle::read_bytes(&sd.bytes)?;
     if b.hash != sd.meta.hash {
-        return Err(format!(
-            "slot bundle hashes to {}, meta.json says {}",
-            b.hash, sd.meta.hash
-        ));
+        return Err(StoreError::HashMismatch {
+            actual: b.hash,
+            recorded: sd.meta.hash.clone(),
+        });
     }
     Ok(b)
 }
 
-fn write_synced(p: &Path, data: &[u8]) -> Result<(), String> {
-    let mut f =
-        std::fs::File::create(p).map_err(|e| format!("cannot create {}: {e}", p.display()))?;
+fn write_synced(p: &Path, data: &[u8]) -> Result<(), StoreError> {
+    let mut f = std::fs::File::create(p).map_err(io(IoOp::Create, p))?;
     f.write_all(data)
         .and_then(|_| f.sync_all())
-        .map_err(|e| format!("cannot write {}: {e}", p.display()))
+        .map_err(io(IoOp::Write, p))
 }
 
-fn sync_dir(p: &Path) -> Result<(), String> {
+fn sync_dir(p: &Path) -> Result<(), StoreError> {
     std::fs::File::open(p)
         .and_then(|f| f.sync_all())
-        .map_err(|e| format!("cannot fsync {}: {e}", p.display()))
+        .map_err(io(IoOp::Fsync, p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_messages() {
+        // Disk errors while writing a generation cannot be provoked here without root; the
+        // messages are pinned instead.
+        let e = |op| io(op, Path::new("/s/gens/1"))(std::io::Error::from_raw_os_error(28));
+        let cases = [
+            (IoOp::Read, "cannot read"),
+            (IoOp::Open, "cannot open"),
+            (IoOp::CreateStore, "cannot create policy store"),
+            (IoOp::Create, "cannot create"),
+            (IoOp::CreateTempIn, "cannot create a temp dir in"),
+            (IoOp::Write, "cannot write"),
+            (IoOp::Fsync, "cannot fsync"),
+            (IoOp::RenameTo, "cannot rename to"),
+            (IoOp::Switch, "cannot switch"),
+        ];
+        for (op, words) in cases {
+            assert_eq!(
+                e(op).to_string(),
+                format!("{words} /s/gens/1: No space left on device (os error 28)")
+            );
+        }
+        let lock = StoreError::Lock {
+            path: "/s/.lock".into(),
+            error: nix::errno::Errno::ENOLCK,
+        };
+        assert_eq!(
+            lock.to_string(),
+            "cannot lock /s/.lock: ENOLCK: No record locks available"
+        );
+    }
 }

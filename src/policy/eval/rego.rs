@@ -7,8 +7,9 @@ use regorus::Engine;
 use regorus::utils::limits::ExecutionTimerConfig;
 
 use super::deps::{self, Deps, DepsError};
-use super::fast::{FastAllow, FastResult};
+use super::fast::{FastAllow, FastResult, NoFastPath};
 use super::{PolicyEvaluator, PolicyInput, Pool, Verdict};
+use crate::policy::message::{MAX_CHARS, one_line};
 use crate::types::{Decision, PolicyRef};
 
 /// The rule that decides.
@@ -47,7 +48,7 @@ pub struct RegoPolicy {
     has_reason: bool,
     pool: Pool<Engine>,
     /// The VM fast path for `allow`, or why this policy has none.
-    fast: Result<FastAllow, String>,
+    fast: Result<FastAllow, NoFastPath>,
     /// How deep evaluating it may go.
     deps: Deps,
 }
@@ -78,7 +79,7 @@ impl RegoPolicy {
                 .add_policy(file.clone(), src.clone())
                 .map_err(|e| RegoPolicyError::Compile {
                     file: file.clone(),
-                    message: first_line(&e.to_string()),
+                    message: one_line(&e.to_string(), MAX_CHARS),
                 })?;
         }
         // Before anything walks the rules recursively (compiling does): recursion and depths
@@ -122,12 +123,12 @@ impl RegoPolicy {
                     if msg.contains("not a valid rule path") || msg.contains("rule") {
                         RegoPolicyError::EntryPoint(format!(
                             "the policy must define `package autonomy` with a rule `allow` ({})",
-                            first_line(&msg)
+                            one_line(&msg, MAX_CHARS)
                         ))
                     } else {
                         RegoPolicyError::Compile {
                             file: "policy".into(),
-                            message: first_line(&msg),
+                            message: one_line(&msg, MAX_CHARS),
                         }
                     },
                 );
@@ -158,8 +159,8 @@ impl RegoPolicy {
     }
 
     /// Whether `allow` has the VM fast path; `Err` says why not.
-    pub fn fast_path(&self) -> Result<(), &str> {
-        self.fast.as_ref().map(|_| ()).map_err(String::as_str)
+    pub fn fast_path(&self) -> Result<(), &NoFastPath> {
+        self.fast.as_ref().map(|_| ())
     }
 
     /// The interpreter's verdict alone, for checking the fast path against it.
@@ -192,7 +193,7 @@ impl RegoPolicy {
                 Err(e) => {
                     return Verdict::deny(format!(
                         "policy evaluation failed: {}",
-                        first_line(&e.to_string())
+                        one_line(&e.to_string(), MAX_CHARS)
                     ));
                 }
             }
@@ -262,22 +263,10 @@ fn on_stack<R>(deps: Deps, f: impl FnOnce() -> R) -> R {
     stacker::maybe_grow(need, need, f)
 }
 
-/// A compiler or evaluation message on one line, at most 500 characters.
-pub(super) fn first_line(s: &str) -> String {
-    s.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ")
-        .chars()
-        .take(500)
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::demo_policy;
+    use crate::policy::eval::demo_policy;
     use crate::types::{Source, ToolKind};
     use serde_json::Map;
 

@@ -12,8 +12,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::store::{Slot, Store};
-use super::{ActivePolicy, PolicyEvaluator};
+use super::store::{Slot, Store, StoreError};
+use crate::policy::eval::{ActivePolicy, PolicyEvaluator};
 use crate::wal::{NewRecord, RecordType, Wal};
 
 /// Poll interval.
@@ -54,10 +54,10 @@ pub fn fingerprint(store: &Store) -> String {
         .generation()
         .map(|g| g.display().to_string())
         .unwrap_or_default();
-    let meta = super::bundle::read_capped(
+    let meta = super::file::read_capped(
         &base.join(super::store::META_FILE),
         super::store::MAX_META,
-        "slot metadata",
+        super::file::FileKind::SlotMetadata,
     )
     .unwrap_or_default();
     let b = std::fs::metadata(base.join(super::store::BUNDLE_FILE))
@@ -92,7 +92,10 @@ pub fn spawn(
             let res = tokio::task::spawn_blocking(move || {
                 let r = s.open_slot(Slot::Current).and_then(|o| match o {
                     None => Ok(None),
-                    Some((meta, b)) => b.compile().map(|p| Some((meta, b, p))),
+                    Some((meta, b)) => b
+                        .compile()
+                        .map(|p| Some((meta, b, p)))
+                        .map_err(StoreError::from),
                 });
                 // Was the slot replaced while we read it? Then read again next tick.
                 let stable = fingerprint(&s) == fp;
@@ -127,7 +130,8 @@ pub fn spawn(
                         meta.source
                     );
                 }
-                Err(reason) => {
+                Err(e) => {
+                    let reason = e.to_string();
                     let keep = policy.get().policy_ref().as_str().to_string();
                     eprintln!(
                         "autonomy: policy rejected: the current slot is not usable ({reason}); still serving {keep}"
