@@ -12,6 +12,7 @@ pub mod http;
 pub mod launch;
 pub mod paths;
 pub mod policy;
+pub mod record;
 pub mod ros;
 pub mod runtime;
 pub mod signals;

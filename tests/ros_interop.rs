@@ -315,10 +315,11 @@ async fn deny_all_node(
     mapping: autonomy::ros::ServiceMapping,
 ) -> (autonomy::runtime::Runtime, autonomy::ros::RosHandle) {
     use autonomy::runtime::{Runtime, RuntimeConfig};
-    let cfg = RuntimeConfig::loopback(Box::new(autonomy::policy::DenyAll::new()), dir.join("wal"));
-    let runtime = Runtime::start(cfg).await.expect("runtime");
-    let ros = autonomy::ros::start_ros(
-        runtime.gate().clone(),
+    let cfg = RuntimeConfig::new(Box::new(autonomy::policy::DenyAll::new()), dir.join("wal"));
+    let runtime = Runtime::open(cfg).await.expect("runtime");
+    runtime.start(None).await.expect("runtime start");
+    let ros = autonomy::ros::start(
+        &runtime,
         autonomy::ros::RosConfig {
             domain_id: domain,
             mapping,

@@ -228,7 +228,7 @@ fn torn_tail_case(cut: impl FnOnce(&Path, &[StoredRecord])) {
     for (a, b) in after.iter().zip(&recs[..9]) {
         assert_eq!(a.raw, b.raw, "earlier records intact");
     }
-    assert_eq!(after[9].rtype, "runtime");
+    assert_eq!(after[9].rtype, autonomy::wal::RecordType::Runtime);
     assert_eq!(after[9].payload["event"], "wal.recovered");
     assert_eq!(after[9].payload["offset"], recs[9].offset);
     let out = verify_bin(d.path());
@@ -370,7 +370,7 @@ fn inspect_filters_and_json() {
     assert_eq!(lines.len(), 4);
     assert!(lines[0].starts_with("{\"seq\":3,"), "{}", lines[0]);
     let aid = recs[1].audit_id.clone().unwrap();
-    let out = autonomy(&["wal", "inspect", "--dir", dir, "--audit-id", &aid]);
+    let out = autonomy(&["wal", "inspect", "--dir", dir, "--audit-id", aid.as_str()]);
     assert_eq!(out.code, 0);
     assert_eq!(out.stdout.lines().count(), 2, "{}", out.stdout); // header + 1
     assert!(out.stdout.contains("decision=allow"), "{}", out.stdout);

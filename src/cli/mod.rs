@@ -12,6 +12,10 @@ use std::process::ExitCode;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
+use crate::http::{HttpConfig, HttpServer};
+use crate::ros::{RosConfig, RosHandle};
+use crate::runtime::{FrontEnd, Runtime, RuntimeConfig};
+
 /// Exit code for a user error (bad flag, missing file, port in use).
 pub const EXIT_USAGE: u8 = 2;
 /// Exit code for any other failure.
@@ -232,20 +236,66 @@ pub(crate) fn ros_config(enabled: bool) -> Result<Option<crate::ros::RosConfig>,
         .map_err(|e| usage(&e))
 }
 
-/// Starts node `/autonomy` on the runtime's gate and says so; on failure stops the runtime.
-pub(crate) async fn start_ros(
-    rt: &crate::runtime::Runtime,
-    cfg: Option<crate::ros::RosConfig>,
-) -> Result<Option<crate::ros::RosHandle>, String> {
-    let Some(c) = cfg else { return Ok(None) };
-    let h = crate::ros::start_ros(rt.gate().clone(), c.clone())
-        .map_err(|e| format!("cannot start the ROS 2 node: {e}"))?;
-    eprintln!("autonomy: {}", c.describe());
-    let distro = std::env::var("ROS_DISTRO").ok();
-    if let Some(w) = crate::ros::RosConfig::distro_warning(distro.as_deref()) {
-        eprintln!("autonomy: {w}");
+/// The runtime and its front ends, as `runtime start` and `run` bring them up.
+pub(crate) struct Services {
+    /// The core.
+    pub rt: Runtime,
+    /// `GET /health`, `POST /v1/tool`.
+    pub http: HttpServer,
+    /// Node `/autonomy`, when asked for.
+    pub ros: Option<RosHandle>,
+}
+
+impl Services {
+    /// Opens the core, starts HTTP on `http`, records the start, then starts the ROS 2 node
+    /// when `ros` is given (and says so). Any failure is one error line; the exit code is in
+    /// the `Err`.
+    pub(crate) async fn start(
+        core: RuntimeConfig,
+        http: HttpConfig,
+        ros: Option<RosConfig>,
+    ) -> Result<Services, ExitCode> {
+        let rt = Runtime::open(core).await.map_err(|e| fail(&e))?;
+        if let Some(t) = rt.recovered() {
+            eprintln!("autonomy: WAL recovery: {t}");
+        }
+        // On a failure before the start is recorded, the WAL is dropped as it is: the log
+        // holds nothing of this attempt.
+        let http = crate::http::start(&rt, http).await.map_err(|e| fail(&e))?;
+        if let Err(e) = rt.start(Some(http.addr())).await {
+            http.shutdown().await;
+            return Err(fail(&e));
+        }
+        let mut s = Services {
+            rt,
+            http,
+            ros: None,
+        };
+        if let Some(c) = ros {
+            match crate::ros::start(&s.rt, c.clone()) {
+                Ok(h) => s.ros = Some(h),
+                Err(e) => {
+                    let _ = s.stop().await;
+                    return Err(fail(&format!("cannot start the ROS 2 node: {e}")));
+                }
+            }
+            eprintln!("autonomy: {}", c.describe());
+            let distro = std::env::var("ROS_DISTRO").ok();
+            if let Some(w) = RosConfig::distro_warning(distro.as_deref()) {
+                eprintln!("autonomy: {w}");
+            }
+        }
+        Ok(s)
     }
-    Ok(Some(h))
+
+    /// Stops the front ends (calls in flight finish), then the runtime.
+    pub(crate) async fn stop(self) -> Result<(), crate::wal::WalError> {
+        if let Some(ros) = self.ros {
+            ros.shutdown().await;
+        }
+        self.http.shutdown().await;
+        self.rt.stop().await
+    }
 }
 
 /// Prints one error line and returns the failure exit code.

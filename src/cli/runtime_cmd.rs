@@ -7,9 +7,11 @@ use std::time::Duration;
 
 use clap::Args;
 
+use super::Services;
+use crate::http::HttpConfig;
 use crate::http::HttpLimits;
 use crate::policy::PolicyEvaluator;
-use crate::runtime::{Runtime, RuntimeConfig};
+use crate::runtime::RuntimeConfig;
 use crate::tools::Allowlist;
 use crate::wal::{SyncMode, WalOptions};
 
@@ -152,8 +154,7 @@ pub async fn start(args: StartArgs) -> ExitCode {
     let deny_all = policy.policy_ref().as_str() == "builtin:deny-all";
     let policy_ref = policy.policy_ref().clone();
     let wal_dir = args.wal_dir.unwrap_or_else(crate::paths::default_wal_dir);
-    let cfg = RuntimeConfig {
-        listen: args.listen,
+    let core = RuntimeConfig {
         policy,
         allowlist,
         wal_dir: wal_dir.clone(),
@@ -162,28 +163,24 @@ pub async fn start(args: StartArgs) -> ExitCode {
             sync: args.wal_sync,
             ..WalOptions::default()
         },
-        http: args.http.limits(),
         policy_watch: resolved.watch,
+    };
+    let http = HttpConfig {
+        listen: args.listen,
+        limits: args.http.limits(),
     };
     let mut sigs = match crate::signals::Signals::new() {
         Ok(s) => s,
         Err(e) => return super::fail(&format!("cannot install signal handlers: {e}")),
     };
-    let rt = match Runtime::start(cfg).await {
-        Ok(r) => r,
-        Err(e) => return super::fail(&e.to_string()),
-    };
-    let ros = match super::start_ros(&rt, ros_config).await {
-        Ok(h) => h,
-        Err(e) => {
-            let _ = rt.stop().await;
-            return super::fail(&e);
-        }
+    let services = match Services::start(core, http, ros_config).await {
+        Ok(s) => s,
+        Err(code) => return code,
     };
     if !args.listen.ip().is_loopback() {
         eprintln!(
             "autonomy: warning: listening on {} exposes the tool API beyond this machine",
-            rt.local_addr()
+            services.http.addr()
         );
     }
     if deny_all {
@@ -199,16 +196,13 @@ pub async fn start(args: StartArgs) -> ExitCode {
     eprintln!(
         "autonomy runtime {} listening on {} (policy {}, WAL {})",
         crate::VERSION,
-        rt.url(),
+        services.http.url(),
         policy_ref,
         wal_dir.display()
     );
     let sig = sigs.next().await;
     eprintln!("autonomy: {sig} received: finishing in-flight calls and closing the WAL");
-    if let Some(ros) = ros {
-        ros.shutdown().await;
-    }
-    match rt.stop().await {
+    match services.stop().await {
         Ok(()) => {
             eprintln!("autonomy: stopped");
             ExitCode::SUCCESS

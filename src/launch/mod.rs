@@ -4,6 +4,7 @@
 pub mod lifecycle;
 mod supervise;
 
+use std::borrow::Cow;
 use std::ffi::OsString;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -13,11 +14,15 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use crate::gate::{Gate, Outcome, ToolCall};
+use crate::record::{Body, MarkerRecord};
 use crate::signals::Signals;
 use crate::types::{AuditId, Decision, Source, ToolKind};
-use crate::wal::{NewRecord, RecordType, WalError};
+use crate::wal::WalError;
 
 pub use supervise::{Supervision, sweep_group};
+
+/// The `source` of the `tool.ros2.launch` call `run ros2.launch` makes.
+pub const SOURCE: Source = Source::new("launch");
 
 /// Exit code when the policy denies the launch.
 pub const EXIT_DENIED: u8 = 126;
@@ -106,25 +111,18 @@ impl Reporter<'_> {
         audit_id: Option<&AuditId>,
     ) -> Result<String, WalError> {
         let line = format!("{status} {label} {CONTEXT}{suffix}");
-        let rec = NewRecord::new(RecordType::Marker, audit_id.cloned())
-            .with("line", line.as_str())
-            .with("status", status)
-            .with("label", label);
-        append(self.gate, rec).await?;
+        let rec = MarkerRecord {
+            label: Cow::Borrowed(label),
+            line: Cow::Borrowed(&line),
+            status: Cow::Borrowed(status),
+        };
+        self.gate.record(audit_id, &rec).await?;
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{line}");
         let _ = out.flush();
         drop(out);
         self.sink.publish(&line);
         Ok(line)
-    }
-}
-
-async fn append(gate: &Arc<Gate>, rec: NewRecord) -> Result<(), WalError> {
-    let wal = gate.wal().clone();
-    match tokio::task::spawn_blocking(move || wal.append(rec)).await {
-        Ok(r) => r.map(|_| ()),
-        Err(e) => Err(WalError::Invalid(format!("WAL task failed: {e}"))),
     }
 }
 
@@ -164,7 +162,7 @@ pub async fn run(
         .call(ToolCall {
             kind,
             params,
-            source: Source::Launch,
+            source: SOURCE,
         })
         .await;
     let audit_id = resp.audit_id.clone();
@@ -272,17 +270,14 @@ fn readback(dir: &Path, audit_id: &AuditId) -> Result<(), String> {
     let mut decision = false;
     let mut seen: Vec<String> = Vec::new();
     for r in &records {
-        let t = r.get("type").and_then(Value::as_str);
-        if t == Some("decision")
-            && r.get("audit_id").and_then(Value::as_str) == Some(audit_id.as_str())
-            && r.get("decision").and_then(Value::as_str) == Some("allow")
-        {
-            decision = true;
-        }
-        if t == Some("marker")
-            && let Some(l) = r.get("label").and_then(Value::as_str)
-        {
-            seen.push(l.to_string());
+        match r.body().map_err(|e| format!("seq {}: {e}", r.seq))? {
+            Body::Decision(d)
+                if r.audit_id.as_ref() == Some(audit_id) && d.decision == Decision::Allow =>
+            {
+                decision = true;
+            }
+            Body::Marker(m) => seen.push(m.label.into_owned()),
+            _ => {}
         }
     }
     if !decision {

@@ -22,7 +22,6 @@ use super::lifecycle::{self, Lifecycle};
 use crate::gate::Gate;
 use crate::signals::{Signals, exit_code_of};
 use crate::types::AuditId;
-use crate::wal::{NewRecord, RecordType};
 
 /// Longest line we parse for lifecycle events; longer lines pass through unparsed.
 const MAX_LINE: u64 = 64 * 1024;
@@ -212,13 +211,8 @@ where
 /// Appends lifecycle events to the WAL in the order they were printed.
 async fn record(gate: Arc<Gate>, audit_id: AuditId, mut rx: mpsc::UnboundedReceiver<Lifecycle>) {
     while let Some(ev) = rx.recv().await {
-        let mut rec = NewRecord::new(RecordType::Lifecycle, Some(audit_id.clone()));
-        rec.body = ev.fields();
-        let wal = gate.wal().clone();
-        match tokio::task::spawn_blocking(move || wal.append(rec)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => eprintln!("autonomy: warning: lifecycle record not written: {e}"),
-            Err(e) => eprintln!("autonomy: warning: lifecycle record task failed: {e}"),
+        if let Err(e) = gate.record(Some(&audit_id), &ev.record()).await {
+            tracing::warn!("lifecycle record not written: {e}");
         }
     }
 }

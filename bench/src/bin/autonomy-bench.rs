@@ -180,7 +180,7 @@ fn eval_phase(
     let input = PolicyInput {
         kind: &kind,
         params: &params,
-        source: Source::Http,
+        source: Source::new("http"),
         allowed_domains: &allowed,
     };
     let v = policy.evaluate(&input);
