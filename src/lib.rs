@@ -20,5 +20,9 @@ pub mod tools;
 pub mod types;
 pub mod wal;
 
+/// The tracing target of operator notices: what the program tells the person running it (a
+/// policy was activated, a launch is being stopped). The CLI prints them as its own lines.
+pub const NOTICE: &str = "notice";
+
 /// The runtime's version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -84,7 +84,7 @@ fn expect(
 }
 
 /// Runs the self-check; exit 0 only if every check passes.
-pub async fn validate() -> ExitCode {
+pub(super) async fn validate() -> ExitCode {
     let tmp = match tempfile::Builder::new()
         .prefix("autonomy-validate-")
         .tempdir()

@@ -1,6 +1,12 @@
 //! The command line (clap). Each subcommand lives in its own module; this one parses and dispatches.
+//!
+//! The CLI is where the process talks to the person running it, so it alone prints to stderr:
+//! one line per error (`fail`, `usage`), plus its own progress lines; library code emits
+//! notices through tracing instead ([`log`]).
+#![allow(clippy::print_stderr)]
 
 mod demo;
+pub mod log;
 mod policy_cmd;
 mod run;
 mod runtime_cmd;
@@ -136,7 +142,7 @@ pub fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => return clap_error(e),
     };
-    init_tracing();
+    log::init();
     ignore_sigxfsz();
     match cli.cmd {
         Command::Version => {
@@ -180,21 +186,6 @@ fn with_tokio<F: std::future::Future<Output = ExitCode>>(f: F) -> ExitCode {
         Ok(rt) => rt.block_on(f),
         Err(e) => fail(&format!("cannot start the async runtime: {e}")),
     }
-}
-
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("AUTONOMY_LOG")
-        // ros2-client's own ROS_DISTRO check logs even when the variable is unset; `--ros`
-        // prints its own warning on a real mismatch.
-        .unwrap_or_else(|_| {
-            tracing_subscriber::EnvFilter::new("warn,ros2_client::distributions=off")
-        });
-    // Colour codes only on a terminal: a journal or a log file gets plain lines.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
 }
 
 /// Prints clap's help/version as is; any parse error as one line.

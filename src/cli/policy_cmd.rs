@@ -17,7 +17,7 @@ use crate::wal::{NewRecord, Wal, WalOptions};
 
 /// The policy store directory flag, shared by the subcommands that use the store.
 #[derive(Args, Debug, Clone)]
-pub struct StoreArgs {
+pub(super) struct StoreArgs {
     /// Policy store [default: $XDG_DATA_HOME/autonomy/policy]
     #[arg(long, value_name = "DIR", env = "AUTONOMY_POLICY_DIR")]
     pub policy_dir: Option<PathBuf>,
@@ -35,7 +35,7 @@ impl StoreArgs {
 
 /// `autonomy policy …`.
 #[derive(Subcommand, Debug)]
-pub enum PolicyCmd {
+pub(super) enum PolicyCmd {
     /// Build a reproducible bundle (.tar.gz) from a directory of .rego files (and data.json).
     #[command(disable_version_flag = true)]
     Build(BuildArgs),
@@ -55,7 +55,7 @@ pub enum PolicyCmd {
 
 /// `policy build`.
 #[derive(Args, Debug)]
-pub struct BuildArgs {
+pub(super) struct BuildArgs {
     /// Directory with *.rego files and optional data.json files (subdirectories allowed).
     #[arg(long = "in", value_name = "DIR")]
     pub input: PathBuf,
@@ -75,7 +75,7 @@ pub struct BuildArgs {
 
 /// `policy load`.
 #[derive(Args, Debug)]
-pub struct LoadArgs {
+pub(super) struct LoadArgs {
     /// The bundle file.
     #[arg(long, value_name = "FILE")]
     pub bundle: PathBuf,
@@ -88,7 +88,7 @@ pub struct LoadArgs {
 
 /// `policy status` / `policy list`.
 #[derive(Args, Debug)]
-pub struct ShowArgs {
+pub(super) struct ShowArgs {
     #[command(flatten)]
     pub store: StoreArgs,
     /// One JSON object per slot instead of text.
@@ -98,7 +98,7 @@ pub struct ShowArgs {
 
 /// `policy rollback`.
 #[derive(Args, Debug)]
-pub struct RollbackArgs {
+pub(super) struct RollbackArgs {
     #[command(flatten)]
     pub store: StoreArgs,
     /// Record the rollback in this WAL.
@@ -108,7 +108,7 @@ pub struct RollbackArgs {
 
 /// `policy push`.
 #[derive(Args, Debug)]
-pub struct PushArgs {
+pub(super) struct PushArgs {
     /// The bundle file.
     #[arg(value_name = "FILE")]
     pub file: PathBuf,
@@ -122,7 +122,7 @@ pub struct PushArgs {
 
 /// `policy pull`.
 #[derive(Args, Debug)]
-pub struct PullArgs {
+pub(super) struct PullArgs {
     /// What: oci://host[:port]/name[:tag].
     #[arg(value_name = "OCI_REF")]
     pub oci_ref: String,
@@ -137,7 +137,7 @@ pub struct PullArgs {
 }
 
 /// Runs one `policy` subcommand.
-pub async fn run(cmd: PolicyCmd) -> ExitCode {
+pub(super) async fn run(cmd: PolicyCmd) -> ExitCode {
     match cmd {
         PolicyCmd::Build(a) => build(a),
         PolicyCmd::Load(a) => load(a),

@@ -19,7 +19,7 @@ enum WalPlace {
 }
 
 /// Runs the child under a fresh runtime and returns its exit code.
-pub async fn run(args: RunArgs) -> ExitCode {
+pub(super) async fn run(args: RunArgs) -> ExitCode {
     let launch = match launch_request(&args) {
         Ok(l) => l,
         Err(msg) => return super::usage(&msg),

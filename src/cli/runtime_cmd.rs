@@ -16,11 +16,11 @@ use crate::tools::Allowlist;
 use crate::wal::{SyncMode, WalOptions};
 
 /// Default `--allowed-domains`.
-pub const DEFAULT_ALLOWED_DOMAINS: &str = "api.anthropic.com,ifconfig.me";
+pub(super) const DEFAULT_ALLOWED_DOMAINS: &str = "api.anthropic.com,ifconfig.me";
 
 /// `autonomy runtime start`.
 #[derive(Args, Debug)]
-pub struct StartArgs {
+pub(super) struct StartArgs {
     /// Use the embedded demo policy.
     #[arg(long, conflicts_with = "policy")]
     pub demo: bool,
@@ -60,7 +60,7 @@ pub struct StartArgs {
 
 /// The HTTP server's bounds on clients (`docs/http-api.md`, "Limits").
 #[derive(Args, Debug)]
-pub struct HttpArgs {
+pub(super) struct HttpArgs {
     /// Close a connection whose request head is not complete this long after its first byte
     /// (or after connecting).
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
@@ -86,7 +86,7 @@ pub struct HttpArgs {
 
 impl HttpArgs {
     /// The limits these flags set.
-    pub fn limits(&self) -> HttpLimits {
+    pub(super) fn limits(&self) -> HttpLimits {
         let defaults = HttpLimits::default();
         HttpLimits {
             header_timeout: self.header_timeout,
@@ -103,7 +103,7 @@ impl HttpArgs {
 }
 
 /// Parses a duration such as `10s`, `500ms` or `2m` (a bare number is seconds); 1 ms to 1 h.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(super) fn parse_duration(s: &str) -> Result<Duration, String> {
     let d = match s.trim().parse::<u64>() {
         Ok(secs) => Duration::from_secs(secs),
         Err(_) => humantime::parse_duration(s.trim())
@@ -116,7 +116,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// Parses `--wal-sync`.
-pub fn parse_sync(s: &str) -> Result<SyncMode, String> {
+pub(super) fn parse_sync(s: &str) -> Result<SyncMode, String> {
     match s {
         "fsync" => Ok(SyncMode::Fsync),
         "none" => Ok(SyncMode::None),
@@ -125,7 +125,7 @@ pub fn parse_sync(s: &str) -> Result<SyncMode, String> {
 }
 
 /// Runs the daemon until SIGINT/SIGTERM.
-pub async fn start(args: StartArgs) -> ExitCode {
+pub(super) async fn start(args: StartArgs) -> ExitCode {
     let allowlist = match Allowlist::parse(&args.allowed_domains) {
         Ok(a) => a,
         Err(e) => return super::usage(&e.to_string()),

@@ -19,7 +19,7 @@ use crate::wal::{Reader, StoredRecord, WalDamage};
 
 /// `autonomy wal …`.
 #[derive(Subcommand, Debug)]
-pub enum WalCmd {
+pub(super) enum WalCmd {
     /// Print the records (a table, or one JSON payload per line with --json).
     Inspect(InspectArgs),
     /// Check every segment header, CRC, seq and the hash chain; print the count and head hash.
@@ -31,7 +31,7 @@ pub enum WalCmd {
 
 /// `autonomy wal inspect`.
 #[derive(Args, Debug)]
-pub struct InspectArgs {
+pub(super) struct InspectArgs {
     /// WAL directory [default: $XDG_STATE_HOME/autonomy/wal]
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
@@ -54,7 +54,7 @@ pub struct InspectArgs {
 
 /// `autonomy wal verify`.
 #[derive(Args, Debug)]
-pub struct VerifyArgs {
+pub(super) struct VerifyArgs {
     /// WAL directory [default: $XDG_STATE_HOME/autonomy/wal]
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
@@ -62,7 +62,7 @@ pub struct VerifyArgs {
 
 /// `autonomy wal repair`.
 #[derive(Args, Debug)]
-pub struct RepairArgs {
+pub(super) struct RepairArgs {
     /// WAL directory [default: $XDG_STATE_HOME/autonomy/wal]
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
@@ -73,7 +73,7 @@ pub struct RepairArgs {
 }
 
 /// Runs a `wal` subcommand.
-pub fn run(cmd: WalCmd) -> ExitCode {
+pub(super) fn run(cmd: WalCmd) -> ExitCode {
     match cmd {
         WalCmd::Inspect(a) => inspect(a),
         WalCmd::Verify(a) => verify(a),
@@ -161,7 +161,7 @@ fn verify(a: VerifyArgs) -> ExitCode {
 
 /// `--type`: a record type, its values taken from [`RecordType::ALL`].
 #[derive(Debug, Clone, Copy)]
-pub struct TypeArg(RecordType);
+pub(super) struct TypeArg(RecordType);
 
 impl ValueEnum for TypeArg {
     fn value_variants<'a>() -> &'a [Self] {

@@ -137,7 +137,7 @@ pub async fn run(
 ) -> u8 {
     let rep = Reporter { gate, sink };
     let wal_error = |e: WalError| {
-        eprintln!("autonomy: error: the WAL cannot record this run: {e}");
+        tracing::error!(target: crate::NOTICE, "the WAL cannot record this run: {e}");
         EXIT_AUDIT_FAILED
     };
 
@@ -173,7 +173,7 @@ pub async fn run(
             .unwrap_or_else(|| "denied".to_string())
             .replace(['\n', '\r'], " ");
         if let Outcome::WalUnavailable(e) = &resp.outcome {
-            eprintln!("autonomy: error: the WAL cannot record the launch decision: {e}");
+            tracing::error!(target: crate::NOTICE, "the WAL cannot record the launch decision: {e}");
         }
         let line = format!("DENY {} {CONTEXT} reason={reason}", labels::LAUNCH_DENIED);
         match rep
@@ -203,8 +203,8 @@ pub async fn run(
 
     // 3. Find ros2, then spawn it.
     let Some(ros2) = find_on_path(&opts.ros2) else {
-        eprintln!(
-            "autonomy: error: `{}` not found on PATH: source your ROS 2 setup file first (e.g. `source /opt/ros/jazzy/setup.bash`)",
+        tracing::error!(target: crate::NOTICE,
+            "`{}` not found on PATH: source your ROS 2 setup file first (e.g. `source /opt/ros/jazzy/setup.bash`)",
             opts.ros2.to_string_lossy()
         );
         return EXIT_NOT_FOUND;
@@ -225,7 +225,7 @@ pub async fn run(
     let code = match sup.run(&ros2, &req, sigs).await {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("autonomy: error: cannot start {}: {e}", ros2.display());
+            tracing::error!(target: crate::NOTICE, "cannot start {}: {e}", ros2.display());
             return EXIT_NOT_FOUND.min(126);
         }
     };
@@ -247,11 +247,11 @@ pub async fn run(
     match check {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
-            eprintln!("autonomy: error: reading the run back from the WAL failed: {e}");
+            tracing::error!(target: crate::NOTICE, "reading the run back from the WAL failed: {e}");
             return EXIT_AUDIT_FAILED;
         }
         Err(e) => {
-            eprintln!("autonomy: error: WAL read-back task failed: {e}");
+            tracing::error!(target: crate::NOTICE, "WAL read-back task failed: {e}");
             return EXIT_AUDIT_FAILED;
         }
     }

@@ -102,7 +102,7 @@ impl Supervision {
                 st = child.wait() => break st?,
                 sig = sigs.next() => {
                     if stage == Stage::Running {
-                        eprintln!("autonomy: {sig} received: stopping the launch (SIGINT now, SIGTERM to its process group in {}s; press Ctrl-C again to skip ahead)", self.grace.as_secs());
+                        tracing::info!(target: crate::NOTICE, "{sig} received: stopping the launch (SIGINT now, SIGTERM to its process group in {}s; press Ctrl-C again to skip ahead)", self.grace.as_secs());
                     }
                     (stage, deadline) = self.escalate(stage, pid, pgid);
                 }
@@ -129,12 +129,12 @@ impl Supervision {
                 (Stage::Interrupted, Some(now + self.grace))
             }
             Stage::Interrupted => {
-                eprintln!("autonomy: launch still running: SIGTERM to its process group");
+                tracing::info!(target: crate::NOTICE, "launch still running: SIGTERM to its process group");
                 let _ = killpg(pgid, Signal::SIGTERM);
                 (Stage::Terminated, Some(now + self.term_grace))
             }
             Stage::Terminated | Stage::Killed => {
-                eprintln!("autonomy: launch still running: SIGKILL to its process group");
+                tracing::info!(target: crate::NOTICE, "launch still running: SIGKILL to its process group");
                 let _ = killpg(pgid, Signal::SIGKILL);
                 (Stage::Killed, None)
             }

@@ -662,7 +662,10 @@ impl Reader {
                 return Ok(None);
             }
             let limit = self.tail_limit;
-            let cur = self.cur.as_mut().expect("segment open");
+            // advance_segment returned true, so a segment is open.
+            let Some(cur) = self.cur.as_mut() else {
+                return Ok(None);
+            };
             let off = cur.offset;
             let path = cur.path.clone();
             let hdr = match cur.read(off, FRAME_HEADER_LEN as usize) {

@@ -128,16 +128,16 @@ pub fn spawn(
                     append(&wal, &rec).await;
                     policy.swap(Box::new(p));
                     active_hash = Some(b.hash.clone());
-                    eprintln!(
-                        "autonomy: policy activated: {policy_ref} (from {})",
+                    tracing::info!(target: crate::NOTICE,
+                        "policy activated: {policy_ref} (from {})",
                         meta.source
                     );
                 }
                 Err(e) => {
                     let reason = e.to_string();
                     let keep = policy.get().policy_ref().as_str().to_string();
-                    eprintln!(
-                        "autonomy: policy rejected: the current slot is not usable ({reason}); still serving {keep}"
+                    tracing::info!(target: crate::NOTICE,
+                        "policy rejected: the current slot is not usable ({reason}); still serving {keep}"
                     );
                     let rec = PolicyRejected {
                         event: Rejected,
