@@ -1,4 +1,4 @@
-//! The HTTP API against the real binary: every status row of SPEC §3, every demo-policy row of
+//! The HTTP API against the real binary: every status row of `docs/http-api.md`, every demo-policy row of
 //! §4, bad input, and the WAL records behind each answer.
 
 mod common;

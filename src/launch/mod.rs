@@ -1,5 +1,5 @@
 //! `autonomy run ros2.launch`: gate the launch through the policy, supervise `ros2 launch` in its
-//! own process group, record its lifecycle, and report the five markers of SPEC §8.
+//! own process group, record its lifecycle, and report its five markers (`docs/ros2-launch.md`).
 
 pub mod lifecycle;
 mod supervise;
@@ -126,7 +126,7 @@ impl Reporter<'_> {
     }
 }
 
-/// Runs the whole SPEC §8 sequence and returns the exit code.
+/// Runs the whole marker sequence (allow, spawn, supervise, read back) and returns the exit code.
 pub async fn run(
     gate: &Arc<Gate>,
     runtime_url: &str,
