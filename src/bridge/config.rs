@@ -527,6 +527,18 @@ max_bytes = 1024
     }
 
     #[test]
+    fn the_example_config_is_valid() {
+        let f = BridgeFile::parse(include_str!("../../examples/bridge/bridge.toml")).unwrap();
+        assert_eq!(f.topics.len(), 3);
+        assert_eq!(
+            f.topics[0].audit,
+            Audit::Batched {
+                window: Duration::from_millis(10)
+            }
+        );
+    }
+
+    #[test]
     fn load_names_the_file() {
         let tmp = tempfile::tempdir().unwrap();
         let p = tmp.path().join("b.toml");
