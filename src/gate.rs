@@ -512,4 +512,107 @@ mod tests {
             );
         }
     }
+
+    fn bridge_gate(dir: &std::path::Path) -> Arc<Gate> {
+        let policy = crate::policy::eval::bridge_demo_policy().unwrap();
+        let (wal, _) = Wal::open(dir, crate::wal::WalOptions::default()).unwrap();
+        let tools = Tools::new(
+            crate::tools::Allowlist::empty(),
+            crate::tools::HttpGetLimits::default(),
+        );
+        let g = Arc::new(Gate::new(
+            Arc::new(ActivePolicy::new(Box::new(policy))),
+            Arc::new(wal),
+            tools,
+        ));
+        g.open();
+        g
+    }
+
+    fn publish(x: f64) -> ToolCall {
+        ToolCall {
+            kind: ToolKind::parse("tool.ros2.topic.publish").unwrap(),
+            params: serde_json::from_value(json!({"topic": "/cmd_vel", "type": "geometry_msgs/msg/Twist",
+                "message": {"linear": {"x": x, "y": 0.0, "z": 0.0}, "angular": {"x": 0.0, "y": 0.0, "z": 0.0}}}))
+            .unwrap(),
+            source: Source::new("bridge"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn decide_answers_early_only_where_acting_early_is_allowed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let g = bridge_gate(tmp.path());
+        let rate: Map<String, Value> = serde_json::from_value(json!({"rate": 3})).unwrap();
+        // An allow under BeforeActing: no answer before the record is durable.
+        let strict = g
+            .decide(publish(0.5), Some(&rate), Durability::BeforeActing)
+            .await;
+        assert!(strict.early().is_none());
+        // A deny may be acted on (by not acting) at once; so may a Deferred allow.
+        let deny = g.decide(publish(5.0), None, Durability::BeforeActing).await;
+        assert_eq!(deny.early().unwrap().decision, Decision::Deny);
+        let deferred = g.decide(publish(0.25), None, Durability::Deferred).await;
+        assert_eq!(deferred.early().unwrap().decision, Decision::Allow);
+        let refused = g
+            .refuse_input(publish(0.0), "malformed message: truncated".into())
+            .await;
+        assert_eq!(refused.early().unwrap().outcome, Outcome::InputRefused);
+        let ids: Vec<AuditId> = [
+            strict.durable().await,
+            deny.durable().await,
+            deferred.durable().await,
+            refused.durable().await,
+        ]
+        .into_iter()
+        .map(|r| {
+            assert!(!matches!(r.outcome, Outcome::WalUnavailable(_)));
+            r.audit_id
+        })
+        .collect();
+        // The records are in the log in decision order, with their layers.
+        let recs = crate::wal::read_records(tmp.path()).unwrap();
+        let got: Vec<(String, &'static str)> = recs
+            .iter()
+            .map(|r| match r.body().unwrap() {
+                crate::record::Body::Decision(d) => (
+                    r.audit_id.as_ref().unwrap().as_str().to_string(),
+                    match (d.decision, d.layer) {
+                        (Decision::Allow, Layer::Policy) => "allow",
+                        (Decision::Deny, Layer::Policy) => "deny",
+                        (Decision::Deny, Layer::Input) => "input",
+                        _ => "other",
+                    },
+                ),
+                _ => panic!("not a decision"),
+            })
+            .collect();
+        let want: Vec<(String, &str)> = ids
+            .iter()
+            .map(|i| i.as_str().to_string())
+            .zip(["allow", "deny", "allow", "input"])
+            .collect();
+        assert_eq!(got, want);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_record_that_cannot_be_written_turns_the_allow_into_a_deny() {
+        let tmp = tempfile::tempdir().unwrap();
+        let g = bridge_gate(tmp.path());
+        g.wal()
+            .fail_next_write
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let p = g.decide(publish(0.5), None, Durability::BeforeActing).await;
+        assert!(p.early().is_none());
+        let r = p.durable().await;
+        assert_eq!(r.decision, Decision::Deny);
+        assert!(
+            matches!(r.outcome, Outcome::WalUnavailable(_)),
+            "{:?}",
+            r.outcome
+        );
+        // The log stays failed: the next decision is refused at once.
+        let p = g.decide(publish(0.5), None, Durability::Deferred).await;
+        assert_eq!(p.early().unwrap().decision, Decision::Deny);
+    }
 }

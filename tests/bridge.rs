@@ -148,13 +148,25 @@ impl Drop for Lines {
     }
 }
 
-/// Runs the peer to its end (60 s at most).
+/// Runs the peer to its end (90 s at most).
 fn peer(agent: u16, robot: u16, plan: &Value, expect: usize, feed: usize) -> Lines {
+    peer_with(agent, robot, plan, expect, feed, &[])
+}
+
+fn peer_with(
+    agent: u16,
+    robot: u16,
+    plan: &Value,
+    expect: usize,
+    feed: usize,
+    extra: &[&str],
+) -> Lines {
     let mut c = Command::new(venv_python());
     c.arg(root().join("tests/bridge_peer.py"))
         .args(["--agent", &agent.to_string(), "--robot", &robot.to_string()])
         .args(["--plan", &plan.to_string()])
-        .args(["--expect", &expect.to_string(), "--feed", &feed.to_string()]);
+        .args(["--expect", &expect.to_string(), "--feed", &feed.to_string()])
+        .args(extra);
     let mut p = Lines::spawn(c);
     p.wait_for("\"event\": \"done\"", Duration::from_secs(90));
     p
@@ -437,6 +449,182 @@ fn batched_topic_with_the_example_rate_limit() {
         .unwrap();
     assert_eq!(started["topics"][0]["audit"], "batched");
     assert_eq!(started["topics"][0]["batch_window_ms"], 15);
+}
+
+/// The WAL fails mid-stream (a per-file size limit makes its writes fail, as a full disk
+/// would): from then on nothing more reaches the robot, every message that did reach it has its
+/// decision in the log, and the failure is one error line.
+#[test]
+fn a_wal_failure_drops_messages_fail_closed() {
+    use std::os::unix::process::CommandExt;
+    let (robot, agent) = (227, 228);
+    let tmp = tempfile::tempdir().unwrap();
+    let wal = tmp.path().join("wal");
+    let cfg = write_config(
+        tmp.path(),
+        "[[topic]]\nname = \"/cmd_vel\"\ntype = \"geometry_msgs/msg/Twist\"\n",
+    );
+    let a = agent.to_string();
+    let mut d = Daemon::start_in(
+        &wal,
+        &[
+            "--bridge",
+            cfg.to_str().unwrap(),
+            "--agent-domain",
+            &a,
+            "--wal-segment-bytes",
+            "1048576",
+        ],
+        |c| {
+            c.env("ROS_DOMAIN_ID", robot.to_string())
+                .env_remove("RMW_IMPLEMENTATION");
+            // SAFETY: only setrlimit, which is async-signal-safe, runs in the child.
+            unsafe {
+                c.pre_exec(|| {
+                    nix::sys::resource::setrlimit(
+                        nix::sys::resource::Resource::RLIMIT_FSIZE,
+                        32 * 1024,
+                        32 * 1024,
+                    )
+                    .map_err(std::io::Error::from)
+                });
+            }
+        },
+    );
+    let plan: Vec<Value> = (1..=200)
+        .map(|i| json!(["twist", "/cmd_vel", f64::from(i) / 1000.0, 0.0]))
+        .collect();
+    let p = peer_with(
+        agent,
+        robot,
+        &Value::Array(plan),
+        200,
+        0,
+        &["--interval", "0.005", "--idle", "3"],
+    );
+    let got: Vec<f64> = p
+        .events("robot")
+        .iter()
+        .map(|e| e["x"].as_f64().unwrap())
+        .collect();
+    assert!(!got.is_empty() && got.len() < 200, "{} arrived", got.len());
+    let want: Vec<f64> = (1..=got.len()).map(|i| i as f64 / 1000.0).collect();
+    assert_eq!(got, want, "a prefix, in order");
+
+    let st = d.stop();
+    let mut lines = Vec::new();
+    while let Ok(l) = d.stderr.recv_timeout(Duration::from_millis(300)) {
+        lines.push(l);
+    }
+    assert_eq!(
+        st.code(),
+        Some(1),
+        "the WAL cannot be closed cleanly: {lines:#?}"
+    );
+    let dropped: Vec<&String> = lines
+        .iter()
+        .filter(|l| {
+            l.contains(
+                "bridge: /cmd_vel: message dropped: the audit log cannot record its decision",
+            )
+        })
+        .collect();
+    assert_eq!(dropped.len(), 1, "{lines:#?}");
+    let summary = lines
+        .iter()
+        .find(|l| l.starts_with("autonomy: bridge /cmd_vel: 200 received"))
+        .unwrap_or_else(|| panic!("{lines:#?}"));
+    assert!(
+        summary.ends_with(&format!(
+            "{} relayed, 0 denied, 0 malformed, {} failed",
+            got.len(),
+            200 - got.len()
+        )),
+        "{summary}"
+    );
+    // Every message the robot got has its allow on disk.
+    let recorded: Vec<f64> = bridged_decisions(&wal)
+        .iter()
+        .filter(|r| r["decision"] == "allow")
+        .map(|r| r["params"]["message"]["linear"]["x"].as_f64().unwrap())
+        .collect();
+    assert_eq!(recorded, want);
+}
+
+/// `autonomy run --bridge FILE ros2.launch …` (with the TEST DOUBLE `tests/fake_ros2/ros2` first
+/// on PATH, as tests/launch.rs uses it): the bridge demo policy allows the launch, the bridge
+/// runs for the life of the launch, and its records are in the run's WAL.
+#[test]
+fn run_ros2_launch_with_the_bridge() {
+    let (robot, agent) = (229, 230);
+    let tmp = tempfile::tempdir().unwrap();
+    let wal = tmp.path().join("wal");
+    let cfg = write_config(
+        tmp.path(),
+        "[[topic]]\nname = \"/cmd_vel\"\ntype = \"geometry_msgs/msg/Twist\"\n",
+    );
+    let fake = root().join("tests/fake_ros2");
+    let path = format!(
+        "{}:{}",
+        fake.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut c = Command::new(bin());
+    c.args(["run", "--dir"])
+        .arg(&wal)
+        .args([
+            "--bridge",
+            cfg.to_str().unwrap(),
+            "--agent-domain",
+            &agent.to_string(),
+        ])
+        .args(["ros2.launch", "demo_pkg", "demo.launch.py"])
+        .env("PATH", path)
+        .env("ROS_DOMAIN_ID", robot.to_string())
+        .env("AUTONOMY_ROS_SETTLE", "0")
+        .env("AUTONOMY_ROS_LINGER", "0")
+        .env_remove("AUTONOMY_RUN_WAL_DIR")
+        .env_remove("RMW_IMPLEMENTATION")
+        .env_remove("ROS_DISTRO")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let st = wait_timeout(&mut child, Duration::from_secs(60)).expect("run ends");
+    let (mut out, mut err) = (String::new(), String::new());
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    assert_eq!(st.code(), Some(0), "{out}\n{err}");
+    assert!(
+        out.contains("PASS ros2-launch-allowed context=native"),
+        "{out}"
+    );
+    assert!(
+        err.contains(&format!(
+            "autonomy: topic bridge /autonomy_bridge: agent domain {agent} → robot domain {robot}"
+        )),
+        "{err}"
+    );
+    let recs = wal_records(&wal);
+    assert_eq!(recs[0]["policy_ref"], "embedded:ros2-bridge-demo");
+    let launch: Vec<&Value> = recs
+        .iter()
+        .filter(|r| r["type"] == "decision" && r["kind"] == "tool.ros2.launch")
+        .collect();
+    assert_eq!(launch.len(), 1);
+    assert_eq!(launch[0]["decision"], "allow");
+    assert!(recs.iter().any(|r| r["event"] == "bridge.started"));
+    assert!(recs.iter().any(|r| r["event"] == "bridge.stopped"));
 }
 
 fn start_fails(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, Vec<String>) {

@@ -1,7 +1,7 @@
 """An independent peer for the topic bridge tests: pure Python cyclonedds with hand-written
 `dds_` types (no code of ours), on both DDS domains at once.
 
-  bridge_peer.py --agent D1 --robot D2 --plan JSON --expect N [--feed K]
+  bridge_peer.py --agent D1 --robot D2 --plan JSON --expect N [--feed K] [--interval S] [--idle S]
 
 On the agent domain it publishes the plan, one message after another, once the bridge has
 matched every topic on both sides; on the robot domain it reads what the bridge republishes.
@@ -113,6 +113,7 @@ def main():
     p.add_argument("--expect", type=int, required=True)
     p.add_argument("--feed", type=int, default=0)
     p.add_argument("--interval", type=float, default=0.0)
+    p.add_argument("--idle", type=float, default=0.0)
     a = p.parse_args()
     plan = json.loads(a.plan)
 
@@ -190,8 +191,14 @@ def main():
                     feeds.append(s.data)
 
     deadline = time.monotonic() + 30
+    last, last_n = time.monotonic(), 0
     while time.monotonic() < deadline and (len(got) < a.expect or len(feeds) < a.feed):
         drain()
+        if len(got) != last_n:
+            last, last_n = time.monotonic(), len(got)
+        # --idle S: stop waiting once nothing new has arrived for S seconds.
+        if a.idle and time.monotonic() - last > a.idle:
+            break
         time.sleep(0.02)
     # Anything more (which would be a failure) has a moment to show up.
     settle = time.monotonic() + 1.0

@@ -361,9 +361,10 @@ pub async fn start(
     })
 }
 
-/// Logs the 1st, 2nd, 4th, 8th … occurrence of a repeated problem on a topic.
-fn log_sparsely(n: u64, line: impl FnOnce() -> String) {
-    if n.is_power_of_two() {
+/// Logs the first occurrence of a problem on a topic as one line; the later ones are only
+/// counted (the counts are printed and recorded when the bridge stops).
+fn log_first(n: u64, line: impl FnOnce() -> String) {
+    if n == 1 {
         tracing::error!("{}", line());
     }
 }
@@ -387,21 +388,21 @@ async fn feed(
                     let s = dcc.sample;
                     if s.repr != CDR_LE {
                         let n = Counters::add(&counters.malformed);
-                        log_sparsely(n, || format!("bridge: {name}: a sample in encoding {:?} was not relayed (only little-endian CDR is)", s.repr));
+                        log_first(n, || format!("bridge: {name}: a sample in encoding {:?} was not relayed (only little-endian CDR is)", s.repr));
                         continue;
                     }
                     match writer.write(s, None) {
                         Ok(()) => { Counters::add(&counters.relayed); }
                         Err(e) => {
                             let n = Counters::add(&counters.failed);
-                            log_sparsely(n, || format!("bridge: {name}: cannot relay to the agent side: {e:?}"));
+                            log_first(n, || format!("bridge: {name}: cannot relay to the agent side: {e:?}"));
                         }
                     }
                 }
                 Some(Err(e)) => {
                     Counters::add(&counters.received);
                     let n = Counters::add(&counters.malformed);
-                    log_sparsely(n, || format!("bridge: {name}: unreadable sample: {e:?}"));
+                    log_first(n, || format!("bridge: {name}: unreadable sample: {e:?}"));
                 }
                 None => break,
             }
@@ -583,7 +584,7 @@ impl Relay {
             }
             Err(e) => {
                 let n = Counters::add(&self.counters.failed);
-                log_sparsely(n, || {
+                log_first(n, || {
                     format!(
                         "bridge: {}: cannot republish on the robot side: {e:?}",
                         self.topic.name
@@ -611,9 +612,9 @@ impl Relay {
                     } else {
                         "message already republished (batched)"
                     };
-                    log_sparsely(n, || {
+                    log_first(n, || {
                         format!(
-                            "bridge: {}: {what}: the audit log cannot record its decision: {e}",
+                            "bridge: {}: {what}: the audit log cannot record its decision ({e}); while it cannot, every message of this topic is dropped and counted",
                             self.topic.name
                         )
                     });
