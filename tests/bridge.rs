@@ -828,6 +828,25 @@ fn real_ros_pub_and_echo(rmw: &str, robot: u16, agent: u16) {
     let mut fast = publish("/cmd_vel", "geometry_msgs/msg/Twist", "{linear: {x: 3.0}}");
     let mut off = publish("/disable_safety", "std_msgs/msg/Bool", "{data: true}");
     cmd_vel.wait_for("0.5", Duration::from_secs(60));
+    // The node on the agent side, as the ROS graph shows it.
+    let mut seen_node = String::new();
+    for _ in 0..5 {
+        let mut c = ros2(&["ros2", "node", "list", "--no-daemon"], agent, rmw, &logs);
+        let mut l = Lines::spawn(c.env("PYTHONUNBUFFERED", "1"));
+        if wait_timeout(&mut l.child, Duration::from_secs(30)).is_some() {
+            while let Ok(x) = l.rx.recv_timeout(Duration::from_millis(200)) {
+                l.seen.push(x);
+            }
+        }
+        seen_node = l.seen.join("\n");
+        if l.seen.iter().any(|x| x == "/autonomy_bridge") {
+            break;
+        }
+    }
+    assert!(
+        seen_node.lines().any(|x| x == "/autonomy_bridge"),
+        "{rmw}: {seen_node}"
+    );
     // Let the three publishers run a while longer, then stop everything.
     std::thread::sleep(Duration::from_secs(2));
     for p in [&mut ok, &mut fast, &mut off] {
