@@ -2,14 +2,12 @@
 //! wrote too much, malformed bodies, slow or silent connections, floods of them, and the
 //! connection limit. Every case against the real binary over real sockets.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 const GOOD: &str = r#"{"kind":"tool.echo","params":{"message":"still here"}}"#;
 

@@ -2,15 +2,13 @@
 //! error a user can provoke, against the real binary: scripts and operators match on these
 //! lines, and `policy.rejected` records carry them in the WAL.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 

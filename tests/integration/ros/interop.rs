@@ -7,15 +7,13 @@
 // tests/common (shared) trips clippy::zombie_processes in `Daemon::try_start_in`; not ours to fix here.
 #![allow(clippy::zombie_processes)]
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 fn root() -> PathBuf {
@@ -35,13 +33,6 @@ fn venv_python() -> PathBuf {
         py.display()
     );
     py
-}
-
-/// A domain id in 1..=200 for this test process and slot (0..=4): distinct per test, and
-/// unlikely to collide with another test process running at the same time.
-fn domain(slot: u32) -> u16 {
-    assert!(slot < 5);
-    (1 + (std::process::id() % 40) * 5 + slot) as u16
 }
 
 fn gid_len() -> &'static str {
@@ -158,7 +149,7 @@ fn wal_texts_for(dir: &Path, audit_id: &str) -> Vec<String> {
 #[test]
 fn tool_service_decisions_and_discovery_with_a_cyclone_peer() {
     let py = venv_python();
-    let d_id = domain(0);
+    let d_id = ros_domain();
     let tmp = tempfile::tempdir().unwrap();
     let wal = tmp.path().join("wal");
     let mut d = Daemon::start_in(&wal, &["--demo", "--ros"], |c| {
@@ -334,7 +325,7 @@ fn markers_reach_late_subscribers() {
     use autonomy::ros::ServiceMapping;
 
     let _ = venv_python();
-    let d_id = domain(1);
+    let d_id = ros_domain();
     let tmp = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -524,7 +515,7 @@ fn enhanced_mapping_round_trip_with_a_ros2_client_client() {
         Context, ContextOptions, Name, NodeName, NodeOptions, QosProfile, ServiceTypeName,
     };
 
-    let d_id = domain(2);
+    let d_id = ros_domain();
     let tmp = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -3,13 +3,11 @@
 //! WAL failed until restart. Either way the failing call gets 503 and nothing executes, the first
 //! failure is one error line on stderr, and a recovery is one line.
 
-mod common;
-
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
+use crate::common::*;
 use autonomy::wal::segment_name;
-use common::*;
 
 /// An echo call whose record is about 2 KiB, so a 64 KiB segment fills in a few dozen calls.
 fn echo(d: &Daemon, tag: &str) -> Resp {

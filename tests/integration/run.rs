@@ -1,11 +1,9 @@
 //! `autonomy run <command>`: URL injection, exit codes, signal forwarding, argument passing, WAL placement.
 
-mod common;
-
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
 fn autonomy_run(args: &[&str], tmpdir: &std::path::Path) -> (Option<i32>, String, String) {
     let mut child = Command::new(bin())

@@ -1,9 +1,7 @@
 //! The HTTP API against the real binary: every status row of SPEC §3, every demo-policy row of
 //! §4, bad input, and the WAL records behind each answer.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 fn assert_common(v: &Value, decision: &str, policy_ref: &str) -> String {

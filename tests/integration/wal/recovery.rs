@@ -4,18 +4,16 @@
 //! chosen place), then damaged on disk the way a lost page write or bit rot would; everything
 //! after that is the binary: `wal verify`, `runtime start`, `wal repair`.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::common::Daemon;
 use autonomy::types::AuditId;
 use autonomy::wal::{
     MAX_BATCH_BYTES, NewRecord, Preallocate, Reader, RecordType, StoredRecord, SyncMode, TORN_PAGE,
     Wal, WalOptions, segment_name,
 };
-use common::Daemon;
 
 /// The page a lost write is simulated on (what the page cache writes back on x86-64).
 const PAGE: u64 = 4096;
@@ -558,7 +556,7 @@ fn traced_daemon_run(wal: &Path, log: &Path, calls: usize) -> Vec<String> {
     let pad = "z".repeat(3000);
     for i in 0..calls {
         let body = format!(r#"{{"kind":"tool.echo","params":{{"message":"{i}-{pad}"}}}}"#);
-        let r = common::http(
+        let r = crate::common::http(
             addr,
             "POST",
             "/v1/tool",
@@ -577,7 +575,7 @@ fn traced_daemon_run(wal: &Path, log: &Path, calls: usize) -> Vec<String> {
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    assert!(common::wait_timeout(&mut child, Duration::from_secs(30)).is_some());
+    assert!(crate::common::wait_timeout(&mut child, Duration::from_secs(30)).is_some());
     std::fs::read_to_string(log)
         .unwrap()
         .lines()

@@ -5,15 +5,13 @@
 //! argv, exit with a chosen code, and wait forever for nodes that ignore SIGINT and SIGTERM
 //! (fault injection). The real `ros2 launch` is tested in `tests/ros_real.rs`.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 const MARKERS: [&str; 5] = [
     "PASS ros2-telemetry-active context=native",
@@ -447,8 +445,7 @@ fn markers_are_published_on_the_ros_topic() {
         "needs {} with PyPI cyclonedds: run .ci/run",
         py.display()
     );
-    // Domains 201..=230: apart from the ones tests/ros_interop.rs uses.
-    let domain = 201 + std::process::id() % 30;
+    let domain = ros_domain();
     let mut peer = Command::new(&py)
         .arg(root.join("tests/ros_peer.py"))
         .args(["markers", "--domain", &domain.to_string(), "--count", "5"])

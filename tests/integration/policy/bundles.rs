@@ -2,15 +2,13 @@
 //! hot reload in a live daemon, the OPA layout, the worked examples, and OCI push/pull through
 //! a real registry (Debian's `docker-registry`).
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 

@@ -1,5 +1,4 @@
 //! Shared test harness: runs the real `autonomy` binary and talks to it over real sockets.
-#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -361,4 +360,15 @@ pub fn ok_response(content_type: &str, body: &[u8]) -> Vec<u8> {
 pub fn redirect_response(location: &str) -> Vec<u8> {
     format!("HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
         .into_bytes()
+}
+
+/// A `ROS_DOMAIN_ID` of its own for each call in this process (at most 25 calls): a block of
+/// 25 ids chosen by the pid, so that a test process running at the same time most likely uses
+/// another block, then the next id in it. All within 1..=225 (232 is the highest valid id).
+pub fn ros_domain() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let n = NEXT.fetch_add(1, Ordering::SeqCst);
+    assert!(n < 25, "more than 25 ROS domains in one test run");
+    1 + (std::process::id() % 9) as u16 * 25 + n
 }

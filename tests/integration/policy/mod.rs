@@ -1,0 +1,4 @@
+//! Policy bundles, the policy store, `--policy REF` and OCI distribution.
+
+mod bundles;
+mod errors;
