@@ -346,7 +346,7 @@ fn wal_failure_is_503_and_nothing_executes() {
         "{v}"
     );
     // It stays failed (no retry of a failed fsync), and the server still answers. (That it stays
-    // failed once the limit is lifted is in tests/wal_failures.rs.)
+    // failed once the limit is lifted is in `wal::failures`.)
     let r = d.tool(r#"{"kind":"tool.echo","params":{"message":"x"}}"#);
     assert_eq!(r.status, 503);
     assert!(

@@ -1,125 +1,154 @@
-//! The example policies of docs/policy.md (`examples/policies/`).
+//! The example policies of docs/policy.md, each with its cases as data: every directory under
+//! `examples/policies/` holds a policy and a `cases.json` (a list of `{name, input: {kind,
+//! params}, decision, reason?}`). Each policy is built with `policy build`, served by a daemon
+//! (`runtime start --policy BUNDLE`), and every case is sent to `POST /v1/tool`; the policy's
+//! decision and reason, as recorded in the WAL, must be the case's exactly, and a denied call
+//! must have been answered 403 with that reason.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use super::*;
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
 use crate::common::*;
 
-fn examples_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/policies")
+/// One case of a `cases.json`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Case {
+    /// What the case shows, unique within its file.
+    name: String,
+    /// The call, as a client sends it.
+    input: Input,
+    /// The policy's decision.
+    decision: Decision,
+    /// The policy's reason, exactly: required for a deny, absent for an allow.
+    reason: Option<String>,
 }
 
-fn example_daemon(t: &Path, name: &str, extra: &[&str]) -> Daemon {
-    let store = t.join(format!("store-{name}"));
-    let out = t.join(format!("{name}.tar.gz"));
-    build_bundle(&examples_dir().join(name), &out, "1.0.0", name);
-    let o = load(&store, &out, None);
-    assert_eq!(o.code, 0, "{}", o.all());
-    store_daemon(&store, extra)
+/// The `POST /v1/tool` body of a case.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Input {
+    kind: String,
+    #[serde(default)]
+    params: Map<String, Value>,
 }
 
-#[test]
-fn example_http_allowlist() {
-    let t = tempfile::tempdir().unwrap();
-    let d = example_daemon(
-        t.path(),
-        "http-allowlist",
-        &["--allowed-domains", "localhost"],
-    );
-    let (st, v) = call(
-        &d,
-        r#"{"kind":"tool.http_get","params":{"endpoint":"https://evil.example.com/x"}}"#,
-    );
-    assert_eq!(st, 403);
-    assert_eq!(
-        v["reason"],
-        "http_get to \"evil.example.com\" is not in the policy's allowlist"
-    );
-    // Allowed by the policy, then denied by the runtime allowlist (localhost only): no fetch.
-    let (st, v) = call(
-        &d,
-        r#"{"kind":"tool.http_get","params":{"endpoint":"https://api.anthropic.com/v1"}}"#,
-    );
-    assert_eq!(st, 403, "{v}");
-    assert!(
-        !v["reason"].as_str().unwrap().contains("policy's allowlist"),
-        "{v}"
-    );
-    let (st, v) = call(
-        &d,
-        r#"{"kind":"tool.http_get","params":{"endpoint":"http://api.anthropic.com/v1"}}"#,
-    );
-    assert_eq!(st, 403);
-    assert!(
-        v["reason"].as_str().unwrap().contains("policy's allowlist"),
-        "{v}"
-    );
-    let (st, _) = call(&d, r#"{"kind":"tool.echo","params":{"message":"x"}}"#);
-    assert_eq!(st, 200);
-    let (st, v) = call(&d, r#"{"kind":"tool.shell","params":{}}"#);
-    assert_eq!(st, 403);
-    assert!(
-        v["reason"]
-            .as_str()
-            .unwrap()
-            .contains("not allowed by this policy")
-    );
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Decision {
+    Allow,
+    Deny,
 }
 
-#[test]
-fn example_argument_checks() {
-    let t = tempfile::tempdir().unwrap();
-    let d = example_daemon(t.path(), "argument-checks", &[]);
-    let (st, v) = call(&d, r#"{"kind":"tool.echo","params":{"message":"hello"}}"#);
-    assert_eq!(st, 200, "{v}");
-    assert_eq!(v["output"], "hello");
-    let (st, v) = call(
-        &d,
-        r#"{"kind":"tool.echo","params":{"message":"my Password is x"}}"#,
-    );
-    assert_eq!(st, 403);
-    assert_eq!(v["reason"], "params.message looks like it carries a secret");
-    let long = "a".repeat(100);
-    let (st, v) = call(
-        &d,
-        &format!(r#"{{"kind":"tool.echo","params":{{"message":"{long}"}}}}"#),
-    );
-    assert_eq!(st, 403);
-    assert!(
-        v["reason"].as_str().unwrap().contains("longer than 64"),
-        "{v}"
-    );
-    let (st, v) = call(&d, r#"{"kind":"tool.echo","params":{"message":7}}"#);
-    assert_eq!(st, 403);
-    assert_eq!(v["reason"], "tool.echo needs params.message as a string");
-    let (st, v) = call(&d, r#"{"kind":"tool.shell","params":{"command":"id"}}"#);
-    assert_eq!(st, 403);
-    assert_eq!(v["reason"], "tool.shell is always blocked by policy");
+impl Decision {
+    fn as_str(self) -> &'static str {
+        match self {
+            Decision::Allow => "allow",
+            Decision::Deny => "deny",
+        }
+    }
+}
+
+/// The example directories, sorted.
+fn examples() -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(repo().join("examples/policies"))
+        .expect("examples/policies")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+/// The cases of one example, checked for form: at least one, names unique, a reason exactly
+/// where the decision is deny.
+fn cases(dir: &std::path::Path) -> Vec<Case> {
+    let f = dir.join("cases.json");
+    let bytes =
+        std::fs::read(&f).unwrap_or_else(|e| panic!("every example needs {}: {e}", f.display()));
+    let cases: Vec<Case> =
+        serde_json::from_slice(&bytes).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+    assert!(!cases.is_empty(), "{}: no cases", f.display());
+    for (i, c) in cases.iter().enumerate() {
+        assert!(
+            !cases[..i].iter().any(|o| o.name == c.name),
+            "{}: case {:?} twice",
+            f.display(),
+            c.name
+        );
+        assert_eq!(
+            c.reason.is_some(),
+            c.decision == Decision::Deny,
+            "{}: case {:?}: a deny has a reason, an allow has none",
+            f.display(),
+            c.name
+        );
+    }
+    cases
 }
 
 #[test]
-fn example_ros_launch_allowlist() {
+fn every_example_policy_decides_its_cases() {
     let t = tempfile::tempdir().unwrap();
-    let d = example_daemon(t.path(), "ros-launch-allowlist", &[]);
-    let (st, v) = call(
-        &d,
-        r#"{"kind":"tool.ros2.launch","params":{"package":"turtlesim","launch_file":"multisim.launch.py","arguments":[]}}"#,
+    let mut failures = Vec::new();
+    let mut total = 0;
+    let dirs = examples();
+    assert!(!dirs.is_empty(), "no example policies");
+    for dir in dirs {
+        let name = dir.file_name().unwrap().to_string_lossy().to_string();
+        let cases = cases(&dir);
+        let bundle = t.path().join(format!("{name}.tar.gz"));
+        build_bundle(&dir, &bundle, "1.0.0", &name);
+        // With the runtime's http_get allowlist at `localhost`, a fetch the policy allows is
+        // refused by the runtime layer after it: no case reaches the network.
+        let mut d = Daemon::start(&["--policy", p(&bundle), "--allowed-domains", "localhost"]);
+        let answers: Vec<(u16, Value)> = cases
+            .iter()
+            .map(|c| {
+                let r =
+                    d.tool(&json!({"kind": c.input.kind, "params": c.input.params}).to_string());
+                (r.status, r.json())
+            })
+            .collect();
+        assert!(d.stop().success());
+        let recs = wal_records(&d.wal_dir);
+        for (c, (status, answer)) in cases.iter().zip(&answers) {
+            total += 1;
+            let id = answer["audit_id"].as_str().unwrap_or_default();
+            let Some(rec) = recs
+                .iter()
+                .find(|r| r["audit_id"] == id && r["type"] == "decision" && r["layer"] == "policy")
+            else {
+                failures.push(format!(
+                    "{name}: {:?}: no policy decision recorded; answer {status} {answer}",
+                    c.name
+                ));
+                continue;
+            };
+            let got = (rec["decision"].as_str(), rec["reason"].as_str());
+            let want = (Some(c.decision.as_str()), c.reason.as_deref());
+            if got != want {
+                failures.push(format!(
+                    "{name}: {:?}: want {want:?}, the policy said {got:?}",
+                    c.name
+                ));
+            } else if c.decision == Decision::Deny
+                && (*status != 403 || answer["reason"].as_str() != c.reason.as_deref())
+            {
+                failures.push(format!(
+                    "{name}: {:?}: denied, but answered {status} {answer}",
+                    c.name
+                ));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {total} example cases failed:\n{}",
+        failures.len(),
+        failures.join("\n")
     );
-    assert_eq!(st, 200, "{v}");
-    assert_eq!(v["decision"], "allow");
-    let (st, v) = call(
-        &d,
-        r#"{"kind":"tool.ros2.launch","params":{"package":"evil_pkg","launch_file":"x.launch.py"}}"#,
-    );
-    assert_eq!(st, 403);
-    assert_eq!(
-        v["reason"],
-        "ROS package \"evil_pkg\" is not in the launch allowlist"
-    );
-    let (st, v) = call(
-        &d,
-        r#"{"kind":"tool.ros2.launch","params":{"package":"turtlesim","launch_file":"run.sh"}}"#,
-    );
-    assert_eq!(st, 403);
-    assert!(v["reason"].as_str().unwrap().contains("run.sh"), "{v}");
 }

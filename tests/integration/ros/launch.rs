@@ -3,7 +3,7 @@
 //! These tests put `tests/fake_ros2/ros2` — a TEST DOUBLE that behaves like `ros2 launch` run
 //! noninteractively — first on PATH, for what the real CLI cannot do on demand: record its
 //! argv, exit with a chosen code, and wait forever for nodes that ignore SIGINT and SIGTERM
-//! (fault injection). The real `ros2 launch` is tested in `tests/ros_real.rs`.
+//! (fault injection). The real `ros2 launch` is tested in `ros::real`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
