@@ -678,9 +678,9 @@ fn policy_ref_errors_are_exact_usage_errors() {
         .unwrap();
     let missing = root.join("missing.rego");
 
-    let cases: Vec<(&Path, String, String)> = vec![
+    // (--policy REF, the message), each with the empty store.
+    let cases: Vec<(String, String)> = vec![
         (
-            &empty_store,
             "current".into(),
             format!(
                 "--policy current: the policy store {} has no current bundle (load one with `autonomy policy load --bundle FILE`)",
@@ -688,7 +688,6 @@ fn policy_ref_errors_are_exact_usage_errors() {
             ),
         ),
         (
-            &empty_store,
             oci.into(),
             format!(
                 "--policy {oci}: not in the policy store {} (no network is used here; run `autonomy policy pull {oci}` first)",
@@ -696,7 +695,6 @@ fn policy_ref_errors_are_exact_usage_errors() {
             ),
         ),
         (
-            &empty_store,
             "oci://127.0.0.1:9/p/x".into(),
             format!(
                 "--policy oci://127.0.0.1:9/p/x:latest: not in the policy store {} (no network is used here; run `autonomy policy pull oci://127.0.0.1:9/p/x:latest` first)",
@@ -704,12 +702,10 @@ fn policy_ref_errors_are_exact_usage_errors() {
             ),
         ),
         (
-            &empty_store,
             p(&noallow_bundle).into(),
             format!("--policy {}: {NO_ALLOW_LINE}", noallow_bundle.display()),
         ),
         (
-            &empty_store,
             p(&bad_bundle).into(),
             format!(
                 "--policy {}: not a valid .tar.gz bundle: invalid gzip header",
@@ -717,12 +713,10 @@ fn policy_ref_errors_are_exact_usage_errors() {
             ),
         ),
         (
-            &empty_store,
             p(&noallow_dir).into(),
             format!("policy {} rejected: {NO_ALLOW_LINE}", noallow_dir.display()),
         ),
         (
-            &empty_store,
             p(&empty_dir).into(),
             format!(
                 "policy directory {} has no .rego files",
@@ -730,7 +724,6 @@ fn policy_ref_errors_are_exact_usage_errors() {
             ),
         ),
         (
-            &empty_store,
             p(&fifo).into(),
             format!(
                 "--policy {}: not a regular file or a directory (a FIFO or a device cannot hold a policy)",
@@ -738,7 +731,6 @@ fn policy_ref_errors_are_exact_usage_errors() {
             ),
         ),
         (
-            &empty_store,
             p(&missing).into(),
             format!(
                 "--policy {}: no such file or directory (use `demo`, `current`, `oci://host/name:tag`, a bundle .tar.gz, a .rego file or a directory of .rego files)",
@@ -746,12 +738,10 @@ fn policy_ref_errors_are_exact_usage_errors() {
             ),
         ),
         (
-            &empty_store,
             p(&latin1).into(),
             format!("{} is not UTF-8", latin1.display()),
         ),
         (
-            &empty_store,
             p(&big).into(),
             format!(
                 "policy file {} is 4194305 bytes; the limit is 4194304",
@@ -759,11 +749,8 @@ fn policy_ref_errors_are_exact_usage_errors() {
             ),
         ),
     ];
-    for (store_dir, r, msg) in &cases {
-        let o = cli(
-            &["run", "--policy-dir", p(store_dir), "--policy", r, "true"],
-            &[],
-        );
+    for (r, msg) in &cases {
+        let o = run_true(&empty_store, r);
         assert_one_line(r, &o, 2, &format!("autonomy: error: {msg}"));
     }
 
@@ -776,17 +763,7 @@ fn policy_ref_errors_are_exact_usage_errors() {
         m["source"] = oci.into()
     });
     let slot_broken = "not a valid .tar.gz bundle: invalid gzip header";
-    let o = cli(
-        &[
-            "run",
-            "--policy-dir",
-            p(&store),
-            "--policy",
-            "current",
-            "true",
-        ],
-        &[],
-    );
+    let o = run_true(&store, "current");
     assert_one_line(
         "current-broken",
         &o,
@@ -796,10 +773,7 @@ fn policy_ref_errors_are_exact_usage_errors() {
             store.display()
         ),
     );
-    let o = cli(
-        &["run", "--policy-dir", p(&store), "--policy", oci, "true"],
-        &[],
-    );
+    let o = run_true(&store, oci);
     assert_one_line(
         "oci-broken",
         &o,
@@ -808,17 +782,7 @@ fn policy_ref_errors_are_exact_usage_errors() {
     );
     let other = std::fs::read(built(root, "two", "2.0.0")).unwrap();
     write_slot(&store, "current", &other, |_| {});
-    let o = cli(
-        &[
-            "run",
-            "--policy-dir",
-            p(&store),
-            "--policy",
-            "current",
-            "true",
-        ],
-        &[],
-    );
+    let o = run_true(&store, "current");
     assert_one_line(
         "current-hash",
         &o,
@@ -835,10 +799,7 @@ fn policy_ref_errors_are_exact_usage_errors() {
         &native(&[("p.rego", NO_ALLOW.as_bytes())]),
     );
     for (r, label) in [("current", "current"), (oci, oci)] {
-        let o = cli(
-            &["run", "--policy-dir", p(&store), "--policy", r, "true"],
-            &[],
-        );
+        let o = run_true(&store, r);
         assert_one_line(
             r,
             &o,

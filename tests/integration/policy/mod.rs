@@ -49,6 +49,14 @@ fn pull(r: &str, store: &Path, wal: Option<&Path>) -> Out {
     cli(&args, &[])
 }
 
+/// `autonomy run --policy-dir STORE --policy REF true`: how `--policy REF` resolves.
+fn run_true(store: &Path, r: &str) -> Out {
+    cli(
+        &["run", "--policy-dir", p(store), "--policy", r, "true"],
+        &[],
+    )
+}
+
 /// The `policy_ref` of the store's current slot.
 fn current_ref(store: &Path) -> String {
     meta(store, "current")["policy_ref"]

@@ -435,10 +435,7 @@ fn oci_ref_resolves_offline_and_fails_clearly_when_absent() {
         e.contains("autonomy policy pull oci://127.0.0.1:9/policies/none:1.0.0"),
         "{e}"
     );
-    let o = cli(
-        &["run", "--policy-dir", p(&store), "--policy", r, "true"],
-        &[],
-    );
+    let o = run_true(&store, r);
     assert_ne!(o.code, 0);
     assert!(o.stderr.contains("policy pull"), "{}", o.all());
     let o = cli(&["run", "--policy", "nonsense-ref", "true"], &[]);
