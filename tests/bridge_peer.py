@@ -6,7 +6,9 @@
 On the agent domain it publishes the plan, one message after another, once the bridge has
 matched every topic on both sides; on the robot domain it reads what the bridge republishes.
 Plan entries: ["twist", topic, x, z] (geometry_msgs/Twist; x and z may be "NaN"), ["bool", topic, value]
-(std_msgs/Bool), ["garbage", topic, text] (a payload that is not a Twist, on a Twist topic).
+(std_msgs/Bool), ["garbage", topic, text] (a payload that is not a Twist, on a Twist topic),
+["raw", topic, dds_type, hex] (exactly these payload bytes, under that DDS type name; on a
+topic with no twist or bool entry the robot side reads them back as bytes: {"hex": …}).
 It also reads /autonomy/decisions on the agent domain, and with --feed K publishes K
 std_msgs/String messages on /status on the robot domain and reads them back on the agent's.
 
@@ -20,6 +22,7 @@ import json
 import math
 import sys
 import time
+import types
 from dataclasses import dataclass
 
 import cyclonedds.idl.types as t
@@ -87,6 +90,19 @@ class Decision_(IdlStruct, typename="autonomy_msgs::msg::dds_::Decision_"):
     source: str
 
 
+_raw = {}
+
+
+def raw_class(typename, n):
+    """A struct of exactly n bytes named `typename`: any payload, unchanged, on any topic."""
+    if (typename, n) not in _raw:
+        body = {"__annotations__": {"b": t.array[t.uint8, n]}}
+        cls = types.new_class(f"Raw{len(_raw)}_", (IdlStruct,), {"typename": typename},
+                              lambda ns: ns.update(body))
+        _raw[(typename, n)] = dataclass(cls)
+    return _raw[(typename, n)]
+
+
 def qos(depth=100):
     return Qos(
         Policy.Reliability.Reliable(duration(seconds=1)),
@@ -121,8 +137,16 @@ def main():
     robot = DomainParticipant(a.robot)
     kinds = {}
     for e in plan:
-        kinds.setdefault(e[1], "bool" if e[0] == "bool" else "twist")
-    writers, garbage_writers, readers = {}, {}, {}
+        if e[0] != "raw":
+            kinds.setdefault(e[1], "bool" if e[0] == "bool" else "twist")
+    writers, garbage_writers, readers, raw_writers = {}, {}, {}, {}
+    for e in plan:
+        if e[0] == "raw":
+            cls = raw_class(e[2], len(bytes.fromhex(e[3])))
+            if (e[1], cls) not in raw_writers:
+                raw_writers[(e[1], cls)] = DataWriter(agent, Topic(agent, "rt" + e[1], cls), qos=qos())
+            if e[1] not in kinds and e[1] not in readers:
+                readers[e[1]] = DataReader(robot, Topic(robot, "rt" + e[1], cls), qos=qos())
     for topic, kind in kinds.items():
         cls = Bool_ if kind == "bool" else Twist_
         dds_name = "rt" + topic
@@ -137,6 +161,12 @@ def main():
         feed_w = DataWriter(robot, Topic(robot, "rt/status", String_), qos=qos())
         feed_r = DataReader(agent, Topic(agent, "rt/status", String_), qos=qos())
 
+    for (topic, _), w in raw_writers.items():
+        wait_until(lambda: len(w.get_matched_subscriptions()) > 0, 30,
+                   f"the bridge's reader of {topic} (raw writer)")
+    for topic in readers:
+        wait_until(lambda: len(readers[topic].get_matched_publications()) > 0, 30,
+                   f"the bridge's writer of {topic} (robot domain)")
     for topic in kinds:
         wait_until(lambda: len(writers[topic].get_matched_subscriptions()) > 0, 30,
                    f"the bridge's reader of {topic} (agent domain)")
@@ -168,6 +198,10 @@ def main():
             writers[topic].write(Bool_(data=e[2]))
         elif kind == "garbage":
             garbage_writers[topic].write(NotATwist_(text=e[2]))
+        elif kind == "raw":
+            data = bytes.fromhex(e[3])
+            cls = raw_class(e[2], len(data))
+            raw_writers[(topic, cls)].write(cls(b=list(data)))
         if a.interval:
             time.sleep(a.interval)
     for i in range(a.feed):
@@ -182,6 +216,8 @@ def main():
                     got.append({"topic": topic, "x": s.linear.x, "z": s.angular.z})
                 elif isinstance(s, Bool_):
                     got.append({"topic": topic, "data": s.data})
+                elif hasattr(s, "b"):
+                    got.append({"topic": topic, "hex": bytes(s.b).hex()})
         for s in decisions.take(N=100):
             if isinstance(s, Decision_):
                 decs.append(s)

@@ -210,7 +210,7 @@ impl BridgeHandle {
             topics: counts.clone(),
         };
         if let Err(e) = self.gate.record(None, &body).await {
-            tracing::error!("cannot record the bridge's stop: {e}");
+            tracing::error!(target: crate::NOTICE, "cannot record the bridge's stop: {e}");
         }
         drop(self.decisions_tx.take());
         if let Some(p) = self.decisions.take() {
@@ -365,7 +365,7 @@ pub async fn start(
 /// counted (the counts are printed and recorded when the bridge stops).
 fn log_first(n: u64, line: impl FnOnce() -> String) {
     if n == 1 {
-        tracing::error!("{}", line());
+        tracing::error!(target: crate::NOTICE, "{}", line());
     }
 }
 
