@@ -2,18 +2,21 @@
 //! a direct pub/sub baseline measured in the same run on the same machine.
 //!
 //! Not a test. Build both in release and run on the disk you care about:
-//! `cargo build --release && cargo run --release -p autonomy-bench --bin autonomy-bridge-bench
-//!  -- --autonomy target/release/autonomy --dir ./bench-tmp`.
+//! `cargo build --release --workspace && target/release/autonomy-bridge-bench
+//!  --autonomy target/release/autonomy --dir ./bench-tmp`.
 //!
 //! One process publishes `geometry_msgs/Twist` (the sequence number in `linear.y`) and
-//! subscribes, both through RustDDS raw endpoints: directly on one domain (the baseline), and
-//! through `autonomy runtime start --bridge` (the embedded bridge demo policy, the WAL with
-//! fdatasync in `--dir`) from the agent domain to the robot domain, in `strict` and `batched`
-//! mode. Latency is receive time minus send time in this one process. Prints Markdown tables
-//! (see `docs/benchmarks.md`).
+//! subscribes, both through RustDDS raw endpoints, on three paths that are all up at once:
+//! directly on one domain (the baseline), and through two `autonomy runtime start --bridge`
+//! daemons (the embedded bridge demo policy, the WAL with fdatasync in `--dir`) from an agent
+//! domain to a robot domain, one `strict`, one `batched`. The latency runs take turns in short
+//! rounds (baseline, strict, batched, again), so a machine shared with other work slows all three
+//! alike. Latency is receive time minus send time in this one process. Then the sustained-rate
+//! steps (strict). The disk's fdatasync is measured before, between and after. Prints Markdown
+//! tables and the targets (see `docs/benchmarks.md`).
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::{Path as Path_, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -36,9 +39,12 @@ struct Args {
     /// Parent directory for the WALs (a temp dir is made inside and removed).
     #[arg(long, value_name = "DIR")]
     dir: Option<PathBuf>,
-    /// Seconds per latency measurement.
-    #[arg(long, default_value_t = 5.0)]
+    /// Seconds per latency round (each path, each rate).
+    #[arg(long, default_value_t = 2.0)]
     secs: f64,
+    /// Latency rounds per rate.
+    #[arg(long, default_value_t = 5)]
+    rounds: u32,
     /// Publish rates (messages/s) for the latency tables.
     #[arg(long, value_delimiter = ',', default_value = "100,1000")]
     rates: Vec<u32>,
@@ -52,8 +58,15 @@ struct Args {
     /// Seconds per sustained-rate step.
     #[arg(long, default_value_t = 3.0)]
     max_secs: f64,
+    /// The batched daemon's `batch_window_ms`.
+    #[arg(long, default_value_t = 10)]
+    batch_window_ms: u32,
+    /// The daemons' `--wal-sync` (`none` shows what the disk costs: not a supported setting for
+    /// the bridge's guarantees).
+    #[arg(long, default_value = "fsync")]
+    wal_sync: String,
     /// The first of five DDS domains: the baseline's, then agent and robot for strict, then for
-    /// batched (fresh domains per mode, so no endpoint of an earlier daemon lingers in discovery).
+    /// batched.
     #[arg(long, default_value_t = 228)]
     domain: u16,
 }
@@ -89,12 +102,53 @@ struct Probe {
     recv: Vec<Option<Instant>>,
 }
 
-struct Result {
+/// What one or more runs on a path measured.
+#[derive(Default)]
+struct Runs {
+    sent: usize,
+    /// Latency of each message received (ns).
+    lat: Vec<u64>,
+    /// Seconds between the first and the last arrival of each run, summed.
+    span: f64,
+}
+
+impl Runs {
+    fn add(&mut self, r: Runs) {
+        self.sent += r.sent;
+        self.lat.extend(r.lat);
+        self.span += r.span;
+    }
+
+    fn summary(mut self) -> Summary {
+        self.lat.sort_unstable();
+        Summary {
+            sent: self.sent,
+            received: self.lat.len(),
+            p50_us: pct(&self.lat, 0.50),
+            p99_us: pct(&self.lat, 0.99),
+            max_us: self.lat.last().map_or(f64::NAN, |m| *m as f64 / 1000.0),
+            recv_rate: if self.span > 0.0 {
+                self.lat.len() as f64 / self.span
+            } else {
+                0.0
+            },
+        }
+    }
+}
+
+struct Summary {
     sent: usize,
     received: usize,
     p50_us: f64,
     p99_us: f64,
+    max_us: f64,
     recv_rate: f64,
+}
+
+impl Summary {
+    fn lost(&self) -> usize {
+        self.sent - self.received
+    }
 }
 
 fn pct(sorted: &[u64], p: f64) -> f64 {
@@ -105,77 +159,76 @@ fn pct(sorted: &[u64], p: f64) -> f64 {
     sorted[i] as f64 / 1000.0
 }
 
-/// Publishes at `rate` for `secs` on `writer`, reading `reader`'s side through `probe`.
-async fn run(
-    writer: &RawWriter,
-    probe: &Arc<Mutex<Probe>>,
-    first: u64,
-    rate: u32,
-    secs: f64,
-) -> Result {
-    let total = (rate as f64 * secs) as u64;
-    // Ticks of 1 ms at most; higher rates send several messages per tick.
-    let per_tick = rate.div_ceil(1000).max(1) as u64;
-    let tick = Duration::from_secs_f64(per_tick as f64 / rate as f64);
-    let mut iv = tokio::time::interval(tick);
-    let start = Instant::now();
-    let mut seq = first;
-    while seq < first + total {
-        iv.tick().await;
-        for _ in 0..per_tick {
-            if seq >= first + total {
+/// One way from a writer to a reader: the baseline or a bridge.
+struct Path {
+    name: String,
+    writer: RawWriter,
+    probe: Arc<Mutex<Probe>>,
+    next: u64,
+}
+
+impl Path {
+    /// Publishes at `rate` for `secs`, then waits (3 s at most) for the stragglers.
+    async fn run(&mut self, rate: u32, secs: f64) -> Runs {
+        let first = self.next;
+        let total = (rate as f64 * secs) as u64;
+        // Ticks of 1 ms at most; higher rates send several messages per tick.
+        let per_tick = rate.div_ceil(1000).max(1) as u64;
+        let tick = Duration::from_secs_f64(per_tick as f64 / rate as f64);
+        let mut iv = tokio::time::interval(tick);
+        let start = Instant::now();
+        let mut seq = first;
+        while seq < first + total {
+            iv.tick().await;
+            for _ in 0..per_tick {
+                if seq >= first + total {
+                    break;
+                }
+                {
+                    let mut p = self.probe.lock().expect("probe");
+                    let i = seq as usize;
+                    if p.sent.len() <= i {
+                        p.sent.resize(i + 1, start);
+                        p.recv.resize(i + 1, None);
+                    }
+                    p.sent[i] = Instant::now();
+                }
+                let _ = self.writer.write(twist(seq), None);
+                seq += 1;
+            }
+        }
+        // A gap in the numbering keeps a late arrival of this run out of the next one.
+        self.next = first + total + 10;
+        let end = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < end {
+            let done = {
+                let p = self.probe.lock().expect("probe");
+                (first..first + total).all(|s| p.recv.get(s as usize).is_some_and(Option::is_some))
+            };
+            if done {
                 break;
             }
-            {
-                let mut p = probe.lock().expect("probe");
-                let i = seq as usize;
-                if p.sent.len() <= i {
-                    p.sent.resize(i + 1, start);
-                    p.recv.resize(i + 1, None);
-                }
-                p.sent[i] = Instant::now();
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let p = self.probe.lock().expect("probe");
+        let mut lat = Vec::new();
+        let (mut t0, mut t1) = (None::<Instant>, None::<Instant>);
+        for s in first..first + total {
+            if let Some(Some(r)) = p.recv.get(s as usize) {
+                lat.push(r.saturating_duration_since(p.sent[s as usize]).as_nanos() as u64);
+                t0 = Some(t0.map_or(*r, |t| t.min(*r)));
+                t1 = Some(t1.map_or(*r, |t| t.max(*r)));
             }
-            let _ = writer.write(twist(seq), None);
-            seq += 1;
         }
-    }
-    // Let the last ones arrive.
-    let end = Instant::now() + Duration::from_secs(3);
-    while Instant::now() < end {
-        let done = {
-            let p = probe.lock().expect("probe");
-            (first..first + total).all(|s| p.recv.get(s as usize).is_some_and(Option::is_some))
+        let span = match (t0, t1) {
+            (Some(a), Some(b)) => b.saturating_duration_since(a).as_secs_f64(),
+            _ => 0.0,
         };
-        if done {
-            break;
+        Runs {
+            sent: total as usize,
+            lat,
+            span,
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let p = probe.lock().expect("probe");
-    let mut lat = Vec::new();
-    let (mut t0, mut t1) = (None::<Instant>, None::<Instant>);
-    for s in first..first + total {
-        if let Some(Some(r)) = p.recv.get(s as usize) {
-            lat.push(r.saturating_duration_since(p.sent[s as usize]).as_nanos() as u64);
-            t0 = Some(t0.map_or(*r, |t| t.min(*r)));
-            t1 = Some(t1.map_or(*r, |t| t.max(*r)));
-        }
-    }
-    lat.sort_unstable();
-    let span = match (t0, t1) {
-        (Some(a), Some(b)) => b.saturating_duration_since(a).as_secs_f64(),
-        _ => 0.0,
-    };
-    Result {
-        sent: total as usize,
-        received: lat.len(),
-        p50_us: pct(&lat, 0.50),
-        p99_us: pct(&lat, 0.99),
-        recv_rate: if span > 0.0 {
-            lat.len() as f64 / span
-        } else {
-            0.0
-        },
     }
 }
 
@@ -292,21 +345,31 @@ impl Drop for Daemon {
     }
 }
 
-fn daemon(bin: &Path, dir: &Path, mode: &str, agent: u16, robot: u16) -> Daemon {
+fn daemon(args: &Args, dir: &Path_, mode: &str, agent: u16, robot: u16) -> Daemon {
     let cfg = dir.join(format!("bridge-{mode}.toml"));
     std::fs::write(
         &cfg,
         format!(
-            "[[topic]]\nname = \"/cmd_vel\"\ntype = \"geometry_msgs/msg/Twist\"\naudit = \"{mode}\"\nqos = {{ depth = 1000 }}\n"
+            "[[topic]]\nname = \"/cmd_vel\"\ntype = \"geometry_msgs/msg/Twist\"\naudit = \"{mode}\"\nqos = {{ depth = 1000 }}\n{}",
+            if mode == "batched" {
+                format!("batch_window_ms = {}\n", args.batch_window_ms)
+            } else {
+                String::new()
+            }
         ),
     )
     .expect("config");
-    let mut child = Command::new(bin)
+    let mut child = Command::new(&args.autonomy)
         .args(["runtime", "start", "--listen", "127.0.0.1:0", "--wal-dir"])
         .arg(dir.join(format!("wal-{mode}")))
         .arg("--bridge")
         .arg(&cfg)
-        .args(["--agent-domain", &agent.to_string()])
+        .args([
+            "--agent-domain",
+            &agent.to_string(),
+            "--wal-sync",
+            &args.wal_sync,
+        ])
         .env("ROS_DOMAIN_ID", robot.to_string())
         .env_remove("RMW_IMPLEMENTATION")
         .stdin(Stdio::null())
@@ -335,17 +398,14 @@ fn daemon(bin: &Path, dir: &Path, mode: &str, agent: u16, robot: u16) -> Daemon 
     Daemon(child)
 }
 
-fn row(what: &str, rate: u32, r: &Result, base: Option<&Result>) {
-    let added = |a: f64, b: Option<f64>| b.map_or("—".to_string(), |b| format!("{:+.0}", a - b));
-    println!(
-        "| {what} | {rate} | {} | {} | {:.0} | {:.0} | {} | {} |",
-        r.sent,
-        r.sent - r.received,
-        r.p50_us,
-        r.p99_us,
-        added(r.p50_us, base.map(|b| b.p50_us)),
-        added(r.p99_us, base.map(|b| b.p99_us)),
-    );
+fn fsync_once(dir: &Path_, secs: f64, into: &mut Vec<u64>) {
+    let (fs, _) = fsync::raw_fdatasync(dir, secs, Preallocate::ZeroFill);
+    into.extend(fs);
+}
+
+/// Whether a measured figure meets its target.
+fn verdict(ok: bool) -> &'static str {
+    if ok { "PASS" } else { "MISS" }
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -357,92 +417,156 @@ async fn main() {
         .prefix("bridge-bench-")
         .tempdir_in(&parent)
         .expect("temp dir");
-    let base_d = args.domain;
-
-    let (mut fs, _) = fsync::raw_fdatasync(tmp.path(), 2.0, Preallocate::ZeroFill);
-    fs.sort_unstable();
-    println!(
-        "fdatasync on {}: p50 {:.0} µs, p99 {:.0} µs\n",
-        parent.display(),
-        pct(&fs, 0.5),
-        pct(&fs, 0.99)
-    );
-
+    let d = args.domain;
+    let mut fsyncs = Vec::new();
+    fsync_once(tmp.path(), 2.0, &mut fsyncs);
     decide_cost(2.0);
 
-    // Baseline: the same raw endpoints, one hop, on one domain.
-    let base_probe = Arc::new(Mutex::new(Probe::default()));
-    let mut base_pub = Side::new(base_d, &[]).expect("baseline publisher");
-    let mut base_sub = Side::new(base_d, &[]).expect("baseline subscriber");
-    let _bs = subscribe(&mut base_sub, base_probe.clone());
-    let base_w = base_pub.writer(&topic()).expect("writer");
-    let mut next = warm_up(&base_w, &base_probe).await;
-    let mut baselines = Vec::new();
-    for &rate in &args.rates {
-        let r = run(&base_w, &base_probe, next, rate, args.secs).await;
-        next += r.sent as u64 + 10;
-        baselines.push(r);
-    }
-    drop(base_w);
-    base_pub.shutdown().await;
-    base_sub.shutdown().await;
-
-    println!("| path | msgs/s | sent | lost | p50 µs | p99 µs | added p50 µs | added p99 µs |");
-    println!("|---|---|---|---|---|---|---|---|");
-    for (rate, b) in args.rates.iter().zip(&baselines) {
-        row("direct pub/sub (baseline)", *rate, b, None);
-    }
-    let mut sustained = Vec::new();
-    let mut after = Vec::new();
-    for (mode, agent_d) in [("strict", args.domain + 1), ("batched", args.domain + 3)] {
-        let robot_d = agent_d + 1;
-        let _d = daemon(&args.autonomy, tmp.path(), mode, agent_d, robot_d);
-        let probe = Arc::new(Mutex::new(Probe::default()));
-        let mut agent = Side::new(agent_d, &[]).expect("agent side");
-        let mut robot = Side::new(robot_d, &[]).expect("robot side");
-        let _s = subscribe(&mut robot, probe.clone());
-        let w = agent.writer(&topic()).expect("writer");
-        let mut next = warm_up(&w, &probe).await;
-        for (rate, b) in args.rates.iter().zip(&baselines) {
-            let r = run(&w, &probe, next, *rate, args.secs).await;
-            next += r.sent as u64 + 10;
-            row(&format!("bridge, {mode}"), *rate, &r, Some(b));
+    // All three paths up at once: the baseline (one domain), strict and batched (two each).
+    let mut sides = Vec::new();
+    let mut subs = Vec::new();
+    let mut daemons = Vec::new();
+    let mut paths = Vec::new();
+    for (name, mode, agent_d, robot_d) in [
+        ("direct pub/sub (baseline)", None, d, d),
+        ("bridge, strict", Some("strict"), d + 1, d + 2),
+        ("bridge, batched", Some("batched"), d + 3, d + 4),
+    ] {
+        if let Some(mode) = mode {
+            daemons.push(daemon(&args, tmp.path(), mode, agent_d, robot_d));
         }
-        if mode == "strict" {
-            for &rate in &args.max_rates {
-                let r = run(&w, &probe, next, rate, args.max_secs).await;
-                next += r.sent as u64 + 10;
-                sustained.push((rate, r));
+        let probe = Arc::new(Mutex::new(Probe::default()));
+        let mut publisher = Side::new(agent_d, &[]).expect("publisher");
+        let mut subscriber = Side::new(robot_d, &[]).expect("subscriber");
+        subs.push(subscribe(&mut subscriber, probe.clone()));
+        let writer = publisher.writer(&topic()).expect("writer");
+        let next = warm_up(&writer, &probe).await;
+        sides.push(publisher);
+        sides.push(subscriber);
+        paths.push(Path {
+            name: name.to_string(),
+            writer,
+            probe,
+            next,
+        });
+    }
+
+    // Latency: for each rate, rounds of baseline, strict, batched.
+    let mut table: Vec<(u32, Vec<Summary>)> = Vec::new();
+    for &rate in &args.rates {
+        let mut runs: Vec<Runs> = paths.iter().map(|_| Runs::default()).collect();
+        for _ in 0..args.rounds {
+            for (p, r) in paths.iter_mut().zip(runs.iter_mut()) {
+                r.add(p.run(rate, args.secs).await);
             }
         }
-        agent.shutdown().await;
-        robot.shutdown().await;
-        let (mut fs, _) = fsync::raw_fdatasync(tmp.path(), 2.0, Preallocate::ZeroFill);
-        fs.sort_unstable();
-        after.push(format!(
-            "fdatasync after the {mode} runs: p50 {:.0} µs, p99 {:.0} µs",
-            pct(&fs, 0.5),
-            pct(&fs, 0.99)
-        ));
+        table.push((rate, runs.into_iter().map(Runs::summary).collect()));
     }
-    println!();
-    for l in &after {
-        println!("{l}");
+    fsync_once(tmp.path(), 2.0, &mut fsyncs);
+
+    // Sustained rate, strict.
+    let mut sustained = Vec::new();
+    for &rate in &args.max_rates {
+        let r = paths[1].run(rate, args.max_secs).await;
+        sustained.push((rate, r.summary()));
+    }
+    fsync_once(tmp.path(), 2.0, &mut fsyncs);
+    fsyncs.sort_unstable();
+    let (fs50, fs99, fs999) = (pct(&fsyncs, 0.5), pct(&fsyncs, 0.99), pct(&fsyncs, 0.999));
+
+    println!(
+        "fdatasync (256 B records, preallocated file) on {}: p50 {fs50:.0} µs, p99 {fs99:.0} µs, p99.9 {fs999:.0} µs, max {:.0} µs ({} syncs before, between and after the runs)\n",
+        parent.display(),
+        fsyncs.last().map_or(f64::NAN, |m| *m as f64 / 1000.0),
+        fsyncs.len()
+    );
+    println!(
+        "Latency: {} rounds of {} s per path and rate, the paths taking turns.\n",
+        args.rounds, args.secs
+    );
+    println!(
+        "| path | msgs/s | sent | lost | p50 µs | p99 µs | max µs | added p50 µs | added p99 µs |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (rate, sums) in &table {
+        let base = &sums[0];
+        for (i, (p, r)) in paths.iter().zip(sums).enumerate() {
+            let added = |a: f64, b: f64| {
+                if i == 0 {
+                    "—".to_string()
+                } else {
+                    format!("{:+.0}", a - b)
+                }
+            };
+            println!(
+                "| {} | {rate} | {} | {} | {:.0} | {:.0} | {:.0} | {} | {} |",
+                p.name,
+                r.sent,
+                r.lost(),
+                r.p50_us,
+                r.p99_us,
+                r.max_us,
+                added(r.p50_us, base.p50_us),
+                added(r.p99_us, base.p99_us),
+            );
+        }
     }
     println!(
         "\nSustained rate, strict (each step {} s):\n",
         args.max_secs
     );
     println!("| offered msgs/s | sent | lost | received msgs/s | p50 µs | p99 µs |");
-    println!("|---|---|---|---|---|---|");
+    println!("|---:|---:|---:|---:|---:|---:|");
     for (rate, r) in &sustained {
         println!(
             "| {rate} | {} | {} | {:.0} | {:.0} | {:.0} |",
             r.sent,
-            r.sent - r.received,
+            r.lost(),
             r.recv_rate,
             r.p50_us,
             r.p99_us
         );
     }
+
+    // The targets.
+    let at = |rate: u32, path: usize| {
+        table
+            .iter()
+            .find(|(r, _)| *r == rate)
+            .map(|(_, s)| (s[path].p99_us - s[0].p99_us, s[path].lost()))
+    };
+    println!("\n| target | measured | |");
+    println!("|---|---|---|");
+    if let Some((added, lost)) = at(1000, 2) {
+        println!(
+            "| batched adds < 1 ms p99 at 1 kHz | {added:+.0} µs, {lost} lost | {} |",
+            verdict(added < 1000.0 && lost == 0)
+        );
+    }
+    for rate in [100, 1000] {
+        if let Some((added, lost)) = at(rate, 1) {
+            println!(
+                "| strict adds < one fsync (p99 {fs99:.0} µs) + 1 ms p99 at {rate} msgs/s | {added:+.0} µs, {lost} lost | {} |",
+                verdict(added < fs99 + 1000.0 && lost == 0)
+            );
+        }
+    }
+    let best = sustained
+        .iter()
+        .filter(|(_, r)| r.lost() == 0)
+        .map(|(rate, _)| *rate)
+        .max();
+    println!(
+        "| ≥ 5,000 Twist/s sustained, strict, no loss | {} | {} |",
+        best.map_or("none without loss".to_string(), |b| format!(
+            "highest step without loss: {b} msgs/s"
+        )),
+        verdict(best.is_some_and(|b| b >= 5000))
+    );
+
+    drop(paths);
+    for s in sides {
+        s.shutdown().await;
+    }
+    drop(daemons);
 }
