@@ -105,13 +105,15 @@ fn rcl_err(what: &str) -> impl Fn(r2r::Error) -> RosError + '_ {
     move |e| RosError(format!("cannot create {what}: {e}"))
 }
 
-/// The process's rcl context. `r2r::Context::create` panics when `rcl_init` fails (an
-/// `RMW_IMPLEMENTATION` that is not installed, a bad `--ros-args`); that becomes an error here,
-/// with rcl's message and without the panic report.
+/// The process's rcl context. rcl gets no arguments but the program name: ours are not ROS
+/// arguments, and rcl would take words like `robot:=alpha` (launch arguments of `run
+/// ros2.launch`) as remap rules for our node. `r2r::Context` panics when `rcl_init` fails;
+/// that becomes an error here, with rcl's message and without the panic report.
 fn context() -> Result<r2r::Context, RosError> {
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
-    let created = std::panic::catch_unwind(r2r::Context::create);
+    let created =
+        std::panic::catch_unwind(|| r2r::Context::create_with_args(vec![NODE_NAME.to_string()]));
     std::panic::set_hook(hook);
     match created {
         Ok(Ok(ctx)) => Ok(ctx),

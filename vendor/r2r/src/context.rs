@@ -44,12 +44,21 @@ static CONTEXT: OnceLock<Result<Context>> = OnceLock::new();
 impl Context {
     /// Create a ROS context.
     pub fn create() -> Result<Context> {
+        // PATCH(autonomy): the process arguments, now through `create_with_args`.
+        Self::create_with_args(std::env::args().collect())
+    }
+
+    /// PATCH(autonomy): creates the ROS context with `args` as rcl's argv instead of the
+    /// process's (whose `name:=value` words rcl would take as remap rules). Like `create`, only
+    /// the first call in a process initialises rcl; later calls return that context.
+    pub fn create_with_args(args: Vec<String>) -> Result<Context> {
         CONTEXT
             .get_or_init(|| {
                 let mut ctx: Box<rcl_context_t> =
                     unsafe { Box::new(rcl_get_zero_initialized_context()) };
                 // argc/v
-                let args = std::env::args()
+                let args = args
+                    .into_iter()
                     .map(|arg| CString::new(arg).unwrap())
                     .collect::<Vec<CString>>();
                 let mut c_args = args
