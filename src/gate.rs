@@ -1,13 +1,19 @@
 //! The one gate every front end calls: decide (policy) → record (WAL, durable) → execute → answer.
 
+use std::borrow::Cow;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::sync::Notify;
 
 use serde_json::{Map, Value};
 
 use crate::policy::{ActivePolicy, PolicyInput};
+use crate::record::{DecisionRecord, ErrorCode, ErrorRecord, Layer, RecordBody};
 use crate::tools::{ToolOutcome, Tools};
+use crate::types::Seq;
 use crate::types::{AuditId, Decision, PolicyRef, Source, ToolKind};
-use crate::wal::{NewRecord, RecordBody, RecordType, Wal, WalError};
+use crate::wal::{NewRecord, Wal, WalError};
 
 /// One tool call as a front end hands it to the gate.
 #[derive(Debug, Clone)]
@@ -60,6 +66,17 @@ pub trait DecisionObserver: Send + Sync {
     fn on_decision(&self, call: &ToolCall, resp: &GateResponse);
 }
 
+/// Appends a typed record to `wal` and waits until it is durable, without blocking the async
+/// runtime ([`Wal::append_async`]); what [`Gate::record`] does, for code that holds only the log.
+pub async fn record<B: RecordBody>(
+    wal: &Arc<Wal>,
+    audit_id: Option<&AuditId>,
+    body: &B,
+) -> Result<Seq, WalError> {
+    wal.append_async(NewRecord::encoded(audit_id.cloned(), body)?)
+        .await
+}
+
 /// The gate. Cheap to share: hold it in an `Arc`.
 pub struct Gate {
     policy: Arc<ActivePolicy>,
@@ -68,6 +85,10 @@ pub struct Gate {
     /// The allowlist as the policy sees it (`input.allowed_domains`); fixed for the gate's life.
     allowed_domains: Vec<String>,
     observers: std::sync::RwLock<Vec<Arc<dyn DecisionObserver>>>,
+    /// Whether calls are taken yet: a gate is built closed, and the runtime opens it once its
+    /// `started` record is durable, so no decision precedes it in the log.
+    open: AtomicBool,
+    opened: Notify,
 }
 
 impl Gate {
@@ -80,7 +101,25 @@ impl Gate {
             tools,
             allowed_domains,
             observers: std::sync::RwLock::new(Vec::new()),
+            open: AtomicBool::new(false),
+            opened: Notify::new(),
         }
+    }
+
+    /// Lets calls through; those that arrived before wait until now.
+    pub fn open(&self) {
+        self.open.store(true, Ordering::Release);
+        self.opened.notify_waiters();
+    }
+
+    async fn wait_open(&self) {
+        let notified = self.opened.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.open.load(Ordering::Acquire) {
+            return;
+        }
+        notified.await;
     }
 
     /// Adds an observer of decisions.
@@ -102,6 +141,9 @@ impl Gate {
 
     /// Decides, records durably, executes if allowed, records the outcome, answers.
     pub async fn call(&self, call: ToolCall) -> GateResponse {
+        if !self.open.load(Ordering::Acquire) {
+            self.wait_open().await;
+        }
         let resp = self.call_inner(&call).await;
         if let Ok(obs) = self.observers.read() {
             for o in obs.iter() {
@@ -129,7 +171,7 @@ impl Gate {
             verdict.decision,
             verdict.reason.as_deref(),
             &policy_ref,
-            "policy",
+            Layer::Policy,
         );
         if let Err(e) = self.append(record).await {
             return GateResponse {
@@ -165,16 +207,16 @@ impl Gate {
                     Decision::Deny,
                     Some(&reason),
                     &policy_ref,
-                    "runtime",
+                    Layer::Runtime,
                 );
                 (Outcome::RuntimeDenied, Some(rec), Some(reason))
             }
             ToolOutcome::BadParams(msg) => {
-                let rec = error_record(&audit_id, call, &msg, "bad_params");
+                let rec = error_record(&audit_id, call, &msg, ErrorCode::BadParams);
                 (Outcome::BadParams(msg), Some(rec), None)
             }
             ToolOutcome::Upstream(msg) => {
-                let rec = error_record(&audit_id, call, &msg, "upstream");
+                let rec = error_record(&audit_id, call, &msg, ErrorCode::Upstream);
                 (Outcome::UpstreamFailed(msg), Some(rec), None)
             }
         };
@@ -203,33 +245,17 @@ impl Gate {
     async fn append(&self, rec: Result<NewRecord, WalError>) -> Result<(), WalError> {
         self.wal.append_async(rec?).await.map(|_| ())
     }
-}
 
-/// A decision record's body, serialised as is: fields in alphabetical order (the order the
-/// former `serde_json::Map` body produced, so the bytes are unchanged), absent ones left out.
-#[derive(serde::Serialize)]
-struct DecisionBody<'a> {
-    decision: &'a str,
-    kind: &'a str,
-    layer: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    params: Option<&'a Map<String, Value>>,
-    policy_ref: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    reason: Option<&'a str>,
-    source: &'a str,
-}
-
-impl RecordBody for DecisionBody<'_> {
-    const KEYS: &'static [&'static str] = &[
-        "decision",
-        "kind",
-        "layer",
-        "params",
-        "policy_ref",
-        "reason",
-        "source",
-    ];
+    /// Records an event that is not a decision (a runtime start, a marker, a lifecycle event,
+    /// a policy change) and returns once it is durable: the one way front ends and the core
+    /// write to the log besides the gate's own decision records.
+    pub async fn record<B: RecordBody>(
+        &self,
+        audit_id: Option<&AuditId>,
+        body: &B,
+    ) -> Result<Seq, WalError> {
+        record(&self.wal, audit_id, body).await
+    }
 }
 
 fn decision_record(
@@ -238,21 +264,20 @@ fn decision_record(
     decision: Decision,
     reason: Option<&str>,
     policy_ref: &PolicyRef,
-    layer: &str,
+    layer: Layer,
 ) -> Result<NewRecord, WalError> {
     NewRecord::encoded(
-        RecordType::Decision,
         Some(audit_id.clone()),
-        &DecisionBody {
-            decision: decision.as_str(),
-            kind: call.kind.as_str(),
+        &DecisionRecord {
+            decision,
+            kind: Cow::Borrowed(call.kind.as_str()),
             layer,
             // The policy-layer record carries what was asked, so the log alone answers "what
             // was tried".
-            params: (layer == "policy").then_some(&call.params),
-            policy_ref: policy_ref.as_str(),
-            reason,
-            source: call.source.as_str(),
+            params: (layer == Layer::Policy).then_some(Cow::Borrowed(&call.params)),
+            policy_ref: Cow::Borrowed(policy_ref.as_str()),
+            reason: reason.map(Cow::Borrowed),
+            source: Cow::Borrowed(call.source.as_str()),
         },
     )
 }
@@ -261,13 +286,17 @@ fn error_record(
     audit_id: &AuditId,
     call: &ToolCall,
     msg: &str,
-    code: &str,
+    code: ErrorCode,
 ) -> Result<NewRecord, WalError> {
-    Ok(NewRecord::new(RecordType::Error, Some(audit_id.clone()))
-        .with("kind", call.kind.as_str())
-        .with("code", code)
-        .with("error", msg)
-        .with("source", call.source.as_str()))
+    NewRecord::encoded(
+        Some(audit_id.clone()),
+        &ErrorRecord {
+            code,
+            error: Cow::Borrowed(msg),
+            kind: Cow::Borrowed(call.kind.as_str()),
+            source: Cow::Borrowed(call.source.as_str()),
+        },
+    )
 }
 
 #[cfg(test)]
@@ -282,26 +311,31 @@ mod tests {
         let call = ToolCall {
             kind: ToolKind::parse("tool.http_get").unwrap(),
             params: params.clone(),
-            source: Source::Ros2,
+            source: Source::new("ros2"),
         };
         let id = AuditId::new();
         let pref = PolicyRef::new("bundle:x@sha256:ab");
         for (decision, reason, layer) in [
-            (Decision::Allow, None, "policy"),
-            (Decision::Deny, Some("no \"way\""), "policy"),
-            (Decision::Deny, Some("not in the allowlist"), "runtime"),
+            (Decision::Allow, None, Layer::Policy),
+            (Decision::Deny, Some("no \"way\""), Layer::Policy),
+            (Decision::Deny, Some("not in the allowlist"), Layer::Runtime),
         ] {
+            let layer_name = if layer == Layer::Policy {
+                "policy"
+            } else {
+                "runtime"
+            };
             // The body as the `Map` builder made it before.
             let mut want = Map::new();
             want.insert("kind".into(), call.kind.as_str().into());
             want.insert("decision".into(), decision.as_str().into());
-            want.insert("layer".into(), layer.into());
+            want.insert("layer".into(), layer_name.into());
             want.insert("policy_ref".into(), pref.as_str().into());
             want.insert("source".into(), call.source.as_str().into());
             if let Some(r) = reason {
                 want.insert("reason".into(), r.into());
             }
-            if layer == "policy" {
+            if layer == Layer::Policy {
                 want.insert("params".into(), Value::Object(params.clone()));
             }
             let mut rec = decision_record(&id, &call, decision, reason, &pref, layer).unwrap();
@@ -312,7 +346,7 @@ mod tests {
             );
             assert!(
                 want.keys()
-                    .all(|k| DecisionBody::KEYS.contains(&k.as_str()))
+                    .all(|k| <DecisionRecord as RecordBody>::KEYS.contains(&k.as_str()))
             );
         }
     }

@@ -12,12 +12,17 @@ pub mod http;
 pub mod launch;
 pub mod paths;
 pub mod policy;
+pub mod record;
 pub mod ros;
 pub mod runtime;
 pub mod signals;
 pub mod tools;
 pub mod types;
 pub mod wal;
+
+/// The tracing target of operator notices: what the program tells the person running it (a
+/// policy was activated, a launch is being stopped). The CLI prints them as its own lines.
+pub const NOTICE: &str = "notice";
 
 /// The runtime's version.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,21 +1,36 @@
-//! The runtime: WAL + policy + tools + gate + HTTP listener, started and stopped as one unit.
+//! The runtime: the core (WAL, policy, tools, gate) opened, started and stopped as one unit.
+//! Front ends (HTTP, the ROS 2 node, the topic bridge) are started from it, each the same way:
+//! `<front end>::start(&runtime, <its config>)`, which returns a handle the caller stops
+//! before it stops the runtime. See `docs/architecture.md`.
+//!
+//! The lifecycle: [`Runtime::open`] (the WAL is open and recovered, the gate exists but takes no
+//! call yet) → front ends start (they may bind and listen; a call that arrives now waits at the
+//! gate) → [`Runtime::start`] (the `started` record, then the gate opens, then the policy
+//! watcher) → … → front ends stop → [`Runtime::stop`] (the `stopped` record, the WAL closed).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::gate::Gate;
+use crate::policy::dist::watch::PolicyWatch;
 use crate::policy::{ActivePolicy, PolicyEvaluator};
+use crate::record::{RuntimeStarted, RuntimeStopped, Started};
 use crate::tools::{Allowlist, HttpGetLimits, Tools};
-use crate::wal::{NewRecord, RecordType, Wal, WalError, WalOptions};
+use crate::types::PolicyRef;
+use crate::wal::{Wal, WalError, WalOptions};
 
-/// Everything needed to start a runtime.
+/// A front end's handle: what every front end's `start(&runtime, config)` returns, and how it
+/// is stopped (before the runtime).
+pub trait FrontEnd: Send {
+    /// Stops taking calls and lets those in flight finish (their records included).
+    fn shutdown(self) -> impl std::future::Future<Output = ()> + Send;
+}
+
+/// Everything the core needs.
 pub struct RuntimeConfig {
-    /// Where to listen.
-    pub listen: SocketAddr,
     /// The policy to start with.
     pub policy: Box<dyn PolicyEvaluator>,
     /// The `http_get` allowlist.
@@ -24,165 +39,168 @@ pub struct RuntimeConfig {
     pub wal_dir: PathBuf,
     /// WAL options.
     pub wal_options: WalOptions,
-    /// Bounds on HTTP clients: body size, timeouts, connection limit, lingering.
-    pub http: crate::http::HttpLimits,
     /// Watch this policy store and hot-reload its current slot (see [`crate::policy::dist::watch`]).
-    pub policy_watch: Option<crate::policy::dist::watch::PolicyWatch>,
+    pub policy_watch: Option<PolicyWatch>,
 }
 
 impl RuntimeConfig {
-    /// A runtime on `127.0.0.1:<random port>` with an empty `http_get` allowlist (fail-closed),
-    /// a durable WAL in `wal_dir` and no policy watch: what `run` and `demo validate` use.
-    pub fn loopback(policy: Box<dyn PolicyEvaluator>, wal_dir: PathBuf) -> Self {
+    /// A core with an empty `http_get` allowlist (fail-closed), a durable WAL in `wal_dir` and
+    /// no policy watch: what `run` and `demo validate` use.
+    pub fn new(policy: Box<dyn PolicyEvaluator>, wal_dir: PathBuf) -> Self {
         RuntimeConfig {
-            listen: ([127, 0, 0, 1], 0).into(),
             policy,
             allowlist: Allowlist::empty(),
             wal_dir,
             wal_options: WalOptions::default(),
-            http: crate::http::HttpLimits::default(),
             policy_watch: None,
         }
     }
 }
 
-/// Why the runtime could not start.
+/// Why the runtime could not open or start.
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
-    /// The WAL could not be opened.
+    /// The WAL could not be opened or written.
     #[error("{0}")]
     Wal(#[from] WalError),
-    /// The listen address could not be bound.
-    #[error("cannot listen on {addr}: {source}{hint}")]
-    Bind {
-        /// The address.
-        addr: SocketAddr,
-        /// The OS error.
-        source: std::io::Error,
-        /// What to do.
-        hint: &'static str,
-    },
 }
 
-/// A running runtime.
+/// The core, open: the gate exists; it takes calls once [`Runtime::start`] has run.
 pub struct Runtime {
     gate: Arc<Gate>,
-    addr: SocketAddr,
-    stop_tx: Option<oneshot::Sender<()>>,
-    server: Option<JoinHandle<()>>,
-    watcher: Option<JoinHandle<()>>,
+    policy_ref: PolicyRef,
+    allowed_domains: Vec<String>,
+    policy_watch: Mutex<Option<PolicyWatch>>,
+    watcher: Mutex<Option<JoinHandle<()>>>,
+    recovered: Option<String>,
 }
 
 impl Runtime {
-    /// Opens the WAL, records the start, binds the listener and starts serving.
-    pub async fn start(cfg: RuntimeConfig) -> Result<Runtime, RuntimeError> {
+    /// Opens the WAL (recovering a torn tail) and builds the gate, closed for now.
+    pub async fn open(cfg: RuntimeConfig) -> Result<Runtime, RuntimeError> {
         let dir = cfg.wal_dir.clone();
         let opts = cfg.wal_options.clone();
         let (wal, recovery) = tokio::task::spawn_blocking(move || Wal::open(&dir, opts))
             .await
-            .map_err(|e| WalError::Invalid(format!("WAL open task failed: {e}")))??;
-        if let Some(t) = &recovery.trimmed {
-            eprintln!("autonomy: WAL recovery: {t}");
-        }
-        let wal = Arc::new(wal);
-
-        let listener = tokio::net::TcpListener::bind(cfg.listen)
-            .await
-            .map_err(|e| RuntimeError::Bind {
-                addr: cfg.listen,
-                hint: match e.kind() {
-                    std::io::ErrorKind::AddrInUse => {
-                        " (another process is using it; stop it or choose another address with --listen)"
-                    }
-                    std::io::ErrorKind::AddrNotAvailable => {
-                        " (no interface has that address; use 127.0.0.1 or an address of this machine)"
-                    }
-                    std::io::ErrorKind::PermissionDenied => " (ports below 1024 need privileges; use a higher port)",
-                    _ => "",
-                },
-                source: e,
-            })?;
-        let addr = listener.local_addr().map_err(|e| RuntimeError::Bind {
-            addr: cfg.listen,
-            source: e,
-            hint: "",
-        })?;
-
+            .map_err(|e| WalError::TaskFailed(e.to_string()))??;
         let policy_ref = cfg.policy.policy_ref().clone();
-        let allowed = cfg.allowlist.entries();
+        let allowed_domains = cfg.allowlist.entries();
         let policy = Arc::new(ActivePolicy::new(cfg.policy));
         let tools = Tools::new(cfg.allowlist, HttpGetLimits::default());
-        let gate = Arc::new(Gate::new(policy, wal.clone(), tools));
-
-        let start = NewRecord::new(RecordType::Runtime, None)
-            .with("event", "started")
-            .with("version", crate::VERSION)
-            .with("listen", addr.to_string())
-            .with("policy_ref", policy_ref.as_str())
-            .with("allowed_domains", allowed);
-        let w = wal.clone();
-        tokio::task::spawn_blocking(move || w.append(start))
-            .await
-            .map_err(|e| WalError::Invalid(format!("WAL task failed: {e}")))??;
-
-        let watcher = cfg
-            .policy_watch
-            .map(|w| crate::policy::dist::watch::spawn(w, gate.policy().clone(), wal.clone()));
-
-        let app = crate::http::router(gate.clone(), &cfg.http);
-        let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let server = tokio::spawn(crate::http::server::serve(
-            listener,
-            app,
-            cfg.http,
-            async move {
-                let _ = stop_rx.await;
-            },
-        ));
+        let gate = Arc::new(Gate::new(policy, Arc::new(wal), tools));
         Ok(Runtime {
             gate,
-            addr,
-            stop_tx: Some(stop_tx),
-            server: Some(server),
-            watcher,
+            policy_ref,
+            allowed_domains,
+            policy_watch: Mutex::new(cfg.policy_watch),
+            watcher: Mutex::new(None),
+            recovered: recovery.trimmed,
         })
     }
 
-    /// The bound address.
-    pub fn local_addr(&self) -> SocketAddr {
-        self.addr
+    /// Records `started` (with the HTTP front end's address, when there is one), opens the gate
+    /// to calls, and starts the policy watcher. Front ends started before this hold their calls
+    /// at the gate until now, so no decision precedes the `started` record.
+    pub async fn start(&self, listen: Option<SocketAddr>) -> Result<(), RuntimeError> {
+        let listen = listen.map(|a| a.to_string());
+        let started = RuntimeStarted {
+            allowed_domains: (&self.allowed_domains[..]).into(),
+            event: Started,
+            listen: listen.as_deref().map(Into::into),
+            policy_ref: self.policy_ref.as_str().into(),
+            version: crate::VERSION.into(),
+        };
+        self.gate.record(None, &started).await?;
+        self.gate.open();
+        let watch = self.policy_watch.lock().ok().and_then(|mut w| w.take());
+        if let Some(w) = watch {
+            let h = crate::policy::dist::watch::spawn(
+                w,
+                self.gate.policy().clone(),
+                self.gate.wal().clone(),
+            );
+            if let Ok(mut slot) = self.watcher.lock() {
+                *slot = Some(h);
+            }
+        }
+        Ok(())
     }
 
-    /// `http://<addr>`.
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+    /// What recovery cut when the WAL was opened (a torn tail), for the operator to read.
+    pub fn recovered(&self) -> Option<&str> {
+        self.recovered.as_deref()
     }
 
-    /// The gate, for other front ends.
+    /// The gate, for front ends.
     pub fn gate(&self) -> &Arc<Gate> {
         &self.gate
     }
 
-    /// Stops accepting, lets in-flight calls finish, records the stop and closes the WAL.
-    pub async fn stop(mut self) -> Result<(), WalError> {
-        if let Some(w) = self.watcher.take() {
+    /// Stops the policy watcher, records the stop and closes the WAL. Stop the front ends
+    /// first, so calls in flight finish with their records.
+    pub async fn stop(self) -> Result<(), WalError> {
+        let watcher = self.watcher.lock().ok().and_then(|mut w| w.take());
+        if let Some(w) = watcher {
             w.abort();
             let _ = w.await;
         }
-        if let Some(tx) = self.stop_tx.take() {
-            let _ = tx.send(());
-        }
-        if let Some(server) = self.server.take()
-            && let Err(e) = server.await
-        {
-            tracing::warn!("HTTP server task failed: {e}");
-        }
+        self.gate.record(None, &RuntimeStopped::default()).await?;
         let wal = self.gate.wal().clone();
-        tokio::task::spawn_blocking(move || {
-            wal.append(NewRecord::new(RecordType::Runtime, None).with("event", "stopped"))?;
-            wal.close()
-        })
-        .await
-        .map_err(|e| WalError::Invalid(format!("WAL task failed: {e}")))?
+        tokio::task::spawn_blocking(move || wal.close())
+            .await
+            .map_err(|e| WalError::TaskFailed(e.to_string()))?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gate::ToolCall;
+    use crate::record::{Body, RecordType};
+    use crate::types::{Source, ToolKind};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_call_before_start_waits_and_follows_the_started_record() {
+        let tmp = tempfile::tempdir().unwrap();
+        let policy = Box::new(crate::policy::demo_policy().unwrap());
+        let rt = Runtime::open(RuntimeConfig::new(policy, tmp.path().join("wal")))
+            .await
+            .unwrap();
+        let gate = rt.gate().clone();
+        let call = tokio::spawn(async move {
+            gate.call(ToolCall {
+                kind: ToolKind::parse("tool.echo").unwrap(),
+                params: serde_json::from_str(r#"{"message":"early"}"#).unwrap(),
+                source: Source::new("test"),
+            })
+            .await
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(
+            !call.is_finished(),
+            "a call was decided before the runtime started"
+        );
+        rt.start(Some(([127, 0, 0, 1], 9).into())).await.unwrap();
+        let resp = tokio::time::timeout(std::time::Duration::from_secs(5), call)
+            .await
+            .expect("the call goes through once started")
+            .unwrap();
+        assert_eq!(resp.decision, crate::types::Decision::Allow);
+        rt.stop().await.unwrap();
+
+        let recs = crate::wal::read_records(&tmp.path().join("wal")).unwrap();
+        let types: Vec<_> = recs.iter().map(|r| r.rtype).collect();
+        assert_eq!(
+            types,
+            [
+                RecordType::Runtime,
+                RecordType::Decision,
+                RecordType::Runtime
+            ]
+        );
+        assert!(
+            matches!(recs[0].body().unwrap(), Body::RuntimeStarted(s) if s.listen.as_deref() == Some("127.0.0.1:9"))
+        );
+        assert!(matches!(recs[2].body().unwrap(), Body::RuntimeStopped(_)));
     }
 }

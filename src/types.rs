@@ -9,6 +9,12 @@ use serde::{Deserialize, Serialize};
 #[serde(transparent)]
 pub struct Seq(pub u64);
 
+impl PartialEq<u64> for Seq {
+    fn eq(&self, other: &u64) -> bool {
+        self.0 == *other
+    }
+}
+
 impl fmt::Display for Seq {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}", self.0)
@@ -72,26 +78,49 @@ impl fmt::Display for PolicyRef {
     }
 }
 
-/// Which front end a call came through.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Source {
-    /// `POST /v1/tool`.
-    Http,
-    /// The `/autonomy/tool` ROS 2 service.
-    Ros2,
-    /// The `run ros2.launch` gate.
-    Launch,
-}
+/// Which front end a call came through, as policies (`input.source`) and records see it.
+///
+/// A name, not a closed list: each front end declares its own (`http::SOURCE`,
+/// `ros::SOURCE`, `launch::SOURCE`), so adding one does not touch this type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Source(&'static str);
 
 impl Source {
+    /// A front end's name: 1–32 lower-case ASCII letters, digits, `_` or `-` (checked when
+    /// the constant is built, so a bad name does not compile).
+    pub const fn new(name: &'static str) -> Source {
+        let b = name.as_bytes();
+        assert!(
+            !b.is_empty() && b.len() <= 32,
+            "a source name has 1-32 characters"
+        );
+        let mut i = 0;
+        while i < b.len() {
+            let c = b[i];
+            assert!(
+                c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'-',
+                "a source name is lower-case ASCII letters, digits, '_' and '-'"
+            );
+            i += 1;
+        }
+        Source(name)
+    }
+
     /// The wire name used in the policy input and in records.
     pub fn as_str(self) -> &'static str {
-        match self {
-            Source::Http => "http",
-            Source::Ros2 => "ros2",
-            Source::Launch => "launch",
-        }
+        self.0
+    }
+}
+
+impl Serialize for Source {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.0)
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0)
     }
 }
 

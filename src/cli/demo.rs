@@ -7,7 +7,10 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::runtime::{Runtime, RuntimeConfig};
+use super::Services;
+use crate::http::HttpConfig;
+use crate::runtime::RuntimeConfig;
+use crate::types::AuditId;
 
 /// A plain HTTP/1.1 exchange over loopback, bounded in time: (status, JSON body).
 async fn http(
@@ -81,7 +84,7 @@ fn expect(
 }
 
 /// Runs the self-check; exit 0 only if every check passes.
-pub async fn validate() -> ExitCode {
+pub(super) async fn validate() -> ExitCode {
     let tmp = match tempfile::Builder::new()
         .prefix("autonomy-validate-")
         .tempdir()
@@ -95,15 +98,20 @@ pub async fn validate() -> ExitCode {
         Ok(p) => Box::new(p),
         Err(e) => return super::fail(&format!("embedded demo policy: {e}")),
     };
-    let rt = Runtime::start(RuntimeConfig::loopback(policy, wal_dir.clone())).await;
-    let rt = match rt {
-        Ok(r) => r,
-        Err(e) => {
-            rep.check("runtime-up", Err(e.to_string()));
+    let services = Services::start(
+        RuntimeConfig::new(policy, wal_dir.clone()),
+        HttpConfig::loopback(),
+        None,
+    )
+    .await;
+    let services = match services {
+        Ok(s) => s,
+        Err(_) => {
+            rep.check("runtime-up", Err("the runtime did not start".into()));
             return ExitCode::from(super::EXIT_FAILURE);
         }
     };
-    let addr = rt.local_addr();
+    let addr = services.http.addr();
     let mut ids = Vec::new();
     let health = http(addr, "GET", "/health", None).await;
     rep.check(
@@ -169,7 +177,7 @@ pub async fn validate() -> ExitCode {
         expect(get, 403, "deny", &mut ids).map(|_| ()),
     );
 
-    let stopped = rt.stop().await.map_err(|e| e.to_string());
+    let stopped = services.stop().await.map_err(|e| e.to_string());
     let dir = wal_dir.clone();
     let verified = tokio::task::spawn_blocking(move || {
         let report = crate::wal::verify(&dir).map_err(|e| e.summary())?;
@@ -184,7 +192,11 @@ pub async fn validate() -> ExitCode {
         stopped.and(verified).and_then(|(report, recs)| {
             let missing: Vec<_> = ids
                 .iter()
-                .filter(|id| !recs.iter().any(|r| r["audit_id"] == id.as_str()))
+                .filter(|id| {
+                    !recs
+                        .iter()
+                        .any(|r| r.audit_id.as_ref().map(AuditId::as_str) == Some(id.as_str()))
+                })
                 .collect();
             if !missing.is_empty() {
                 return Err(format!("decisions missing from the WAL: {missing:?}"));

@@ -1,6 +1,12 @@
 //! The command line (clap). Each subcommand lives in its own module; this one parses and dispatches.
+//!
+//! The CLI is where the process talks to the person running it, so it alone prints to stderr:
+//! one line per error (`fail`, `usage`), plus its own progress lines; library code emits
+//! notices through tracing instead ([`log`]).
+#![allow(clippy::print_stderr)]
 
 mod demo;
+pub mod log;
 mod policy_cmd;
 mod run;
 mod runtime_cmd;
@@ -11,6 +17,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
+
+use crate::http::{HttpConfig, HttpServer};
+use crate::ros::{RosConfig, RosHandle};
+use crate::runtime::{FrontEnd, Runtime, RuntimeConfig};
 
 /// Exit code for a user error (bad flag, missing file, port in use).
 pub const EXIT_USAGE: u8 = 2;
@@ -132,7 +142,7 @@ pub fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => return clap_error(e),
     };
-    init_tracing();
+    log::init();
     ignore_sigxfsz();
     match cli.cmd {
         Command::Version => {
@@ -178,21 +188,6 @@ fn with_tokio<F: std::future::Future<Output = ExitCode>>(f: F) -> ExitCode {
     }
 }
 
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("AUTONOMY_LOG")
-        // ros2-client's own ROS_DISTRO check logs even when the variable is unset; `--ros`
-        // prints its own warning on a real mismatch.
-        .unwrap_or_else(|_| {
-            tracing_subscriber::EnvFilter::new("warn,ros2_client::distributions=off")
-        });
-    // Colour codes only on a terminal: a journal or a log file gets plain lines.
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
-}
-
 /// Prints clap's help/version as is; any parse error as one line.
 fn clap_error(e: clap::Error) -> ExitCode {
     use clap::error::ErrorKind;
@@ -232,20 +227,66 @@ pub(crate) fn ros_config(enabled: bool) -> Result<Option<crate::ros::RosConfig>,
         .map_err(|e| usage(&e))
 }
 
-/// Starts node `/autonomy` on the runtime's gate and says so; on failure stops the runtime.
-pub(crate) async fn start_ros(
-    rt: &crate::runtime::Runtime,
-    cfg: Option<crate::ros::RosConfig>,
-) -> Result<Option<crate::ros::RosHandle>, String> {
-    let Some(c) = cfg else { return Ok(None) };
-    let h = crate::ros::start_ros(rt.gate().clone(), c.clone())
-        .map_err(|e| format!("cannot start the ROS 2 node: {e}"))?;
-    eprintln!("autonomy: {}", c.describe());
-    let distro = std::env::var("ROS_DISTRO").ok();
-    if let Some(w) = crate::ros::RosConfig::distro_warning(distro.as_deref()) {
-        eprintln!("autonomy: {w}");
+/// The runtime and its front ends, as `runtime start` and `run` bring them up.
+pub(crate) struct Services {
+    /// The core.
+    pub rt: Runtime,
+    /// `GET /health`, `POST /v1/tool`.
+    pub http: HttpServer,
+    /// Node `/autonomy`, when asked for.
+    pub ros: Option<RosHandle>,
+}
+
+impl Services {
+    /// Opens the core, starts HTTP on `http`, records the start, then starts the ROS 2 node
+    /// when `ros` is given (and says so). Any failure is one error line; the exit code is in
+    /// the `Err`.
+    pub(crate) async fn start(
+        core: RuntimeConfig,
+        http: HttpConfig,
+        ros: Option<RosConfig>,
+    ) -> Result<Services, ExitCode> {
+        let rt = Runtime::open(core).await.map_err(|e| fail(&e))?;
+        if let Some(t) = rt.recovered() {
+            eprintln!("autonomy: WAL recovery: {t}");
+        }
+        // On a failure before the start is recorded, the WAL is dropped as it is: the log
+        // holds nothing of this attempt.
+        let http = crate::http::start(&rt, http).await.map_err(|e| fail(&e))?;
+        if let Err(e) = rt.start(Some(http.addr())).await {
+            http.shutdown().await;
+            return Err(fail(&e));
+        }
+        let mut s = Services {
+            rt,
+            http,
+            ros: None,
+        };
+        if let Some(c) = ros {
+            match crate::ros::start(&s.rt, c.clone()) {
+                Ok(h) => s.ros = Some(h),
+                Err(e) => {
+                    let _ = s.stop().await;
+                    return Err(fail(&format!("cannot start the ROS 2 node: {e}")));
+                }
+            }
+            eprintln!("autonomy: {}", c.describe());
+            let distro = std::env::var("ROS_DISTRO").ok();
+            if let Some(w) = RosConfig::distro_warning(distro.as_deref()) {
+                eprintln!("autonomy: {w}");
+            }
+        }
+        Ok(s)
     }
-    Ok(Some(h))
+
+    /// Stops the front ends (calls in flight finish), then the runtime.
+    pub(crate) async fn stop(self) -> Result<(), crate::wal::WalError> {
+        if let Some(ros) = self.ros {
+            ros.shutdown().await;
+        }
+        self.http.shutdown().await;
+        self.rt.stop().await
+    }
 }
 
 /// Prints one error line and returns the failure exit code.

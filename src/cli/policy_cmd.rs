@@ -1,5 +1,6 @@
 //! `autonomy policy build|load|list|status|rollback|push|pull`.
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -9,11 +10,14 @@ use crate::policy::dist::bundle;
 use crate::policy::dist::file::{self, FileKind};
 use crate::policy::dist::oci::{self, OciRef};
 use crate::policy::dist::store::{Meta, Slot, Store};
-use crate::wal::{NewRecord, RecordType, Wal, WalOptions};
+use crate::record::{
+    Loaded, PolicyLoaded, PolicyRejected, PolicyRolledBack, RecordBody, Rejected, RolledBack,
+};
+use crate::wal::{NewRecord, Wal, WalOptions};
 
 /// The policy store directory flag, shared by the subcommands that use the store.
 #[derive(Args, Debug, Clone)]
-pub struct StoreArgs {
+pub(super) struct StoreArgs {
     /// Policy store [default: $XDG_DATA_HOME/autonomy/policy]
     #[arg(long, value_name = "DIR", env = "AUTONOMY_POLICY_DIR")]
     pub policy_dir: Option<PathBuf>,
@@ -31,7 +35,7 @@ impl StoreArgs {
 
 /// `autonomy policy …`.
 #[derive(Subcommand, Debug)]
-pub enum PolicyCmd {
+pub(super) enum PolicyCmd {
     /// Build a reproducible bundle (.tar.gz) from a directory of .rego files (and data.json).
     #[command(disable_version_flag = true)]
     Build(BuildArgs),
@@ -51,7 +55,7 @@ pub enum PolicyCmd {
 
 /// `policy build`.
 #[derive(Args, Debug)]
-pub struct BuildArgs {
+pub(super) struct BuildArgs {
     /// Directory with *.rego files and optional data.json files (subdirectories allowed).
     #[arg(long = "in", value_name = "DIR")]
     pub input: PathBuf,
@@ -71,7 +75,7 @@ pub struct BuildArgs {
 
 /// `policy load`.
 #[derive(Args, Debug)]
-pub struct LoadArgs {
+pub(super) struct LoadArgs {
     /// The bundle file.
     #[arg(long, value_name = "FILE")]
     pub bundle: PathBuf,
@@ -84,7 +88,7 @@ pub struct LoadArgs {
 
 /// `policy status` / `policy list`.
 #[derive(Args, Debug)]
-pub struct ShowArgs {
+pub(super) struct ShowArgs {
     #[command(flatten)]
     pub store: StoreArgs,
     /// One JSON object per slot instead of text.
@@ -94,7 +98,7 @@ pub struct ShowArgs {
 
 /// `policy rollback`.
 #[derive(Args, Debug)]
-pub struct RollbackArgs {
+pub(super) struct RollbackArgs {
     #[command(flatten)]
     pub store: StoreArgs,
     /// Record the rollback in this WAL.
@@ -104,7 +108,7 @@ pub struct RollbackArgs {
 
 /// `policy push`.
 #[derive(Args, Debug)]
-pub struct PushArgs {
+pub(super) struct PushArgs {
     /// The bundle file.
     #[arg(value_name = "FILE")]
     pub file: PathBuf,
@@ -118,7 +122,7 @@ pub struct PushArgs {
 
 /// `policy pull`.
 #[derive(Args, Debug)]
-pub struct PullArgs {
+pub(super) struct PullArgs {
     /// What: oci://host[:port]/name[:tag].
     #[arg(value_name = "OCI_REF")]
     pub oci_ref: String,
@@ -133,7 +137,7 @@ pub struct PullArgs {
 }
 
 /// Runs one `policy` subcommand.
-pub async fn run(cmd: PolicyCmd) -> ExitCode {
+pub(super) async fn run(cmd: PolicyCmd) -> ExitCode {
     match cmd {
         PolicyCmd::Build(a) => build(a),
         PolicyCmd::Load(a) => load(a),
@@ -198,10 +202,10 @@ fn write_atomic(path: &Path, data: &[u8]) -> Result<(), String> {
 }
 
 /// Appends a `policy` record to the WAL in `dir` (a warning when that is not possible).
-fn record(dir: Option<&Path>, rec: NewRecord) {
+fn record<B: RecordBody>(dir: Option<&Path>, body: &B) {
     let Some(dir) = dir else { return };
     let res = Wal::open(dir, WalOptions::default()).and_then(|(w, _)| {
-        w.append(rec)?;
+        w.append(NewRecord::encoded(None, body)?)?;
         w.close()
     });
     if let Err(e) = res {
@@ -217,10 +221,13 @@ fn rejected(reason: &dyn std::fmt::Display, source: &str, wal: Option<&Path>) ->
     eprintln!("policy load: REJECTED — {reason}");
     record(
         wal,
-        NewRecord::new(RecordType::Policy, None)
-            .with("event", "policy.rejected")
-            .with("reason", reason.as_str())
-            .with("source", source),
+        &PolicyRejected {
+            event: Rejected,
+            policy_ref: None,
+            reason: Cow::Borrowed(&reason),
+            slot: None,
+            source: Some(Cow::Borrowed(source)),
+        },
     );
     ExitCode::from(super::EXIT_FAILURE)
 }
@@ -242,13 +249,14 @@ fn load_bytes(bytes: &[u8], source: &str, store: &Store, wal: Option<&Path>) -> 
             );
             record(
                 wal,
-                NewRecord::new(RecordType::Policy, None)
-                    .with("event", "policy.loaded")
-                    .with("name", l.meta.name.as_str())
-                    .with("version", l.meta.version.as_str())
-                    .with("hash", l.meta.hash.as_str())
-                    .with("policy_ref", l.meta.policy_ref.as_str())
-                    .with("source", source),
+                &PolicyLoaded {
+                    event: Loaded,
+                    hash: Cow::Borrowed(&l.meta.hash),
+                    name: Cow::Borrowed(&l.meta.name),
+                    policy_ref: Cow::Borrowed(&l.meta.policy_ref),
+                    source: Cow::Borrowed(source),
+                    version: Cow::Borrowed(&l.meta.version),
+                },
             );
             ExitCode::SUCCESS
         }
@@ -362,11 +370,12 @@ fn rollback(a: RollbackArgs) -> ExitCode {
             );
             record(
                 a.wal_dir.as_deref(),
-                NewRecord::new(RecordType::Policy, None)
-                    .with("event", "policy.rolled_back")
-                    .with("version", cur.version.as_str())
-                    .with("hash", cur.hash.as_str())
-                    .with("policy_ref", cur.policy_ref.as_str()),
+                &PolicyRolledBack {
+                    event: RolledBack,
+                    hash: Cow::Borrowed(&cur.hash),
+                    policy_ref: Cow::Borrowed(&cur.policy_ref),
+                    version: Cow::Borrowed(&cur.version),
+                },
             );
             ExitCode::SUCCESS
         }
@@ -434,10 +443,13 @@ async fn pull(a: PullArgs) -> ExitCode {
             eprintln!("policy pull: FAILED — {reason}");
             record(
                 wal,
-                NewRecord::new(RecordType::Policy, None)
-                    .with("event", "policy.rejected")
-                    .with("reason", reason.as_str())
-                    .with("source", source.as_str()),
+                &PolicyRejected {
+                    event: Rejected,
+                    policy_ref: None,
+                    reason: Cow::Borrowed(&reason),
+                    slot: None,
+                    source: Some(Cow::Borrowed(&source)),
+                },
             );
             ExitCode::from(super::EXIT_FAILURE)
         }

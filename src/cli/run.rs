@@ -7,7 +7,9 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 
 use super::RunArgs;
-use crate::runtime::{Runtime, RuntimeConfig};
+use super::Services;
+use crate::http::HttpConfig;
+use crate::runtime::RuntimeConfig;
 use crate::signals::{Signals, exit_code_of};
 
 /// Where the run's WAL lives and whether it is removed at exit.
@@ -17,7 +19,7 @@ enum WalPlace {
 }
 
 /// Runs the child under a fresh runtime and returns its exit code.
-pub async fn run(args: RunArgs) -> ExitCode {
+pub(super) async fn run(args: RunArgs) -> ExitCode {
     let launch = match launch_request(&args) {
         Ok(l) => l,
         Err(msg) => return super::usage(&msg),
@@ -55,22 +57,15 @@ pub async fn run(args: RunArgs) -> ExitCode {
         Err(e) => return super::fail(&format!("cannot install signal handlers: {e}")),
     };
     // Fail-closed on purpose: `run` has no way to widen the http_get allowlist.
-    let cfg = RuntimeConfig {
+    let core = RuntimeConfig {
         policy_watch: resolved.watch,
-        ..RuntimeConfig::loopback(policy, wal_dir.clone())
+        ..RuntimeConfig::new(policy, wal_dir.clone())
     };
-    let rt = match Runtime::start(cfg).await {
-        Ok(r) => r,
-        Err(e) => return super::fail(&e.to_string()),
+    let services = match Services::start(core, HttpConfig::loopback(), ros_config).await {
+        Ok(s) => s,
+        Err(code) => return code,
     };
-
-    let ros = match super::start_ros(&rt, ros_config).await {
-        Ok(h) => h,
-        Err(e) => {
-            let _ = rt.stop().await;
-            return super::fail(&e);
-        }
-    };
+    let url = services.http.url();
 
     let timing = crate::ros::MarkerTiming {
         settle: std::time::Duration::from_secs_f64(args.ros_settle),
@@ -79,10 +74,10 @@ pub async fn run(args: RunArgs) -> ExitCode {
     };
     let code = match launch {
         Some(req) => {
-            if let Some(h) = &ros {
+            if let Some(h) = &services.ros {
                 h.await_marker_subscribers(timing).await;
             }
-            let sink: Box<dyn crate::launch::MarkerSink + '_> = match &ros {
+            let sink: Box<dyn crate::launch::MarkerSink + '_> = match &services.ros {
                 Some(h) => Box::new(RosMarkers(h)),
                 None => Box::new(crate::launch::NoMarkers),
             };
@@ -90,21 +85,21 @@ pub async fn run(args: RunArgs) -> ExitCode {
                 grace: std::time::Duration::from_secs_f64(args.grace_period),
                 ..Default::default()
             };
-            crate::launch::run(rt.gate(), &rt.url(), sink.as_ref(), req, opts, &mut sigs).await
+            let gate = services.rt.gate();
+            crate::launch::run(gate, &url, sink.as_ref(), req, opts, &mut sigs).await
         }
-        None => supervise(&args, &rt, &mut sigs).await,
+        None => supervise(&args, &url, &mut sigs).await,
     };
-    if let Some(h) = ros {
-        if !h.flush_markers(timing.linger).await {
-            eprintln!(
-                "autonomy: warning: a subscriber of /autonomy/markers did not acknowledge the last marker within {:?}",
-                timing.linger
-            );
-        }
-        h.shutdown().await;
+    if let Some(h) = &services.ros
+        && !h.flush_markers(timing.linger).await
+    {
+        eprintln!(
+            "autonomy: warning: a subscriber of /autonomy/markers did not acknowledge the last marker within {:?}",
+            timing.linger
+        );
     }
 
-    if let Err(e) = rt.stop().await {
+    if let Err(e) = services.stop().await {
         eprintln!("autonomy: error: WAL close failed: {e}");
     }
     match place {
@@ -155,7 +150,7 @@ fn launch_request(args: &RunArgs) -> Result<Option<crate::launch::LaunchRequest>
 }
 
 /// Spawns the child, forwards signals, and maps its end to an exit code.
-async fn supervise(args: &RunArgs, rt: &Runtime, sigs: &mut Signals) -> u8 {
+async fn supervise(args: &RunArgs, url: &str, sigs: &mut Signals) -> u8 {
     let (prog, rest) = match args.command.split_first() {
         Some(x) => x,
         None => {
@@ -164,7 +159,7 @@ async fn supervise(args: &RunArgs, rt: &Runtime, sigs: &mut Signals) -> u8 {
         }
     };
     let mut cmd = tokio::process::Command::new(prog);
-    cmd.args(rest).env("AUTONOMY_RUNTIME_URL", rt.url());
+    cmd.args(rest).env("AUTONOMY_RUNTIME_URL", url);
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {

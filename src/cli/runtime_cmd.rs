@@ -7,18 +7,20 @@ use std::time::Duration;
 
 use clap::Args;
 
+use super::Services;
+use crate::http::HttpConfig;
 use crate::http::HttpLimits;
 use crate::policy::PolicyEvaluator;
-use crate::runtime::{Runtime, RuntimeConfig};
+use crate::runtime::RuntimeConfig;
 use crate::tools::Allowlist;
 use crate::wal::{SyncMode, WalOptions};
 
 /// Default `--allowed-domains`.
-pub const DEFAULT_ALLOWED_DOMAINS: &str = "api.anthropic.com,ifconfig.me";
+pub(super) const DEFAULT_ALLOWED_DOMAINS: &str = "api.anthropic.com,ifconfig.me";
 
 /// `autonomy runtime start`.
 #[derive(Args, Debug)]
-pub struct StartArgs {
+pub(super) struct StartArgs {
     /// Use the embedded demo policy.
     #[arg(long, conflicts_with = "policy")]
     pub demo: bool,
@@ -58,7 +60,7 @@ pub struct StartArgs {
 
 /// The HTTP server's bounds on clients (`docs/http-api.md`, "Limits").
 #[derive(Args, Debug)]
-pub struct HttpArgs {
+pub(super) struct HttpArgs {
     /// Close a connection whose request head is not complete this long after its first byte
     /// (or after connecting).
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
@@ -84,7 +86,7 @@ pub struct HttpArgs {
 
 impl HttpArgs {
     /// The limits these flags set.
-    pub fn limits(&self) -> HttpLimits {
+    pub(super) fn limits(&self) -> HttpLimits {
         let defaults = HttpLimits::default();
         HttpLimits {
             header_timeout: self.header_timeout,
@@ -101,7 +103,7 @@ impl HttpArgs {
 }
 
 /// Parses a duration such as `10s`, `500ms` or `2m` (a bare number is seconds); 1 ms to 1 h.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(super) fn parse_duration(s: &str) -> Result<Duration, String> {
     let d = match s.trim().parse::<u64>() {
         Ok(secs) => Duration::from_secs(secs),
         Err(_) => humantime::parse_duration(s.trim())
@@ -114,7 +116,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// Parses `--wal-sync`.
-pub fn parse_sync(s: &str) -> Result<SyncMode, String> {
+pub(super) fn parse_sync(s: &str) -> Result<SyncMode, String> {
     match s {
         "fsync" => Ok(SyncMode::Fsync),
         "none" => Ok(SyncMode::None),
@@ -123,7 +125,7 @@ pub fn parse_sync(s: &str) -> Result<SyncMode, String> {
 }
 
 /// Runs the daemon until SIGINT/SIGTERM.
-pub async fn start(args: StartArgs) -> ExitCode {
+pub(super) async fn start(args: StartArgs) -> ExitCode {
     let allowlist = match Allowlist::parse(&args.allowed_domains) {
         Ok(a) => a,
         Err(e) => return super::usage(&e.to_string()),
@@ -152,8 +154,7 @@ pub async fn start(args: StartArgs) -> ExitCode {
     let deny_all = policy.policy_ref().as_str() == "builtin:deny-all";
     let policy_ref = policy.policy_ref().clone();
     let wal_dir = args.wal_dir.unwrap_or_else(crate::paths::default_wal_dir);
-    let cfg = RuntimeConfig {
-        listen: args.listen,
+    let core = RuntimeConfig {
         policy,
         allowlist,
         wal_dir: wal_dir.clone(),
@@ -162,28 +163,24 @@ pub async fn start(args: StartArgs) -> ExitCode {
             sync: args.wal_sync,
             ..WalOptions::default()
         },
-        http: args.http.limits(),
         policy_watch: resolved.watch,
+    };
+    let http = HttpConfig {
+        listen: args.listen,
+        limits: args.http.limits(),
     };
     let mut sigs = match crate::signals::Signals::new() {
         Ok(s) => s,
         Err(e) => return super::fail(&format!("cannot install signal handlers: {e}")),
     };
-    let rt = match Runtime::start(cfg).await {
-        Ok(r) => r,
-        Err(e) => return super::fail(&e.to_string()),
-    };
-    let ros = match super::start_ros(&rt, ros_config).await {
-        Ok(h) => h,
-        Err(e) => {
-            let _ = rt.stop().await;
-            return super::fail(&e);
-        }
+    let services = match Services::start(core, http, ros_config).await {
+        Ok(s) => s,
+        Err(code) => return code,
     };
     if !args.listen.ip().is_loopback() {
         eprintln!(
             "autonomy: warning: listening on {} exposes the tool API beyond this machine",
-            rt.local_addr()
+            services.http.addr()
         );
     }
     if deny_all {
@@ -199,16 +196,13 @@ pub async fn start(args: StartArgs) -> ExitCode {
     eprintln!(
         "autonomy runtime {} listening on {} (policy {}, WAL {})",
         crate::VERSION,
-        rt.url(),
+        services.http.url(),
         policy_ref,
         wal_dir.display()
     );
     let sig = sigs.next().await;
     eprintln!("autonomy: {sig} received: finishing in-flight calls and closing the WAL");
-    if let Some(ros) = ros {
-        ros.shutdown().await;
-    }
-    match rt.stop().await {
+    match services.stop().await {
         Ok(()) => {
             eprintln!("autonomy: stopped");
             ExitCode::SUCCESS

@@ -9,13 +9,17 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Subcommand};
+use clap::builder::PossibleValue;
+use clap::{Args, Subcommand, ValueEnum};
+
+use crate::record::RecordType;
+use crate::types::AuditId;
 
 use crate::wal::{Reader, StoredRecord, WalDamage};
 
 /// `autonomy wal …`.
 #[derive(Subcommand, Debug)]
-pub enum WalCmd {
+pub(super) enum WalCmd {
     /// Print the records (a table, or one JSON payload per line with --json).
     Inspect(InspectArgs),
     /// Check every segment header, CRC, seq and the hash chain; print the count and head hash.
@@ -27,7 +31,7 @@ pub enum WalCmd {
 
 /// `autonomy wal inspect`.
 #[derive(Args, Debug)]
-pub struct InspectArgs {
+pub(super) struct InspectArgs {
     /// WAL directory [default: $XDG_STATE_HOME/autonomy/wal]
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
@@ -35,8 +39,8 @@ pub struct InspectArgs {
     #[arg(long)]
     pub json: bool,
     /// Only records of this type.
-    #[arg(long = "type", value_name = "T", value_parser = ["decision", "runtime", "marker", "lifecycle", "policy", "error"])]
-    pub rtype: Option<String>,
+    #[arg(long = "type", value_name = "T")]
+    pub rtype: Option<TypeArg>,
     /// Only records with this audit id.
     #[arg(long, value_name = "ID")]
     pub audit_id: Option<String>,
@@ -50,7 +54,7 @@ pub struct InspectArgs {
 
 /// `autonomy wal verify`.
 #[derive(Args, Debug)]
-pub struct VerifyArgs {
+pub(super) struct VerifyArgs {
     /// WAL directory [default: $XDG_STATE_HOME/autonomy/wal]
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
@@ -58,7 +62,7 @@ pub struct VerifyArgs {
 
 /// `autonomy wal repair`.
 #[derive(Args, Debug)]
-pub struct RepairArgs {
+pub(super) struct RepairArgs {
     /// WAL directory [default: $XDG_STATE_HOME/autonomy/wal]
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
@@ -69,7 +73,7 @@ pub struct RepairArgs {
 }
 
 /// Runs a `wal` subcommand.
-pub fn run(cmd: WalCmd) -> ExitCode {
+pub(super) fn run(cmd: WalCmd) -> ExitCode {
     match cmd {
         WalCmd::Inspect(a) => inspect(a),
         WalCmd::Verify(a) => verify(a),
@@ -155,21 +159,44 @@ fn verify(a: VerifyArgs) -> ExitCode {
     }
 }
 
+/// `--type`: a record type, its values taken from [`RecordType::ALL`].
+#[derive(Debug, Clone, Copy)]
+pub(super) struct TypeArg(RecordType);
+
+impl ValueEnum for TypeArg {
+    fn value_variants<'a>() -> &'a [Self] {
+        const ALL: [TypeArg; RecordType::ALL.len()] = {
+            let mut out = [TypeArg(RecordType::Decision); RecordType::ALL.len()];
+            let mut i = 0;
+            while i < out.len() {
+                out[i] = TypeArg(RecordType::ALL[i]);
+                i += 1;
+            }
+            out
+        };
+        &ALL
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(PossibleValue::new(self.0.as_str()))
+    }
+}
+
 /// A filter over stored records.
 struct Filter {
-    rtype: Option<String>,
+    rtype: Option<RecordType>,
     audit_id: Option<String>,
     since: Option<u64>,
 }
 
 impl Filter {
     fn keep(&self, r: &StoredRecord) -> bool {
-        self.rtype.as_deref().is_none_or(|t| r.rtype == t)
+        self.rtype.is_none_or(|t| r.rtype == t)
             && self
                 .audit_id
                 .as_deref()
-                .is_none_or(|a| r.audit_id.as_deref() == Some(a))
-            && self.since.is_none_or(|s| r.seq >= s)
+                .is_none_or(|a| r.audit_id.as_ref().map(AuditId::as_str) == Some(a))
+            && self.since.is_none_or(|s| r.seq.0 >= s)
     }
 }
 
@@ -214,7 +241,7 @@ fn print_record(out: &mut impl Write, r: &StoredRecord, json: bool) -> std::io::
             r.seq,
             r.ts,
             r.rtype,
-            r.audit_id.as_deref().unwrap_or("-"),
+            r.audit_id.as_ref().map_or("-", AuditId::as_str),
             summary(r)
         )
     }
@@ -258,7 +285,7 @@ fn open_reader(dir: &Path, follow: bool) -> Result<Reader, WalDamage> {
 fn inspect(a: InspectArgs) -> ExitCode {
     let dir = dir_or_default(a.dir);
     let filter = Filter {
-        rtype: a.rtype,
+        rtype: a.rtype.map(|t| t.0),
         audit_id: a.audit_id,
         since: a.since,
     };

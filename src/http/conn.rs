@@ -27,7 +27,7 @@ use tokio::net::TcpStream;
 /// How long and how much to keep reading after answering a request whose body was not read, so
 /// the client is not reset while it is still sending (a reset discards the answer unread).
 #[derive(Debug, Clone, Copy)]
-pub struct Linger {
+pub(super) struct Linger {
     /// Longest time to keep reading.
     pub time: Duration,
     /// Most bytes to read and discard; a client that sends more is cut off.
@@ -36,7 +36,7 @@ pub struct Linger {
 
 /// What one connection is doing, shared by its socket, its requests and the supervisor.
 #[derive(Debug)]
-pub struct ConnState {
+pub(super) struct ConnState {
     epoch: Instant,
     /// Requests in flight: from the handler's start until its answer has been flushed to the
     /// socket, so that closing an idle connection never cuts an answer short.
@@ -64,7 +64,7 @@ pub struct ConnState {
 
 /// Why the supervisor was signalled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Signal {
+pub(super) enum Signal {
     /// Close this idle connection to make room.
     Evict,
     /// The server stops.
@@ -73,7 +73,7 @@ pub enum Signal {
 
 /// What the supervisor's timer found.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Check {
+pub(super) enum Check {
     /// A deadline has passed: close the connection.
     Close,
     /// Look again then.
@@ -82,7 +82,7 @@ pub enum Check {
 
 impl ConnState {
     /// A connection accepted now: its first head must arrive within the header-read timeout.
-    pub fn new() -> Arc<ConnState> {
+    pub(super) fn new() -> Arc<ConnState> {
         Arc::new(ConnState {
             epoch: Instant::now(),
             busy: AtomicU64::new(0),
@@ -110,7 +110,7 @@ impl ConnState {
     /// deadline the connection could reach before it: a head that starts after `now` is due
     /// `header` after its first byte, so an idle or busy connection is looked at again within
     /// `header` (and an idle one at its idle deadline, if that is sooner).
-    pub fn check(&self, now: Instant, header: Duration, idle: Duration) -> Check {
+    pub(super) fn check(&self, now: Instant, header: Duration, idle: Duration) -> Check {
         let next_head = now + header.min(idle);
         if self.busy.load(Ordering::Acquire) > 0 {
             // A handler bounds its own time (body timeout, tool timeouts).
@@ -133,17 +133,17 @@ impl ConnState {
     }
 
     /// Whether no request is in flight (the connection may be closed without losing an answer).
-    pub fn is_idle(&self) -> bool {
+    pub(super) fn is_idle(&self) -> bool {
         self.busy.load(Ordering::Acquire) == 0
     }
 
     /// When the connection last made progress or started waiting (for picking whom to evict).
-    pub fn last_activity(&self) -> Instant {
+    pub(super) fn last_activity(&self) -> Instant {
         self.since()
     }
 
     /// Marks this connection to be closed to make room; false if it already was.
-    pub fn evict(&self) -> bool {
+    pub(super) fn evict(&self) -> bool {
         let first = !self.evicted.swap(true, Ordering::AcqRel);
         if first {
             self.signal.wake();
@@ -152,19 +152,19 @@ impl ConnState {
     }
 
     /// Whether [`ConnState::evict`] was called.
-    pub fn is_evicted(&self) -> bool {
+    pub(super) fn is_evicted(&self) -> bool {
         self.evicted.load(Ordering::Acquire)
     }
 
     /// Tells the supervisor that the server stops.
-    pub fn stop(&self) {
+    pub(super) fn stop(&self) {
         self.stopping.store(true, Ordering::Release);
         self.signal.wake();
     }
 
     /// The next eviction or stop signal (a stop first, and each at most once per call site:
     /// the caller stops waiting for what it has handled).
-    pub fn signalled(&self, handled_stop: bool) -> impl Future<Output = Signal> + '_ {
+    pub(super) fn signalled(&self, handled_stop: bool) -> impl Future<Output = Signal> + '_ {
         std::future::poll_fn(move |cx| {
             self.signal.register(cx.waker());
             if !handled_stop && self.stopping.load(Ordering::Acquire) {
@@ -178,13 +178,13 @@ impl ConnState {
     }
 
     /// The connection is dropped for a timeout or an eviction: close the socket at once.
-    pub fn abandon(&self) {
+    pub(super) fn abandon(&self) {
         self.abandoned.store(true, Ordering::Release);
     }
 
     /// The connection ended on an error (hyper may have answered a malformed head with a 400
     /// without reading the rest): linger as after an unread body.
-    pub fn ended_in_error(&self) {
+    pub(super) fn ended_in_error(&self) {
         self.unread_body.store(true, Ordering::Release);
     }
 
@@ -216,7 +216,10 @@ impl ConnState {
     /// A handler starts on a request whose body is `body` (HTTP/1.1: one at a time); the
     /// returned guard marks its answer as being written when dropped, and the body is wrapped
     /// so its end is noticed.
-    pub fn begin_request<B: Body>(self: &Arc<Self>, body: B) -> (RequestGuard, TrackedBody<B>) {
+    pub(super) fn begin_request<B: Body>(
+        self: &Arc<Self>,
+        body: B,
+    ) -> (RequestGuard, TrackedBody<B>) {
         self.busy.fetch_add(1, Ordering::AcqRel);
         self.reading_head.store(false, Ordering::Release);
         self.body_done
@@ -232,7 +235,7 @@ impl ConnState {
 
 /// Marks a request's answer as being written when dropped (the handler is done); the next flush
 /// of the socket ends the request.
-pub struct RequestGuard {
+pub(super) struct RequestGuard {
     conn: Arc<ConnState>,
 }
 
@@ -246,7 +249,7 @@ impl Drop for RequestGuard {
 }
 
 /// A request body that notes in its connection's state when it has been read to its end.
-pub struct TrackedBody<B> {
+pub(super) struct TrackedBody<B> {
     inner: B,
     conn: Arc<ConnState>,
 }
@@ -281,7 +284,7 @@ where
 /// The client's socket as hyper sees it: reads and writes are noted in the connection's state,
 /// and when hyper lets go of it after answering a request whose body it did not read, the
 /// socket lingers (reads and discards, bounded) instead of being reset.
-pub struct TrackedStream {
+pub(super) struct TrackedStream {
     inner: Option<TcpStream>,
     state: Arc<ConnState>,
     linger: Linger,
@@ -292,7 +295,7 @@ pub struct TrackedStream {
 
 impl TrackedStream {
     /// Wraps an accepted socket.
-    pub fn new(
+    pub(super) fn new(
         stream: TcpStream,
         state: Arc<ConnState>,
         linger: Linger,
@@ -411,7 +414,7 @@ impl Drop for TrackedStream {
 
 /// Half-closes the socket (the answer is complete), then reads and discards what the client is
 /// still sending until it closes, or `linger` runs out; then the socket is closed.
-pub async fn linger_close(mut stream: TcpStream, linger: Linger) {
+pub(super) async fn linger_close(mut stream: TcpStream, linger: Linger) {
     let _ = stream.shutdown().await;
     let deadline = tokio::time::Instant::now() + linger.time;
     let mut buf = vec![0u8; 64 * 1024];

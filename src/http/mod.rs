@@ -4,6 +4,7 @@
 mod conn;
 pub mod server;
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +19,9 @@ use serde_json::{Map, Value, json};
 
 use crate::gate::{Gate, GateResponse, Outcome, ToolCall};
 use crate::types::{Source, ToolKind};
+
+/// The `source` of calls made over HTTP.
+pub const SOURCE: Source = Source::new("http");
 
 /// Largest request body accepted by `POST /v1/tool`.
 pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
@@ -72,6 +76,111 @@ pub fn default_max_connections() -> usize {
         .saturating_sub(FD_RESERVE)
         .clamp(16, MAX_CONNECTIONS_CAP);
     usize::try_from(n).unwrap_or(16)
+}
+
+/// Where and how the HTTP front end serves.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpConfig {
+    /// The address to listen on.
+    pub listen: SocketAddr,
+    /// Bounds on clients.
+    pub limits: HttpLimits,
+}
+
+impl HttpConfig {
+    /// `127.0.0.1:<a free port>` with the default limits: what `run` and `demo validate` use.
+    pub fn loopback() -> Self {
+        HttpConfig {
+            listen: ([127, 0, 0, 1], 0).into(),
+            limits: HttpLimits::default(),
+        }
+    }
+}
+
+/// Why the HTTP front end could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}{hint}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+        /// What to do.
+        hint: &'static str,
+    },
+}
+
+/// The running HTTP front end.
+pub struct HttpServer {
+    addr: SocketAddr,
+    stop_tx: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl HttpServer {
+    /// The bound address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://<addr>`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl crate::runtime::FrontEnd for HttpServer {
+    /// Stops accepting, lets requests in flight finish, closes idle connections.
+    async fn shutdown(mut self) {
+        if let Some(tx) = self.stop_tx.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take()
+            && let Err(e) = t.await
+        {
+            tracing::warn!("HTTP server task failed: {e}");
+        }
+    }
+}
+
+/// Binds `cfg.listen` and serves `GET /health` and `POST /v1/tool` into the runtime's gate.
+/// Calls that arrive before [`crate::runtime::Runtime::start`] wait at the gate.
+pub async fn start(
+    runtime: &crate::runtime::Runtime,
+    cfg: HttpConfig,
+) -> Result<HttpServer, HttpError> {
+    let bind_err = |source: std::io::Error| HttpError::Bind {
+        addr: cfg.listen,
+        hint: match source.kind() {
+            std::io::ErrorKind::AddrInUse => {
+                " (another process is using it; stop it or choose another address with --listen)"
+            }
+            std::io::ErrorKind::AddrNotAvailable => {
+                " (no interface has that address; use 127.0.0.1 or an address of this machine)"
+            }
+            std::io::ErrorKind::PermissionDenied => {
+                " (ports below 1024 need privileges; use a higher port)"
+            }
+            _ => "",
+        },
+        source,
+    };
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .map_err(bind_err)?;
+    let addr = listener.local_addr().map_err(bind_err)?;
+    let app = router(runtime.gate().clone(), &cfg.limits);
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(server::serve(listener, app, cfg.limits, async move {
+        let _ = stop_rx.await;
+    }));
+    Ok(HttpServer {
+        addr,
+        stop_tx: Some(stop_tx),
+        task: Some(task),
+    })
 }
 
 #[derive(Clone)]
@@ -228,7 +337,7 @@ pub fn parse_call(bytes: &[u8]) -> Result<ToolCall, String> {
     Ok(ToolCall {
         kind,
         params,
-        source: Source::Http,
+        source: SOURCE,
     })
 }
 

@@ -5,7 +5,9 @@
 //! `[ERROR] [talker-1]: process has died [pid 4242, exit code -2, cmd '/opt/ros/…/talker --ros-args'].`
 //! `[INFO] [talker-1]: process has finished cleanly [pid 4242]`
 
-use serde_json::{Map, Value};
+use std::borrow::Cow;
+
+use crate::record::{LifecycleRecord, ProcessEvent};
 
 /// One lifecycle event read from launch's output.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,33 +40,26 @@ pub enum Lifecycle {
 }
 
 impl Lifecycle {
-    /// The WAL `event` name.
-    pub fn event(&self) -> &'static str {
-        match self {
-            Lifecycle::Started { .. } => "process.started",
-            Lifecycle::Died { .. } => "process.died",
-            Lifecycle::Finished { .. } => "process.finished",
-        }
-    }
-
-    /// The fields of the WAL record.
-    pub fn fields(&self) -> Map<String, Value> {
-        let mut m = Map::new();
-        m.insert("event".into(), self.event().into());
-        let (name, pid) = match self {
-            Lifecycle::Started { name, pid }
-            | Lifecycle::Finished { name, pid }
-            | Lifecycle::Died { name, pid, .. } => (name, pid),
+    /// The WAL record of this event.
+    pub fn record(&self) -> LifecycleRecord<'_> {
+        let (event, name, pid) = match self {
+            Lifecycle::Started { name, pid } => (ProcessEvent::Started, name, pid),
+            Lifecycle::Finished { name, pid } => (ProcessEvent::Finished, name, pid),
+            Lifecycle::Died { name, pid, .. } => (ProcessEvent::Died, name, pid),
         };
-        if let Some(n) = name {
-            m.insert("name".into(), n.clone().into());
+        let (cmd, exit_code) = match self {
+            Lifecycle::Died { exit_code, cmd, .. } => {
+                (Some(Cow::Borrowed(cmd.as_str())), Some(*exit_code))
+            }
+            _ => (None, None),
+        };
+        LifecycleRecord {
+            cmd,
+            event,
+            exit_code,
+            name: name.as_deref().map(Cow::Borrowed),
+            pid: *pid,
         }
-        m.insert("pid".into(), (*pid).into());
-        if let Lifecycle::Died { exit_code, cmd, .. } = self {
-            m.insert("exit_code".into(), (*exit_code).into());
-            m.insert("cmd".into(), cmd.clone().into());
-        }
-        m
     }
 }
 

@@ -1,9 +1,10 @@
 //! `autonomy run ros2.launch`: gate the launch through the policy, supervise `ros2 launch` in its
-//! own process group, record its lifecycle, and report the five markers of SPEC §8.
+//! own process group, record its lifecycle, and report its five markers (`docs/ros2-launch.md`).
 
 pub mod lifecycle;
 mod supervise;
 
+use std::borrow::Cow;
 use std::ffi::OsString;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -13,11 +14,15 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use crate::gate::{Gate, Outcome, ToolCall};
+use crate::record::{Body, MarkerRecord};
 use crate::signals::Signals;
 use crate::types::{AuditId, Decision, Source, ToolKind};
-use crate::wal::{NewRecord, RecordType, WalError};
+use crate::wal::WalError;
 
 pub use supervise::{Supervision, sweep_group};
+
+/// The `source` of the `tool.ros2.launch` call `run ros2.launch` makes.
+pub const SOURCE: Source = Source::new("launch");
 
 /// Exit code when the policy denies the launch.
 pub const EXIT_DENIED: u8 = 126;
@@ -106,11 +111,12 @@ impl Reporter<'_> {
         audit_id: Option<&AuditId>,
     ) -> Result<String, WalError> {
         let line = format!("{status} {label} {CONTEXT}{suffix}");
-        let rec = NewRecord::new(RecordType::Marker, audit_id.cloned())
-            .with("line", line.as_str())
-            .with("status", status)
-            .with("label", label);
-        append(self.gate, rec).await?;
+        let rec = MarkerRecord {
+            label: Cow::Borrowed(label),
+            line: Cow::Borrowed(&line),
+            status: Cow::Borrowed(status),
+        };
+        self.gate.record(audit_id, &rec).await?;
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "{line}");
         let _ = out.flush();
@@ -120,15 +126,7 @@ impl Reporter<'_> {
     }
 }
 
-async fn append(gate: &Arc<Gate>, rec: NewRecord) -> Result<(), WalError> {
-    let wal = gate.wal().clone();
-    match tokio::task::spawn_blocking(move || wal.append(rec)).await {
-        Ok(r) => r.map(|_| ()),
-        Err(e) => Err(WalError::Invalid(format!("WAL task failed: {e}"))),
-    }
-}
-
-/// Runs the whole SPEC §8 sequence and returns the exit code.
+/// Runs the whole marker sequence (allow, spawn, supervise, read back) and returns the exit code.
 pub async fn run(
     gate: &Arc<Gate>,
     runtime_url: &str,
@@ -139,7 +137,7 @@ pub async fn run(
 ) -> u8 {
     let rep = Reporter { gate, sink };
     let wal_error = |e: WalError| {
-        eprintln!("autonomy: error: the WAL cannot record this run: {e}");
+        tracing::error!(target: crate::NOTICE, "the WAL cannot record this run: {e}");
         EXIT_AUDIT_FAILED
     };
 
@@ -164,7 +162,7 @@ pub async fn run(
         .call(ToolCall {
             kind,
             params,
-            source: Source::Launch,
+            source: SOURCE,
         })
         .await;
     let audit_id = resp.audit_id.clone();
@@ -175,7 +173,7 @@ pub async fn run(
             .unwrap_or_else(|| "denied".to_string())
             .replace(['\n', '\r'], " ");
         if let Outcome::WalUnavailable(e) = &resp.outcome {
-            eprintln!("autonomy: error: the WAL cannot record the launch decision: {e}");
+            tracing::error!(target: crate::NOTICE, "the WAL cannot record the launch decision: {e}");
         }
         let line = format!("DENY {} {CONTEXT} reason={reason}", labels::LAUNCH_DENIED);
         match rep
@@ -205,8 +203,8 @@ pub async fn run(
 
     // 3. Find ros2, then spawn it.
     let Some(ros2) = find_on_path(&opts.ros2) else {
-        eprintln!(
-            "autonomy: error: `{}` not found on PATH: source your ROS 2 setup file first (e.g. `source /opt/ros/jazzy/setup.bash`)",
+        tracing::error!(target: crate::NOTICE,
+            "`{}` not found on PATH: source your ROS 2 setup file first (e.g. `source /opt/ros/jazzy/setup.bash`)",
             opts.ros2.to_string_lossy()
         );
         return EXIT_NOT_FOUND;
@@ -227,7 +225,7 @@ pub async fn run(
     let code = match sup.run(&ros2, &req, sigs).await {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("autonomy: error: cannot start {}: {e}", ros2.display());
+            tracing::error!(target: crate::NOTICE, "cannot start {}: {e}", ros2.display());
             return EXIT_NOT_FOUND.min(126);
         }
     };
@@ -249,11 +247,11 @@ pub async fn run(
     match check {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {
-            eprintln!("autonomy: error: reading the run back from the WAL failed: {e}");
+            tracing::error!(target: crate::NOTICE, "reading the run back from the WAL failed: {e}");
             return EXIT_AUDIT_FAILED;
         }
         Err(e) => {
-            eprintln!("autonomy: error: WAL read-back task failed: {e}");
+            tracing::error!(target: crate::NOTICE, "WAL read-back task failed: {e}");
             return EXIT_AUDIT_FAILED;
         }
     }
@@ -272,17 +270,14 @@ fn readback(dir: &Path, audit_id: &AuditId) -> Result<(), String> {
     let mut decision = false;
     let mut seen: Vec<String> = Vec::new();
     for r in &records {
-        let t = r.get("type").and_then(Value::as_str);
-        if t == Some("decision")
-            && r.get("audit_id").and_then(Value::as_str) == Some(audit_id.as_str())
-            && r.get("decision").and_then(Value::as_str) == Some("allow")
-        {
-            decision = true;
-        }
-        if t == Some("marker")
-            && let Some(l) = r.get("label").and_then(Value::as_str)
-        {
-            seen.push(l.to_string());
+        match r.body().map_err(|e| format!("seq {}: {e}", r.seq))? {
+            Body::Decision(d)
+                if r.audit_id.as_ref() == Some(audit_id) && d.decision == Decision::Allow =>
+            {
+                decision = true;
+            }
+            Body::Marker(m) => seen.push(m.label.into_owned()),
+            _ => {}
         }
     }
     if !decision {

@@ -22,7 +22,6 @@ use super::lifecycle::{self, Lifecycle};
 use crate::gate::Gate;
 use crate::signals::{Signals, exit_code_of};
 use crate::types::AuditId;
-use crate::wal::{NewRecord, RecordType};
 
 /// Longest line we parse for lifecycle events; longer lines pass through unparsed.
 const MAX_LINE: u64 = 64 * 1024;
@@ -103,7 +102,7 @@ impl Supervision {
                 st = child.wait() => break st?,
                 sig = sigs.next() => {
                     if stage == Stage::Running {
-                        eprintln!("autonomy: {sig} received: stopping the launch (SIGINT now, SIGTERM to its process group in {}s; press Ctrl-C again to skip ahead)", self.grace.as_secs());
+                        tracing::info!(target: crate::NOTICE, "{sig} received: stopping the launch (SIGINT now, SIGTERM to its process group in {}s; press Ctrl-C again to skip ahead)", self.grace.as_secs());
                     }
                     (stage, deadline) = self.escalate(stage, pid, pgid);
                 }
@@ -130,12 +129,12 @@ impl Supervision {
                 (Stage::Interrupted, Some(now + self.grace))
             }
             Stage::Interrupted => {
-                eprintln!("autonomy: launch still running: SIGTERM to its process group");
+                tracing::info!(target: crate::NOTICE, "launch still running: SIGTERM to its process group");
                 let _ = killpg(pgid, Signal::SIGTERM);
                 (Stage::Terminated, Some(now + self.term_grace))
             }
             Stage::Terminated | Stage::Killed => {
-                eprintln!("autonomy: launch still running: SIGKILL to its process group");
+                tracing::info!(target: crate::NOTICE, "launch still running: SIGKILL to its process group");
                 let _ = killpg(pgid, Signal::SIGKILL);
                 (Stage::Killed, None)
             }
@@ -212,13 +211,8 @@ where
 /// Appends lifecycle events to the WAL in the order they were printed.
 async fn record(gate: Arc<Gate>, audit_id: AuditId, mut rx: mpsc::UnboundedReceiver<Lifecycle>) {
     while let Some(ev) = rx.recv().await {
-        let mut rec = NewRecord::new(RecordType::Lifecycle, Some(audit_id.clone()));
-        rec.body = ev.fields();
-        let wal = gate.wal().clone();
-        match tokio::task::spawn_blocking(move || wal.append(rec)).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => eprintln!("autonomy: warning: lifecycle record not written: {e}"),
-            Err(e) => eprintln!("autonomy: warning: lifecycle record task failed: {e}"),
+        if let Err(e) = gate.record(Some(&audit_id), &ev.record()).await {
+            tracing::warn!("lifecycle record not written: {e}");
         }
     }
 }

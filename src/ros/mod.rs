@@ -48,6 +48,8 @@ pub const MARKERS_TOPIC: &str = "/autonomy/markers";
 pub const DECISIONS_TOPIC: &str = "/autonomy/decisions";
 /// The tool service.
 pub const TOOL_SERVICE: &str = "/autonomy/tool";
+/// The `source` of calls made through `/autonomy/tool`.
+pub const SOURCE: Source = Source::new("ros2");
 /// Keep-last depth of `/autonomy/markers` (reliable, transient-local).
 pub const MARKERS_DEPTH: usize = 32;
 /// Decisions waiting for the publisher before new ones are dropped (and counted).
@@ -287,7 +289,7 @@ pub fn parse_request(req: &ToolRequest) -> Result<ToolCall, String> {
     Ok(ToolCall {
         kind,
         params,
-        source: Source::Ros2,
+        source: SOURCE,
     })
 }
 
@@ -474,6 +476,18 @@ impl RosHandle {
             .await;
         }
         self.transport.shutdown().await;
+    }
+}
+
+/// Starts node `/autonomy` as a front end of `runtime` (the service into its gate, the marker
+/// and decision topics); stop it with [`crate::runtime::FrontEnd::shutdown`] before the runtime.
+pub fn start(runtime: &crate::runtime::Runtime, config: RosConfig) -> Result<RosHandle, RosError> {
+    start_ros(runtime.gate().clone(), config)
+}
+
+impl crate::runtime::FrontEnd for RosHandle {
+    fn shutdown(self) -> impl std::future::Future<Output = ()> + Send {
+        RosHandle::shutdown(self)
     }
 }
 
@@ -687,7 +701,7 @@ mod tests {
             params_json: p.into(),
         };
         let c = parse_request(&req("tool.echo", r#"{"message":"hi"}"#)).unwrap();
-        assert_eq!(c.source, Source::Ros2);
+        assert_eq!(c.source, SOURCE);
         assert_eq!(c.params["message"], "hi");
         assert!(
             parse_request(&req("tool.echo", ""))

@@ -5,13 +5,13 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 
 /// The first 8 bytes of every segment file.
-pub const MAGIC: &[u8; 8] = b"AUTONWAL";
+pub(super) const MAGIC: &[u8; 8] = b"AUTONWAL";
 /// The format version written after the magic (u32 LE).
-pub const FORMAT_VERSION: u32 = 1;
+pub(super) const FORMAT_VERSION: u32 = 1;
 /// Segment header: magic (8) + version u32 LE (4) + header length u32 LE (4) = 16 bytes.
-pub const HEADER_LEN: u64 = 16;
+pub(super) const HEADER_LEN: u64 = 16;
 /// Frame header: payload length u32 LE + CRC32C of the payload u32 LE.
-pub const FRAME_HEADER_LEN: u64 = 8;
+pub(super) const FRAME_HEADER_LEN: u64 = 8;
 /// The largest payload accepted (2 MiB: twice the HTTP body limit).
 pub const MAX_PAYLOAD: usize = 2 * 1024 * 1024;
 /// The most frame bytes one group-commit write (one `pwrite` + one `fdatasync`) carries: one
@@ -26,12 +26,12 @@ pub const GENESIS: &str = "sha256:0000000000000000000000000000000000000000000000
 /// Keys the engine writes itself; a body must not use them.
 pub const RESERVED_KEYS: [&str; 5] = ["seq", "ts", "type", "audit_id", "prev"];
 /// Segment file extension.
-pub const SEGMENT_EXT: &str = "wal";
+pub(super) const SEGMENT_EXT: &str = "wal";
 /// The lock file in the WAL directory.
-pub const LOCK_FILE: &str = "wal.lock";
+pub(super) const LOCK_FILE: &str = "wal.lock";
 
 /// The 16 header bytes of a segment.
-pub fn header_bytes() -> [u8; HEADER_LEN as usize] {
+pub(super) fn header_bytes() -> [u8; HEADER_LEN as usize] {
     let mut h = [0u8; HEADER_LEN as usize];
     h[..8].copy_from_slice(MAGIC);
     h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
@@ -54,7 +54,7 @@ pub fn batch_window_end(off: u64) -> u64 {
 }
 
 /// Parses a segment file name back into its first seq.
-pub fn parse_segment_name(p: &Path) -> Option<u64> {
+pub(super) fn parse_segment_name(p: &Path) -> Option<u64> {
     let name = p.file_name()?.to_str()?;
     let stem = name.strip_suffix(".wal")?;
     if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
@@ -64,7 +64,7 @@ pub fn parse_segment_name(p: &Path) -> Option<u64> {
 }
 
 /// `sha256:<hex>` of a payload.
-pub fn hash_payload(payload: &[u8]) -> String {
+pub(super) fn hash_payload(payload: &[u8]) -> String {
     // Into a stack buffer: `hex::encode` goes char by char through an iterator, and this runs
     // under the WAL's lock for every record.
     let mut hex = [0u8; 64];
@@ -76,7 +76,7 @@ pub fn hash_payload(payload: &[u8]) -> String {
 }
 
 /// Appends one frame (length, CRC32C, payload) to `out`.
-pub fn push_frame(out: &mut Vec<u8>, payload: &[u8]) {
+pub(super) fn push_frame(out: &mut Vec<u8>, payload: &[u8]) {
     out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     out.extend_from_slice(&crc32c::crc32c(payload).to_le_bytes());
     out.extend_from_slice(payload);
@@ -86,7 +86,7 @@ pub fn push_frame(out: &mut Vec<u8>, payload: &[u8]) {
 ///
 /// `audit_json` is the already JSON-encoded audit id (with quotes); `body_json` the encoded
 /// body object (`{…}`). The reserved keys come first, in that order.
-pub fn build_payload(
+pub(super) fn build_payload(
     seq: u64,
     ts: &str,
     rtype: &str,

@@ -25,37 +25,7 @@ pub use reader::{
 };
 pub use writer::Wal;
 
-/// The kinds of record the log holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RecordType {
-    /// A policy or runtime-layer decision about one tool call.
-    Decision,
-    /// A runtime event: started, stopped, recovered.
-    Runtime,
-    /// A marker line (`PASS ros2-… context=native`).
-    Marker,
-    /// A supervised process started, died or finished.
-    Lifecycle,
-    /// A policy was activated, rejected or rolled back.
-    Policy,
-    /// An execution error after an allow (upstream failure, bad params).
-    Error,
-}
-
-impl RecordType {
-    /// The wire name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            RecordType::Decision => "decision",
-            RecordType::Runtime => "runtime",
-            RecordType::Marker => "marker",
-            RecordType::Lifecycle => "lifecycle",
-            RecordType::Policy => "policy",
-            RecordType::Error => "error",
-        }
-    }
-}
+pub use crate::record::{RecordBody, RecordType};
 
 /// A record to append: its type, optional audit id and type-specific fields.
 #[derive(Debug, Clone)]
@@ -81,12 +51,6 @@ fn refuse_reserved<'a>(mut keys: impl Iterator<Item = &'a str>) -> Result<(), Wa
     }
 }
 
-/// A record body serialised from a struct, so its keys are known up front.
-pub trait RecordBody: serde::Serialize {
-    /// Every key the body can have.
-    const KEYS: &'static [&'static str];
-}
-
 impl NewRecord {
     /// A record with no fields yet.
     pub fn new(rtype: RecordType, audit_id: Option<AuditId>) -> Self {
@@ -98,13 +62,10 @@ impl NewRecord {
         }
     }
 
-    /// A record whose body is encoded now, straight from borrowed fields: no `Map` is built and
-    /// nothing is cloned (the per-call decision record, on the hot path).
-    pub fn encoded<B: RecordBody>(
-        rtype: RecordType,
-        audit_id: Option<AuditId>,
-        body: &B,
-    ) -> Result<Self, WalError> {
+    /// A typed record ([`crate::record`]), its body encoded now straight from borrowed fields:
+    /// no `Map` is built and nothing is cloned (the per-call decision record is on the hot path).
+    pub fn encoded<B: RecordBody>(audit_id: Option<AuditId>, body: &B) -> Result<Self, WalError> {
+        let rtype = B::TYPE;
         refuse_reserved(B::KEYS.iter().copied())?;
         let bytes = serde_json::to_vec(body)
             .map_err(|e| WalError::Invalid(format!("cannot encode record body: {e}")))?;
@@ -219,6 +180,9 @@ pub enum WalError {
     /// Any other invalid use (a reserved body key, a payload over the size limit, …).
     #[error("{0}")]
     Invalid(String),
+    /// The blocking task that ran a WAL operation for async code panicked or was cancelled.
+    #[error("WAL_TASK_FAILED: the task running a WAL operation ended abnormally: {0}")]
+    TaskFailed(String),
 }
 
 /// What recovery found when the WAL was opened.
@@ -235,14 +199,14 @@ pub fn now_rfc3339() -> String {
     humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string()
 }
 
-/// Every record payload in `dir`, in order, read like `wal verify` reads (a live writer's
-/// half-written tail is not an error).
-pub fn read_records(dir: &std::path::Path) -> Result<Vec<Value>, WalDamage> {
+/// Every record in `dir`, in order, read like `wal verify` reads (a live writer's half-written
+/// tail is not an error).
+pub fn read_records(dir: &std::path::Path) -> Result<Vec<StoredRecord>, WalDamage> {
     let mut r = Reader::open(dir)?;
     r.set_live(true);
     let mut out = Vec::new();
     while let Some(rec) = r.next_record()? {
-        out.push(rec.payload);
+        out.push(rec);
     }
     Ok(out)
 }

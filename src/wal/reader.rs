@@ -17,6 +17,8 @@ use super::format::{
     FRAME_HEADER_LEN, GENESIS, HEADER_LEN, MAX_PAYLOAD, batch_window_end, hash_payload,
     header_bytes, parse_segment_name,
 };
+use crate::record::{Body, BodyError, RecordType};
+use crate::types::{AuditId, Seq};
 
 /// What kind of fault a [`WalDamage`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,13 +163,13 @@ impl std::error::Error for WalDamage {}
 #[derive(Debug, Clone)]
 pub struct StoredRecord {
     /// Its sequence number.
-    pub seq: u64,
+    pub seq: Seq,
     /// Its timestamp (RFC 3339 UTC).
     pub ts: String,
-    /// Its type (`decision`, `runtime`, …).
-    pub rtype: String,
+    /// Its type.
+    pub rtype: RecordType,
     /// Its audit id, if any.
-    pub audit_id: Option<String>,
+    pub audit_id: Option<AuditId>,
     /// The whole payload.
     pub payload: Value,
     /// The payload exactly as stored (JSON text, reserved keys first).
@@ -178,6 +180,13 @@ pub struct StoredRecord {
     pub segment: PathBuf,
     /// Byte offset of its frame in the segment.
     pub offset: u64,
+}
+
+impl StoredRecord {
+    /// The typed body ([`crate::record`]).
+    pub fn body(&self) -> Result<Body, BodyError> {
+        Body::parse(self.rtype, &self.payload)
+    }
 }
 
 /// Bytes at the end of the last segment that are not a whole record.
@@ -653,7 +662,10 @@ impl Reader {
                 return Ok(None);
             }
             let limit = self.tail_limit;
-            let cur = self.cur.as_mut().expect("segment open");
+            // advance_segment returned true, so a segment is open.
+            let Some(cur) = self.cur.as_mut() else {
+                return Ok(None);
+            };
             let off = cur.offset;
             let path = cur.path.clone();
             let hdr = match cur.read(off, FRAME_HEADER_LEN as usize) {
@@ -785,9 +797,15 @@ impl Reader {
                 format!("record seq {seq} lacks one of `ts`, `type`, `prev`"),
             ));
         };
+        let Some(rtype) = RecordType::parse(&rtype) else {
+            return Err(bad(
+                self,
+                format!("record seq {seq} has an unknown type {rtype:?}"),
+            ));
+        };
         let audit_id = match obj.get("audit_id") {
             None => None,
-            Some(Value::String(s)) => Some(s.clone()),
+            Some(Value::String(s)) => Some(AuditId::from_string(s.clone())),
             Some(_) => {
                 return Err(bad(
                     self,
@@ -817,7 +835,7 @@ impl Reader {
             return Err(self.damage(DamageCode::ChainBroken, path, off, Some(seq), msg));
         }
         Ok(StoredRecord {
-            seq,
+            seq: Seq(seq),
             ts,
             rtype,
             audit_id,

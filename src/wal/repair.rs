@@ -6,6 +6,7 @@
 //! `<segment>.cut-0`. Nothing is deleted. The repair is then recorded in the log itself (a
 //! `runtime` record `wal.repaired`), so the cut shows in the chain.
 
+use std::borrow::Cow;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -13,7 +14,8 @@ use super::durable::{create_beside, cut_tail, data_end, fsync_dir, save_cut};
 use super::format::HEADER_LEN;
 use super::reader::{Reader, list_segments};
 use super::writer::{file_name, take_lock};
-use super::{NewRecord, Preallocate, RecordType, Wal, WalError, WalOptions};
+use super::{NewRecord, Preallocate, Wal, WalError, WalOptions};
+use crate::record::{CutBytes, Repaired, WalRepaired};
 
 /// One piece cut from the log.
 #[derive(Debug, Clone)]
@@ -164,25 +166,21 @@ pub fn repair(dir: &Path, truncate_at: Option<u64>) -> Result<RepairReport, Repa
             ..WalOptions::default()
         };
         let (wal, _) = Wal::open_locked(dir, opts, lock)?;
-        let list: Vec<serde_json::Value> = cuts
-            .iter()
-            .map(|c| {
-                serde_json::json!({
-                    "segment": file_name(&c.segment),
-                    "offset": c.offset,
-                    "bytes": c.bytes,
-                    "saved_as": file_name(&c.saved_as),
+        let rec = WalRepaired {
+            cut: cuts
+                .iter()
+                .map(|c| CutBytes {
+                    bytes: c.bytes,
+                    offset: c.offset,
+                    saved_as: Cow::Owned(file_name(&c.saved_as)),
+                    segment: Cow::Owned(file_name(&c.segment)),
                 })
-            })
-            .collect();
-        let mut rec = NewRecord::new(RecordType::Runtime, None)
-            .with("event", "wal.repaired")
-            .with("kept_records", kept_records)
-            .with("cut", list);
-        if let Some(f) = &found {
-            rec = rec.with("found", f.as_str());
-        }
-        recorded_seq = Some(wal.append(rec)?.0);
+                .collect(),
+            event: Repaired,
+            found: found.as_deref().map(Cow::Borrowed),
+            kept_records,
+        };
+        recorded_seq = Some(wal.append(NewRecord::encoded(None, &rec)?)?.0);
         wal.close()?;
     }
     Ok(RepairReport {

@@ -65,8 +65,8 @@ fn append_reopen_and_read_back() {
     assert_eq!(recs[0].payload["prev"], GENESIS);
     assert_eq!(recs[1].payload["prev"], recs[0].hash.as_str());
     assert_eq!(recs[2].payload["i"], 3);
-    assert_eq!(recs[2].audit_id.as_deref(), Some("a-3"));
-    assert_eq!(recs[3].rtype, "runtime");
+    assert_eq!(recs[2].audit_id.as_ref().map(AuditId::as_str), Some("a-3"));
+    assert_eq!(recs[3].rtype, RecordType::Runtime);
     assert_eq!(recs[3].audit_id, None);
     // Reserved keys come first, in order.
     let raw = serde_json::to_string(&recs[0].payload).unwrap();
@@ -120,18 +120,20 @@ fn rejects_reserved_keys_and_oversized() {
         seq: u64,
     }
     impl RecordBody for Sneaky {
+        const TYPE: RecordType = RecordType::Runtime;
         const KEYS: &'static [&'static str] = &["seq"];
     }
-    let e = NewRecord::encoded(RecordType::Runtime, None, &Sneaky { seq: 9 }).unwrap_err();
+    let e = NewRecord::encoded(None, &Sneaky { seq: 9 }).unwrap_err();
     assert!(matches!(e, WalError::Invalid(_)), "{e}");
     #[derive(serde::Serialize)]
     struct Fine {
         n: u64,
     }
     impl RecordBody for Fine {
+        const TYPE: RecordType = RecordType::Runtime;
         const KEYS: &'static [&'static str] = &["n"];
     }
-    let mixed = NewRecord::encoded(RecordType::Runtime, None, &Fine { n: 1 })
+    let mixed = NewRecord::encoded(None, &Fine { n: 1 })
         .unwrap()
         .with("more", 2);
     let e = w.append(mixed).unwrap_err();
@@ -141,13 +143,14 @@ fn rejects_reserved_keys_and_oversized() {
         big: String,
     }
     impl RecordBody for Huge {
+        const TYPE: RecordType = RecordType::Runtime;
         const KEYS: &'static [&'static str] = &["big"];
     }
     let huge = Huge {
         big: "x".repeat(MAX_PAYLOAD),
     };
     let e = w
-        .append(NewRecord::encoded(RecordType::Runtime, None, &huge).unwrap())
+        .append(NewRecord::encoded(None, &huge).unwrap())
         .unwrap_err();
     assert!(e.to_string().contains("too large"), "{e}");
     // Nothing was consumed by the rejected records.
@@ -794,7 +797,7 @@ fn concurrent_appends_through_failing_rotations_are_told_the_truth() {
         for (aid, res) in &answers {
             let found: Vec<_> = recs
                 .iter()
-                .filter(|r| r.audit_id.as_deref() == Some(aid.as_str()))
+                .filter(|r| r.audit_id.as_ref().map(AuditId::as_str) == Some(aid.as_str()))
                 .collect();
             match res {
                 Ok(seq) => {

@@ -424,16 +424,15 @@ impl Wal {
             trimmed: None,
         };
         if let Some((msg, t, segment, saved)) = trimmed {
-            let mut rec = NewRecord::new(RecordType::Runtime, None)
-                .with("event", "wal.recovered")
-                .with("trimmed_bytes", t.bytes)
-                .with("segment", segment)
-                .with("offset", t.offset)
-                .with("whole_frames", t.whole_frames);
-            if let Some(s) = saved {
-                rec = rec.with("saved_as", s);
-            }
-            wal.append(rec)?;
+            let rec = crate::record::WalRecovered {
+                event: crate::record::Recovered,
+                offset: t.offset,
+                saved_as: saved.map(std::borrow::Cow::Owned),
+                segment: std::borrow::Cow::Owned(segment),
+                trimmed_bytes: t.bytes,
+                whole_frames: t.whole_frames,
+            };
+            wal.append(NewRecord::encoded(None, &rec)?)?;
             recovery.trimmed = Some(msg);
         }
         Ok((wal, recovery))

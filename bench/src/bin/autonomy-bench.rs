@@ -1,4 +1,4 @@
-//! `autonomy-bench`: the end-to-end benchmark of SPEC §9, in one run.
+//! `autonomy-bench`: the end-to-end benchmark, in one run.
 //!
 //! Not a test. `cargo build --release && cargo run --release -p autonomy-bench --bin autonomy-bench -- [--secs N]
 //! [--out FILE]`:
@@ -10,7 +10,7 @@
 //!   at 1, 16 and 64 connections, with `--wal-sync fsync` and with `--wal-sync none`, plus
 //!   `--rounds` back-to-back `/health`, `/v1/tool` pairs at 64 for target (c);
 //!
-//! then prints a Markdown table (also written to `--out`) and the SPEC §9 targets with PASS/MISS.
+//! then prints a Markdown table (also written to `--out`) and the speed targets (`docs/benchmarks.md`) with PASS/MISS.
 //! HTTP rows also give the CPU time per request, read from `/proc` over the measured window: the
 //! daemon's (all its threads, user + kernel) and the whole machine's (load generator included),
 //! which is what bounds throughput when client and daemon share the cores.
@@ -180,7 +180,7 @@ fn eval_phase(
     let input = PolicyInput {
         kind: &kind,
         params: &params,
-        source: Source::Http,
+        source: Source::new("http"),
         allowed_domains: &allowed,
     };
     let v = policy.evaluate(&input);
@@ -708,7 +708,7 @@ fn main() {
         find("`POST /v1/tool` echo, `--wal-sync none`", Some(top)).map_or(f64::NAN, Row::rate);
     let verdict = |ok: bool| if ok { "PASS" } else { "MISS" };
     let budget = health1 + fsync_p50 + 100.0;
-    md.push_str("\nSPEC §9 targets:\n\n");
+    md.push_str("\nTargets:\n\n");
     md.push_str(&format!(
         "- (a) policy evaluation p99 < 20 µs: **{}** — worst p99 {eval_p99:.1} µs (allow and deny).\n",
         verdict(eval_p99 < 20.0)
@@ -740,7 +740,7 @@ fn main() {
         ratios.len()
     ));
     md.push_str(&format!(
-        "- (c′, SPEC §9 wording) at {top} connections `/v1/tool` (fsync) ≥ 50% of `/v1/tool` with `--wal-sync none`: **{}** — {tool_top:.0} vs {none_top:.0} req/s ({:.0}%).\n",
+        "- (c′) at {top} connections `/v1/tool` (fsync) ≥ 50% of `/v1/tool` with `--wal-sync none`: **{}** — {tool_top:.0} vs {none_top:.0} req/s ({:.0}%).\n",
         verdict(tool_top >= 0.5 * none_top),
         100.0 * tool_top / none_top
     ));

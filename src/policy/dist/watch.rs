@@ -8,13 +8,15 @@
 //! recorded as `policy.rejected` (once per fingerprint) and the working policy keeps serving.
 //! Calls already in evaluation hold their own `Arc` of the old policy and finish on it.
 
+use std::borrow::Cow;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::store::{Slot, Store, StoreError};
 use crate::policy::eval::{ActivePolicy, PolicyEvaluator};
-use crate::wal::{NewRecord, RecordType, Wal};
+use crate::record::{Activated, PolicyActivated, PolicyRejected, RecordBody, Rejected};
+use crate::wal::Wal;
 
 /// Poll interval.
 pub const POLL: Duration = Duration::from_millis(500);
@@ -114,45 +116,45 @@ pub fn spawn(
                         continue;
                     }
                     let policy_ref = p.policy_ref().as_str().to_string();
-                    let rec = NewRecord::new(RecordType::Policy, None)
-                        .with("event", "policy.activated")
-                        .with("name", b.name.as_str())
-                        .with("version", b.version.as_str())
-                        .with("hash", b.hash.as_str())
-                        .with("policy_ref", policy_ref.as_str())
-                        .with("source", meta.source.as_str());
+                    let rec = PolicyActivated {
+                        event: Activated,
+                        hash: Cow::Borrowed(&b.hash),
+                        name: Cow::Borrowed(&b.name),
+                        policy_ref: Cow::Borrowed(&policy_ref),
+                        source: Cow::Borrowed(&meta.source),
+                        version: Cow::Borrowed(&b.version),
+                    };
                     // Recorded first, so every decision under the new policy_ref follows it.
-                    append(&wal, rec).await;
+                    append(&wal, &rec).await;
                     policy.swap(Box::new(p));
                     active_hash = Some(b.hash.clone());
-                    eprintln!(
-                        "autonomy: policy activated: {policy_ref} (from {})",
+                    tracing::info!(target: crate::NOTICE,
+                        "policy activated: {policy_ref} (from {})",
                         meta.source
                     );
                 }
                 Err(e) => {
                     let reason = e.to_string();
                     let keep = policy.get().policy_ref().as_str().to_string();
-                    eprintln!(
-                        "autonomy: policy rejected: the current slot is not usable ({reason}); still serving {keep}"
+                    tracing::info!(target: crate::NOTICE,
+                        "policy rejected: the current slot is not usable ({reason}); still serving {keep}"
                     );
-                    let rec = NewRecord::new(RecordType::Policy, None)
-                        .with("event", "policy.rejected")
-                        .with("reason", reason.as_str())
-                        .with("slot", "current")
-                        .with("policy_ref", keep.as_str());
-                    append(&wal, rec).await;
+                    let rec = PolicyRejected {
+                        event: Rejected,
+                        policy_ref: Some(Cow::Borrowed(&keep)),
+                        reason: Cow::Borrowed(&reason),
+                        slot: Some(Cow::Borrowed(Slot::Current.as_str())),
+                        source: None,
+                    };
+                    append(&wal, &rec).await;
                 }
             }
         }
     })
 }
 
-async fn append(wal: &Arc<Wal>, rec: NewRecord) {
-    let w = wal.clone();
-    match tokio::task::spawn_blocking(move || w.append(rec)).await {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => tracing::warn!("cannot record a policy event: {e}"),
-        Err(e) => tracing::warn!("policy record task failed: {e}"),
+async fn append<B: RecordBody>(wal: &Arc<Wal>, body: &B) {
+    if let Err(e) = crate::gate::record(wal, None, body).await {
+        tracing::warn!("cannot record a policy event: {e}");
     }
 }

@@ -458,7 +458,7 @@ mod tests {
                 let input = PolicyInput {
                     kind: &kind,
                     params: &params,
-                    source: Source::Http,
+                    source: Source::new("http"),
                     allowed_domains: &[],
                 };
                 let both = policy.evaluate(&input);
@@ -506,7 +506,7 @@ mod tests {
             let v = policy.evaluate(&PolicyInput {
                 kind: &kind,
                 params: &params,
-                source: Source::Http,
+                source: Source::new("http"),
                 allowed_domains: &[],
             });
             assert_eq!(v.decision, crate::types::Decision::Deny, "{name}: {v:?}");

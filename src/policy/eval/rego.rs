@@ -276,7 +276,7 @@ mod tests {
         p.evaluate(&PolicyInput {
             kind: &k,
             params: &params,
-            source: Source::Http,
+            source: Source::new("http"),
             allowed_domains: &[],
         })
     }
@@ -292,7 +292,7 @@ mod tests {
         let input = PolicyInput {
             kind: &k,
             params: &params,
-            source: Source::Ros2,
+            source: Source::new("ros2"),
             allowed_domains: &domains,
         };
         assert_eq!(input.to_rego(), regorus::Value::from(input.to_json()));
@@ -300,7 +300,7 @@ mod tests {
         let input = PolicyInput {
             kind: &k,
             params: &empty,
-            source: Source::Http,
+            source: Source::new("http"),
             allowed_domains: &[],
         };
         assert_eq!(input.to_rego(), regorus::Value::from(input.to_json()));
@@ -385,7 +385,7 @@ mod tests {
             p.evaluate(&PolicyInput {
                 kind: &k,
                 params: &params,
-                source: Source::Http,
+                source: Source::new("http"),
                 allowed_domains: &[],
             })
         };

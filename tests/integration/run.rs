@@ -1,41 +1,20 @@
 //! `autonomy run <command>`: URL injection, exit codes, signal forwarding, argument passing, WAL placement.
 
-mod common;
-
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 
-fn autonomy_run(args: &[&str], tmpdir: &std::path::Path) -> (Option<i32>, String, String) {
-    let mut child = Command::new(bin())
-        .arg("run")
+/// `autonomy run ARGS` to its end (at most 60 s), with `TMPDIR` (where a temporary WAL goes)
+/// set to `tmpdir`: (exit code, stdout, stderr).
+fn autonomy_run(args: &[&str], tmpdir: &std::path::Path) -> (i32, String, String) {
+    let mut cmd = Command::new(bin());
+    cmd.arg("run")
         .args(args)
         .env("TMPDIR", tmpdir)
-        .env_remove("AUTONOMY_RUN_WAL_DIR")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let st = wait_timeout(&mut child, Duration::from_secs(60))
-        .expect("autonomy run finished within 60 s");
-    let mut out = String::new();
-    let mut err = String::new();
-    use std::io::Read;
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    (st.code(), out, err)
+        .env_remove("AUTONOMY_RUN_WAL_DIR");
+    let o = run(cmd, Duration::from_secs(60));
+    (o.code, o.stdout, o.stderr)
 }
 
 #[test]
@@ -43,7 +22,7 @@ fn example_agent_passes_under_run() {
     let tmp = tempfile::tempdir().unwrap();
     let agent = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/agent.py");
     let (code, out, err) = autonomy_run(&["python3", agent], tmp.path());
-    assert_eq!(code, Some(0), "stdout:\n{out}\nstderr:\n{err}");
+    assert_eq!(code, 0, "stdout:\n{out}\nstderr:\n{err}");
     assert!(
         out.contains("4 of 4 answers match the demo policy"),
         "{out}"
@@ -69,7 +48,7 @@ print(body["audit_id"])
         &["--dir", wal.to_str().unwrap(), "python3", "-c", script],
         tmp.path(),
     );
-    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(code, 0, "{err}");
     let id = out.trim();
     let recs = records_for(&wal, id);
     assert_eq!(recs.len(), 1, "{recs:?}");
@@ -87,14 +66,14 @@ print(body["audit_id"])
 fn exit_codes_are_propagated() {
     let tmp = tempfile::tempdir().unwrap();
     let (code, _, _) = autonomy_run(&["sh", "-c", "exit 0"], tmp.path());
-    assert_eq!(code, Some(0));
+    assert_eq!(code, 0);
     let (code, _, _) = autonomy_run(&["sh", "-c", "exit 3"], tmp.path());
-    assert_eq!(code, Some(3));
+    assert_eq!(code, 3);
     // Killed by SIGTERM: 128 + 15.
     let (code, _, _) = autonomy_run(&["sh", "-c", "kill -TERM $$"], tmp.path());
-    assert_eq!(code, Some(143));
+    assert_eq!(code, 143);
     let (code, _, err) = autonomy_run(&["definitely-not-a-command-xyz"], tmp.path());
-    assert_eq!(code, Some(127));
+    assert_eq!(code, 127);
     assert_eq!(
         err.trim().lines().filter(|l| l.contains("error")).count(),
         1,
@@ -125,7 +104,7 @@ fn child_flags_that_look_like_ours_reach_the_child() {
         ],
         tmp.path(),
     );
-    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(code, 0, "{err}");
     assert_eq!(out, "--dir|x|--keep|--policy|");
     assert!(wal.is_dir());
 }
@@ -134,7 +113,7 @@ fn child_flags_that_look_like_ours_reach_the_child() {
 fn keep_leaves_the_temp_wal_and_says_where() {
     let tmp = tempfile::tempdir().unwrap();
     let (code, _, err) = autonomy_run(&["--keep", "true"], tmp.path());
-    assert_eq!(code, Some(0));
+    assert_eq!(code, 0);
     let path = err
         .lines()
         .find_map(|l| l.split("WAL kept at ").nth(1))
@@ -150,12 +129,8 @@ fn keep_leaves_the_temp_wal_and_says_where() {
 fn env_dir_keeps_the_wal() {
     let tmp = tempfile::tempdir().unwrap();
     let wal = tmp.path().join("from-env");
-    let out = Command::new(bin())
-        .args(["run", "true"])
-        .env("AUTONOMY_RUN_WAL_DIR", &wal)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(0));
+    let o = cli(&["run", "true"], &[("AUTONOMY_RUN_WAL_DIR", p(&wal))]);
+    assert_eq!(o.code, 0, "{}", o.stderr);
     assert!(!wal_records(&wal).is_empty());
 }
 

@@ -4,51 +4,21 @@
 //! chosen place), then damaged on disk the way a lost page write or bit rot would; everything
 //! after that is the binary: `wal verify`, `runtime start`, `wal repair`.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use autonomy::types::AuditId;
-use autonomy::wal::{
-    MAX_BATCH_BYTES, NewRecord, Preallocate, Reader, RecordType, StoredRecord, SyncMode, TORN_PAGE,
-    Wal, WalOptions, segment_name,
-};
-use common::Daemon;
+use autonomy::wal::{NewRecord, Preallocate, Wal, WalOptions, segment_name};
+
+use super::{frame_end, long_wal, opts, rec, records, seg1, verify, write_wal};
+use crate::common::{Daemon, Out, bin, cli, http, p, wait_timeout};
 
 /// The page a lost write is simulated on (what the page cache writes back on x86-64).
 const PAGE: u64 = 4096;
 
-fn opts(segment_bytes: u64) -> WalOptions {
-    WalOptions {
-        segment_bytes,
-        sync: SyncMode::Fsync,
-        preallocate: Preallocate::ZeroFill,
-    }
-}
-
-fn rec(i: u64, pad: usize) -> NewRecord {
-    NewRecord::new(RecordType::Decision, Some(AuditId::new()))
-        .with("kind", "tool.http_get")
-        .with("decision", "allow")
-        .with("note", format!("record {i}"))
-        .with("pad", "p".repeat(pad))
-}
-
-fn records(dir: &Path) -> Vec<StoredRecord> {
-    Reader::open(dir)
-        .unwrap()
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap()
-}
-
-fn seg1(dir: &Path) -> PathBuf {
-    dir.join(segment_name(1))
-}
-
-fn frame_end(r: &StoredRecord) -> u64 {
-    r.offset + 8 + r.raw.len() as u64
+/// Segments of `segment_bytes`, preallocated by writing zeros.
+fn zero_filled(segment_bytes: u64) -> WalOptions {
+    opts(segment_bytes, Preallocate::ZeroFill)
 }
 
 /// Writes zeros over `[from, to)` of `file`, as a page write that never reached the disk leaves
@@ -59,44 +29,10 @@ fn zero(file: &Path, from: u64, to: u64) {
     std::fs::write(file, &b).unwrap();
 }
 
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs the built binary with a 60 s limit.
-fn autonomy(args: &[&str]) -> Out {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_autonomy"))
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("autonomy {args:?} timed out");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let o = child.wait_with_output().unwrap();
-    Out {
-        code: o.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-    }
-}
-
-fn verify(dir: &Path) -> Out {
-    autonomy(&["wal", "verify", "--dir", dir.to_str().unwrap()])
-}
-
 fn repair(dir: &Path, extra: &[&str]) -> Out {
-    let mut args = vec!["wal", "repair", "--dir", dir.to_str().unwrap()];
+    let mut args = vec!["wal", "repair", "--dir", p(dir)];
     args.extend_from_slice(extra);
-    autonomy(&args)
+    cli(&args, &[])
 }
 
 /// Starts and stops the daemon on `dir`; returns the lines it printed before serving.
@@ -114,25 +50,11 @@ fn refused_start(dir: &Path) -> String {
     }
 }
 
-/// `10` small records, then `10` of 256 KiB: more than one write can carry after the small ones.
-fn long_wal(dir: &Path) -> Vec<StoredRecord> {
-    let (w, _) = Wal::open(dir, opts(8 * 1024 * 1024)).unwrap();
-    for i in 1..=20u64 {
-        w.append(rec(i, if i > 10 { 256 * 1024 } else { 0 }))
-            .unwrap();
-    }
-    w.close().unwrap();
-    drop(w);
-    let recs = records(dir);
-    assert!(frame_end(&recs[19]) - recs[10].offset > MAX_BATCH_BYTES + TORN_PAGE);
-    recs
-}
-
 #[test]
 fn a_batch_whose_first_page_was_lost_is_cut_and_the_daemon_starts() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("wal");
-    let (w, _) = Wal::open(&dir, opts(1024 * 1024)).unwrap();
+    let (w, _) = Wal::open(&dir, zero_filled(1024 * 1024)).unwrap();
     for i in 1..=5 {
         w.append(rec(i, 100)).unwrap();
     }
@@ -215,13 +137,7 @@ fn damage_inside_the_last_possible_batch_is_cut_even_when_whole_records_follow()
     // it is cut like one (reported, recorded, and the bytes saved, so nothing is lost).
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("wal");
-    let (w, _) = Wal::open(&dir, opts(1024 * 1024)).unwrap();
-    for i in 1..=10 {
-        w.append(rec(i, 0)).unwrap();
-    }
-    w.close().unwrap();
-    drop(w);
-    let recs = records(&dir);
+    let recs = write_wal(&dir, zero_filled(1024 * 1024), 10);
     let mut b = std::fs::read(seg1(&dir)).unwrap();
     b[recs[7].offset as usize + 20] ^= 0x01;
     std::fs::write(seg1(&dir), &b).unwrap();
@@ -246,7 +162,7 @@ fn damage_before_the_last_possible_batch_is_refused_and_repair_keeps_the_prefix(
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("wal");
     let d = dir.to_str().unwrap();
-    let recs = long_wal(&dir);
+    let recs = long_wal(&dir, Preallocate::ZeroFill);
     let victim = &recs[4];
     let mut b = std::fs::read(seg1(&dir)).unwrap();
     b[victim.offset as usize + 20] ^= 0x01;
@@ -353,13 +269,7 @@ fn repair_at_a_record_boundary_cuts_an_edited_record() {
     // operator cuts at the edited one instead.
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("wal");
-    let (w, _) = Wal::open(&dir, opts(1024 * 1024)).unwrap();
-    for i in 1..=8 {
-        w.append(rec(i, 0)).unwrap();
-    }
-    w.close().unwrap();
-    drop(w);
-    let recs = records(&dir);
+    let recs = write_wal(&dir, zero_filled(1024 * 1024), 8);
     let mut b = std::fs::read(seg1(&dir)).unwrap();
     let (o, e) = (recs[4].offset as usize, frame_end(&recs[4]) as usize);
     let pos = o + 8 + recs[4].raw.find("record 5").unwrap();
@@ -423,15 +333,9 @@ fn repair_refuses_a_wal_in_use() {
 fn repair_moves_later_segments_aside() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("wal");
-    let (w, _) = Wal::open(&dir, opts(2048)).unwrap();
-    for i in 1..=40 {
-        w.append(rec(i, 0)).unwrap();
-    }
-    w.close().unwrap();
-    drop(w);
+    let recs = write_wal(&dir, zero_filled(2048), 40);
     let segs = autonomy::wal::list_segments(&dir).unwrap();
     assert!(segs.len() >= 4, "{segs:?}");
-    let recs = records(&dir);
     // Damage the second record of the second segment.
     let in_second: Vec<_> = recs.iter().filter(|r| r.segment == segs[1].1).collect();
     let victim = in_second[1];
@@ -447,7 +351,7 @@ fn repair_moves_later_segments_aside() {
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
     assert!(
         out.stdout
-            .contains(&format!("kept records={} ", victim.seq - 1)),
+            .contains(&format!("kept records={} ", victim.seq.0 - 1)),
         "{}",
         out.stdout
     );
@@ -480,13 +384,7 @@ fn repair_moves_later_segments_aside() {
 fn stray_bytes_far_past_the_head_are_damage() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("wal");
-    let (w, _) = Wal::open(&dir, opts(8 * 1024 * 1024)).unwrap();
-    for i in 1..=3 {
-        w.append(rec(i, 0)).unwrap();
-    }
-    w.close().unwrap();
-    drop(w);
-    let recs = records(&dir);
+    let recs = write_wal(&dir, zero_filled(8 * 1024 * 1024), 3);
     let head_end = frame_end(&recs[2]);
     let at: u64 = 6 * 1024 * 1024;
     assert!(at > autonomy::wal::batch_window_end(head_end));
@@ -535,7 +433,7 @@ fn traced_daemon_run(wal: &Path, log: &Path, calls: usize) -> Vec<String> {
             "trace=mkdir,rename,renameat,renameat2,fsync,pwrite64",
             "--",
         ])
-        .arg(env!("CARGO_BIN_EXE_autonomy"))
+        .arg(bin())
         .args(["runtime", "start", "--demo", "--listen", "127.0.0.1:0"])
         .args(["--wal-segment-bytes", "65536", "--wal-dir"])
         .arg(wal)
@@ -558,7 +456,7 @@ fn traced_daemon_run(wal: &Path, log: &Path, calls: usize) -> Vec<String> {
     let pad = "z".repeat(3000);
     for i in 0..calls {
         let body = format!(r#"{{"kind":"tool.echo","params":{{"message":"{i}-{pad}"}}}}"#);
-        let r = common::http(
+        let r = http(
             addr,
             "POST",
             "/v1/tool",
@@ -577,7 +475,7 @@ fn traced_daemon_run(wal: &Path, log: &Path, calls: usize) -> Vec<String> {
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    assert!(common::wait_timeout(&mut child, Duration::from_secs(30)).is_some());
+    assert!(wait_timeout(&mut child, Duration::from_secs(30)).is_some());
     std::fs::read_to_string(log)
         .unwrap()
         .lines()

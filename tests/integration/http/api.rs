@@ -1,10 +1,10 @@
-//! The HTTP API against the real binary: every status row of SPEC §3, every demo-policy row of
+//! The HTTP API against the real binary: every status row of `docs/http-api.md`, every demo-policy row of
 //! §4, bad input, and the WAL records behind each answer.
 
-mod common;
-
-use common::*;
+use nix::sys::resource::Resource;
 use serde_json::Value;
+
+use crate::common::*;
 
 fn assert_common(v: &Value, decision: &str, policy_ref: &str) -> String {
     assert_eq!(v["decision"], decision, "{v}");
@@ -316,25 +316,13 @@ fn graceful_stop_records_and_exits_zero() {
 
 #[test]
 fn wal_failure_is_503_and_nothing_executes() {
-    use std::os::unix::process::CommandExt;
     let tmp = tempfile::tempdir().unwrap();
     let wal = tmp.path().join("wal");
     // A per-file size limit makes the WAL's writes fail with EFBIG once the segment reaches
     // 64 KiB: the same path as a full disk, without needing one.
-    let d = Daemon::start_in(
-        &wal,
-        &["--demo", "--wal-segment-bytes", "1048576"],
-        |c| unsafe {
-            c.pre_exec(|| {
-                nix::sys::resource::setrlimit(
-                    nix::sys::resource::Resource::RLIMIT_FSIZE,
-                    64 * 1024,
-                    64 * 1024,
-                )
-                .map_err(std::io::Error::from)
-            });
-        },
-    );
+    let d = Daemon::start_in(&wal, &["--demo", "--wal-segment-bytes", "1048576"], |c| {
+        set_rlimit(c, Resource::RLIMIT_FSIZE, 64 * 1024, 64 * 1024)
+    });
     let msg = "y".repeat(4000);
     let body = format!(r#"{{"kind":"tool.echo","params":{{"message":"{msg}"}}}}"#);
     let mut saw_503 = None;
@@ -358,7 +346,7 @@ fn wal_failure_is_503_and_nothing_executes() {
         "{v}"
     );
     // It stays failed (no retry of a failed fsync), and the server still answers. (That it stays
-    // failed once the limit is lifted is in tests/wal_failures.rs.)
+    // failed once the limit is lifted is in `wal::failures`.)
     let r = d.tool(r#"{"kind":"tool.echo","params":{"message":"x"}}"#);
     assert_eq!(r.status, 503);
     assert!(
@@ -373,11 +361,7 @@ fn wal_failure_is_503_and_nothing_executes() {
 
 #[test]
 fn http_get_upstream_down_is_502() {
-    // A port with nothing listening: bind, note, close.
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let port = closed_port();
     let allow = format!("127.0.0.1:{port}");
     let d = Daemon::start(&["--demo", "--allowed-domains", &allow]);
     let r = d.tool(&format!(
@@ -511,36 +495,24 @@ fn an_ip_entry_exempts_its_ip_only_on_the_port_it_names() {
 
 #[test]
 fn cli_errors_are_one_line() {
+    // A runtime start without --wal-dir would use $XDG_STATE_HOME: never the user's.
+    let state = tempfile::tempdir().unwrap();
     let run = |args: &[&str]| {
-        let mut child = std::process::Command::new(bin())
-            .args(args)
-            .env(
-                "XDG_STATE_HOME",
-                std::env::temp_dir().join("autonomy-test-state"),
-            )
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        let st = wait_timeout(&mut child, std::time::Duration::from_secs(20));
-        let mut err = String::new();
-        use std::io::Read;
-        let _ = child.stderr.take().unwrap().read_to_string(&mut err);
-        (st.and_then(|s| s.code()), err)
+        let o = cli(args, &[("XDG_STATE_HOME", p(state.path()))]);
+        (o.code, o.stderr)
     };
     let (code, err) = run(&["runtime", "start", "--listen", "not-an-address"]);
-    assert_eq!(code, Some(2));
+    assert_eq!(code, 2);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("--listen"), "{err}");
 
     let (code, err) = run(&["runtime", "start", "--demo", "--allowed-domains", "http://"]);
-    assert_eq!(code, Some(2));
+    assert_eq!(code, 2);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("http://"), "{err}");
 
     let (code, err) = run(&["frobnicate"]);
-    assert_eq!(code, Some(2));
+    assert_eq!(code, 2);
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 
     // Port in use.
@@ -556,7 +528,7 @@ fn cli_errors_are_one_line() {
         "--wal-dir",
         tmp.path().to_str().unwrap(),
     ]);
-    assert_eq!(code, Some(1), "{err}");
+    assert_eq!(code, 1, "{err}");
     assert!(err.contains("address") && err.contains("--listen"), "{err}");
     assert_eq!(
         err.trim().lines().filter(|l| l.contains("error")).count(),
@@ -564,11 +536,7 @@ fn cli_errors_are_one_line() {
         "{err}"
     );
 
-    let out = std::process::Command::new(bin())
-        .arg("version")
-        .output()
-        .unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with("autonomy 0."));
+    assert!(cli(&["version"], &[]).stdout.starts_with("autonomy 0."));
 }
 
 #[test]

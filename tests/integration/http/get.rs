@@ -1,13 +1,11 @@
 //! `tool.http_get` against tiny local HTTP servers on 127.0.0.1 (real sockets).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use autonomy::tools::{Allowlist, HttpGet, HttpGetLimits, ToolOutcome};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+
+use crate::common::*;
 
 /// Every test's own limit.
 const TEST_LIMIT: Duration = Duration::from_secs(30);
@@ -18,93 +16,12 @@ async fn limited<F: std::future::Future<Output = ()>>(f: F) {
         .expect("test timed out");
 }
 
-enum Reply {
-    Now(Vec<u8>),
-    After(Duration, Vec<u8>),
+fn ok(body: &'static str) -> impl Fn(&str) -> Vec<u8> + Send + Sync + 'static {
+    move |_| ok_response("text/plain", body.as_bytes())
 }
 
-struct Server {
-    port: u16,
-    /// Connections accepted.
-    hits: Arc<AtomicUsize>,
-    /// The last request head received.
-    last: Arc<Mutex<String>>,
-}
-
-impl Server {
-    fn hits(&self) -> usize {
-        self.hits.load(Ordering::SeqCst)
-    }
-}
-
-async fn listener() -> (TcpListener, u16) {
-    listener_on("127.0.0.1").await
-}
-
-async fn listener_on(ip: &str) -> (TcpListener, u16) {
-    let l = TcpListener::bind((ip, 0)).await.unwrap();
-    let port = l.local_addr().unwrap().port();
-    (l, port)
-}
-
-fn serve(l: TcpListener, reply: impl Fn() -> Reply + Send + Sync + 'static) -> Server {
-    let port = l.local_addr().unwrap().port();
-    let hits = Arc::new(AtomicUsize::new(0));
-    let last = Arc::new(Mutex::new(String::new()));
-    let reply = Arc::new(reply);
-    let (h, la) = (hits.clone(), last.clone());
-    tokio::spawn(async move {
-        while let Ok((mut sock, _)) = l.accept().await {
-            h.fetch_add(1, Ordering::SeqCst);
-            let (reply, la) = (reply.clone(), la.clone());
-            tokio::spawn(async move {
-                let mut head = Vec::new();
-                let mut buf = [0u8; 4096];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match sock.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
-                    }
-                }
-                *la.lock().unwrap() = String::from_utf8_lossy(&head).into_owned();
-                let bytes = match reply() {
-                    Reply::Now(b) => b,
-                    Reply::After(d, b) => {
-                        tokio::time::sleep(d).await;
-                        b
-                    }
-                };
-                let _ = sock.write_all(&bytes).await;
-                let _ = sock.shutdown().await;
-            });
-        }
-    });
-    Server { port, hits, last }
-}
-
-fn response(status: &str, headers: &[(&str, &str)], body: &[u8]) -> Vec<u8> {
-    let mut r = format!("HTTP/1.1 {status}\r\nConnection: close\r\n");
-    for (k, v) in headers {
-        r.push_str(&format!("{k}: {v}\r\n"));
-    }
-    r.push_str(&format!("Content-Length: {}\r\n\r\n", body.len()));
-    let mut r = r.into_bytes();
-    r.extend_from_slice(body);
-    r
-}
-
-fn ok(body: &'static str) -> impl Fn() -> Reply + Send + Sync + 'static {
-    move || {
-        Reply::Now(response(
-            "200 OK",
-            &[("Content-Type", "text/plain")],
-            body.as_bytes(),
-        ))
-    }
-}
-
-fn redirect_to(location: String) -> impl Fn() -> Reply + Send + Sync + 'static {
-    move || Reply::Now(response("302 Found", &[("Location", &location)], b""))
+fn redirect_to(location: String) -> impl Fn(&str) -> Vec<u8> + Send + Sync + 'static {
+    move |_| redirect_response(&location)
 }
 
 fn tool(allow: &str) -> HttpGet {
@@ -149,16 +66,15 @@ async fn settle() {
 #[tokio::test]
 async fn allowlisted_ip_literal_gets_output() {
     limited(async {
-        let (l, _) = listener().await;
-        let s = serve(l, ok("hello"));
-        let t = tool(&format!("127.0.0.1:{}", s.port));
-        let v = output(get(&t, &format!("http://127.0.0.1:{}/x?y=1", s.port)).await);
+        let s = LocalServer::start(ok("hello"));
+        let t = tool(&format!("127.0.0.1:{}", s.port()));
+        let v = output(get(&t, &format!("http://127.0.0.1:{}/x?y=1", s.port())).await);
         assert_eq!(
             v,
             json!({"status": 200, "content_type": "text/plain", "body": "hello", "truncated": false})
         );
         assert_eq!(s.hits(), 1);
-        let head = s.last.lock().unwrap().to_ascii_lowercase();
+        let head = s.last_head().to_ascii_lowercase();
         assert!(head.starts_with("get /x?y=1 http/1.1\r\n"), "{head}");
         assert!(
             head.contains(&format!("user-agent: autonomy/{}\r\n", autonomy::VERSION)),
@@ -171,10 +87,9 @@ async fn allowlisted_ip_literal_gets_output() {
 #[tokio::test]
 async fn upstream_error_status_is_still_output() {
     limited(async {
-        let (l, _) = listener().await;
-        let s = serve(l, || Reply::Now(response("404 Not Found", &[], b"nope")));
-        let t = tool(&format!("http://127.0.0.1:{}", s.port));
-        let v = output(get(&t, &format!("http://127.0.0.1:{}/", s.port)).await);
+        let s = LocalServer::start(|_| response("404 Not Found", &[], b"nope"));
+        let t = tool(&format!("http://127.0.0.1:{}", s.port()));
+        let v = output(get(&t, &format!("http://127.0.0.1:{}/", s.port())).await);
         assert_eq!(v["status"], 404);
         assert_eq!(v["content_type"], Value::Null);
         assert_eq!(v["body"], "nope");
@@ -185,21 +100,20 @@ async fn upstream_error_status_is_still_output() {
 #[tokio::test]
 async fn not_allowlisted_is_denied_without_a_request() {
     limited(async {
-        let (l, _) = listener().await;
-        let s = serve(l, ok("secret"));
-        let other = s.port.wrapping_add(1).max(1);
+        let s = LocalServer::start(ok("secret"));
+        let other = s.port().wrapping_add(1).max(1);
         let t = tool(&format!("127.0.0.1:{other},localhost"));
-        let m = deny(get(&t, &format!("http://127.0.0.1:{}/", s.port)).await);
+        let m = deny(get(&t, &format!("http://127.0.0.1:{}/", s.port())).await);
         assert_eq!(
             m,
             format!(
                 "endpoint 127.0.0.1:{} is not in the allowlist (--allowed-domains)",
-                s.port
+                s.port()
             )
         );
         // Empty allowlist: nothing goes.
         let t = HttpGet::new(Allowlist::empty(), HttpGetLimits::default());
-        deny(get(&t, &format!("http://127.0.0.1:{}/", s.port)).await);
+        deny(get(&t, &format!("http://127.0.0.1:{}/", s.port())).await);
         settle().await;
         assert_eq!(s.hits(), 0);
     })
@@ -209,10 +123,9 @@ async fn not_allowlisted_is_denied_without_a_request() {
 #[tokio::test]
 async fn loopback_through_dns_is_denied_without_a_request() {
     limited(async {
-        let (l, _) = listener().await;
-        let s = serve(l, ok("secret"));
-        let t = tool(&format!("localhost:{}", s.port));
-        let m = deny(get(&t, &format!("http://localhost:{}/", s.port)).await);
+        let s = LocalServer::start(ok("secret"));
+        let t = tool(&format!("localhost:{}", s.port()));
+        let m = deny(get(&t, &format!("http://localhost:{}/", s.port())).await);
         assert!(
             m.starts_with("endpoint host localhost resolves to ") && m.contains("(loopback "),
             "{m}"
@@ -232,11 +145,10 @@ async fn loopback_through_dns_is_denied_without_a_request() {
 #[tokio::test]
 async fn loopback_through_dns_is_allowed_when_the_ip_is_named() {
     limited(async {
-        let (l, _) = listener().await;
-        let s = serve(l, ok("via name"));
+        let s = LocalServer::start(ok("via name"));
         // localhost may also resolve to ::1 (refused: not named); 127.0.0.1 is named.
-        let t = tool(&format!("localhost:{},127.0.0.1", s.port));
-        let v = output(get(&t, &format!("http://localhost:{}/", s.port)).await);
+        let t = tool(&format!("localhost:{},127.0.0.1", s.port()));
+        let v = output(get(&t, &format!("http://localhost:{}/", s.port())).await);
         assert_eq!(v["body"], "via name");
         assert_eq!(s.hits(), 1);
     })
@@ -246,12 +158,11 @@ async fn loopback_through_dns_is_allowed_when_the_ip_is_named() {
 #[tokio::test]
 async fn redirect_to_non_allowlisted_target_is_denied() {
     limited(async {
-        let (lb, pb) = listener().await;
-        let b = serve(lb, ok("internal"));
-        let (la, _) = listener().await;
-        let a = serve(la, redirect_to(format!("http://127.0.0.1:{pb}/admin")));
-        let t = tool(&format!("127.0.0.1:{}", a.port));
-        let m = deny(get(&t, &format!("http://127.0.0.1:{}/", a.port)).await);
+        let b = LocalServer::start(ok("internal"));
+        let pb = b.port();
+        let a = LocalServer::start(redirect_to(format!("http://127.0.0.1:{pb}/admin")));
+        let t = tool(&format!("127.0.0.1:{}", a.port()));
+        let m = deny(get(&t, &format!("http://127.0.0.1:{}/", a.port())).await);
         assert_eq!(
             m,
             format!("redirect target 127.0.0.1:{pb} is not in the allowlist (--allowed-domains)")
@@ -266,14 +177,17 @@ async fn redirect_to_non_allowlisted_target_is_denied() {
 #[tokio::test]
 async fn redirect_to_allowlisted_name_resolving_to_loopback_is_denied() {
     limited(async {
-        let (lb, pb) = listener().await;
-        let b = serve(lb, ok("internal"));
+        let b = LocalServer::start(ok("internal"));
+        let pb = b.port();
         // A on 127.0.0.2, so the allowlist names no address `localhost` resolves to
         // (an IP-literal entry lifts the range check for that IP on any port).
-        let (la, _) = listener_on("127.0.0.2").await;
-        let a = serve(la, redirect_to(format!("http://localhost:{pb}/")));
-        let t = tool(&format!("127.0.0.2:{},localhost:{pb}", a.port));
-        let m = deny(get(&t, &format!("http://127.0.0.2:{}/", a.port)).await);
+        let a = LocalServer::serve(
+            bind("127.0.0.2"),
+            Duration::ZERO,
+            redirect_to(format!("http://localhost:{pb}/")),
+        );
+        let t = tool(&format!("127.0.0.2:{},localhost:{pb}", a.port()));
+        let m = deny(get(&t, &format!("http://127.0.0.2:{}/", a.port())).await);
         assert!(m.starts_with("endpoint host localhost resolves to "), "{m}");
         settle().await;
         assert_eq!(a.hits(), 1);
@@ -291,20 +205,18 @@ async fn redirect_to_other_scheme_is_not_followed() {
             ("data:text/plain,hello", "data"),
             ("gopher://127.0.0.1:70/x", "gopher"),
         ] {
-            let (la, _) = listener().await;
-            let a = serve(la, redirect_to(location.into()));
-            let t = tool(&format!("127.0.0.1:{}", a.port));
-            let m = deny(get(&t, &format!("http://127.0.0.1:{}/", a.port)).await);
+            let a = LocalServer::start(redirect_to(location.into()));
+            let t = tool(&format!("127.0.0.1:{}", a.port()));
+            let m = deny(get(&t, &format!("http://127.0.0.1:{}/", a.port())).await);
             assert_eq!(
                 m,
                 format!("redirect to scheme {scheme}: refused (http and https only)")
             );
         }
         // One with an authority reaches the policy: refused.
-        let (lb, _) = listener().await;
-        let b = serve(lb, redirect_to("ftp://127.0.0.1:21/x".into()));
-        let t = tool(&format!("127.0.0.1:{},127.0.0.1:21", b.port));
-        let m = deny(get(&t, &format!("http://127.0.0.1:{}/", b.port)).await);
+        let b = LocalServer::start(redirect_to("ftp://127.0.0.1:21/x".into()));
+        let t = tool(&format!("127.0.0.1:{},127.0.0.1:21", b.port()));
+        let m = deny(get(&t, &format!("http://127.0.0.1:{}/", b.port())).await);
         assert_eq!(m, "redirect to scheme ftp: refused (http and https only)");
     })
     .await;
@@ -313,12 +225,11 @@ async fn redirect_to_other_scheme_is_not_followed() {
 #[tokio::test]
 async fn redirect_to_allowlisted_target_is_followed() {
     limited(async {
-        let (lb, pb) = listener().await;
-        let b = serve(lb, ok("landed"));
-        let (la, _) = listener().await;
-        let a = serve(la, redirect_to(format!("http://127.0.0.1:{pb}/there")));
-        let t = tool(&format!("127.0.0.1:{},http://127.0.0.1:{pb}/", a.port));
-        let v = output(get(&t, &format!("http://127.0.0.1:{}/", a.port)).await);
+        let b = LocalServer::start(ok("landed"));
+        let pb = b.port();
+        let a = LocalServer::start(redirect_to(format!("http://127.0.0.1:{pb}/there")));
+        let t = tool(&format!("127.0.0.1:{},http://127.0.0.1:{pb}/", a.port()));
+        let v = output(get(&t, &format!("http://127.0.0.1:{}/", a.port())).await);
         assert_eq!(v["status"], 200);
         assert_eq!(v["body"], "landed");
         assert_eq!((a.hits(), b.hits()), (1, 1));
@@ -329,8 +240,13 @@ async fn redirect_to_allowlisted_target_is_followed() {
 #[tokio::test]
 async fn too_many_redirects_is_upstream() {
     limited(async {
-        let (l, port) = listener().await;
-        let s = serve(l, redirect_to(format!("http://127.0.0.1:{port}/again")));
+        let l = bind("127.0.0.1");
+        let port = l.local_addr().unwrap().port();
+        let s = LocalServer::serve(
+            l,
+            Duration::ZERO,
+            redirect_to(format!("http://127.0.0.1:{port}/again")),
+        );
         let t = tool(&format!("127.0.0.1:{port}"));
         let m = upstream(get(&t, &format!("http://127.0.0.1:{port}/")).await);
         assert_eq!(m, "127.0.0.1: too many redirects (more than 5)");
@@ -344,8 +260,7 @@ async fn too_many_redirects_is_upstream() {
 #[tokio::test]
 async fn upstream_down_is_upstream() {
     limited(async {
-        let (l, port) = listener().await;
-        drop(l);
+        let port = closed_port();
         let t = tool(&format!("127.0.0.1:{port}"));
         let m = upstream(get(&t, &format!("http://127.0.0.1:{port}/")).await);
         assert!(m.starts_with("127.0.0.1: connect failed"), "{m}");
@@ -356,11 +271,10 @@ async fn upstream_down_is_upstream() {
 #[tokio::test]
 async fn large_body_is_truncated() {
     limited(async {
-        let (l, _) = listener().await;
         let big = vec![b'a'; 2 * 1024 * 1024];
-        let s = serve(l, move || Reply::Now(response("200 OK", &[], &big)));
-        let t = tool(&format!("127.0.0.1:{}", s.port));
-        let v = output(get(&t, &format!("http://127.0.0.1:{}/", s.port)).await);
+        let s = LocalServer::start(move |_| response("200 OK", &[], &big));
+        let t = tool(&format!("127.0.0.1:{}", s.port()));
+        let v = output(get(&t, &format!("http://127.0.0.1:{}/", s.port())).await);
         assert_eq!(v["truncated"], true);
         assert_eq!(v["body"].as_str().unwrap().len(), 1024 * 1024);
     })
@@ -370,14 +284,13 @@ async fn large_body_is_truncated() {
 #[tokio::test]
 async fn body_at_the_limit_is_not_truncated() {
     limited(async {
-        let (l, _) = listener().await;
-        let s = serve(l, || Reply::Now(response("200 OK", &[], b"0123456789")));
+        let s = LocalServer::start(|_| response("200 OK", &[], b"0123456789"));
         let limits = HttpGetLimits {
             max_body: 10,
             ..HttpGetLimits::default()
         };
-        let t = tool_with(&format!("127.0.0.1:{}", s.port), limits.clone());
-        let v = output(get(&t, &format!("http://127.0.0.1:{}/", s.port)).await);
+        let t = tool_with(&format!("127.0.0.1:{}", s.port()), limits.clone());
+        let v = output(get(&t, &format!("http://127.0.0.1:{}/", s.port())).await);
         assert_eq!(
             (v["body"].as_str(), &v["truncated"]),
             (Some("0123456789"), &json!(false))
@@ -386,8 +299,8 @@ async fn body_at_the_limit_is_not_truncated() {
             max_body: 9,
             ..limits
         };
-        let t = tool_with(&format!("127.0.0.1:{}", s.port), limits);
-        let v = output(get(&t, &format!("http://127.0.0.1:{}/", s.port)).await);
+        let t = tool_with(&format!("127.0.0.1:{}", s.port()), limits);
+        let v = output(get(&t, &format!("http://127.0.0.1:{}/", s.port())).await);
         assert_eq!(
             (v["body"].as_str(), &v["truncated"]),
             (Some("012345678"), &json!(true))
@@ -399,17 +312,16 @@ async fn body_at_the_limit_is_not_truncated() {
 #[tokio::test]
 async fn slow_server_times_out_as_upstream() {
     limited(async {
-        let (l, _) = listener().await;
-        let s = serve(l, || {
-            Reply::After(Duration::from_secs(5), response("200 OK", &[], b"late"))
+        let s = LocalServer::serve(bind("127.0.0.1"), Duration::from_secs(5), |_| {
+            response("200 OK", &[], b"late")
         });
         let limits = HttpGetLimits {
             timeout: Duration::from_millis(300),
             ..HttpGetLimits::default()
         };
-        let t = tool_with(&format!("127.0.0.1:{}", s.port), limits);
+        let t = tool_with(&format!("127.0.0.1:{}", s.port()), limits);
         let started = std::time::Instant::now();
-        let m = upstream(get(&t, &format!("http://127.0.0.1:{}/", s.port)).await);
+        let m = upstream(get(&t, &format!("http://127.0.0.1:{}/", s.port())).await);
         assert_eq!(m, "127.0.0.1: timed out after 300ms");
         assert!(started.elapsed() < Duration::from_secs(3));
     })

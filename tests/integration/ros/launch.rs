@@ -3,17 +3,14 @@
 //! These tests put `tests/fake_ros2/ros2` — a TEST DOUBLE that behaves like `ros2 launch` run
 //! noninteractively — first on PATH, for what the real CLI cannot do on demand: record its
 //! argv, exit with a chosen code, and wait forever for nodes that ignore SIGINT and SIGTERM
-//! (fault injection). The real `ros2 launch` is tested in `tests/ros_real.rs`.
+//! (fault injection). The real `ros2 launch` is tested in `ros::real`.
 
-mod common;
-
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 const MARKERS: [&str; 5] = [
     "PASS ros2-telemetry-active context=native",
@@ -24,7 +21,7 @@ const MARKERS: [&str; 5] = [
 ];
 
 fn fake_path() -> String {
-    let fake = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fake_ros2");
+    let fake = repo().join("tests/fake_ros2");
     format!(
         "{}:{}",
         fake.display(),
@@ -36,16 +33,6 @@ struct Run {
     child: Child,
     out: mpsc::Receiver<String>,
     err: mpsc::Receiver<String>,
-}
-
-fn lines(r: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(r).lines().map_while(Result::ok) {
-            let _ = tx.send(l);
-        }
-    });
-    rx
 }
 
 fn start(args: &[&str], env: &[(&str, &str)], path: &str) -> Run {
@@ -61,8 +48,8 @@ fn start(args: &[&str], env: &[(&str, &str)], path: &str) -> Run {
         cmd.env(k, v);
     }
     let mut child = cmd.spawn().unwrap();
-    let out = lines(child.stdout.take().unwrap());
-    let err = lines(child.stderr.take().unwrap());
+    let out = read_lines(child.stdout.take().unwrap());
+    let err = read_lines(child.stderr.take().unwrap());
     Run { child, out, err }
 }
 
@@ -217,20 +204,8 @@ fn allowed_launch_prints_five_markers_and_records_everything() {
 /// Builds the example launch-allowlist bundle (packages demo_nodes_cpp and turtlesim).
 fn launch_bundle(dir: &Path) -> PathBuf {
     let out = dir.join("launch-allowlist.tar.gz");
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/policies/ros-launch-allowlist");
-    let st = Command::new(bin())
-        .args(["policy", "build", "--in"])
-        .arg(&src)
-        .arg("--out")
-        .arg(&out)
-        .args(["--version", "1.0.0", "--name", "launch-allowlist"])
-        .output()
-        .unwrap();
-    assert!(
-        st.status.success(),
-        "{}",
-        String::from_utf8_lossy(&st.stderr)
-    );
+    let src = repo().join("examples/policies/ros-launch-allowlist");
+    build_bundle(&src, &out, "1.0.0", "launch-allowlist");
     out
 }
 
@@ -440,24 +415,16 @@ fn a_second_ctrl_c_skips_the_grace_period() {
 /// (PyPI `cyclonedds`, hand-written types; see tests/ros_peer.py).
 #[test]
 fn markers_are_published_on_the_ros_topic() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let py = root.join(".venv/bin/python");
-    assert!(
-        py.is_file(),
-        "needs {} with PyPI cyclonedds: run .ci/run",
-        py.display()
-    );
-    // Domains 201..=230: apart from the ones tests/ros_interop.rs uses.
-    let domain = 201 + std::process::id() % 30;
-    let mut peer = Command::new(&py)
-        .arg(root.join("tests/ros_peer.py"))
+    let domain = ros_domain();
+    let mut peer = Command::new(venv_python())
+        .arg(repo().join("tests/ros_peer.py"))
         .args(["markers", "--domain", &domain.to_string(), "--count", "5"])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    let peer_out = lines(peer.stdout.take().unwrap());
+    let peer_out = read_lines(peer.stdout.take().unwrap());
     let run = start(
         &["ros2.launch", "demo_robot", "x.launch.py"],
         &[

@@ -2,14 +2,12 @@
 //! this process, SIGKILL of the daemon mid-load, restart on the same WAL, and a check that every
 //! `audit_id` that got a 200 or 403 is in the log and the log verifies.
 
-mod common;
-
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 
 /// POSTs until the daemon goes away; returns the audit ids of the acknowledged answers.
 fn load(addr: std::net::SocketAddr, worker: usize, stop: Arc<AtomicBool>) -> Vec<String> {

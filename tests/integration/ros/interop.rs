@@ -1,84 +1,43 @@
 //! ROS 2 interop against an independent peer: `tests/ros_peer.py`, pure Python cyclonedds with
 //! hand-written `dds_` types, speaking the rmw_cyclonedds conventions. Each test uses its own
-//! `ROS_DOMAIN_ID` (derived from the pid), loopback only, and hard timeouts.
+//! `ROS_DOMAIN_ID` (from `common::ros_domain`), loopback only, and hard timeouts.
 //!
 //! Needs `.venv` with PyPI `cyclonedds` (made by `.ci/run`); without it the tests fail.
 
-// tests/common (shared) trips clippy::zombie_processes in `Daemon::try_start_in`; not ours to fix here.
-#![allow(clippy::zombie_processes)]
-
-mod common;
-
-use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use common::*;
 use serde_json::Value;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn venv_python() -> PathBuf {
-    let py = root().join(".venv/bin/python");
-    let ok = py.is_file()
-        && Command::new(&py)
-            .args(["-c", "import cyclonedds"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-    assert!(
-        ok,
-        "the ROS 2 interop tests need {} with PyPI cyclonedds: run .ci/run (or: python3 -m venv .venv && .venv/bin/pip install cyclonedds==11.0.1)",
-        py.display()
-    );
-    py
-}
-
-/// A domain id in 1..=200 for this test process and slot (0..=4): distinct per test, and
-/// unlikely to collide with another test process running at the same time.
-fn domain(slot: u32) -> u16 {
-    assert!(slot < 5);
-    (1 + (std::process::id() % 40) * 5 + slot) as u16
-}
+use crate::common::*;
 
 fn gid_len() -> &'static str {
     if cfg!(feature = "humble") { "24" } else { "16" }
 }
 
-/// The peer, its stdout lines arriving on a channel.
+/// The peer, its stdout lines (JSON, one event each) arriving on a channel.
 struct Peer {
     child: Child,
-    lines: mpsc::Receiver<Value>,
+    lines: mpsc::Receiver<String>,
     seen: Vec<Value>,
 }
 
 impl Peer {
     fn start(args: &[&str]) -> Peer {
         let mut child = Command::new(venv_python())
-            .arg(root().join("tests/ros_peer.py"))
+            .arg(repo().join("tests/ros_peer.py"))
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn ros_peer.py");
-        let out = child.stdout.take().expect("stdout");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(out).lines().map_while(Result::ok) {
-                let v: Value = serde_json::from_str(&line)
-                    .unwrap_or_else(|_| serde_json::json!({"event": "raw", "line": line}));
-                if tx.send(v).is_err() {
-                    break;
-                }
-            }
-        });
+        let lines = read_lines(child.stdout.take().expect("stdout"));
         Peer {
             child,
-            lines: rx,
+            lines,
             seen: Vec::new(),
         }
     }
@@ -89,7 +48,9 @@ impl Peer {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
-                Ok(v) => {
+                Ok(line) => {
+                    let v: Value = serde_json::from_str(&line)
+                        .unwrap_or_else(|_| serde_json::json!({"event": "raw", "line": line}));
                     self.seen.push(v.clone());
                     if v["event"] == "error" {
                         panic!("peer failed: {v}\nseen: {:?}", self.seen);
@@ -122,43 +83,18 @@ impl Drop for Peer {
     }
 }
 
-/// The records of `dir` about `audit_id`: through `autonomy wal inspect --json` when this build
-/// has it, otherwise by scanning the segment files' JSON payloads.
+/// The records of `dir` about `audit_id`, as compact JSON text.
 fn wal_texts_for(dir: &Path, audit_id: &str) -> Vec<String> {
-    let has_inspect = Command::new(bin())
-        .args(["wal", "inspect", "--help"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if has_inspect {
-        return records_for(dir, audit_id)
-            .iter()
-            .map(|r| r.to_string().replace(' ', ""))
-            .collect();
-    }
-    let mut out = Vec::new();
-    let needle = format!("\"audit_id\":\"{audit_id}\"");
-    let find = |hay: &[u8], pat: &[u8]| hay.windows(pat.len()).position(|w| w == pat);
-    for ent in std::fs::read_dir(dir).expect("WAL dir").flatten() {
-        let bytes = std::fs::read(ent.path()).unwrap_or_default();
-        let mut from = 0;
-        while let Some(i) = find(&bytes[from..], needle.as_bytes()) {
-            let start = from + i;
-            // Up to the record's closing `"type":"…"}` (keys are written sorted).
-            let end = find(&bytes[start..], b"\"type\":")
-                .map(|j| start + j + 30)
-                .unwrap_or(bytes.len())
-                .min(bytes.len());
-            out.push(String::from_utf8_lossy(&bytes[start..end]).to_string());
-            from = start + needle.len();
-        }
-    }
-    out
+    records_for(dir, audit_id)
+        .iter()
+        .map(|r| r.to_string().replace(' ', ""))
+        .collect()
 }
 
 #[test]
 fn tool_service_decisions_and_discovery_with_a_cyclone_peer() {
     let py = venv_python();
-    let d_id = domain(0);
+    let d_id = ros_domain();
     let tmp = tempfile::tempdir().unwrap();
     let wal = tmp.path().join("wal");
     let mut d = Daemon::start_in(&wal, &["--demo", "--ros"], |c| {
@@ -315,10 +251,11 @@ async fn deny_all_node(
     mapping: autonomy::ros::ServiceMapping,
 ) -> (autonomy::runtime::Runtime, autonomy::ros::RosHandle) {
     use autonomy::runtime::{Runtime, RuntimeConfig};
-    let cfg = RuntimeConfig::loopback(Box::new(autonomy::policy::DenyAll::new()), dir.join("wal"));
-    let runtime = Runtime::start(cfg).await.expect("runtime");
-    let ros = autonomy::ros::start_ros(
-        runtime.gate().clone(),
+    let cfg = RuntimeConfig::new(Box::new(autonomy::policy::DenyAll::new()), dir.join("wal"));
+    let runtime = Runtime::open(cfg).await.expect("runtime");
+    runtime.start(None).await.expect("runtime start");
+    let ros = autonomy::ros::start(
+        &runtime,
         autonomy::ros::RosConfig {
             domain_id: domain,
             mapping,
@@ -334,7 +271,7 @@ fn markers_reach_late_subscribers() {
     use autonomy::ros::ServiceMapping;
 
     let _ = venv_python();
-    let d_id = domain(1);
+    let d_id = ros_domain();
     let tmp = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -387,23 +324,21 @@ fn markers_reach_late_subscribers() {
 #[test]
 fn invalid_domain_id_is_one_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
-    let out = Command::new(bin())
-        .args([
+    let o = cli(
+        &[
             "runtime",
             "start",
             "--demo",
             "--ros",
             "--listen",
             "127.0.0.1:0",
-        ])
-        .arg("--wal-dir")
-        .arg(tmp.path().join("wal"))
-        .env("ROS_DOMAIN_ID", "300")
-        .stdin(Stdio::null())
-        .output()
-        .expect("run");
-    assert_eq!(out.status.code(), Some(2));
-    let err = String::from_utf8_lossy(&out.stderr);
+            "--wal-dir",
+            p(&tmp.path().join("wal")),
+        ],
+        &[("ROS_DOMAIN_ID", "300")],
+    );
+    assert_eq!(o.code, 2);
+    let err = o.stderr;
     let lines: Vec<&str> = err.lines().collect();
     assert_eq!(lines.len(), 1, "{err}");
     assert!(
@@ -416,18 +351,13 @@ fn invalid_domain_id_is_one_clear_error() {
 #[test]
 fn launch_file_is_valid_python() {
     let tmp = tempfile::tempdir().unwrap();
-    let f = root().join("launch/autonomy.launch.py");
-    let out = Command::new("python3")
-        .args(["-m", "py_compile"])
+    let f = repo().join("launch/autonomy.launch.py");
+    let mut cmd = Command::new("python3");
+    cmd.args(["-m", "py_compile"])
         .arg(&f)
-        .env("PYTHONPYCACHEPREFIX", tmp.path())
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .env("PYTHONPYCACHEPREFIX", tmp.path());
+    let o = run(cmd, Duration::from_secs(60));
+    assert_eq!(o.code, 0, "{}", o.stderr);
     let text = std::fs::read_to_string(&f).unwrap();
     for needle in [
         "ExecuteProcess",
@@ -444,7 +374,7 @@ fn launch_file_is_valid_python() {
 /// The interface package defines the fields the Rust types serialise, in the same order.
 #[test]
 fn ros_msgs_match_the_rust_types() {
-    let pkg = root().join("ros_msgs/autonomy_msgs");
+    let pkg = repo().join("ros_msgs/autonomy_msgs");
     let fields = |rel: &str| -> Vec<Vec<(String, String)>> {
         let text = std::fs::read_to_string(pkg.join(rel)).unwrap();
         text.split("\n---")
@@ -524,7 +454,7 @@ fn enhanced_mapping_round_trip_with_a_ros2_client_client() {
         Context, ContextOptions, Name, NodeName, NodeOptions, QosProfile, ServiceTypeName,
     };
 
-    let d_id = domain(2);
+    let d_id = ros_domain();
     let tmp = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

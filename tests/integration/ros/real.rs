@@ -13,17 +13,14 @@
 //! `ros_msgs/autonomy_msgs` and the test package `tests/ros_pkgs/autonomy_test_nodes`) is built
 //! once per test run and shared.
 
-mod common;
-
 use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use serde_json::Value;
@@ -103,13 +100,9 @@ fn r2r(test: &str) -> Option<Build> {
     }
 }
 
-/// A fresh domain id per call: a base from the pid (apart from concurrent test processes),
-/// then one more per test.
+/// A fresh domain id per call, apart from every other ROS test of the suite.
 fn domain() -> u16 {
-    static NEXT: AtomicU16 = AtomicU16::new(0);
-    let n = NEXT.fetch_add(1, Ordering::SeqCst);
-    assert!(n < 44, "more than 44 domains in one run");
-    1 + (std::process::id() % 5) as u16 * 44 + n
+    ros_domain()
 }
 
 /// Where one ROS test runs: its RMW, its domain, optionally the colcon workspace overlay.
@@ -591,7 +584,7 @@ fn graph_service_and_decisions(rmw: &'static str, build: Build) {
     };
     assert!(start.contains(want), "{}: start line {start:?}", build.name);
     let tool = |body: &str| {
-        common::http(
+        http(
             addr,
             "POST",
             "/v1/tool",

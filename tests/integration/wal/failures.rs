@@ -3,13 +3,13 @@
 //! WAL failed until restart. Either way the failing call gets 503 and nothing executes, the first
 //! failure is one error line on stderr, and a recovery is one line.
 
-mod common;
-
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
 use autonomy::wal::segment_name;
-use common::*;
+use nix::sys::resource::{RLIM_INFINITY, Resource};
+
+use crate::common::*;
 
 /// An echo call whose record is about 2 KiB, so a 64 KiB segment fills in a few dozen calls.
 fn echo(d: &Daemon, tag: &str) -> Resp {
@@ -149,26 +149,14 @@ fn a_segment_that_cannot_be_created_is_retried_on_the_next_call() {
 
 #[test]
 fn a_failed_write_of_record_bytes_keeps_the_wal_failed() {
-    use std::os::unix::process::CommandExt;
     let tmp = tempfile::tempdir().unwrap();
     let wal = tmp.path().join("wal");
     // A per-file size limit makes a write of record bytes fail (EFBIG) once the segment reaches
     // 64 KiB, the same path as a full disk. The hard limit stays unlimited so that the soft
     // limit can be lifted later from outside.
-    let mut d = Daemon::start_in(
-        &wal,
-        &["--demo", "--wal-segment-bytes", "1048576"],
-        |c| unsafe {
-            c.pre_exec(|| {
-                nix::sys::resource::setrlimit(
-                    nix::sys::resource::Resource::RLIMIT_FSIZE,
-                    64 * 1024,
-                    nix::sys::resource::RLIM_INFINITY,
-                )
-                .map_err(std::io::Error::from)
-            });
-        },
-    );
+    let mut d = Daemon::start_in(&wal, &["--demo", "--wal-segment-bytes", "1048576"], |c| {
+        set_rlimit(c, Resource::RLIMIT_FSIZE, 64 * 1024, RLIM_INFINITY)
+    });
     let mut failed = None;
     for i in 0..200 {
         let r = echo(&d, &format!("call{i}"));
@@ -210,13 +198,8 @@ fn a_failed_write_of_record_bytes_keeps_the_wal_failed() {
 
 /// Raises the soft file-size limit of process `pid` to its (unlimited) hard limit.
 fn lift_file_size_limit(pid: u32) {
-    let out = std::process::Command::new("prlimit")
-        .args(["--pid", &pid.to_string(), "--fsize=unlimited"])
-        .output()
-        .expect("prlimit (util-linux) is needed for this test");
-    assert!(
-        out.status.success(),
-        "prlimit failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut cmd = std::process::Command::new("prlimit");
+    cmd.args(["--pid", &pid.to_string(), "--fsize=unlimited"]);
+    let o = run(cmd, Duration::from_secs(20));
+    assert_eq!(o.code, 0, "prlimit (util-linux) failed: {}", o.stderr);
 }

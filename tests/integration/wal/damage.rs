@@ -1,131 +1,26 @@
 //! Damage tests: corrupt a WAL on disk, then check that `Wal::open` and `autonomy wal verify`
 //! (the built binary) refuse it with the right code, or cut back a torn tail and say so.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use autonomy::types::AuditId;
 use autonomy::wal::{
-    NewRecord, Preallocate, Reader, RecordType, StoredRecord, SyncMode, Wal, WalError, WalOptions,
-    segment_name, verify,
+    NewRecord, Preallocate, RecordType, StoredRecord, Wal, WalError, WalOptions, segment_name,
+    verify,
 };
 
-fn opts() -> WalOptions {
-    WalOptions {
-        segment_bytes: 1024 * 1024,
-        sync: SyncMode::Fsync,
-        preallocate: Preallocate::Fallocate,
-    }
-}
+use super::{frame, long_wal, opts, records, seg1, verify as verify_bin, write_wal};
+use crate::common::{bin, cli, wait_timeout};
 
-/// Writes `n` records (seq 1..=n) and closes the WAL.
-fn make_wal(dir: &Path, n: u64, o: WalOptions) -> Vec<StoredRecord> {
-    let (w, _) = Wal::open(dir, o).unwrap();
-    for i in 1..=n {
-        w.append(
-            NewRecord::new(RecordType::Decision, Some(AuditId::new()))
-                .with("kind", "tool.http_get")
-                .with("decision", "allow")
-                .with("note", format!("hello record {i}")),
-        )
-        .unwrap();
-    }
-    w.close().unwrap();
-    drop(w);
-    records(dir)
-}
-
-/// Ten small records, then more than the last write could have carried
-/// (`autonomy::wal::MAX_BATCH_BYTES`) in ten large ones, all in one segment: damage in the small
-/// ones lies before anything a crash could have torn.
-fn make_long_wal(dir: &Path) -> Vec<StoredRecord> {
-    let (w, _) = Wal::open(
-        dir,
-        WalOptions {
-            segment_bytes: 8 * 1024 * 1024,
-            ..opts()
-        },
-    )
-    .unwrap();
-    for i in 1..=20u64 {
-        let pad = if i > 10 { 256 * 1024 } else { 0 };
-        w.append(
-            NewRecord::new(RecordType::Decision, Some(AuditId::new()))
-                .with("kind", "tool.http_get")
-                .with("decision", "allow")
-                .with("note", format!("hello record {i}"))
-                .with("pad", "p".repeat(pad)),
-        )
-        .unwrap();
-    }
-    w.close().unwrap();
-    drop(w);
-    let recs = records(dir);
-    let after_small = recs[10].offset;
-    let end = recs[19].offset + 8 + recs[19].raw.len() as u64;
-    assert!(end - after_small > autonomy::wal::MAX_BATCH_BYTES + autonomy::wal::TORN_PAGE);
-    recs
-}
-
-fn records(dir: &Path) -> Vec<StoredRecord> {
-    Reader::open(dir)
-        .unwrap()
-        .collect::<Result<Vec<_>, _>>()
-        .unwrap()
-}
-
-fn seg1(dir: &Path) -> PathBuf {
-    dir.join(segment_name(1))
-}
-
-/// Byte range of record `r`'s whole frame.
-fn frame(bytes: &[u8], r: &StoredRecord) -> std::ops::Range<usize> {
-    let o = r.offset as usize;
-    let len = u32::from_le_bytes(bytes[o..o + 4].try_into().unwrap()) as usize;
-    o..o + 8 + len
-}
-
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs the built binary with a 30 s limit.
-fn autonomy(args: &[&str]) -> Out {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_autonomy"))
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            break;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("autonomy {args:?} timed out");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let o = child.wait_with_output().unwrap();
-    Out {
-        code: o.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-    }
-}
-
-fn verify_bin(dir: &Path) -> Out {
-    autonomy(&["wal", "verify", "--dir", dir.to_str().unwrap()])
+/// 1 MiB segments, preallocated with fallocate (a zeroed tail reads as the end of the data).
+fn opts1() -> WalOptions {
+    opts(1024 * 1024, Preallocate::Fallocate)
 }
 
 /// Open must refuse with `code`; the message names the segment and offset; `wal verify` exits 1.
 fn assert_refused(dir: &Path, code: &str, offset: u64) {
-    let e = Wal::open(dir, opts()).unwrap_err();
+    let e = Wal::open(dir, opts1()).unwrap_err();
     assert!(matches!(e, WalError::Damaged(_)), "{e}");
     let msg = e.to_string();
     assert!(msg.starts_with(code), "{msg}");
@@ -156,9 +51,9 @@ fn assert_refused(dir: &Path, code: &str, offset: u64) {
 #[test]
 fn flipped_byte_in_a_middle_record_is_a_crc_mismatch() {
     let d = tempfile::tempdir().unwrap();
-    let recs = make_long_wal(d.path());
+    let recs = long_wal(d.path(), Preallocate::Fallocate);
     let mut b = std::fs::read(seg1(d.path())).unwrap();
-    let r = frame(&b, &recs[4]);
+    let r = frame(&recs[4]);
     b[r.start + 8 + 20] ^= 0x01;
     std::fs::write(seg1(d.path()), &b).unwrap();
     assert_refused(d.path(), "WAL_CRC_MISMATCH", recs[4].offset);
@@ -169,9 +64,9 @@ fn flipped_byte_in_a_middle_record_is_a_crc_mismatch() {
 #[test]
 fn flipped_length_field_in_a_middle_record_is_a_crc_mismatch() {
     let d = tempfile::tempdir().unwrap();
-    let recs = make_long_wal(d.path());
+    let recs = long_wal(d.path(), Preallocate::Fallocate);
     let mut b = std::fs::read(seg1(d.path())).unwrap();
-    let r = frame(&b, &recs[3]);
+    let r = frame(&recs[3]);
     b[r.start] ^= 0x04;
     std::fs::write(seg1(d.path()), &b).unwrap();
     assert_refused(d.path(), "WAL_CRC_MISMATCH", recs[3].offset);
@@ -182,16 +77,16 @@ fn damage_at_the_end_of_a_non_last_segment_is_not_a_torn_tail() {
     let d = tempfile::tempdir().unwrap();
     let o = WalOptions {
         segment_bytes: 2048,
-        ..opts()
+        ..opts1()
     };
-    make_wal(d.path(), 40, o.clone());
+    write_wal(d.path(), o.clone(), 40);
     let segs = autonomy::wal::list_segments(d.path()).unwrap();
     assert!(segs.len() >= 3);
     let all = records(d.path());
     let last_of_first: Vec<_> = all.iter().filter(|r| r.segment == segs[0].1).collect();
     let victim = last_of_first.last().unwrap();
     let mut b = std::fs::read(&segs[0].1).unwrap();
-    let r = frame(&b, victim);
+    let r = frame(victim);
     b[r.end - 3] ^= 0xff;
     std::fs::write(&segs[0].1, &b).unwrap();
     let e = Wal::open(d.path(), o).unwrap_err().to_string();
@@ -201,7 +96,7 @@ fn damage_at_the_end_of_a_non_last_segment_is_not_a_torn_tail() {
 
 fn torn_tail_case(cut: impl FnOnce(&Path, &[StoredRecord])) {
     let d = tempfile::tempdir().unwrap();
-    let recs = make_wal(d.path(), 10, opts());
+    let recs = write_wal(d.path(), opts1(), 10);
     cut(d.path(), &recs);
     // verify: a warning, exit 0, nothing modified.
     let before = std::fs::read(seg1(d.path())).unwrap();
@@ -211,7 +106,7 @@ fn torn_tail_case(cut: impl FnOnce(&Path, &[StoredRecord])) {
     assert!(out.stdout.contains("warning: torn tail"), "{}", out.stdout);
     assert_eq!(std::fs::read(seg1(d.path())).unwrap(), before);
     // open: cut back, reported, recorded.
-    let (w, rec) = Wal::open(d.path(), opts()).unwrap();
+    let (w, rec) = Wal::open(d.path(), opts1()).unwrap();
     assert_eq!(rec.records, 9);
     let t = rec.trimmed.expect("trim reported");
     assert!(
@@ -228,7 +123,7 @@ fn torn_tail_case(cut: impl FnOnce(&Path, &[StoredRecord])) {
     for (a, b) in after.iter().zip(&recs[..9]) {
         assert_eq!(a.raw, b.raw, "earlier records intact");
     }
-    assert_eq!(after[9].rtype, "runtime");
+    assert_eq!(after[9].rtype, autonomy::wal::RecordType::Runtime);
     assert_eq!(after[9].payload["event"], "wal.recovered");
     assert_eq!(after[9].payload["offset"], recs[9].offset);
     let out = verify_bin(d.path());
@@ -253,7 +148,7 @@ fn zeroed_tail_of_a_preallocated_segment_is_cut_back() {
     // The end of the last frame never reached the disk: zeros in the preallocated region.
     torn_tail_case(|dir, recs| {
         let mut b = std::fs::read(seg1(dir)).unwrap();
-        let r = frame(&b, &recs[9]);
+        let r = frame(&recs[9]);
         for x in &mut b[r.start + 30..r.end] {
             *x = 0;
         }
@@ -264,9 +159,9 @@ fn zeroed_tail_of_a_preallocated_segment_is_cut_back() {
 #[test]
 fn removed_middle_record_is_a_seq_gap() {
     let d = tempfile::tempdir().unwrap();
-    let recs = make_wal(d.path(), 10, opts());
+    let recs = write_wal(d.path(), opts1(), 10);
     let mut b = std::fs::read(seg1(d.path())).unwrap();
-    let r = frame(&b, &recs[4]);
+    let r = frame(&recs[4]);
     b.drain(r);
     std::fs::write(seg1(d.path()), &b).unwrap();
     assert_refused(d.path(), "WAL_SEQ_GAP", recs[4].offset);
@@ -277,10 +172,10 @@ fn removed_middle_record_is_a_seq_gap() {
 #[test]
 fn swapped_middle_records_are_a_seq_gap() {
     let d = tempfile::tempdir().unwrap();
-    let recs = make_wal(d.path(), 10, opts());
+    let recs = write_wal(d.path(), opts1(), 10);
     let b = std::fs::read(seg1(d.path())).unwrap();
-    let r4 = frame(&b, &recs[3]);
-    let r5 = frame(&b, &recs[4]);
+    let r4 = frame(&recs[3]);
+    let r5 = frame(&recs[4]);
     let mut nb = b[..r4.start].to_vec();
     nb.extend_from_slice(&b[r5.clone()]);
     nb.extend_from_slice(&b[r4]);
@@ -293,9 +188,9 @@ fn swapped_middle_records_are_a_seq_gap() {
 #[test]
 fn edited_record_with_fixed_crc_breaks_the_chain() {
     let d = tempfile::tempdir().unwrap();
-    let recs = make_wal(d.path(), 10, opts());
+    let recs = write_wal(d.path(), opts1(), 10);
     let mut b = std::fs::read(seg1(d.path())).unwrap();
-    let r = frame(&b, &recs[4]);
+    let r = frame(&recs[4]);
     let payload = &mut b[r.start + 8..r.end];
     let pos = payload
         .windows(5)
@@ -313,9 +208,9 @@ fn edited_record_with_fixed_crc_breaks_the_chain() {
 #[test]
 fn unparsable_payload_with_valid_crc_is_bad_payload() {
     let d = tempfile::tempdir().unwrap();
-    let recs = make_wal(d.path(), 5, opts());
+    let recs = write_wal(d.path(), opts1(), 5);
     let mut b = std::fs::read(seg1(d.path())).unwrap();
-    let r = frame(&b, &recs[2]);
+    let r = frame(&recs[2]);
     b[r.start + 8] = b'[';
     let crc = crc32c::crc32c(&b[r.start + 8..r.end]);
     b[r.start + 4..r.start + 8].copy_from_slice(&crc.to_le_bytes());
@@ -353,7 +248,7 @@ fn verify_bad_input_is_one_line_and_non_zero() {
 
     let f = d.path().join("file");
     std::fs::write(&f, b"x").unwrap();
-    let out = autonomy(&["wal", "inspect", "--dir", f.to_str().unwrap()]);
+    let out = cli(&["wal", "inspect", "--dir", f.to_str().unwrap()], &[]);
     assert_ne!(out.code, 0);
     assert_eq!(out.stderr.lines().count(), 1, "{}", out.stderr);
     assert!(out.stderr.contains("not a directory"), "{}", out.stderr);
@@ -362,21 +257,27 @@ fn verify_bad_input_is_one_line_and_non_zero() {
 #[test]
 fn inspect_filters_and_json() {
     let d = tempfile::tempdir().unwrap();
-    let recs = make_wal(d.path(), 6, opts());
+    let recs = write_wal(d.path(), opts1(), 6);
     let dir = d.path().to_str().unwrap();
-    let out = autonomy(&["wal", "inspect", "--dir", dir, "--json", "--since", "3"]);
+    let out = cli(
+        &["wal", "inspect", "--dir", dir, "--json", "--since", "3"],
+        &[],
+    );
     assert_eq!(out.code, 0, "{}", out.stderr);
     let lines: Vec<_> = out.stdout.lines().collect();
     assert_eq!(lines.len(), 4);
     assert!(lines[0].starts_with("{\"seq\":3,"), "{}", lines[0]);
     let aid = recs[1].audit_id.clone().unwrap();
-    let out = autonomy(&["wal", "inspect", "--dir", dir, "--audit-id", &aid]);
+    let out = cli(
+        &["wal", "inspect", "--dir", dir, "--audit-id", aid.as_str()],
+        &[],
+    );
     assert_eq!(out.code, 0);
     assert_eq!(out.stdout.lines().count(), 2, "{}", out.stdout); // header + 1
     assert!(out.stdout.contains("decision=allow"), "{}", out.stdout);
-    let out = autonomy(&["wal", "inspect", "--dir", dir, "--type", "runtime"]);
+    let out = cli(&["wal", "inspect", "--dir", dir, "--type", "runtime"], &[]);
     assert_eq!(out.stdout.lines().count(), 1, "{}", out.stdout);
-    let out = autonomy(&["wal", "inspect", "--dir", dir, "--type", "bogus"]);
+    let out = cli(&["wal", "inspect", "--dir", dir, "--type", "bogus"], &[]);
     assert_ne!(out.code, 0);
 }
 
@@ -385,12 +286,12 @@ fn follow_sees_new_records_and_exits_on_sigterm() {
     let d = tempfile::tempdir().unwrap();
     let o = WalOptions {
         segment_bytes: 1024,
-        ..opts()
+        ..opts1()
     };
     let (w, _) = Wal::open(d.path(), o).unwrap();
     w.append(NewRecord::new(RecordType::Runtime, None).with("event", "started"))
         .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_autonomy"))
+    let mut child = Command::new(bin())
         .args(["wal", "inspect", "--json", "--follow", "--dir"])
         .arg(d.path())
         .stdout(Stdio::piped())
@@ -408,14 +309,7 @@ fn follow_sees_new_records_and_exits_on_sigterm() {
         nix::sys::signal::Signal::SIGTERM,
     )
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("--follow did not exit on SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_timeout(&mut child, Duration::from_secs(10)).expect("--follow did not exit on SIGTERM");
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0));
     let text = String::from_utf8_lossy(&out.stdout);

@@ -2,14 +2,14 @@
 //! wrote too much, malformed bodies, slow or silent connections, floods of them, and the
 //! connection limit. Every case against the real binary over real sockets.
 
-mod common;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::*;
+use nix::sys::resource::Resource;
+
+use crate::common::*;
 
 const GOOD: &str = r#"{"kind":"tool.echo","params":{"message":"still here"}}"#;
 
@@ -55,16 +55,11 @@ for content_type, method, want in [
 #[test]
 fn an_agent_that_writes_before_reading_sees_every_early_answer() {
     let d = Daemon::start(&["--demo"]);
-    let out = Command::new("python3")
-        .args(["-c", URLLIB_CLIENT, &d.url(), "50"])
-        .output()
-        .expect("python3");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", URLLIB_CLIENT, &d.url(), "50"]);
+    let o = run(cmd, Duration::from_secs(300));
+    let text = o.stdout;
+    assert_eq!(o.code, 0, "{text}{}", o.stderr);
     for want in [
         "POST application/json 413: 50/50 {}",
         "POST text/plain 415: 50/50 {}",
@@ -88,28 +83,7 @@ fn write_all_then_read(addr: SocketAddr, head: &str, body: &[u8]) -> Resp {
         .expect("the server keeps reading an unread body (lingering close)");
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).expect("read the answer");
-    parse_raw(&raw)
-}
-
-fn parse_raw(raw: &[u8]) -> Resp {
-    let text = String::from_utf8_lossy(raw);
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("no HTTP head in {text:?}"));
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|s| s.parse().ok())
-        .expect("status line");
-    Resp {
-        status,
-        headers: lines
-            .filter_map(|l| l.split_once(':'))
-            .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-            .collect(),
-        body: body.as_bytes().to_vec(),
-    }
+    parse_response(&raw)
 }
 
 #[test]
@@ -207,7 +181,7 @@ fn send_raw(addr: SocketAddr, raw: &[u8], half_close: bool) -> Resp {
     }
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
-    parse_raw(&out)
+    parse_response(&out)
 }
 
 #[test]
@@ -264,7 +238,7 @@ fn a_body_that_stalls_gets_408_after_the_body_timeout() {
         .unwrap();
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
-    let r = parse_raw(&out);
+    let r = parse_response(&out);
     assert_eq!(r.status, 408);
     assert!(
         r.json()["error"]
@@ -349,9 +323,11 @@ fn silent_half_sent_and_idle_connections_are_closed_on_time() {
     assert_eq!(d.tool(GOOD).status, 200);
 }
 
-/// Raises this test process's own open-file limit so it can hold a flood of connections.
+/// Raises this test process's own open-file limit so it can hold a flood of connections. The one
+/// process-wide change a test makes: only upwards, and no other test depends on the limit (the
+/// daemons that do get theirs set in the child).
 fn raise_own_nofile(want: u64) -> bool {
-    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    use nix::sys::resource::{getrlimit, setrlimit};
     let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
         return false;
     };
@@ -360,18 +336,14 @@ fn raise_own_nofile(want: u64) -> bool {
 
 #[test]
 fn a_flood_of_idle_connections_does_not_starve_a_well_behaved_client() {
-    use std::os::unix::process::CommandExt;
     assert!(
         raise_own_nofile(4096),
         "this test needs an open-file limit of 4096 for its own sockets"
     );
     let tmp = tempfile::tempdir().unwrap();
     // The daemon at `ulimit -n 1024`, as an unprivileged service often is.
-    let d = Daemon::start_in(&tmp.path().join("wal"), &["--demo"], |c| unsafe {
-        c.pre_exec(|| {
-            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, 1024, 1024)
-                .map_err(std::io::Error::from)
-        });
+    let d = Daemon::start_in(&tmp.path().join("wal"), &["--demo"], |c| {
+        set_rlimit(c, Resource::RLIMIT_NOFILE, 1024, 1024)
     });
     let mut flood = Vec::new();
     for i in 0..1100 {
@@ -450,12 +422,8 @@ fn bad_limit_flags_are_one_line() {
         ("--idle-timeout", "soon"),
         ("--max-connections", "0"),
     ] {
-        let out = Command::new(bin())
-            .args(["runtime", "start", "--demo", flag, value])
-            .output()
-            .unwrap();
-        assert_eq!(out.status.code(), Some(2), "{flag} {value}");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(flag), "{flag} {value}: {err}");
+        let o = cli(&["runtime", "start", "--demo", flag, value], &[]);
+        assert_eq!(o.code, 2, "{flag} {value}");
+        assert!(o.stderr.contains(flag), "{flag} {value}: {}", o.stderr);
     }
 }

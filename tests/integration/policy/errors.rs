@@ -2,65 +2,14 @@
 //! error a user can provoke, against the real binary: scripts and operators match on these
 //! lines, and `policy.rejected` records carry them in the WAL.
 
-mod common;
-
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::*;
-use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
+use serde_json::json;
 
-// ---------------------------------------------------------------------------------------------
-// Helpers.
-
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs the binary with a 120 s limit.
-fn cli(args: &[&str], env: &[(&str, &str)]) -> Out {
-    let mut cmd = Command::new(bin());
-    cmd.args(args)
-        .env_remove("AUTONOMY_POLICY_DIR")
-        .env_remove("SOURCE_DATE_EPOCH")
-        .env_remove("AUTONOMY_WAL_DIR")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("spawn autonomy");
-    let mut so = child.stdout.take().unwrap();
-    let mut se = child.stderr.take().unwrap();
-    let t1 = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = so.read_to_string(&mut s);
-        s
-    });
-    let t2 = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = se.read_to_string(&mut s);
-        s
-    });
-    let st = wait_timeout(&mut child, Duration::from_secs(120))
-        .unwrap_or_else(|| panic!("autonomy {args:?} did not finish within 120 s"));
-    Out {
-        code: st.code().unwrap_or(-1),
-        stdout: t1.join().unwrap(),
-        stderr: t2.join().unwrap(),
-    }
-}
-
-fn p(path: &Path) -> &str {
-    path.to_str().unwrap()
-}
+use super::*;
+use crate::common::*;
 
 /// Asserts that `o` exited with `code` and printed exactly `line` (and nothing else) on stderr.
 fn assert_one_line(label: &str, o: &Out, code: i32, line: &str) {
@@ -72,105 +21,9 @@ fn assert_one_line(label: &str, o: &Out, code: i32, line: &str) {
     );
 }
 
-const ALLOW_ECHO: &str =
-    "package autonomy\n\ndefault allow := false\n\nallow if input.kind == \"tool.echo\"\n";
 const NO_ALLOW: &str = "package autonomy\n\nfoo := 1\n";
 /// What the compiler says about [`NO_ALLOW`].
 const NO_ALLOW_LINE: &str = "entry point missing: the policy must define `package autonomy` with a rule `allow` (not a valid rule path)";
-
-/// The documented bundle hash, computed independently.
-fn doc_hash(files: &BTreeMap<String, Vec<u8>>) -> String {
-    let mut h = Sha256::new();
-    for (n, c) in files {
-        if n == "manifest.json" {
-            continue;
-        }
-        h.update(n.as_bytes());
-        h.update([0]);
-        h.update(c.len().to_string().as_bytes());
-        h.update([0]);
-        h.update(c);
-    }
-    format!("sha256:{}", hex::encode(h.finalize()))
-}
-
-/// One archive entry, with a raw name (no path checks).
-struct Entry {
-    name: Vec<u8>,
-    kind: tar::EntryType,
-    data: Vec<u8>,
-    /// The size the header declares (`data.len()` unless set).
-    size: Option<u64>,
-}
-
-fn file(name: &str, data: &[u8]) -> Entry {
-    Entry {
-        name: name.as_bytes().to_vec(),
-        kind: tar::EntryType::Regular,
-        data: data.to_vec(),
-        size: None,
-    }
-}
-
-fn special(name: &str, kind: tar::EntryType) -> Entry {
-    Entry {
-        name: name.as_bytes().to_vec(),
-        kind,
-        data: Vec::new(),
-        size: None,
-    }
-}
-
-/// A `.tar.gz` of `entries`, exactly as given.
-fn raw_tar(entries: &[Entry]) -> Vec<u8> {
-    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
-    let mut b = tar::Builder::new(gz);
-    for e in entries {
-        let mut h = tar::Header::new_gnu();
-        {
-            let g = h.as_gnu_mut().unwrap();
-            g.name = [0; 100];
-            g.name[..e.name.len()].copy_from_slice(&e.name);
-        }
-        h.set_mode(0o644);
-        h.set_mtime(0);
-        h.set_entry_type(e.kind);
-        if e.kind == tar::EntryType::Symlink || e.kind == tar::EntryType::Link {
-            h.set_link_name("/etc/passwd").unwrap();
-        }
-        h.set_size(e.size.unwrap_or(e.data.len() as u64));
-        h.set_cksum();
-        b.append(&h, e.data.as_slice()).unwrap();
-    }
-    b.into_inner().unwrap().finish().unwrap()
-}
-
-/// A native bundle: `files` plus a `manifest.json` made of `manifest` with the right
-/// `bundle_hash` added unless `manifest` has one.
-fn native_with(files: &[(&str, &[u8])], manifest: Value) -> Vec<u8> {
-    let mut m: BTreeMap<String, Vec<u8>> = files
-        .iter()
-        .map(|(n, c)| (n.to_string(), c.to_vec()))
-        .collect();
-    let mut manifest = manifest;
-    if manifest.get("bundle_hash").is_none() {
-        manifest["bundle_hash"] = doc_hash(&m).into();
-    }
-    m.insert(
-        "manifest.json".into(),
-        serde_json::to_vec(&manifest).unwrap(),
-    );
-    let entries: Vec<Entry> = m.iter().map(|(n, c)| file(n, c)).collect();
-    raw_tar(&entries)
-}
-
-/// A native bundle named `hostile`, version 6.6.6, of `files`.
-fn native(files: &[(&str, &[u8])]) -> Vec<u8> {
-    native_with(
-        files,
-        json!({"name": "hostile", "policy_bundle_version": "6.6.6"}),
-    )
-}
 
 /// An OPA-layout bundle (no manifest.json) of `files`.
 fn opa(files: &[(&str, &[u8])]) -> Vec<u8> {
@@ -178,99 +31,15 @@ fn opa(files: &[(&str, &[u8])]) -> Vec<u8> {
     raw_tar(&entries)
 }
 
-/// `policy build` of a good one-file policy into `dir/<name>.tar.gz`.
+/// `policy build` of a good one-file policy (its own, by a comment naming it) into
+/// `dir/<name>-<version>.tar.gz`.
 fn built(dir: &Path, name: &str, version: &str) -> PathBuf {
-    let src = dir.join(format!("src-{name}-{version}"));
-    std::fs::create_dir_all(&src).unwrap();
-    std::fs::write(src.join("p.rego"), format!("{ALLOW_ECHO}# {name}\n")).unwrap();
-    let out = dir.join(format!("{name}-{version}.tar.gz"));
-    let o = cli(
-        &[
-            "policy",
-            "build",
-            "--in",
-            p(&src),
-            "--out",
-            p(&out),
-            "--version",
-            version,
-            "--name",
-            name,
-        ],
-        &[],
-    );
-    assert_eq!(o.code, 0, "build: {}", o.stderr);
-    out
+    bundle_from(dir, name, version, &format!("{ALLOW_ECHO}# {name}\n"))
 }
 
-fn load(store: &Path, bundle: &Path, wal: Option<&Path>) -> Out {
-    let mut args = vec![
-        "policy",
-        "load",
-        "--bundle",
-        p(bundle),
-        "--policy-dir",
-        p(store),
-    ];
-    if let Some(w) = wal {
-        args.extend(["--wal-dir", p(w)]);
-    }
-    cli(&args, &[])
-}
-
-fn policy_events(dir: &Path, event: &str) -> Vec<Value> {
-    wal_records(dir)
-        .into_iter()
-        .filter(|r| r["type"] == "policy" && r["event"] == event)
-        .collect()
-}
-
-fn meta(store: &Path, slot: &str) -> Value {
-    serde_json::from_slice(&std::fs::read(store.join(slot).join("meta.json")).unwrap()).unwrap()
-}
-
-/// Replaces a slot's bundle by hand (through the slot symlink), with `meta.json` updated to
-/// match it unless `keep_meta`; `source` replaces the recorded source when given.
-fn write_slot(store: &Path, slot: &str, bytes: &[u8], keep_meta: bool, source: Option<&str>) {
-    let d = store.join(slot);
-    std::fs::write(d.join("bundle.tar.gz"), bytes).unwrap();
-    let mut m = meta(store, slot);
-    if !keep_meta {
-        m["hash"] = hash_of(bytes).into();
-    }
-    if let Some(s) = source {
-        m["source"] = s.into();
-    }
-    std::fs::write(d.join("meta.json"), serde_json::to_vec(&m).unwrap()).unwrap();
-}
-
-/// The bundle hash of a `.tar.gz`, computed independently.
-fn hash_of(bytes: &[u8]) -> String {
-    let mut files = BTreeMap::new();
-    let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
-    for e in ar.entries().unwrap() {
-        let mut e = e.unwrap();
-        let n = e.path().unwrap().to_string_lossy().to_string();
-        let mut c = Vec::new();
-        e.read_to_end(&mut c).unwrap();
-        files.insert(n, c);
-    }
-    doc_hash(&files)
-}
-
-fn mkfifo(path: &Path) {
-    nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-}
-
-fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let end = Instant::now() + limit;
-    while Instant::now() < end {
-        if f() {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    f()
+/// Replaces a slot's bundle by hand, with `meta.json`'s hash updated to match it.
+fn write_slot_rehashed(store: &Path, slot: &str, bytes: &[u8]) {
+    write_slot(store, slot, bytes, |m| m["hash"] = hash_of(bytes).into());
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -803,7 +572,7 @@ fn store_errors_are_exact() {
     assert_eq!(load(&store, &b, None).code, 0);
     let lkg_hash = meta(&store, "lkg")["hash"].as_str().unwrap().to_string();
     let other = std::fs::read(&b).unwrap();
-    write_slot(&store, "lkg", &other, true, None);
+    write_slot(&store, "lkg", &other, |_| {});
     let o = cli(&["policy", "rollback", "--policy-dir", p(&store)], &[]);
     let two_hash = meta(&store, "current")["hash"]
         .as_str()
@@ -817,13 +586,7 @@ fn store_errors_are_exact() {
             "policy rollback: FAILED — the lkg slot is not usable: slot bundle hashes to {two_hash}, meta.json says {lkg_hash}"
         ),
     );
-    write_slot(
-        &store,
-        "lkg",
-        &native(&[("p.rego", NO_ALLOW.as_bytes())]),
-        false,
-        None,
-    );
+    write_slot_rehashed(&store, "lkg", &native(&[("p.rego", NO_ALLOW.as_bytes())]));
     let o = cli(&["policy", "rollback", "--policy-dir", p(&store)], &[]);
     assert_one_line(
         "lkg-compile",
@@ -833,7 +596,7 @@ fn store_errors_are_exact() {
     );
 
     // status: an unusable current slot is reported on stdout, exit 1.
-    write_slot(&store, "current", b"garbage, not a bundle", true, None);
+    write_slot(&store, "current", b"garbage, not a bundle", |_| {});
     let o = cli(&["policy", "status", "--policy-dir", p(&store)], &[]);
     assert_eq!(o.code, 1, "{}", o.stderr);
     assert_eq!(
@@ -915,9 +678,9 @@ fn policy_ref_errors_are_exact_usage_errors() {
         .unwrap();
     let missing = root.join("missing.rego");
 
-    let cases: Vec<(&Path, String, String)> = vec![
+    // (--policy REF, the message), each with the empty store.
+    let cases: Vec<(String, String)> = vec![
         (
-            &empty_store,
             "current".into(),
             format!(
                 "--policy current: the policy store {} has no current bundle (load one with `autonomy policy load --bundle FILE`)",
@@ -925,7 +688,6 @@ fn policy_ref_errors_are_exact_usage_errors() {
             ),
         ),
         (
-            &empty_store,
             oci.into(),
             format!(
                 "--policy {oci}: not in the policy store {} (no network is used here; run `autonomy policy pull {oci}` first)",
@@ -933,7 +695,6 @@ fn policy_ref_errors_are_exact_usage_errors() {
             ),
         ),
         (
-            &empty_store,
             "oci://127.0.0.1:9/p/x".into(),
             format!(
                 "--policy oci://127.0.0.1:9/p/x:latest: not in the policy store {} (no network is used here; run `autonomy policy pull oci://127.0.0.1:9/p/x:latest` first)",
@@ -941,12 +702,10 @@ fn policy_ref_errors_are_exact_usage_errors() {
             ),
         ),
         (
-            &empty_store,
             p(&noallow_bundle).into(),
             format!("--policy {}: {NO_ALLOW_LINE}", noallow_bundle.display()),
         ),
         (
-            &empty_store,
             p(&bad_bundle).into(),
             format!(
                 "--policy {}: not a valid .tar.gz bundle: invalid gzip header",
@@ -954,12 +713,10 @@ fn policy_ref_errors_are_exact_usage_errors() {
             ),
         ),
         (
-            &empty_store,
             p(&noallow_dir).into(),
             format!("policy {} rejected: {NO_ALLOW_LINE}", noallow_dir.display()),
         ),
         (
-            &empty_store,
             p(&empty_dir).into(),
             format!(
                 "policy directory {} has no .rego files",
@@ -967,7 +724,6 @@ fn policy_ref_errors_are_exact_usage_errors() {
             ),
         ),
         (
-            &empty_store,
             p(&fifo).into(),
             format!(
                 "--policy {}: not a regular file or a directory (a FIFO or a device cannot hold a policy)",
@@ -975,7 +731,6 @@ fn policy_ref_errors_are_exact_usage_errors() {
             ),
         ),
         (
-            &empty_store,
             p(&missing).into(),
             format!(
                 "--policy {}: no such file or directory (use `demo`, `current`, `oci://host/name:tag`, a bundle .tar.gz, a .rego file or a directory of .rego files)",
@@ -983,12 +738,10 @@ fn policy_ref_errors_are_exact_usage_errors() {
             ),
         ),
         (
-            &empty_store,
             p(&latin1).into(),
             format!("{} is not UTF-8", latin1.display()),
         ),
         (
-            &empty_store,
             p(&big).into(),
             format!(
                 "policy file {} is 4194305 bytes; the limit is 4194304",
@@ -996,11 +749,8 @@ fn policy_ref_errors_are_exact_usage_errors() {
             ),
         ),
     ];
-    for (store_dir, r, msg) in &cases {
-        let o = cli(
-            &["run", "--policy-dir", p(store_dir), "--policy", r, "true"],
-            &[],
-        );
+    for (r, msg) in &cases {
+        let o = run_true(&empty_store, r);
         assert_one_line(r, &o, 2, &format!("autonomy: error: {msg}"));
     }
 
@@ -1009,19 +759,11 @@ fn policy_ref_errors_are_exact_usage_errors() {
         .as_str()
         .unwrap()
         .to_string();
-    write_slot(&store, "current", b"garbage, not a bundle", true, Some(oci));
+    write_slot(&store, "current", b"garbage, not a bundle", |m| {
+        m["source"] = oci.into()
+    });
     let slot_broken = "not a valid .tar.gz bundle: invalid gzip header";
-    let o = cli(
-        &[
-            "run",
-            "--policy-dir",
-            p(&store),
-            "--policy",
-            "current",
-            "true",
-        ],
-        &[],
-    );
+    let o = run_true(&store, "current");
     assert_one_line(
         "current-broken",
         &o,
@@ -1031,10 +773,7 @@ fn policy_ref_errors_are_exact_usage_errors() {
             store.display()
         ),
     );
-    let o = cli(
-        &["run", "--policy-dir", p(&store), "--policy", oci, "true"],
-        &[],
-    );
+    let o = run_true(&store, oci);
     assert_one_line(
         "oci-broken",
         &o,
@@ -1042,18 +781,8 @@ fn policy_ref_errors_are_exact_usage_errors() {
         &format!("autonomy: error: --policy {oci}: the current slot is not usable: {slot_broken}"),
     );
     let other = std::fs::read(built(root, "two", "2.0.0")).unwrap();
-    write_slot(&store, "current", &other, true, None);
-    let o = cli(
-        &[
-            "run",
-            "--policy-dir",
-            p(&store),
-            "--policy",
-            "current",
-            "true",
-        ],
-        &[],
-    );
+    write_slot(&store, "current", &other, |_| {});
+    let o = run_true(&store, "current");
     assert_one_line(
         "current-hash",
         &o,
@@ -1064,18 +793,13 @@ fn policy_ref_errors_are_exact_usage_errors() {
             hash_of(&other)
         ),
     );
-    write_slot(
+    write_slot_rehashed(
         &store,
         "current",
         &native(&[("p.rego", NO_ALLOW.as_bytes())]),
-        false,
-        None,
     );
     for (r, label) in [("current", "current"), (oci, oci)] {
-        let o = cli(
-            &["run", "--policy-dir", p(&store), "--policy", r, "true"],
-            &[],
-        );
+        let o = run_true(&store, r);
         assert_one_line(
             r,
             &o,
@@ -1099,7 +823,7 @@ fn policy_ref_errors_are_exact_usage_errors() {
         )]
     );
     drop(d);
-    write_slot(&store, "current", b"garbage, not a bundle", true, None);
+    write_slot(&store, "current", b"garbage, not a bundle", |_| {});
     let d = Daemon::start(&["--policy-dir", p(&store)]);
     let warn: Vec<&String> = d
         .startup
@@ -1121,10 +845,7 @@ fn hot_reload_rejections_are_exact_on_stderr_and_in_the_wal() {
     let root = t.path();
     let store = root.join("store");
     assert_eq!(load(&store, &built(root, "one", "1.0.0"), None).code, 0);
-    let keep = meta(&store, "current")["policy_ref"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    let keep = current_ref(&store);
     let wal = root.join("wal");
     let mut d = Daemon::start_in(&wal, &["--policy-dir", p(&store)], |_| {});
     let mut seen = Vec::new();
@@ -1138,13 +859,11 @@ fn hot_reload_rejections_are_exact_on_stderr_and_in_the_wal() {
             NO_ALLOW_LINE.to_string(),
         ),
     ] {
-        write_slot(
-            &store,
-            "current",
-            &bytes,
-            bytes.starts_with(b"garbage"),
-            None,
-        );
+        if bytes.starts_with(b"garbage") {
+            write_slot(&store, "current", &bytes, |_| {});
+        } else {
+            write_slot_rehashed(&store, "current", &bytes);
+        }
         let want = format!(
             "autonomy: policy rejected: the current slot is not usable ({reason}); still serving {keep}"
         );
@@ -1181,10 +900,7 @@ fn push_and_pull_errors_are_exact() {
     let missing = root.join("missing.tar.gz");
     let remote = "oci://registry.example.com/p/x:1";
     // A loopback port with nothing listening.
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
+    let closed = closed_port();
     let local = format!("oci://127.0.0.1:{closed}/p/x:1");
 
     let o = cli(&["policy", "push", p(&a), remote, "--insecure"], &[]);
@@ -1234,22 +950,7 @@ fn push_and_pull_errors_are_exact() {
     );
     assert_eq!(o.stderr.lines().count(), 1, "{}", o.stderr);
 
-    let pull = |r: &str| {
-        cli(
-            &[
-                "policy",
-                "pull",
-                r,
-                "--insecure",
-                "--policy-dir",
-                p(&store),
-                "--wal-dir",
-                p(&wal),
-            ],
-            &[],
-        )
-    };
-    let o = pull(remote);
+    let o = pull(remote, &store, Some(&wal));
     let msg =
         "--insecure (plain HTTP) is only allowed for loopback registries, not registry.example.com";
     assert_one_line(
@@ -1263,7 +964,7 @@ fn push_and_pull_errors_are_exact() {
         (last["reason"].as_str(), last["source"].as_str()),
         (Some(msg), Some(remote))
     );
-    let o = pull(&local);
+    let o = pull(&local, &store, Some(&wal));
     assert_eq!(o.code, 1, "{}", o.stderr);
     let line = o.stderr.strip_suffix('\n').unwrap_or(&o.stderr);
     let reason = line

@@ -1,0 +1,294 @@
+//! Golden bytes: each body as the log has always stored it, written out literally (not built
+//! from the structs under test), then read back to the same struct.
+
+use std::borrow::Cow;
+
+use serde_json::{Map, Value, json};
+
+use super::*;
+use crate::types::Decision;
+
+/// Encodes `body` as a record would, checks the exact bytes, the keys against `KEYS`, and that
+/// reading it back (with the payload's header keys around it) gives `want`.
+fn golden<B: RecordBody>(body: &B, bytes: &str, want: Body) {
+    let got = serde_json::to_string(body).unwrap();
+    assert_eq!(got, bytes);
+    let v: Value = serde_json::from_str(&got).unwrap();
+    for k in v.as_object().unwrap().keys() {
+        assert!(B::KEYS.contains(&k.as_str()), "{k} is not in KEYS");
+    }
+    // The stored payload has the reserved keys first; the body parse ignores them.
+    let mut payload = json!({"seq": 7, "ts": "2026-01-01T00:00:00.000000Z",
+        "type": B::TYPE.as_str(), "prev": "sha256:00"});
+    for (k, x) in v.as_object().unwrap() {
+        payload[k] = x.clone();
+    }
+    assert_eq!(Body::parse(B::TYPE, &payload).unwrap(), want);
+}
+
+#[test]
+fn decision_records() {
+    let params: Map<String, Value> =
+        serde_json::from_str(r#"{"z":[1,{"b":null,"a":"é\"\n"}],"a":1.5}"#).unwrap();
+    let allow = DecisionRecord {
+        decision: Decision::Allow,
+        kind: Cow::Borrowed("tool.http_get"),
+        layer: Layer::Policy,
+        params: Some(Cow::Borrowed(&params)),
+        policy_ref: Cow::Borrowed("embedded:demo"),
+        reason: None,
+        source: Cow::Borrowed("http"),
+    };
+    golden(
+        &allow,
+        r#"{"decision":"allow","kind":"tool.http_get","layer":"policy","params":{"a":1.5,"z":[1,{"a":"é\"\n","b":null}]},"policy_ref":"embedded:demo","source":"http"}"#,
+        Body::Decision(DecisionRecord {
+            decision: Decision::Allow,
+            kind: Cow::Owned("tool.http_get".into()),
+            layer: Layer::Policy,
+            params: Some(Cow::Owned(params.clone())),
+            policy_ref: Cow::Owned("embedded:demo".into()),
+            reason: None,
+            source: Cow::Owned("http".into()),
+        }),
+    );
+    let runtime_deny = DecisionRecord {
+        decision: Decision::Deny,
+        kind: Cow::Borrowed("tool.http_get"),
+        layer: Layer::Runtime,
+        params: None,
+        policy_ref: Cow::Borrowed("b@1.0.0"),
+        reason: Some(Cow::Borrowed("endpoint x:80 is not in the allowlist")),
+        source: Cow::Borrowed("ros2"),
+    };
+    golden(
+        &runtime_deny,
+        r#"{"decision":"deny","kind":"tool.http_get","layer":"runtime","policy_ref":"b@1.0.0","reason":"endpoint x:80 is not in the allowlist","source":"ros2"}"#,
+        Body::Decision(runtime_deny.clone()),
+    );
+}
+
+#[test]
+fn error_records() {
+    for (code, name) in [
+        (ErrorCode::BadParams, "bad_params"),
+        (ErrorCode::Upstream, "upstream"),
+    ] {
+        let r = ErrorRecord {
+            code,
+            error: Cow::Borrowed("tool.echo: params.message is required"),
+            kind: Cow::Borrowed("tool.echo"),
+            source: Cow::Borrowed("http"),
+        };
+        golden(
+            &r,
+            &format!(
+                r#"{{"code":"{name}","error":"tool.echo: params.message is required","kind":"tool.echo","source":"http"}}"#
+            ),
+            Body::Error(r.clone()),
+        );
+    }
+}
+
+#[test]
+fn runtime_records() {
+    let domains = vec![
+        "api.anthropic.com".to_string(),
+        "127.0.0.1:8080".to_string(),
+    ];
+    let started = RuntimeStarted {
+        allowed_domains: Cow::Borrowed(&domains),
+        event: Started,
+        listen: Some(Cow::Borrowed("127.0.0.1:7777")),
+        policy_ref: Cow::Borrowed("embedded:demo"),
+        version: Cow::Borrowed("0.1.0"),
+    };
+    golden(
+        &started,
+        r#"{"allowed_domains":["api.anthropic.com","127.0.0.1:8080"],"event":"started","listen":"127.0.0.1:7777","policy_ref":"embedded:demo","version":"0.1.0"}"#,
+        Body::RuntimeStarted(RuntimeStarted {
+            allowed_domains: Cow::Owned(domains.clone()),
+            event: Started,
+            listen: Some(Cow::Borrowed("127.0.0.1:7777")),
+            policy_ref: Cow::Borrowed("embedded:demo"),
+            version: Cow::Borrowed("0.1.0"),
+        }),
+    );
+    golden(
+        &RuntimeStopped::default(),
+        r#"{"event":"stopped"}"#,
+        Body::RuntimeStopped(RuntimeStopped::default()),
+    );
+    let recovered = WalRecovered {
+        event: Recovered,
+        offset: 4096,
+        saved_as: Some(Cow::Borrowed("00000000000000000001.wal.cut-4096")),
+        segment: Cow::Borrowed("00000000000000000001.wal"),
+        trimmed_bytes: 77,
+        whole_frames: 1,
+    };
+    golden(
+        &recovered,
+        r#"{"event":"wal.recovered","offset":4096,"saved_as":"00000000000000000001.wal.cut-4096","segment":"00000000000000000001.wal","trimmed_bytes":77,"whole_frames":1}"#,
+        Body::WalRecovered(recovered.clone()),
+    );
+    let unsaved = WalRecovered {
+        saved_as: None,
+        ..recovered.clone()
+    };
+    golden(
+        &unsaved,
+        r#"{"event":"wal.recovered","offset":4096,"segment":"00000000000000000001.wal","trimmed_bytes":77,"whole_frames":1}"#,
+        Body::WalRecovered(unsaved.clone()),
+    );
+    let repaired = WalRepaired {
+        cut: vec![CutBytes {
+            bytes: 10,
+            offset: 16,
+            saved_as: Cow::Borrowed("s.cut-16"),
+            segment: Cow::Borrowed("s"),
+        }],
+        event: Repaired,
+        found: Some(Cow::Borrowed("WAL_CRC_MISMATCH at s offset 16")),
+        kept_records: 0,
+    };
+    golden(
+        &repaired,
+        r#"{"cut":[{"bytes":10,"offset":16,"saved_as":"s.cut-16","segment":"s"}],"event":"wal.repaired","found":"WAL_CRC_MISMATCH at s offset 16","kept_records":0}"#,
+        Body::WalRepaired(repaired.clone()),
+    );
+}
+
+#[test]
+fn policy_records() {
+    let loaded = PolicyLoaded {
+        event: Loaded,
+        hash: Cow::Borrowed("sha256:ab"),
+        name: Cow::Borrowed("site"),
+        policy_ref: Cow::Borrowed("site@1.2.0"),
+        source: Cow::Borrowed("b.tar.gz"),
+        version: Cow::Borrowed("1.2.0"),
+    };
+    golden(
+        &loaded,
+        r#"{"event":"policy.loaded","hash":"sha256:ab","name":"site","policy_ref":"site@1.2.0","source":"b.tar.gz","version":"1.2.0"}"#,
+        Body::PolicyLoaded(loaded.clone()),
+    );
+    let activated = PolicyActivated {
+        event: Activated,
+        hash: Cow::Borrowed("sha256:ab"),
+        name: Cow::Borrowed("site"),
+        policy_ref: Cow::Borrowed("site@1.2.0"),
+        source: Cow::Borrowed("oci://127.0.0.1:5000/site:v1"),
+        version: Cow::Borrowed("1.2.0"),
+    };
+    golden(
+        &activated,
+        r#"{"event":"policy.activated","hash":"sha256:ab","name":"site","policy_ref":"site@1.2.0","source":"oci://127.0.0.1:5000/site:v1","version":"1.2.0"}"#,
+        Body::PolicyActivated(activated.clone()),
+    );
+    let rejected_load = PolicyRejected {
+        event: Rejected,
+        policy_ref: None,
+        reason: Cow::Borrowed("bundle hash mismatch"),
+        slot: None,
+        source: Some(Cow::Borrowed("b.tar.gz")),
+    };
+    golden(
+        &rejected_load,
+        r#"{"event":"policy.rejected","reason":"bundle hash mismatch","source":"b.tar.gz"}"#,
+        Body::PolicyRejected(rejected_load.clone()),
+    );
+    let rejected_reload = PolicyRejected {
+        event: Rejected,
+        policy_ref: Some(Cow::Borrowed("embedded:demo")),
+        reason: Cow::Borrowed("p.rego:3: rego_recursion_error"),
+        slot: Some(Cow::Borrowed("current")),
+        source: None,
+    };
+    golden(
+        &rejected_reload,
+        r#"{"event":"policy.rejected","policy_ref":"embedded:demo","reason":"p.rego:3: rego_recursion_error","slot":"current"}"#,
+        Body::PolicyRejected(rejected_reload.clone()),
+    );
+    let rolled_back = PolicyRolledBack {
+        event: RolledBack,
+        hash: Cow::Borrowed("sha256:cd"),
+        policy_ref: Cow::Borrowed("site@1.1.0"),
+        version: Cow::Borrowed("1.1.0"),
+    };
+    golden(
+        &rolled_back,
+        r#"{"event":"policy.rolled_back","hash":"sha256:cd","policy_ref":"site@1.1.0","version":"1.1.0"}"#,
+        Body::PolicyRolledBack(rolled_back.clone()),
+    );
+}
+
+#[test]
+fn marker_and_lifecycle_records() {
+    let marker = MarkerRecord {
+        label: Cow::Borrowed("ros2-launch-allowed"),
+        line: Cow::Borrowed("PASS ros2-launch-allowed context=native"),
+        status: Cow::Borrowed("PASS"),
+    };
+    golden(
+        &marker,
+        r#"{"label":"ros2-launch-allowed","line":"PASS ros2-launch-allowed context=native","status":"PASS"}"#,
+        Body::Marker(marker.clone()),
+    );
+    let died = LifecycleRecord {
+        cmd: Some(Cow::Borrowed("/opt/ros/jazzy/lib/demo/talker --ros-args")),
+        event: ProcessEvent::Died,
+        exit_code: Some(-2),
+        name: Some(Cow::Borrowed("talker-1")),
+        pid: 4242,
+    };
+    golden(
+        &died,
+        r#"{"cmd":"/opt/ros/jazzy/lib/demo/talker --ros-args","event":"process.died","exit_code":-2,"name":"talker-1","pid":4242}"#,
+        Body::Lifecycle(died.clone()),
+    );
+    let started = LifecycleRecord {
+        cmd: None,
+        event: ProcessEvent::Started,
+        exit_code: None,
+        name: None,
+        pid: 7,
+    };
+    golden(
+        &started,
+        r#"{"event":"process.started","pid":7}"#,
+        Body::Lifecycle(started.clone()),
+    );
+}
+
+#[test]
+fn every_type_has_its_wire_name_once() {
+    let names: Vec<_> = RecordType::ALL.iter().map(|t| t.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "decision",
+            "runtime",
+            "marker",
+            "lifecycle",
+            "policy",
+            "error"
+        ]
+    );
+    for t in RecordType::ALL {
+        assert_eq!(RecordType::parse(t.as_str()), Some(t));
+        assert_eq!(serde_json::to_value(t).unwrap(), t.as_str());
+    }
+    assert_eq!(RecordType::parse("Decision"), None);
+}
+
+#[test]
+fn a_body_that_does_not_fit_its_type_is_an_error_not_a_guess() {
+    let e = Body::parse(RecordType::Runtime, &json!({"event": "exploded"})).unwrap_err();
+    assert!(e.to_string().contains("\"exploded\""), "{e}");
+    let e = Body::parse(RecordType::Marker, &json!({"label": 3})).unwrap_err();
+    assert!(e.to_string().starts_with("a marker record"), "{e}");
+    let e = Body::parse(RecordType::Policy, &json!({"event": "policy.loaded"})).unwrap_err();
+    assert!(e.to_string().contains("policy.loaded"), "{e}");
+}

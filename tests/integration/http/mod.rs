@@ -1,0 +1,5 @@
+//! The HTTP front end and the `tool.http_get` executor.
+
+mod api;
+mod get;
+mod limits;
