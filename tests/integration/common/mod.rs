@@ -118,15 +118,15 @@ pub fn wal_verify(dir: &Path) -> (i32, String) {
     (o.code, o.all())
 }
 
-/// A `ROS_DOMAIN_ID` of its own for each call in this process (at most 25 calls): a block of
-/// 25 ids chosen by the pid, so that a test process running at the same time most likely uses
-/// another block, then the next id in it. All within 1..=225 (232 is the highest valid id).
+/// A `ROS_DOMAIN_ID` of its own for each call in this process (at most 44 calls): a block of
+/// 44 ids chosen by the pid, so that a test process running at the same time most likely uses
+/// another block, then the next id in it. All within 1..=220 (232 is the highest valid id).
 pub fn ros_domain() -> u16 {
     use std::sync::atomic::{AtomicU16, Ordering};
     static NEXT: AtomicU16 = AtomicU16::new(0);
     let n = NEXT.fetch_add(1, Ordering::SeqCst);
-    assert!(n < 25, "more than 25 ROS domains in one test run");
-    1 + (std::process::id() % 9) as u16 * 25 + n
+    assert!(n < 44, "more than 44 ROS domains in one test run");
+    1 + (std::process::id() % 5) as u16 * 44 + n
 }
 
 /// `.venv/bin/python` with PyPI `cyclonedds`: the independent DDS peer (`tests/ros_peer.py`).
