@@ -1,14 +1,16 @@
 //! The ros2-client backend (pure Rust DDS on RustDDS): no ROS install needed to build or run.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use ros2_client::dds::rustdds::{DomainParticipant, DomainParticipantBuilder};
 use ros2_client::qos::{Durability, History, WhenFull};
 use ros2_client::{
-    Context, MessageTypeName, Name, Node, NodeName, NodeOptions, Publisher, QosProfile, Server,
-    ServiceTypeName,
+    Context, Gid, MessageTypeName, Name, Node, NodeName, NodeOptions, Publisher, QosProfile,
+    Server, ServiceTypeName,
 };
 use tokio::sync::watch;
 
@@ -28,7 +30,7 @@ pub struct Ros2ClientTransport {
     node: Mutex<Option<Node>>,
     spinner: Mutex<Option<tokio::task::JoinHandle<()>>>,
     // Last: the participant must outlive every entity above, or their removal fails noisily.
-    _context: Context,
+    context: Context,
 }
 
 /// ros2-client's mapping for ours.
@@ -154,12 +156,87 @@ impl Ros2ClientTransport {
             server: Mutex::new(Some(server)),
             node: Mutex::new(Some(node)),
             spinner: Mutex::new(Some(spinner)),
-            _context: ctx,
+            context: ctx,
         })
     }
 }
 
-async fn serve(server: ToolServer, svc: ToolService, mut stop: watch::Receiver<bool>) {
+/// How long an answer waits for the client's reply reader to be discovered. The rmw servers
+/// wait like this too; past it the answer is sent anyway (and may be lost to that client).
+const REPLY_READER_WAIT: Duration = Duration::from_secs(2);
+
+/// The client processes whose reply readers on `/autonomy/tool` have been seen: a client that
+/// called once is not looked up again. Bounded: cleared when full.
+///
+/// A process is the first 8 bytes of a GUID (host and process in both Fast DDS and Cyclone
+/// prefixes): that is all of a request's `writer_gid` that is the client's GUID in the Cyclone
+/// mapping, whose header carries an instance handle instead of the GUID's second half.
+struct ReplyReaders {
+    participant: DomainParticipant,
+    topic: String,
+    seen: Mutex<HashSet<[u8; 8]>>,
+}
+
+impl ReplyReaders {
+    const MAX_SEEN: usize = 1024;
+
+    fn new(participant: DomainParticipant) -> Self {
+        ReplyReaders {
+            participant,
+            topic: format!("rr{TOOL_SERVICE}Reply"),
+            seen: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// Waits, at most [`REPLY_READER_WAIT`], until the requesting client's process has a
+    /// reply reader we discovered. Under load our discovery can lag the client's: the client
+    /// then already sees our service as available and sends, while a reply written now would
+    /// go to no matched reader and the client would wait forever.
+    async fn wait_for(&self, client: Gid) {
+        let mut prefix = [0u8; 8];
+        prefix.copy_from_slice(&client.to_bytes16()[..8]);
+        if self.seen.lock().is_ok_and(|s| s.contains(&prefix)) {
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + REPLY_READER_WAIT;
+        let mut waited = false;
+        loop {
+            let found = self.participant.discovered_readers().iter().any(|r| {
+                r.subscription_topic_data.topic_name == self.topic
+                    && Gid::from(r.reader_proxy.remote_reader_guid).to_bytes16()[..8] == prefix
+            });
+            if found {
+                if waited {
+                    tracing::debug!("{TOOL_SERVICE}: waited for the reply reader of {client:?}");
+                    // Discovery has the reader; let the writer's matching catch up with it.
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                if let Ok(mut s) = self.seen.lock() {
+                    if s.len() >= Self::MAX_SEEN {
+                        s.clear();
+                    }
+                    s.insert(prefix);
+                }
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::debug!(
+                    "{TOOL_SERVICE}: no reply reader of {client:?} discovered; answering anyway"
+                );
+                return;
+            }
+            waited = true;
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+}
+
+async fn serve(
+    server: ToolServer,
+    svc: ToolService,
+    readers: Arc<ReplyReaders>,
+    mut stop: watch::Receiver<bool>,
+) {
     let server = Arc::new(server);
     let mut inflight = tokio::task::JoinSet::new();
     {
@@ -179,8 +256,10 @@ async fn serve(server: ToolServer, svc: ToolService, mut stop: watch::Receiver<b
                         // logged or recorded: the audit id identifies the call.
                         let server = server.clone();
                         let svc = svc.clone();
+                        let readers = readers.clone();
                         inflight.spawn(async move {
                             let resp = svc.handle(req).await;
+                            readers.wait_for(id.writer_gid).await;
                             let audit_id = resp.audit_id.clone();
                             if let Err(e) = server.async_send_response(id, resp).await {
                                 tracing::warn!("{TOOL_SERVICE}: cannot send the answer for {audit_id}: {e:?}");
@@ -237,9 +316,10 @@ impl RosTransport for Ros2ClientTransport {
 
     fn serve_tools(&self, svc: ToolService, stop: watch::Receiver<bool>) -> BoxFuture<'static, ()> {
         let server = self.server.lock().ok().and_then(|mut g| g.take());
+        let readers = Arc::new(ReplyReaders::new(self.context.domain_participant()));
         Box::pin(async move {
             match server {
-                Some(s) => serve(s, svc, stop).await,
+                Some(s) => serve(s, svc, readers, stop).await,
                 None => tracing::error!("{TOOL_SERVICE} is already being served"),
             }
         })

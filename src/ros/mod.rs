@@ -2,9 +2,10 @@
 //! [`Gate`] as HTTP), and the `/autonomy/markers` and `/autonomy/decisions` topics.
 //!
 //! Everything ROS-specific sits behind [`RosTransport`]; the default backend is
-//! [`dds::Ros2ClientTransport`] (ros2-client, pure Rust DDS, no ROS install needed). Another
-//! backend (r2r/rcl on a sourced ROS machine, zenoh) implements the same trait; the core
-//! (`gate`, `policy`, `wal`, `tools`) never imports anything from here.
+//! [`dds::Ros2ClientTransport`] (ros2-client, pure Rust DDS, no ROS install needed). With cargo
+//! feature `r2r`, `rcl::RclTransport` (a real rcl node, built and run with a sourced ROS) is
+//! there too and is the default; [`RosBackend`] picks one at run time. The core (`gate`,
+//! `policy`, `wal`, `tools`) never imports anything from here.
 //!
 //! Malformed service requests (a bad `kind`, `params_json` that is not a JSON object) are
 //! answered `deny` with a reason and an empty `audit_id`, and are not recorded in the WAL — the
@@ -19,6 +20,8 @@ compile_error!("select the ROS 2 distro: enable feature `jazzy` (the default) or
 
 pub mod dds;
 pub mod msgs;
+#[cfg(feature = "r2r")]
+pub mod rcl;
 pub mod type_hash;
 
 use std::fmt;
@@ -128,23 +131,68 @@ pub fn parse_domain_id(v: Option<&str>) -> Result<u16, String> {
     }
 }
 
+/// Which implementation runs the node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RosBackend {
+    /// ros2-client: pure Rust DDS, no ROS install needed.
+    Dds,
+    /// r2r: a real rcl node on the sourced ROS (builds with `--features r2r` only), with the
+    /// RMW named by `RMW_IMPLEMENTATION` (`None`: the install's default).
+    R2r {
+        /// `RMW_IMPLEMENTATION`, for the start line.
+        rmw: Option<String>,
+    },
+}
+
+/// The variable that picks the backend: `dds` or `r2r`.
+pub const BACKEND_ENV: &str = "AUTONOMY_ROS_BACKEND";
+
+impl RosBackend {
+    /// Parses `AUTONOMY_ROS_BACKEND` (`dds` or `r2r`; unset or empty: `r2r` in a build with the
+    /// `r2r` feature, else `dds`); `rmw` is `RMW_IMPLEMENTATION`.
+    pub fn parse(v: Option<&str>, rmw: Option<&str>) -> Result<Self, String> {
+        let r2r = || RosBackend::R2r {
+            rmw: rmw
+                .map(str::trim)
+                .filter(|r| !r.is_empty())
+                .map(String::from),
+        };
+        match v.map(str::trim).unwrap_or("") {
+            "" if cfg!(feature = "r2r") => Ok(r2r()),
+            "" | "dds" => Ok(RosBackend::Dds),
+            "r2r" if cfg!(feature = "r2r") => Ok(r2r()),
+            "r2r" => Err(format!(
+                "{BACKEND_ENV}=r2r needs a build with the r2r backend (cargo build --features r2r, with ROS sourced); this build has only dds"
+            )),
+            other => Err(format!(
+                "{BACKEND_ENV}={other:?} is not a ROS backend: use dds (ros2-client) or r2r (rcl)"
+            )),
+        }
+    }
+}
+
 /// Where and how the node runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RosConfig {
     /// The DDS domain.
     pub domain_id: u16,
-    /// The service mapping.
+    /// The service mapping (ros2-client only; rcl's RMW does its own).
     pub mapping: ServiceMapping,
+    /// The implementation.
+    pub backend: RosBackend,
 }
 
 impl RosConfig {
-    /// From `ROS_DOMAIN_ID` and `RMW_IMPLEMENTATION`; an invalid domain id is an error.
+    /// From `ROS_DOMAIN_ID`, `RMW_IMPLEMENTATION` and `AUTONOMY_ROS_BACKEND`; an invalid domain
+    /// id or backend is an error.
     pub fn from_env() -> Result<Self, String> {
         let domain = std::env::var("ROS_DOMAIN_ID").ok();
         let rmw = std::env::var("RMW_IMPLEMENTATION").ok();
+        let backend = std::env::var(BACKEND_ENV).ok();
         Ok(RosConfig {
             domain_id: parse_domain_id(domain.as_deref())?,
             mapping: ServiceMapping::from_rmw(rmw.as_deref()),
+            backend: RosBackend::parse(backend.as_deref(), rmw.as_deref())?,
         })
     }
 
@@ -162,11 +210,18 @@ impl RosConfig {
 
     /// The one line printed on start.
     pub fn describe(&self) -> String {
-        format!(
-            "ROS 2 node /{NODE_NAME} on domain {} ({DISTRO}, {} service mapping)",
-            self.domain_id,
-            self.mapping.rmw_name()
-        )
+        match &self.backend {
+            RosBackend::Dds => format!(
+                "ROS 2 node /{NODE_NAME} on domain {} ({DISTRO}, {} service mapping)",
+                self.domain_id,
+                self.mapping.rmw_name()
+            ),
+            RosBackend::R2r { rmw } => format!(
+                "ROS 2 node /{NODE_NAME} on domain {} (rcl via r2r, {})",
+                self.domain_id,
+                rmw.as_deref().unwrap_or("the install's default RMW")
+            ),
+        }
     }
 }
 
@@ -436,10 +491,18 @@ impl crate::runtime::FrontEnd for RosHandle {
     }
 }
 
-/// Starts node `/autonomy` with the ros2-client backend: the service into `gate`, the marker
+/// Starts node `/autonomy` with the configured backend: the service into `gate`, the marker
 /// and decision topics. Call inside a tokio runtime.
 pub fn start_ros(gate: Arc<Gate>, config: RosConfig) -> Result<RosHandle, RosError> {
-    let transport: Arc<dyn RosTransport> = Arc::new(dds::Ros2ClientTransport::new(&config)?);
+    let transport: Arc<dyn RosTransport> = match config.backend {
+        RosBackend::Dds => Arc::new(dds::Ros2ClientTransport::new(&config)?),
+        #[cfg(feature = "r2r")]
+        RosBackend::R2r { .. } => Arc::new(rcl::RclTransport::new()?),
+        #[cfg(not(feature = "r2r"))]
+        RosBackend::R2r { .. } => {
+            return Err(RosError("this build has no r2r backend".into()));
+        }
+    };
     Ok(start_with(gate, config, transport))
 }
 
@@ -573,9 +636,10 @@ mod tests {
 
     #[test]
     fn start_line_names_domain_distro_and_mapping() {
-        let c = RosConfig {
+        let mut c = RosConfig {
             domain_id: 42,
             mapping: ServiceMapping::Cyclone,
+            backend: RosBackend::Dds,
         };
         assert_eq!(
             c.describe(),
@@ -583,6 +647,51 @@ mod tests {
                 "ROS 2 node /autonomy on domain 42 ({DISTRO}, rmw_cyclonedds_cpp service mapping)"
             )
         );
+        c.backend = RosBackend::R2r {
+            rmw: Some("rmw_zenoh_cpp".into()),
+        };
+        assert_eq!(
+            c.describe(),
+            "ROS 2 node /autonomy on domain 42 (rcl via r2r, rmw_zenoh_cpp)"
+        );
+        c.backend = RosBackend::R2r { rmw: None };
+        assert_eq!(
+            c.describe(),
+            "ROS 2 node /autonomy on domain 42 (rcl via r2r, the install's default RMW)"
+        );
+    }
+
+    #[test]
+    fn backend_choice() {
+        let r2r = |rmw: Option<&str>| RosBackend::R2r {
+            rmw: rmw.map(String::from),
+        };
+        assert_eq!(RosBackend::parse(Some("dds"), None), Ok(RosBackend::Dds));
+        assert_eq!(RosBackend::parse(Some(" dds "), None), Ok(RosBackend::Dds));
+        let default = if cfg!(feature = "r2r") {
+            r2r(Some("rmw_cyclonedds_cpp"))
+        } else {
+            RosBackend::Dds
+        };
+        assert_eq!(
+            RosBackend::parse(None, Some("rmw_cyclonedds_cpp")),
+            Ok(default.clone())
+        );
+        assert_eq!(
+            RosBackend::parse(Some(""), Some("rmw_cyclonedds_cpp")),
+            Ok(default)
+        );
+        let e = RosBackend::parse(Some("zenoh"), None).unwrap_err();
+        assert_eq!(
+            e,
+            "AUTONOMY_ROS_BACKEND=\"zenoh\" is not a ROS backend: use dds (ros2-client) or r2r (rcl)"
+        );
+        let asked = RosBackend::parse(Some("r2r"), Some(""));
+        if cfg!(feature = "r2r") {
+            assert_eq!(asked, Ok(r2r(None)));
+        } else {
+            assert!(asked.unwrap_err().contains("--features r2r"));
+        }
     }
 
     #[test]

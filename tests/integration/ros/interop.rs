@@ -259,6 +259,7 @@ async fn deny_all_node(
         autonomy::ros::RosConfig {
             domain_id: domain,
             mapping,
+            backend: autonomy::ros::RosBackend::Dds,
         },
     )
     .expect("ROS node");

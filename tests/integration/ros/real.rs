@@ -2,20 +2,25 @@
 //! (`../shared/ros2`, installed by `.ci/run`): the real `ros2` CLI, `ros2 launch`, rclpy nodes
 //! and colcon, on both RMWs (`rmw_fastrtps_cpp`, the default, and `rmw_cyclonedds_cpp`).
 //!
-//! Without `/opt/ros/jazzy` every test here prints one line saying it was skipped, except with
-//! `CI=true`, where they fail. Each test has its own `ROS_DOMAIN_ID`, so they run in parallel;
+//! Every case runs against the default build (ros2-client) and, in the tests named `…_r2r`,
+//! against the r2r build (`cargo build --features r2r`, a real rcl node) whose binary
+//! `AUTONOMY_BIN_R2R` names (`.ci/run` builds it).
+//!
+//! Without `/opt/ros/jazzy` (or, for the `…_r2r` tests, without `AUTONOMY_BIN_R2R`) every test
+//! here prints one line saying it was skipped, except with `CI=true`, where they fail. Each test has its own `ROS_DOMAIN_ID`, so they run in parallel;
 //! every `ros2` command runs with `--no-daemon` where it has the flag, under a timeout, in its
 //! own process group that is killed if the test fails. One colcon workspace (this repo's
 //! `ros_msgs/autonomy_msgs` and the test package `tests/ros_pkgs/autonomy_test_nodes`) is built
 //! once per test run and shared.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-use nix::sys::signal::{kill, killpg};
+use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use serde_json::Value;
 
@@ -32,6 +37,49 @@ const MARKERS: [&str; 5] = [
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The `autonomy` binary a case runs.
+struct Build {
+    /// `dds` (the default build, ros2-client) or `r2r` (built with `--features r2r`).
+    name: &'static str,
+    bin: PathBuf,
+}
+
+/// The default build.
+fn dds() -> Build {
+    Build {
+        name: "dds",
+        bin: bin(),
+    }
+}
+
+/// The r2r build from `AUTONOMY_BIN_R2R`, when ROS is there and the variable names a file.
+/// Without it: a failure under `CI=true`, else one skip line.
+fn r2r(test: &str) -> Option<Build> {
+    if !have_ros(test) {
+        return None;
+    }
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    match std::env::var_os("AUTONOMY_BIN_R2R").map(PathBuf::from) {
+        Some(p) if p.is_file() => Some(Build {
+            name: "r2r",
+            bin: p,
+        }),
+        Some(p) => panic!(
+            "AUTONOMY_BIN_R2R={} is not a file (cargo build --features r2r builds it)",
+            p.display()
+        ),
+        None if ci => panic!(
+            "AUTONOMY_BIN_R2R is not set: CI must build the r2r variant (.ci/run does) for {test}"
+        ),
+        None => {
+            eprintln!(
+                "skipped {test}: AUTONOMY_BIN_R2R does not name an `autonomy` built with --features r2r"
+            );
+            None
+        }
+    }
 }
 
 /// A fresh domain id per call, apart from every other ROS test of the suite.
@@ -82,6 +130,8 @@ impl RosEnv {
             // Python CLIs print through a pipe at once, not when they exit.
             .env("PYTHONUNBUFFERED", "1")
             .env_remove("ROS_DISTRO")
+            // Each build runs with its default backend (r2r's is rcl).
+            .env_remove("AUTONOMY_ROS_BACKEND")
             .env_remove("AUTONOMY_RUN_WAL_DIR")
             .env_remove("AUTONOMY_WAL_DIR");
     }
@@ -122,11 +172,18 @@ fn assert_no_type_hash_warnings(stderr: &str) {
     );
 }
 
-/// The tracing lines (warn or error) in the runtime's stderr: there must be none.
+/// The tracing lines (warn or error) in the runtime's stderr, and rcl's own warnings
+/// (`[WARN] [<time>] [rcl]: …`): there must be none.
 fn log_noise(lines: &[String]) -> Vec<String> {
+    let rcutils = |l: &str| {
+        ["[WARN] [", "[FATAL] ["].iter().any(|sev| {
+            l.strip_prefix(sev)
+                .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
+        })
+    };
     lines
         .iter()
-        .filter(|l| l.contains(" WARN") || l.contains("ERROR"))
+        .filter(|l| l.contains(" WARN") || l.contains("ERROR") || rcutils(l))
         .cloned()
         .collect()
 }
@@ -273,18 +330,108 @@ fn call_tool(env: &RosEnv, kind: &str, params_json: &str) -> (String, String, St
     parse_response(&out)
 }
 
+/// `autonomy runtime start --demo --ros` of `build` on a free loopback port, with ROS and the
+/// overlay sourced (the r2r build links rcl and the message libraries); its HTTP address.
+fn start_runtime(env: &RosEnv, build: &Build, wal: &Path) -> (Proc, SocketAddr) {
+    let mut p = Proc::spawn(
+        env.command(&[
+            build.bin.to_str().unwrap(),
+            "runtime",
+            "start",
+            "--listen",
+            "127.0.0.1:0",
+            "--wal-dir",
+            wal.to_str().unwrap(),
+            "--demo",
+            "--ros",
+        ]),
+        &format!("autonomy runtime start ({})", build.name),
+    );
+    let line = p.wait_for("listening on http://", Duration::from_secs(60));
+    let addr = line
+        .split("listening on http://")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"));
+    (p, addr)
+}
+
+/// The RIHS01 hash `ros2 topic info -v` shows for the publisher of `topic` on node `/autonomy`.
+fn advertised_hash(env: &RosEnv, topic: &str) -> String {
+    for _ in 0..5 {
+        let (_, out, err) = env.run(
+            &["ros2", "topic", "info", "-v", "--no-daemon", topic],
+            Duration::from_secs(30),
+        );
+        assert_no_type_hash_warnings(&err);
+        // Blocks of `Node name: …` … `Topic type hash: …` per endpoint.
+        let mut node = "";
+        for l in out.lines().map(str::trim) {
+            if let Some(n) = l.strip_prefix("Node name: ") {
+                node = n;
+            } else if let Some(h) = l.strip_prefix("Topic type hash: ")
+                && node == "autonomy"
+            {
+                return h.to_string();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    panic!(
+        "ros2 topic info -v {topic} shows no publisher on /autonomy ({})",
+        env.rmw
+    );
+}
+
+/// The `type_hashes` rosidl wrote for one interface: (type name, RIHS01 string).
+fn rosidl_hashes(file: &Path) -> Vec<(String, String)> {
+    let v: Value = serde_json::from_str(
+        &std::fs::read_to_string(file).unwrap_or_else(|e| panic!("{}: {e}", file.display())),
+    )
+    .unwrap();
+    v["type_hashes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| {
+            (
+                h["type_name"].as_str().unwrap().to_string(),
+                h["hash_string"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
+}
+
 /// The node in the graph, its topics and service with their types, the tool service (allow
 /// with output, deny with reason, malformed params; audit ids in the WAL as `source: ros2`), a
-/// decision made over HTTP seen by `ros2 topic echo`, no type-hash warnings from the CLI, no
-/// warnings from us.
-fn graph_service_and_decisions(rmw: &'static str) {
+/// decision made over HTTP seen by `ros2 topic echo`, the type hashes peers see on the wire, no
+/// type-hash warnings from the CLI, no warnings from us.
+fn graph_service_and_decisions(rmw: &'static str, build: Build) {
     let ws = workspace();
     let env = RosEnv::new(rmw, Some(&ws));
     let tmp = tempfile::tempdir().unwrap();
     let wal = tmp.path().join("wal");
-    let mut d = Daemon::start_in(&wal, &["--demo", "--ros"], |c| {
-        env.env(c);
-    });
+    let (mut d, addr) = start_runtime(&env, &build, &wal);
+    let start = d
+        .err
+        .iter()
+        .find(|l| l.contains("ROS 2 node /autonomy"))
+        .cloned()
+        .unwrap_or_default();
+    let want = match build.name {
+        "r2r" => "(rcl via r2r, ",
+        _ => " service mapping)",
+    };
+    assert!(start.contains(want), "{}: start line {start:?}", build.name);
+    let tool = |body: &str| {
+        http(
+            addr,
+            "POST",
+            "/v1/tool",
+            Some(("application/json", body.as_bytes())),
+        )
+    };
 
     env.run_until(
         &["ros2", "node", "list", "--no-daemon"],
@@ -353,7 +500,7 @@ fn graph_service_and_decisions(rmw: &'static str) {
     let mut http_ids = Vec::new();
     let end = Instant::now() + Duration::from_secs(40);
     let seen = loop {
-        let r = d.tool(r#"{"kind": "tool.echo", "params": {"message": "over http"}}"#);
+        let r = tool(r#"{"kind": "tool.echo", "params": {"message": "over http"}}"#);
         assert_eq!(r.status, 200);
         http_ids.push(r.json()["audit_id"].as_str().unwrap().to_string());
         std::thread::sleep(Duration::from_millis(500));
@@ -384,26 +531,45 @@ fn graph_service_and_decisions(rmw: &'static str) {
     echo.interrupt(Duration::from_secs(20));
     assert_no_type_hash_warnings(&echo.output().1);
 
-    let st = d.stop();
+    // What peers see on the wire: the hashes rosidl generated (for the r2r build rcl sends
+    // rosidl's own; for the default build they are computed here).
+    let decision =
+        rosidl_hashes(&ws.join("install/autonomy_msgs/share/autonomy_msgs/msg/Decision.json"));
+    assert_eq!(advertised_hash(&env, "/autonomy/decisions"), decision[0].1);
+    let string = rosidl_hashes(Path::new("/opt/ros/jazzy/share/std_msgs/msg/String.json"));
+    assert_eq!(advertised_hash(&env, "/autonomy/markers"), string[0].1);
+
+    d.signal(Signal::SIGTERM);
+    let st = d.wait(Duration::from_secs(20));
     assert!(st.success(), "{st}");
-    let mut stderr = d.startup.clone();
-    while let Ok(l) = d.stderr.recv_timeout(Duration::from_millis(200)) {
-        stderr.push(l);
-    }
-    assert_eq!(log_noise(&stderr), Vec::<String>::new(), "{stderr:#?}");
+    assert_eq!(log_noise(&d.err), Vec::<String>::new(), "{:#?}", d.err);
 }
 
 #[test]
 fn graph_service_and_decisions_fastdds() {
     if have_ros("graph_service_and_decisions_fastdds") {
-        graph_service_and_decisions(FASTDDS);
+        graph_service_and_decisions(FASTDDS, dds());
     }
 }
 
 #[test]
 fn graph_service_and_decisions_cyclone() {
     if have_ros("graph_service_and_decisions_cyclone") {
-        graph_service_and_decisions(CYCLONE);
+        graph_service_and_decisions(CYCLONE, dds());
+    }
+}
+
+#[test]
+fn graph_service_and_decisions_fastdds_r2r() {
+    if let Some(b) = r2r("graph_service_and_decisions_fastdds_r2r") {
+        graph_service_and_decisions(FASTDDS, b);
+    }
+}
+
+#[test]
+fn graph_service_and_decisions_cyclone_r2r() {
+    if let Some(b) = r2r("graph_service_and_decisions_cyclone_r2r") {
+        graph_service_and_decisions(CYCLONE, b);
     }
 }
 
@@ -420,7 +586,7 @@ fn echoed(p: &Proc) -> Vec<String> {
 /// plain `ros2 topic echo` started before the run and a transient-local one started during the
 /// launch each see the five markers in order; the launched rclpy node's HTTP call is in the WAL;
 /// the node that died with exit code 3 is a lifecycle record.
-fn real_launch_and_markers(rmw: &'static str) {
+fn real_launch_and_markers(rmw: &'static str, build: Build) {
     let ws = workspace();
     let env = RosEnv::new(rmw, Some(&ws));
     let tmp = tempfile::tempdir().unwrap();
@@ -443,7 +609,13 @@ fn real_launch_and_markers(rmw: &'static str) {
     );
 
     let hold_arg = format!("hold:={}", hold.display());
-    let autonomy = bin();
+    // rcl on Fast DDS matched the waiting echo after 0.4 to 3 s here (Cyclone: 0.3 s; the
+    // ros2-client build: 1.5 s), so the r2r build runs with the settle docs/ros2.md advises.
+    let settle = match build.name {
+        "r2r" => "5",
+        _ => "2",
+    };
+    let autonomy = &build.bin;
     let mut run = Proc::spawn(
         env.command(&[
             autonomy.to_str().unwrap(),
@@ -452,16 +624,32 @@ fn real_launch_and_markers(rmw: &'static str) {
             wal.to_str().unwrap(),
             "--grace-period",
             "2",
+            "--ros-settle",
+            settle,
             "ros2.launch",
             "autonomy_test_nodes",
             "run.launch.py",
             &hold_arg,
+            // A launch argument that is also a valid ROS remap rule: it is for the launch, and
+            // rcl must not take it as a rule for our node (it warns when it does).
+            "robot:=alpha",
         ]),
         "autonomy run ros2.launch",
     );
     let caller = run.wait_for("caller got ", Duration::from_secs(60));
-    // A late joiner with transient-local durability, while the launch still runs.
-    let mut late = echo(&["--qos-durability", "transient_local"]);
+    // A late joiner with transient-local durability, while the launch still runs. `ros2 topic
+    // echo` makes it best effort; only our ros2-client backend sends the history to a best-effort
+    // reader (a patch), rcl's DDS writers serve it to reliable ones only.
+    let late_qos: &[&str] = match build.name {
+        "r2r" => &[
+            "--qos-durability",
+            "transient_local",
+            "--qos-reliability",
+            "reliable",
+        ],
+        _ => &["--qos-durability", "transient_local"],
+    };
+    let mut late = echo(late_qos);
     late.wait_for(MARKERS[2], Duration::from_secs(60));
     std::fs::write(&hold, b"").unwrap();
     let st = run.wait(Duration::from_secs(60));
@@ -486,7 +674,8 @@ fn real_launch_and_markers(rmw: &'static str) {
         assert_eq!(
             echoed(p),
             MARKERS,
-            "{name} subscriber ({rmw}): {:#?}",
+            "{name} subscriber ({rmw}, {}): {:#?}",
+            build.name,
             p.out
         );
         assert_no_type_hash_warnings(&p.output().1);
@@ -525,14 +714,28 @@ fn real_launch_and_markers(rmw: &'static str) {
 #[test]
 fn real_launch_and_markers_fastdds() {
     if have_ros("real_launch_and_markers_fastdds") {
-        real_launch_and_markers(FASTDDS);
+        real_launch_and_markers(FASTDDS, dds());
     }
 }
 
 #[test]
 fn real_launch_and_markers_cyclone() {
     if have_ros("real_launch_and_markers_cyclone") {
-        real_launch_and_markers(CYCLONE);
+        real_launch_and_markers(CYCLONE, dds());
+    }
+}
+
+#[test]
+fn real_launch_and_markers_fastdds_r2r() {
+    if let Some(b) = r2r("real_launch_and_markers_fastdds_r2r") {
+        real_launch_and_markers(FASTDDS, b);
+    }
+}
+
+#[test]
+fn real_launch_and_markers_cyclone_r2r() {
+    if let Some(b) = r2r("real_launch_and_markers_cyclone_r2r") {
+        real_launch_and_markers(CYCLONE, b);
     }
 }
 
@@ -545,13 +748,13 @@ fn group_alive(pgid: i32) -> bool {
 
 /// Ctrl-C with a real `ros2 launch` whose node ignores SIGINT and SIGTERM: the escalation ends
 /// it, and no process of the launch outlives `autonomy`.
-fn ctrl_c_real_launch(rmw: &'static str) {
+fn ctrl_c_real_launch(rmw: &'static str, build: Build) {
     let ws = workspace();
     let env = RosEnv::new(rmw, Some(&ws));
     let tmp = tempfile::tempdir().unwrap();
     let pidfile = tmp.path().join("stubborn.json");
     let arg = format!("pidfile:={}", pidfile.display());
-    let autonomy = bin();
+    let autonomy = &build.bin;
     let mut run = Proc::spawn(
         env.command(&[
             autonomy.to_str().unwrap(),
@@ -614,26 +817,40 @@ fn ctrl_c_real_launch(rmw: &'static str) {
 #[test]
 fn ctrl_c_real_launch_fastdds() {
     if have_ros("ctrl_c_real_launch_fastdds") {
-        ctrl_c_real_launch(FASTDDS);
+        ctrl_c_real_launch(FASTDDS, dds());
     }
 }
 
 #[test]
 fn ctrl_c_real_launch_cyclone() {
     if have_ros("ctrl_c_real_launch_cyclone") {
-        ctrl_c_real_launch(CYCLONE);
+        ctrl_c_real_launch(CYCLONE, dds());
+    }
+}
+
+#[test]
+fn ctrl_c_real_launch_fastdds_r2r() {
+    if let Some(b) = r2r("ctrl_c_real_launch_fastdds_r2r") {
+        ctrl_c_real_launch(FASTDDS, b);
+    }
+}
+
+#[test]
+fn ctrl_c_real_launch_cyclone_r2r() {
+    if let Some(b) = r2r("ctrl_c_real_launch_cyclone_r2r") {
+        ctrl_c_real_launch(CYCLONE, b);
     }
 }
 
 /// `ros2 launch launch/autonomy.launch.py demo:=true`: a service call through it; SIGINT to
 /// launch → the runtime logs `stopped` and its WAL verifies.
-fn repo_launch_file(rmw: &'static str) {
+fn repo_launch_file(rmw: &'static str, build: Build) {
     let ws = workspace();
     let env = RosEnv::new(rmw, Some(&ws));
     let tmp = tempfile::tempdir().unwrap();
     let wal = tmp.path().join("wal");
     let launch_file = root().join("launch/autonomy.launch.py");
-    let autonomy = bin();
+    let autonomy = &build.bin;
     let args = [
         format!("autonomy:={}", autonomy.display()),
         format!("wal_dir:={}", wal.display()),
@@ -672,14 +889,28 @@ fn repo_launch_file(rmw: &'static str) {
 #[test]
 fn repo_launch_file_fastdds() {
     if have_ros("repo_launch_file_fastdds") {
-        repo_launch_file(FASTDDS);
+        repo_launch_file(FASTDDS, dds());
     }
 }
 
 #[test]
 fn repo_launch_file_cyclone() {
     if have_ros("repo_launch_file_cyclone") {
-        repo_launch_file(CYCLONE);
+        repo_launch_file(CYCLONE, dds());
+    }
+}
+
+#[test]
+fn repo_launch_file_fastdds_r2r() {
+    if let Some(b) = r2r("repo_launch_file_fastdds_r2r") {
+        repo_launch_file(FASTDDS, b);
+    }
+}
+
+#[test]
+fn repo_launch_file_cyclone_r2r() {
+    if let Some(b) = r2r("repo_launch_file_cyclone_r2r") {
+        repo_launch_file(CYCLONE, b);
     }
 }
 
@@ -705,23 +936,6 @@ fn colcon_build_interface_show_and_type_hashes() {
         "ros2 interface show prints the package's definition"
     );
 
-    let json = |p: PathBuf| -> Vec<(String, String)> {
-        let v: Value = serde_json::from_str(
-            &std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display())),
-        )
-        .unwrap();
-        v["type_hashes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|h| {
-                (
-                    h["type_name"].as_str().unwrap().to_string(),
-                    h["hash_string"].as_str().unwrap().to_string(),
-                )
-            })
-            .collect()
-    };
     let share = ws.join("install/autonomy_msgs/share/autonomy_msgs");
     let sys = Path::new("/opt/ros/jazzy/share");
     let mut checked = Vec::new();
@@ -732,7 +946,7 @@ fn colcon_build_interface_show_and_type_hashes() {
         sys.join("rmw_dds_common/msg/ParticipantEntitiesInfo.json"),
         sys.join("rcl_interfaces/msg/ParameterEvent.json"),
     ] {
-        for (t, hash) in json(file) {
+        for (t, hash) in rosidl_hashes(&file) {
             assert_eq!(
                 autonomy::ros::type_hash::rihs01(&t),
                 Some(hash.as_str()),
@@ -757,9 +971,19 @@ fn colcon_build_interface_show_and_type_hashes() {
 /// Cyclone, where missing type hashes would show; the other tests cover both RMWs).
 #[test]
 fn robot_check_script_passes() {
-    if !have_ros("robot_check_script_passes") {
-        return;
+    if have_ros("robot_check_script_passes") {
+        robot_check(dds());
     }
+}
+
+#[test]
+fn robot_check_script_passes_r2r() {
+    if let Some(b) = r2r("robot_check_script_passes_r2r") {
+        robot_check(b);
+    }
+}
+
+fn robot_check(build: Build) {
     let ws = workspace();
     let env = RosEnv::new(CYCLONE, Some(&ws));
     let script = root().join("scripts/robot-check.sh");
@@ -768,7 +992,7 @@ fn robot_check_script_passes() {
         "autonomy_test_nodes",
         "run.launch.py",
     ]);
-    cmd.env("AUTONOMY", bin());
+    cmd.env("AUTONOMY", &build.bin);
     let mut p = Proc::spawn(cmd, "scripts/robot-check.sh");
     let st = p.wait(Duration::from_secs(240));
     let (out, err) = p.output();
