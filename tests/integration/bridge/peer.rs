@@ -5,10 +5,11 @@ use serde_json::{Value, json};
 
 use super::*;
 
-/// The strict path with the embedded demo policy: allowed Twists reach the robot side in order,
-/// over-limit, non-finite, malformed and /disable_safety messages never do; each message has
-/// one decision in the WAL; what was dropped is published on the agent's /autonomy/decisions;
-/// a robot → agent feed is relayed; the counts are recorded and printed at the stop.
+/// The strict path with the embedded demo policy: allowed Twists reach the robot side in order;
+/// over-limit, non-finite, malformed, /disable_safety and other-topic messages never do; each
+/// message has one decision in the WAL; what was dropped is published on the agent's
+/// /autonomy/decisions; a robot → agent feed is relayed; the counts are recorded and printed at
+/// the stop.
 #[test]
 fn only_allowed_messages_reach_the_robot_in_order_each_with_one_decision() {
     let (agent, robot) = domains();
@@ -33,12 +34,16 @@ type = "std_msgs/msg/Bool"
 name = "/status"
 type = "std_msgs/msg/String"
 direction = "robot_to_agent"
+
+[[topic]]
+name = "/lights"
+type = "std_msgs/msg/Bool"
 "#,
     );
     let mut d = bridge_daemon(&wal, &cfg, agent, robot, &[], |_| {});
     assert!(
         d.startup.contains(&format!(
-            "autonomy: topic bridge /autonomy_bridge: agent domain {agent} → robot domain {robot} (3 topic(s) governed, 1 read-only feed(s) back)"
+            "autonomy: topic bridge /autonomy_bridge: agent domain {agent} → robot domain {robot} (4 topic(s) governed, 1 read-only feed(s) back)"
         )),
         "{:?}",
         d.startup
@@ -48,6 +53,7 @@ direction = "robot_to_agent"
         ["twist", "/cmd_vel", 2.0, 0.0],
         ["twist", "/cmd_vel", 0.2, 1.5],
         ["bool", "/disable_safety", true],
+        ["bool", "/lights", true],
         ["garbage", "/cmd_vel", "not a twist"],
         ["twist", "/cmd_vel/left", 0.3, 0.0],
         ["twist", "/cmd_vel", "NaN", 0.0],
@@ -69,6 +75,7 @@ direction = "robot_to_agent"
     assert_eq!(on("/cmd_vel"), [0.1, 0.2, 0.4], "{got:?}");
     assert_eq!(on("/cmd_vel/left"), [0.3], "{got:?}");
     assert!(on("/disable_safety").is_empty(), "{got:?}");
+    assert!(on("/lights").is_empty(), "{got:?}");
     assert_eq!(got.len(), 4, "{got:?}");
     let feed: Vec<Value> = events(&p, "feed")
         .iter()
@@ -90,11 +97,13 @@ direction = "robot_to_agent"
             e["reason"].as_str().unwrap().to_string()
         })
         .collect();
-    assert_eq!(told.len(), 5, "{told:?}");
-    assert!(
-        told.contains(&"safety topics are never bridged".to_string()),
-        "{told:?}"
-    );
+    assert_eq!(told.len(), 6, "{told:?}");
+    for why in [
+        "safety topics are never bridged",
+        "topic /lights is not bridged by the demo policy",
+    ] {
+        assert!(told.contains(&why.to_string()), "{why}: {told:?}");
+    }
     assert_eq!(
         told.iter()
             .filter(|r| *r == "/cmd_vel: |linear.x| must be <= 1.0 and |angular.z| <= 2.0")
@@ -119,7 +128,7 @@ direction = "robot_to_agent"
 
     // One decision per message; the allowed ones carry the decoded message.
     let recs = bridged_decisions(&wal);
-    assert_eq!(recs.len(), 9, "{recs:#?}");
+    assert_eq!(recs.len(), 10, "{recs:#?}");
     for r in &recs {
         assert_eq!(r["kind"], "tool.ros2.topic.publish");
         assert_eq!(r["policy_ref"], "embedded:ros2-bridge-demo");
