@@ -35,6 +35,8 @@ pub enum Outcome {
     DecisionOnly,
     /// Denied by the policy.
     PolicyDenied,
+    /// Denied before the policy: the input could not be read ([`Gate::refuse_input`]).
+    InputRefused,
     /// Allowed by the policy, refused by the runtime layer.
     RuntimeDenied,
     /// Allowed, but the params are unusable by the tool.
@@ -163,6 +165,7 @@ impl Gate {
             params: &call.params,
             source: call.source,
             allowed_domains: &self.allowed_domains,
+            extra: None,
         });
 
         let record = decision_record(
@@ -174,15 +177,7 @@ impl Gate {
             Layer::Policy,
         );
         if let Err(e) = self.append(record).await {
-            return GateResponse {
-                decision: Decision::Deny,
-                policy_ref,
-                audit_id,
-                reason: Some(
-                    "the audit log cannot record this decision, so nothing was executed".into(),
-                ),
-                outcome: Outcome::WalUnavailable(e.to_string()),
-            };
+            return wal_unavailable(policy_ref, audit_id, &e);
         }
 
         if verdict.decision == Decision::Deny {
@@ -242,6 +237,106 @@ impl Gate {
         }
     }
 
+    /// Decides a decision-only call (no built-in tool runs: the caller acts, e.g. republishes a
+    /// bridged message) and queues its record in the log without waiting for the disk. Calls
+    /// decided one after another have their records in the log in that order. `extra` adds
+    /// top-level policy input fields (`input.<key>`, e.g. the bridge's `rate`).
+    ///
+    /// `durability` says when the caller may act on the answer: [`Durability::BeforeActing`]
+    /// (the rule everywhere: act only on what [`Pending::durable`] returns) or
+    /// [`Durability::Deferred`], the one deliberate relaxation (see there).
+    pub async fn decide(
+        self: &Arc<Self>,
+        call: ToolCall,
+        extra: Option<&Map<String, Value>>,
+        durability: Durability,
+    ) -> Pending {
+        if !self.open.load(Ordering::Acquire) {
+            self.wait_open().await;
+        }
+        let policy = self.policy.get();
+        let policy_ref = policy.policy_ref().clone();
+        let verdict = policy.evaluate(&PolicyInput {
+            kind: &call.kind,
+            params: &call.params,
+            source: call.source,
+            allowed_domains: &self.allowed_domains,
+            extra,
+        });
+        self.pend(
+            call,
+            verdict.decision,
+            verdict.reason,
+            policy_ref,
+            Layer::Policy,
+            durability,
+        )
+    }
+
+    /// Denies a decision-only call whose input could not be read (a bridged message that does
+    /// not decode), before any policy sees it: recorded like [`Gate::decide`] (layer `input`,
+    /// with `reason`), in call order.
+    pub async fn refuse_input(self: &Arc<Self>, call: ToolCall, reason: String) -> Pending {
+        if !self.open.load(Ordering::Acquire) {
+            self.wait_open().await;
+        }
+        let policy_ref = self.policy.get().policy_ref().clone();
+        self.pend(
+            call,
+            Decision::Deny,
+            Some(reason),
+            policy_ref,
+            Layer::Input,
+            Durability::BeforeActing,
+        )
+    }
+
+    fn pend(
+        self: &Arc<Self>,
+        call: ToolCall,
+        decision: Decision,
+        reason: Option<String>,
+        policy_ref: PolicyRef,
+        layer: Layer,
+        durability: Durability,
+    ) -> Pending {
+        let audit_id = AuditId::new();
+        let queued = decision_record(
+            &audit_id,
+            &call,
+            decision,
+            reason.as_deref(),
+            &policy_ref,
+            layer,
+        )
+        .and_then(|rec| self.wal.submit(rec));
+        let outcome = match (decision, layer) {
+            (Decision::Allow, _) => Outcome::DecisionOnly,
+            (Decision::Deny, Layer::Input) => Outcome::InputRefused,
+            (Decision::Deny, _) => Outcome::PolicyDenied,
+        };
+        let (response, completion) = match queued {
+            Ok(fut) => (
+                GateResponse {
+                    decision,
+                    policy_ref,
+                    audit_id,
+                    reason,
+                    outcome,
+                },
+                Some(Box::pin(fut) as futures::future::BoxFuture<'static, _>),
+            ),
+            Err(e) => (wal_unavailable(policy_ref, audit_id, &e), None),
+        };
+        Pending {
+            response,
+            completion,
+            durability,
+            call,
+            gate: self.clone(),
+        }
+    }
+
     async fn append(&self, rec: Result<NewRecord, WalError>) -> Result<(), WalError> {
         self.wal.append_async(rec?).await.map(|_| ())
     }
@@ -255,6 +350,73 @@ impl Gate {
         body: &B,
     ) -> Result<Seq, WalError> {
         record(&self.wal, audit_id, body).await
+    }
+}
+
+/// The answer when the log cannot record a decision: deny, nothing acted on.
+fn wal_unavailable(policy_ref: PolicyRef, audit_id: AuditId, e: &WalError) -> GateResponse {
+    GateResponse {
+        decision: Decision::Deny,
+        policy_ref,
+        audit_id,
+        reason: Some("the audit log cannot record this decision, so nothing was executed".into()),
+        outcome: Outcome::WalUnavailable(e.to_string()),
+    }
+}
+
+/// When a caller of [`Gate::decide`] may act on an allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Only once the decision's record is durable ([`Pending::durable`]): the guarantee of every
+    /// front end, and what [`Gate::call`] always does.
+    BeforeActing,
+    /// At once ([`Pending::early`]), while the record is still on its way to the disk. This is
+    /// the one path that relaxes "durable before acting", on purpose and per topic: the
+    /// bridge's `batched` topics (control loops that must never wait on a disk). The record's
+    /// place in the log is fixed before the caller acts; a power cut can lose records of
+    /// messages already republished, within the window the bridge states in its
+    /// `bridge.started` record and bounds by waiting when the log falls further behind.
+    Deferred,
+}
+
+/// A decision from [`Gate::decide`] whose record is queued in the log.
+pub struct Pending {
+    response: GateResponse,
+    completion: Option<futures::future::BoxFuture<'static, Result<Seq, WalError>>>,
+    durability: Durability,
+    call: ToolCall,
+    gate: Arc<Gate>,
+}
+
+impl Pending {
+    /// The answer before its record is durable, where acting on it then is allowed: always for
+    /// a deny (nothing is acted on), and for an allow only under [`Durability::Deferred`].
+    pub fn early(&self) -> Option<&GateResponse> {
+        (self.durability == Durability::Deferred || self.response.decision == Decision::Deny)
+            .then_some(&self.response)
+    }
+
+    /// The call this decision is about.
+    pub fn call(&self) -> &ToolCall {
+        &self.call
+    }
+
+    /// Waits until the record is durable, tells the observers, and returns the answer to act
+    /// on: the decision, or a deny with [`Outcome::WalUnavailable`] when the record could not be
+    /// written (then an allow must not be acted on; under `Deferred` it may have been already).
+    pub async fn durable(self) -> GateResponse {
+        let mut resp = self.response;
+        if let Some(c) = self.completion
+            && let Err(e) = c.await
+        {
+            resp = wal_unavailable(resp.policy_ref, resp.audit_id, &e);
+        }
+        if let Ok(obs) = self.gate.observers.read() {
+            for o in obs.iter() {
+                o.on_decision(&self.call, &resp);
+            }
+        }
+        resp
     }
 }
 
@@ -272,9 +434,9 @@ fn decision_record(
             decision,
             kind: Cow::Borrowed(call.kind.as_str()),
             layer,
-            // The policy-layer record carries what was asked, so the log alone answers "what
-            // was tried".
-            params: (layer == Layer::Policy).then_some(Cow::Borrowed(&call.params)),
+            // The policy- and input-layer records carry what was asked, so the log alone
+            // answers "what was tried".
+            params: (layer != Layer::Runtime).then_some(Cow::Borrowed(&call.params)),
             policy_ref: Cow::Borrowed(policy_ref.as_str()),
             reason: reason.map(Cow::Borrowed),
             source: Cow::Borrowed(call.source.as_str()),
@@ -349,5 +511,108 @@ mod tests {
                     .all(|k| <DecisionRecord as RecordBody>::KEYS.contains(&k.as_str()))
             );
         }
+    }
+
+    fn bridge_gate(dir: &std::path::Path) -> Arc<Gate> {
+        let policy = crate::policy::eval::bridge_demo_policy().unwrap();
+        let (wal, _) = Wal::open(dir, crate::wal::WalOptions::default()).unwrap();
+        let tools = Tools::new(
+            crate::tools::Allowlist::empty(),
+            crate::tools::HttpGetLimits::default(),
+        );
+        let g = Arc::new(Gate::new(
+            Arc::new(ActivePolicy::new(Box::new(policy))),
+            Arc::new(wal),
+            tools,
+        ));
+        g.open();
+        g
+    }
+
+    fn publish(x: f64) -> ToolCall {
+        ToolCall {
+            kind: ToolKind::parse("tool.ros2.topic.publish").unwrap(),
+            params: serde_json::from_value(json!({"topic": "/cmd_vel", "type": "geometry_msgs/msg/Twist",
+                "message": {"linear": {"x": x, "y": 0.0, "z": 0.0}, "angular": {"x": 0.0, "y": 0.0, "z": 0.0}}}))
+            .unwrap(),
+            source: Source::new("bridge"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn decide_answers_early_only_where_acting_early_is_allowed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let g = bridge_gate(tmp.path());
+        let rate: Map<String, Value> = serde_json::from_value(json!({"rate": 3})).unwrap();
+        // An allow under BeforeActing: no answer before the record is durable.
+        let strict = g
+            .decide(publish(0.5), Some(&rate), Durability::BeforeActing)
+            .await;
+        assert!(strict.early().is_none());
+        // A deny may be acted on (by not acting) at once; so may a Deferred allow.
+        let deny = g.decide(publish(5.0), None, Durability::BeforeActing).await;
+        assert_eq!(deny.early().unwrap().decision, Decision::Deny);
+        let deferred = g.decide(publish(0.25), None, Durability::Deferred).await;
+        assert_eq!(deferred.early().unwrap().decision, Decision::Allow);
+        let refused = g
+            .refuse_input(publish(0.0), "malformed message: truncated".into())
+            .await;
+        assert_eq!(refused.early().unwrap().outcome, Outcome::InputRefused);
+        let ids: Vec<AuditId> = [
+            strict.durable().await,
+            deny.durable().await,
+            deferred.durable().await,
+            refused.durable().await,
+        ]
+        .into_iter()
+        .map(|r| {
+            assert!(!matches!(r.outcome, Outcome::WalUnavailable(_)));
+            r.audit_id
+        })
+        .collect();
+        // The records are in the log in decision order, with their layers.
+        let recs = crate::wal::read_records(tmp.path()).unwrap();
+        let got: Vec<(String, &'static str)> = recs
+            .iter()
+            .map(|r| match r.body().unwrap() {
+                crate::record::Body::Decision(d) => (
+                    r.audit_id.as_ref().unwrap().as_str().to_string(),
+                    match (d.decision, d.layer) {
+                        (Decision::Allow, Layer::Policy) => "allow",
+                        (Decision::Deny, Layer::Policy) => "deny",
+                        (Decision::Deny, Layer::Input) => "input",
+                        _ => "other",
+                    },
+                ),
+                _ => panic!("not a decision"),
+            })
+            .collect();
+        let want: Vec<(String, &str)> = ids
+            .iter()
+            .map(|i| i.as_str().to_string())
+            .zip(["allow", "deny", "allow", "input"])
+            .collect();
+        assert_eq!(got, want);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_record_that_cannot_be_written_turns_the_allow_into_a_deny() {
+        let tmp = tempfile::tempdir().unwrap();
+        let g = bridge_gate(tmp.path());
+        g.wal()
+            .fail_next_write
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        let p = g.decide(publish(0.5), None, Durability::BeforeActing).await;
+        assert!(p.early().is_none());
+        let r = p.durable().await;
+        assert_eq!(r.decision, Decision::Deny);
+        assert!(
+            matches!(r.outcome, Outcome::WalUnavailable(_)),
+            "{:?}",
+            r.outcome
+        );
+        // The log stays failed: the next decision is refused at once.
+        let p = g.decide(publish(0.5), None, Durability::Deferred).await;
+        assert_eq!(p.early().unwrap().decision, Decision::Deny);
     }
 }

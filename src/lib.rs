@@ -6,6 +6,7 @@
 
 #![warn(missing_docs)]
 
+pub mod bridge;
 pub mod cli;
 pub mod gate;
 pub mod http;

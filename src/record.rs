@@ -20,7 +20,8 @@ use serde_json::{Map, Value};
 pub enum RecordType {
     /// A policy or runtime-layer decision about one tool call.
     Decision,
-    /// A runtime event: started, stopped, the WAL recovered or repaired.
+    /// A runtime event: started, stopped, the WAL recovered or repaired, the bridge started or
+    /// stopped.
     Runtime,
     /// A marker line (`PASS ros2-… context=native`).
     Marker,
@@ -126,6 +127,14 @@ event_name!(
     Repaired = "wal.repaired"
 );
 event_name!(
+    /// `event: "bridge.started"`.
+    BridgeStartedEvent = "bridge.started"
+);
+event_name!(
+    /// `event: "bridge.stopped"`.
+    BridgeStoppedEvent = "bridge.stopped"
+);
+event_name!(
     /// `event: "policy.activated"`.
     Activated = "policy.activated"
 );
@@ -153,6 +162,9 @@ pub enum Layer {
     Policy,
     /// The runtime refused what the policy allowed (allowlist, SSRF guard).
     Runtime,
+    /// The input could not be read, so no policy saw it: a bridged message that does not
+    /// decode as its type (the record carries the params it has, the reason says what is wrong).
+    Input,
 }
 
 /// `type: decision`: one decision about one tool call (under the call's `audit_id`).
@@ -164,7 +176,7 @@ pub struct DecisionRecord<'a> {
     pub kind: Cow<'a, str>,
     /// Which layer decided.
     pub layer: Layer,
-    /// What was asked (the policy-layer record only).
+    /// What was asked (the policy- and input-layer records only).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub params: Option<Cow<'a, Map<String, Value>>>,
     /// The policy that decided.
@@ -321,6 +333,74 @@ impl RecordBody for WalRepaired<'_> {
     const KEYS: &'static [&'static str] = &["cut", "event", "found", "kept_records"];
 }
 
+/// One relayed topic, as the `bridge.started` record lists it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BridgeTopic<'a> {
+    /// `strict` or `batched` (agent → robot topics only).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub audit: Option<Cow<'a, str>>,
+    /// `batched` only: the bound on how long a republished message's record may not yet be
+    /// durable (the loss window on a power cut).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub batch_window_ms: Option<u64>,
+    /// `agent_to_robot` or `robot_to_agent`.
+    pub direction: Cow<'a, str>,
+    /// The ROS topic name.
+    pub name: Cow<'a, str>,
+    /// The ROS message type (`pkg/msg/Name`).
+    #[serde(rename = "type")]
+    pub type_name: Cow<'a, str>,
+}
+
+/// `type: runtime`, `event: bridge.started`: the topic bridge is relaying these topics.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BridgeStarted<'a> {
+    /// The agent's DDS domain.
+    pub agent_domain: u16,
+    /// The event name.
+    pub event: BridgeStartedEvent,
+    /// The robot's DDS domain (`ROS_DOMAIN_ID`).
+    pub robot_domain: u16,
+    /// The topics.
+    pub topics: Vec<BridgeTopic<'a>>,
+}
+
+impl RecordBody for BridgeStarted<'_> {
+    const TYPE: RecordType = RecordType::Runtime;
+    const KEYS: &'static [&'static str] = &["agent_domain", "event", "robot_domain", "topics"];
+}
+
+/// One topic's counts at the bridge's stop.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BridgeCounts<'a> {
+    /// Denied by the policy (dropped).
+    pub denied: u64,
+    /// Dropped because the gate or the log failed (fail closed).
+    pub failed: u64,
+    /// Refused because they did not decode (dropped).
+    pub malformed: u64,
+    /// The ROS topic name.
+    pub name: Cow<'a, str>,
+    /// Received from the source domain.
+    pub received: u64,
+    /// Republished on the other domain.
+    pub relayed: u64,
+}
+
+/// `type: runtime`, `event: bridge.stopped`: the bridge stopped; what each topic saw.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BridgeStopped<'a> {
+    /// The event name.
+    pub event: BridgeStoppedEvent,
+    /// The counts, per topic.
+    pub topics: Vec<BridgeCounts<'a>>,
+}
+
+impl RecordBody for BridgeStopped<'_> {
+    const TYPE: RecordType = RecordType::Runtime;
+    const KEYS: &'static [&'static str] = &["event", "topics"];
+}
+
 // ---------------------------------------------------------------------------------------------
 // policy
 
@@ -471,6 +551,10 @@ pub enum Body {
     WalRecovered(WalRecovered<'static>),
     /// `runtime`, `wal.repaired`.
     WalRepaired(WalRepaired<'static>),
+    /// `runtime`, `bridge.started`.
+    BridgeStarted(BridgeStarted<'static>),
+    /// `runtime`, `bridge.stopped`.
+    BridgeStopped(BridgeStopped<'static>),
     /// `policy`, `policy.loaded`.
     PolicyLoaded(PolicyLoaded<'static>),
     /// `policy`, `policy.activated`.
@@ -527,6 +611,12 @@ impl Body {
                 Stopped::NAME => Body::RuntimeStopped(serde_json::from_value(p()).map_err(err)?),
                 Recovered::NAME => Body::WalRecovered(serde_json::from_value(p()).map_err(err)?),
                 Repaired::NAME => Body::WalRepaired(serde_json::from_value(p()).map_err(err)?),
+                BridgeStartedEvent::NAME => {
+                    Body::BridgeStarted(serde_json::from_value(p()).map_err(err)?)
+                }
+                BridgeStoppedEvent::NAME => {
+                    Body::BridgeStopped(serde_json::from_value(p()).map_err(err)?)
+                }
                 other => return Err(unknown_event(rtype, other)),
             },
             RecordType::Policy => match event {

@@ -1,3 +1,3 @@
-//! Shared pieces of the benchmarks (`autonomy-bench`, `autonomy-wal-bench`).
+//! Shared pieces of the benchmarks (`autonomy-bench`, `autonomy-wal-bench`, `autonomy-bridge-bench`).
 
 pub mod fsync;

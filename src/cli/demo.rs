@@ -102,6 +102,7 @@ pub(super) async fn validate() -> ExitCode {
         RuntimeConfig::new(policy, wal_dir.clone()),
         HttpConfig::loopback(),
         None,
+        None,
     )
     .await;
     let services = match services {

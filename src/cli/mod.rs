@@ -18,6 +18,7 @@ use std::process::ExitCode;
 
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
+use crate::bridge::{BridgeConfig, BridgeHandle};
 use crate::http::{HttpConfig, HttpServer};
 use crate::ros::{RosConfig, RosHandle};
 use crate::runtime::{FrontEnd, Runtime, RuntimeConfig};
@@ -103,6 +104,9 @@ pub struct RunArgs {
     /// reliable subscribers have acknowledged it.
     #[arg(long, value_name = "SECS", default_value_t = 3.0, value_parser = parse_secs, env = "AUTONOMY_ROS_LINGER")]
     pub ros_linger: f64,
+    /// The governed topic bridge.
+    #[command(flatten)]
+    pub bridge: BridgeArgs,
     /// The command and its arguments; everything from here on goes to it unchanged.
     #[arg(
         required = true,
@@ -112,6 +116,23 @@ pub struct RunArgs {
         value_name = "COMMAND"
     )]
     pub command: Vec<OsString>,
+}
+
+/// `--bridge` and its companions (`runtime start` and `run`).
+#[derive(Args, Debug, Default)]
+pub struct BridgeArgs {
+    /// Relay the topics listed in FILE (TOML, see docs/bridge.md) from the agent's DDS domain to
+    /// the robot's (ROS_DOMAIN_ID); each agent → robot message is decided by the policy
+    /// (default without --policy: the embedded ros2-bridge-demo policy).
+    #[arg(long, value_name = "FILE")]
+    pub bridge: Option<PathBuf>,
+    /// The agent's DDS domain for --bridge [default: 99]; must differ from ROS_DOMAIN_ID.
+    #[arg(long, value_name = "N", requires = "bridge", value_parser = clap::value_parser!(u16).range(0..=232))]
+    pub agent_domain: Option<u16>,
+    /// A directory of custom message definitions for --bridge (DIR/<pkg>/msg/<Name>.msg),
+    /// searched before the built-in ones; repeatable. AMENT_PREFIX_PATH is searched after them.
+    #[arg(long, value_name = "DIR", requires = "bridge")]
+    pub msg_path: Vec<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -227,6 +248,30 @@ pub(crate) fn ros_config(enabled: bool) -> Result<Option<crate::ros::RosConfig>,
         .map_err(|e| usage(&e))
 }
 
+/// The bridge's settings when `--bridge` is given: the file, both domains and every topic's
+/// type checked now, so any mistake is one usage error line before anything starts.
+pub(crate) fn bridge_config(args: &BridgeArgs) -> Result<Option<BridgeConfig>, ExitCode> {
+    let Some(path) = &args.bridge else {
+        return Ok(None);
+    };
+    let file = crate::bridge::config::BridgeFile::load(path).map_err(|e| usage(&e))?;
+    let domain = std::env::var("ROS_DOMAIN_ID").ok();
+    let robot = crate::ros::parse_domain_id(domain.as_deref()).map_err(|e| usage(&e))?;
+    let agent = args
+        .agent_domain
+        .unwrap_or(crate::bridge::DEFAULT_AGENT_DOMAIN);
+    let rmw = std::env::var("RMW_IMPLEMENTATION").ok();
+    BridgeConfig::new(
+        file,
+        agent,
+        robot,
+        &crate::bridge::msgdef::Library::from_env(args.msg_path.clone()),
+        BridgeConfig::wchar_for(rmw.as_deref()),
+    )
+    .map(Some)
+    .map_err(|e| usage(&e))
+}
+
 /// The runtime and its front ends, as `runtime start` and `run` bring them up.
 pub(crate) struct Services {
     /// The core.
@@ -235,16 +280,19 @@ pub(crate) struct Services {
     pub http: HttpServer,
     /// Node `/autonomy`, when asked for.
     pub ros: Option<RosHandle>,
+    /// The topic bridge, when asked for.
+    pub bridge: Option<BridgeHandle>,
 }
 
 impl Services {
     /// Opens the core, starts HTTP on `http`, records the start, then starts the ROS 2 node
-    /// when `ros` is given (and says so). Any failure is one error line; the exit code is in
-    /// the `Err`.
+    /// when `ros` is given and the topic bridge when `bridge` is (and says so). Any failure is
+    /// one error line; the exit code is in the `Err`.
     pub(crate) async fn start(
         core: RuntimeConfig,
         http: HttpConfig,
         ros: Option<RosConfig>,
+        bridge: Option<BridgeConfig>,
     ) -> Result<Services, ExitCode> {
         let rt = Runtime::open(core).await.map_err(|e| fail(&e))?;
         if let Some(t) = rt.recovered() {
@@ -261,6 +309,7 @@ impl Services {
             rt,
             http,
             ros: None,
+            bridge: None,
         };
         if let Some(c) = ros {
             match crate::ros::start(&s.rt, c.clone()) {
@@ -276,11 +325,30 @@ impl Services {
                 eprintln!("autonomy: {w}");
             }
         }
+        if let Some(c) = bridge {
+            let line = c.describe();
+            match crate::bridge::start(&s.rt, c).await {
+                Ok(h) => s.bridge = Some(h),
+                Err(e) => {
+                    let _ = s.stop().await;
+                    return Err(fail(&format!("cannot start the topic bridge: {e}")));
+                }
+            }
+            eprintln!("autonomy: {line}");
+        }
         Ok(s)
     }
 
     /// Stops the front ends (calls in flight finish), then the runtime.
     pub(crate) async fn stop(self) -> Result<(), crate::wal::WalError> {
+        if let Some(b) = self.bridge {
+            for c in b.shutdown().await {
+                eprintln!(
+                    "autonomy: bridge {}: {} received, {} relayed, {} denied, {} malformed, {} failed",
+                    c.name, c.received, c.relayed, c.denied, c.malformed, c.failed
+                );
+            }
+        }
         if let Some(ros) = self.ros {
             ros.shutdown().await;
         }

@@ -28,14 +28,20 @@ pub(super) async fn run(args: RunArgs) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let resolved = match super::load_policy(
-        args.policy.as_deref(),
-        args.policy_dir.as_deref(),
-        crate::policy::dist::resolve::NoFlag::Demo,
-    ) {
-        Ok(p) => p,
-        Err(e) => return super::usage(&e),
+    let bridge_config = match super::bridge_config(&args.bridge) {
+        Ok(c) => c,
+        Err(code) => return code,
     };
+    let no_flag = if bridge_config.is_some() {
+        crate::policy::dist::resolve::NoFlag::BridgeDemo
+    } else {
+        crate::policy::dist::resolve::NoFlag::Demo
+    };
+    let resolved =
+        match super::load_policy(args.policy.as_deref(), args.policy_dir.as_deref(), no_flag) {
+            Ok(p) => p,
+            Err(e) => return super::usage(&e),
+        };
     if let Some(w) = &resolved.warning {
         eprintln!("autonomy: warning: {w}");
     }
@@ -61,10 +67,11 @@ pub(super) async fn run(args: RunArgs) -> ExitCode {
         policy_watch: resolved.watch,
         ..RuntimeConfig::new(policy, wal_dir.clone())
     };
-    let services = match Services::start(core, HttpConfig::loopback(), ros_config).await {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
+    let services =
+        match Services::start(core, HttpConfig::loopback(), ros_config, bridge_config).await {
+            Ok(s) => s,
+            Err(code) => return code,
+        };
     let url = services.http.url();
 
     let timing = crate::ros::MarkerTiming {

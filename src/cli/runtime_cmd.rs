@@ -56,6 +56,9 @@ pub(super) struct StartArgs {
     /// /autonomy/decisions) on ROS_DOMAIN_ID; RMW_IMPLEMENTATION picks the service mapping.
     #[arg(long)]
     pub ros: bool,
+    /// The governed topic bridge.
+    #[command(flatten)]
+    pub bridge: super::BridgeArgs,
 }
 
 /// The HTTP server's bounds on clients (`docs/http-api.md`, "Limits").
@@ -139,11 +142,16 @@ pub(super) async fn start(args: StartArgs) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let resolved = match super::load_policy(
-        policy_ref_arg,
-        args.policy_dir.as_deref(),
-        crate::policy::dist::resolve::NoFlag::StoreOrDenyAll,
-    ) {
+    let bridge_config = match super::bridge_config(&args.bridge) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let no_flag = if bridge_config.is_some() {
+        crate::policy::dist::resolve::NoFlag::BridgeDemo
+    } else {
+        crate::policy::dist::resolve::NoFlag::StoreOrDenyAll
+    };
+    let resolved = match super::load_policy(policy_ref_arg, args.policy_dir.as_deref(), no_flag) {
         Ok(p) => p,
         Err(e) => return super::usage(&e),
     };
@@ -173,7 +181,7 @@ pub(super) async fn start(args: StartArgs) -> ExitCode {
         Ok(s) => s,
         Err(e) => return super::fail(&format!("cannot install signal handlers: {e}")),
     };
-    let services = match Services::start(core, http, ros_config).await {
+    let services = match Services::start(core, http, ros_config, bridge_config).await {
         Ok(s) => s,
         Err(code) => return code,
     };

@@ -361,6 +361,8 @@ fn render(r: GateResponse) -> Response {
         Outcome::Executed(out) => (StatusCode::OK, Some(out), None),
         Outcome::DecisionOnly => (StatusCode::OK, None, None),
         Outcome::PolicyDenied | Outcome::RuntimeDenied => (StatusCode::FORBIDDEN, None, None),
+        // Only the bridge refuses input at the gate; HTTP answers bad input before it.
+        Outcome::InputRefused => (StatusCode::BAD_REQUEST, None, None),
         Outcome::BadParams(e) => (StatusCode::BAD_REQUEST, None, Some(e.as_str())),
         Outcome::UpstreamFailed(e) => (StatusCode::BAD_GATEWAY, None, Some(e.as_str())),
         Outcome::WalUnavailable(e) => (StatusCode::SERVICE_UNAVAILABLE, None, Some(e.as_str())),

@@ -292,3 +292,75 @@ fn a_body_that_does_not_fit_its_type_is_an_error_not_a_guess() {
     let e = Body::parse(RecordType::Policy, &json!({"event": "policy.loaded"})).unwrap_err();
     assert!(e.to_string().contains("policy.loaded"), "{e}");
 }
+
+#[test]
+fn bridge_records() {
+    let started = BridgeStarted {
+        agent_domain: 99,
+        event: BridgeStartedEvent,
+        robot_domain: 42,
+        topics: vec![
+            BridgeTopic {
+                audit: Some(Cow::Borrowed("batched")),
+                batch_window_ms: Some(10),
+                direction: Cow::Borrowed("agent_to_robot"),
+                name: Cow::Borrowed("/cmd_vel"),
+                type_name: Cow::Borrowed("geometry_msgs/msg/Twist"),
+            },
+            BridgeTopic {
+                audit: None,
+                batch_window_ms: None,
+                direction: Cow::Borrowed("robot_to_agent"),
+                name: Cow::Borrowed("/odom"),
+                type_name: Cow::Borrowed("nav_msgs/msg/Odometry"),
+            },
+        ],
+    };
+    golden(
+        &started,
+        r#"{"agent_domain":99,"event":"bridge.started","robot_domain":42,"topics":[{"audit":"batched","batch_window_ms":10,"direction":"agent_to_robot","name":"/cmd_vel","type":"geometry_msgs/msg/Twist"},{"direction":"robot_to_agent","name":"/odom","type":"nav_msgs/msg/Odometry"}]}"#,
+        Body::BridgeStarted(started.clone()),
+    );
+    let stopped = BridgeStopped {
+        event: BridgeStoppedEvent,
+        topics: vec![BridgeCounts {
+            denied: 2,
+            failed: 0,
+            malformed: 1,
+            name: Cow::Borrowed("/cmd_vel"),
+            received: 10,
+            relayed: 7,
+        }],
+    };
+    golden(
+        &stopped,
+        r#"{"event":"bridge.stopped","topics":[{"denied":2,"failed":0,"malformed":1,"name":"/cmd_vel","received":10,"relayed":7}]}"#,
+        Body::BridgeStopped(stopped.clone()),
+    );
+    // A message that does not decode: an input-layer deny carrying what is known.
+    let params: Map<String, Value> =
+        serde_json::from_str(r#"{"topic":"/cmd_vel","type":"geometry_msgs/msg/Twist","bytes":3}"#)
+            .unwrap();
+    let malformed = DecisionRecord {
+        decision: Decision::Deny,
+        kind: Cow::Borrowed("tool.ros2.topic.publish"),
+        layer: Layer::Input,
+        params: Some(Cow::Borrowed(&params)),
+        policy_ref: Cow::Borrowed("embedded:ros2-bridge-demo"),
+        reason: Some(Cow::Borrowed("malformed message: truncated")),
+        source: Cow::Borrowed("bridge"),
+    };
+    golden(
+        &malformed,
+        r#"{"decision":"deny","kind":"tool.ros2.topic.publish","layer":"input","params":{"bytes":3,"topic":"/cmd_vel","type":"geometry_msgs/msg/Twist"},"policy_ref":"embedded:ros2-bridge-demo","reason":"malformed message: truncated","source":"bridge"}"#,
+        Body::Decision(DecisionRecord {
+            decision: Decision::Deny,
+            kind: Cow::Owned("tool.ros2.topic.publish".into()),
+            layer: Layer::Input,
+            params: Some(Cow::Owned(params.clone())),
+            policy_ref: Cow::Owned("embedded:ros2-bridge-demo".into()),
+            reason: Some(Cow::Owned("malformed message: truncated".into())),
+            source: Cow::Owned("bridge".into()),
+        }),
+    );
+}

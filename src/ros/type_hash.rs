@@ -377,6 +377,21 @@ pub fn rihs01(type_name: &str) -> Option<&'static str> {
         .map(String::as_str)
 }
 
+/// The `RIHS01_<hex>` hash of message `type_name` (`pkg/msg/Name`) from the `.msg` texts of it
+/// and of every type it refers to, by ROS name: how the topic bridge advertises the hash of any
+/// type it relays.
+#[cfg_attr(not(feature = "jazzy"), allow(dead_code))]
+pub(crate) fn rihs01_from_msgs(
+    type_name: &str,
+    texts: &BTreeMap<String, String>,
+) -> Result<String, DescribeError> {
+    let mut reg = BTreeMap::new();
+    for (name, text) in texts {
+        reg.insert(name.clone(), parse_msg(name, text)?);
+    }
+    compute(&reg, type_name)
+}
+
 /// The DDS type name of a ROS type: `std_msgs/msg/String` → `std_msgs::msg::dds_::String_`.
 pub fn dds_type_name(type_name: &str) -> Option<String> {
     let mut parts = type_name.split('/');

@@ -224,6 +224,20 @@ fn remove_stale_spares(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The answer of a queued async append: its seq once the flush that covered it succeeded.
+async fn completion(
+    mine: u64,
+    rx: tokio::sync::oneshot::Receiver<Result<(), Failure>>,
+) -> Result<Seq, WalError> {
+    match rx.await {
+        Ok(Ok(())) => Ok(Seq(mine)),
+        Ok(Err(f)) => Err(f.into_error()),
+        Err(_) => Err(WalError::Poisoned(
+            "the WAL flush ended without an answer".into(),
+        )),
+    }
+}
+
 /// Takes the writer's lock on `dir` (which must exist), for the life of the returned handle:
 /// anything that changes the files of a WAL holds it.
 pub(crate) fn take_lock(dir: &Path) -> Result<Flock<File>, WalError> {
@@ -562,13 +576,36 @@ impl Wal {
                 self.spawn_flush();
             }
         }
-        match rx.await {
-            Ok(Ok(())) => Ok(Seq(mine)),
-            Ok(Err(f)) => Err(f.into_error()),
-            Err(_) => Err(WalError::Poisoned(
-                "the WAL flush ended without an answer".into(),
-            )),
+        completion(mine, rx).await
+    }
+
+    /// Queues one record and returns at once, before any disk work, with a future that resolves
+    /// (with its seq) once the record is durable. The record's place in the log is fixed when
+    /// this returns, so records submitted one after another land in that order; awaiting the
+    /// futures in that order gives their durability in order too.
+    ///
+    /// The flush always runs on tokio's blocking pool (never on the caller's thread, unlike
+    /// [`Wal::append_async`] at low load): a caller that acts before its record is durable must
+    /// not wait on the disk here either. Must be called inside a tokio runtime.
+    pub fn submit(
+        self: &Arc<Self>,
+        rec: NewRecord,
+    ) -> Result<impl std::future::Future<Output = Result<Seq, WalError>> + Send + 'static, WalError>
+    {
+        let prepared = prepare(vec![rec])?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (mine, start) = {
+            let mut g = self.lock_inner()?;
+            let mine = enqueue(&mut g, &prepared)?;
+            g.waiters.push((mine, tx));
+            let start = !g.flushing;
+            g.flushing = true;
+            (mine, start)
+        };
+        if start {
+            self.spawn_flush();
         }
+        Ok(completion(mine, rx))
     }
 
     /// Flushes on tokio's blocking pool until the queue is empty (the caller has set `flushing`).

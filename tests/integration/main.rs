@@ -15,6 +15,7 @@
     unreachable_pub
 )]
 
+mod bridge;
 mod common;
 mod http;
 mod policy;

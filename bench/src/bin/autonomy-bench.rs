@@ -182,6 +182,7 @@ fn eval_phase(
         params: &params,
         source: Source::new("http"),
         allowed_domains: &allowed,
+        extra: None,
     };
     let v = policy.evaluate(&input);
     assert_eq!(v.decision, want, "{what}: unexpected verdict {v:?}");

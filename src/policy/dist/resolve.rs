@@ -1,6 +1,7 @@
 //! `--policy REF` resolution. Never touches the network.
 //!
 //! - `demo` / `embedded:demo`: the embedded demo policy.
+//! - `ros2-bridge-demo` / `embedded:ros2-bridge-demo`: the embedded bridge demo policy.
 //! - `current`: the store's current slot (watched for hot reload).
 //! - `oci://host[:port]/name[:tag]`: the store slot whose source ref is this ref (watched);
 //!   an error telling to `autonomy policy pull` it when no slot has it.
@@ -159,6 +160,8 @@ pub enum NoFlag {
     Demo,
     /// The store's current slot, else deny-all (`autonomy runtime start`).
     StoreOrDenyAll,
+    /// The embedded bridge demo policy (`--bridge` without `--policy`).
+    BridgeDemo,
 }
 
 fn boxed(p: RegoPolicy) -> Box<dyn PolicyEvaluator> {
@@ -188,6 +191,8 @@ pub fn resolve(
     match r {
         None if no_flag == NoFlag::Demo => demo(),
         Some("demo") | Some("embedded:demo") => demo(),
+        None if no_flag == NoFlag::BridgeDemo => bridge_demo(),
+        Some("ros2-bridge-demo") | Some("embedded:ros2-bridge-demo") => bridge_demo(),
         None => {
             let watch_before = PolicyWatch::new(store_dir.to_path_buf(), None);
             match store.open_slot(Slot::Current) {
@@ -255,6 +260,15 @@ pub fn resolve(
 
 fn demo() -> Result<Resolved, ResolveError> {
     let p = demo_policy().map_err(ResolveError::Demo)?;
+    Ok(Resolved {
+        policy: boxed(p),
+        watch: None,
+        warning: None,
+    })
+}
+
+fn bridge_demo() -> Result<Resolved, ResolveError> {
+    let p = crate::policy::eval::bridge_demo_policy().map_err(ResolveError::Demo)?;
     Ok(Resolved {
         policy: boxed(p),
         watch: None,

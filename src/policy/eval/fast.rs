@@ -460,6 +460,7 @@ mod tests {
                     params: &params,
                     source: Source::new("http"),
                     allowed_domains: &[],
+                    extra: None,
                 };
                 let both = policy.evaluate(&input);
                 let reference = policy.evaluate_interpreted(&input);
@@ -508,6 +509,7 @@ mod tests {
                 params: &params,
                 source: Source::new("http"),
                 allowed_domains: &[],
+                extra: None,
             });
             assert_eq!(v.decision, crate::types::Decision::Deny, "{name}: {v:?}");
             // And the VM alone would have allowed it: the reason the fast path is gated.

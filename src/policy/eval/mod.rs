@@ -20,8 +20,14 @@ use crate::types::{Decision, PolicyRef, Source, ToolKind};
 
 /// Rego source of the embedded demo policy.
 pub const DEMO_REGO: &str = include_str!("demo.rego");
+/// Rego source of the embedded bridge demo policy (`embedded:ros2-bridge-demo`).
+pub const BRIDGE_DEMO_REGO: &str = include_str!("bridge_demo.rego");
 
-/// What the evaluator sees: `{kind, params, source, allowed_domains}`.
+/// The input document's own keys, which a front end's extra fields never replace.
+pub const INPUT_KEYS: [&str; 4] = ["kind", "params", "source", "allowed_domains"];
+
+/// What the evaluator sees: `{kind, params, source, allowed_domains}`, plus any extra fields a
+/// front end adds.
 pub struct PolicyInput<'a> {
     /// The tool kind.
     pub kind: &'a ToolKind,
@@ -31,6 +37,9 @@ pub struct PolicyInput<'a> {
     pub source: Source,
     /// The runtime's `http_get` allowlist, as configured.
     pub allowed_domains: &'a [String],
+    /// More top-level fields from the front end (`input.<key>`: the bridge's `rate`); a key
+    /// that is one of [`INPUT_KEYS`] is left out. `None` for HTTP and ROS calls.
+    pub extra: Option<&'a Map<String, Value>>,
 }
 
 impl PolicyInput<'_> {
@@ -49,6 +58,13 @@ impl PolicyInput<'_> {
                     .collect(),
             ),
         );
+        if let Some(extra) = self.extra {
+            for (k, v) in extra {
+                if !INPUT_KEYS.contains(&k.as_str()) {
+                    m.insert(k.clone(), v.clone());
+                }
+            }
+        }
         Value::Object(m)
     }
 
@@ -58,9 +74,8 @@ impl PolicyInput<'_> {
     pub fn to_rego(&self) -> regorus::Value {
         use serde::Deserialize;
         // The keys are the same on every call: made once, shared (a clone is a refcount).
-        static KEYS: std::sync::LazyLock<[regorus::Value; 4]> = std::sync::LazyLock::new(|| {
-            ["kind", "params", "source", "allowed_domains"].map(regorus::Value::from)
-        });
+        static KEYS: std::sync::LazyLock<[regorus::Value; 4]> =
+            std::sync::LazyLock::new(|| INPUT_KEYS.map(regorus::Value::from));
         let [k_kind, k_params, k_source, k_domains] = &*KEYS;
         let mut params = std::collections::BTreeMap::new();
         for (k, v) in self.params {
@@ -78,6 +93,14 @@ impl PolicyInput<'_> {
         m.insert(k_params.clone(), regorus::Value::from(params));
         m.insert(k_source.clone(), regorus::Value::from(self.source.as_str()));
         m.insert(k_domains.clone(), regorus::Value::from(domains));
+        if let Some(extra) = self.extra {
+            for (k, v) in extra {
+                if !INPUT_KEYS.contains(&k.as_str()) {
+                    let v = regorus::Value::deserialize(v).unwrap_or(regorus::Value::Undefined);
+                    m.insert(regorus::Value::from(k.as_str()), v);
+                }
+            }
+        }
         regorus::Value::from(m)
     }
 }
@@ -175,6 +198,15 @@ pub fn demo_policy() -> Result<RegoPolicy, RegoPolicyError> {
     RegoPolicy::compile(
         PolicyRef::new("embedded:demo"),
         &[("demo.rego".to_string(), DEMO_REGO.to_string())],
+        None,
+    )
+}
+
+/// The embedded bridge demo policy, compiled: what `--bridge` uses without `--policy`.
+pub fn bridge_demo_policy() -> Result<RegoPolicy, RegoPolicyError> {
+    RegoPolicy::compile(
+        PolicyRef::new("embedded:ros2-bridge-demo"),
+        &[("bridge_demo.rego".to_string(), BRIDGE_DEMO_REGO.to_string())],
         None,
     )
 }

@@ -278,6 +278,7 @@ mod tests {
             params: &params,
             source: Source::new("http"),
             allowed_domains: &[],
+            extra: None,
         })
     }
 
@@ -294,6 +295,7 @@ mod tests {
             params: &params,
             source: Source::new("ros2"),
             allowed_domains: &domains,
+            extra: None,
         };
         assert_eq!(input.to_rego(), regorus::Value::from(input.to_json()));
         let empty = Map::new();
@@ -302,8 +304,25 @@ mod tests {
             params: &empty,
             source: Source::new("http"),
             allowed_domains: &[],
+            extra: None,
         };
         assert_eq!(input.to_rego(), regorus::Value::from(input.to_json()));
+        // A front end's extra fields appear beside the four; they never replace one of them.
+        let extra: Map<String, serde_json::Value> =
+            serde_json::from_str(r#"{"rate":12.5,"kind":"tool.shell","source":"forged"}"#).unwrap();
+        let input = PolicyInput {
+            kind: &k,
+            params: &params,
+            source: Source::new("bridge"),
+            allowed_domains: &[],
+            extra: Some(&extra),
+        };
+        let json = input.to_json();
+        assert_eq!(json["rate"], 12.5);
+        assert_eq!(json["kind"], "tool.http_get");
+        assert_eq!(json["source"], "bridge");
+        assert_eq!(json.as_object().unwrap().len(), 5);
+        assert_eq!(input.to_rego(), regorus::Value::from(json));
     }
 
     #[test]
@@ -387,6 +406,7 @@ mod tests {
                 params: &params,
                 source: Source::new("http"),
                 allowed_domains: &[],
+                extra: None,
             })
         };
         let v = eval(r#"{"endpoint":7}"#);

@@ -13,11 +13,10 @@
 //! `ros_msgs/autonomy_msgs` and the test package `tests/ros_pkgs/autonomy_test_nodes`) is built
 //! once per test run and shared.
 
-use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Mutex, OnceLock, mpsc};
+use std::process::{Command, ExitStatus};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::common::*;
@@ -25,7 +24,6 @@ use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
 use serde_json::Value;
 
-const ROS_SETUP: &str = "/opt/ros/jazzy/setup.bash";
 const FASTDDS: &str = "rmw_fastrtps_cpp";
 const CYCLONE: &str = "rmw_cyclonedds_cpp";
 
@@ -39,22 +37,6 @@ const MARKERS: [&str; 5] = [
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Whether the real ROS is there. Without it: a failure under `CI=true`, else one skip line.
-fn have_ros(test: &str) -> bool {
-    if Path::new(ROS_SETUP).is_file() {
-        return true;
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!(
-            "{ROS_SETUP} is missing: CI must install ../shared/ros2 (.ci/run does) for the real-ROS suite"
-        );
-    }
-    eprintln!(
-        "skipped {test}: no ROS 2 at {ROS_SETUP} (install it with ../shared/ros2/install.sh)"
-    );
-    false
 }
 
 /// The `autonomy` binary a case runs.
@@ -204,147 +186,6 @@ fn log_noise(lines: &[String]) -> Vec<String> {
         .filter(|l| l.contains(" WARN") || l.contains("ERROR") || rcutils(l))
         .cloned()
         .collect()
-}
-
-/// A child in its own process group, its output lines collected; the group is killed on drop.
-struct Proc {
-    child: Child,
-    what: String,
-    lines: mpsc::Receiver<(bool, String)>,
-    out: Vec<String>,
-    err: Vec<String>,
-    status: Option<ExitStatus>,
-}
-
-impl Proc {
-    fn spawn(mut cmd: Command, what: &str) -> Proc {
-        use std::os::unix::process::CommandExt;
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
-        let (tx, rx) = mpsc::channel();
-        fn pump(r: impl Read + Send + 'static, is_err: bool, tx: mpsc::Sender<(bool, String)>) {
-            std::thread::spawn(move || {
-                for l in BufReader::new(r).lines().map_while(Result::ok) {
-                    if tx.send((is_err, l)).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-        pump(child.stdout.take().expect("stdout"), false, tx.clone());
-        pump(child.stderr.take().expect("stderr"), true, tx);
-        Proc {
-            child,
-            what: what.to_string(),
-            lines: rx,
-            out: Vec::new(),
-            err: Vec::new(),
-            status: None,
-        }
-    }
-
-    fn pid(&self) -> Pid {
-        Pid::from_raw(self.child.id() as i32)
-    }
-
-    fn take(&mut self, (is_err, l): (bool, String)) {
-        if is_err {
-            self.err.push(l);
-        } else {
-            self.out.push(l);
-        }
-    }
-
-    /// Waits for an output line (stdout or stderr) containing `pat`; returns it.
-    fn wait_for(&mut self, pat: &str, limit: Duration) -> String {
-        if let Some(l) = self.out.iter().chain(&self.err).find(|l| l.contains(pat)) {
-            return l.clone();
-        }
-        let end = Instant::now() + limit;
-        while Instant::now() < end {
-            if let Ok(item) = self.lines.recv_timeout(Duration::from_millis(50)) {
-                let hit = item.1.contains(pat);
-                let line = item.1.clone();
-                self.take(item);
-                if hit {
-                    return line;
-                }
-            }
-        }
-        panic!(
-            "{}: no line with {pat:?} within {limit:?}\nstdout: {:#?}\nstderr: {:#?}",
-            self.what, self.out, self.err
-        );
-    }
-
-    fn signal(&self, sig: Signal) {
-        let _ = kill(self.pid(), sig);
-    }
-
-    /// Waits for the exit (killing the group after `limit`) and drains the output.
-    fn wait(&mut self, limit: Duration) -> ExitStatus {
-        let st = match wait_timeout(&mut self.child, limit) {
-            Some(st) => st,
-            None => {
-                self.stop_hard();
-                self.drain();
-                panic!(
-                    "{} did not finish within {limit:?}\nstdout: {:#?}\nstderr: {:#?}",
-                    self.what, self.out, self.err
-                );
-            }
-        };
-        self.status = Some(st);
-        self.drain();
-        st
-    }
-
-    fn drain(&mut self) {
-        while let Ok(item) = self.lines.recv_timeout(Duration::from_millis(300)) {
-            self.take(item);
-        }
-    }
-
-    fn output(&self) -> (String, String) {
-        (self.out.join("\n"), self.err.join("\n"))
-    }
-
-    /// SIGINT (what Ctrl-C sends), then the exit within `limit`.
-    fn interrupt(&mut self, limit: Duration) -> ExitStatus {
-        self.signal(Signal::SIGINT);
-        self.wait(limit)
-    }
-}
-
-impl Proc {
-    /// Ends the process after a failure: SIGTERM first (so `autonomy` sweeps the launch's own
-    /// process group), then SIGKILL to this group.
-    fn stop_hard(&mut self) {
-        let pid = self.pid();
-        let _ = kill(pid, Signal::SIGTERM);
-        let st = wait_timeout(&mut self.child, Duration::from_secs(15));
-        let _ = killpg(pid, Signal::SIGKILL);
-        self.status = Some(match st {
-            Some(st) => st,
-            None => self.child.wait().expect("wait"),
-        });
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if self.status.is_none() {
-            self.stop_hard();
-        } else {
-            // The group may still hold children of an exited leader.
-            let _ = killpg(self.pid(), Signal::SIGKILL);
-        }
-    }
 }
 
 /// The colcon workspace with `autonomy_msgs` (from `ros_msgs/`) and `autonomy_test_nodes`,
@@ -663,9 +504,7 @@ fn graph_service_and_decisions(rmw: &'static str, build: Build) {
         assert_eq!(r.status, 200);
         http_ids.push(r.json()["audit_id"].as_str().unwrap().to_string());
         std::thread::sleep(Duration::from_millis(500));
-        while let Ok(item) = echo.lines.try_recv() {
-            echo.take(item);
-        }
+        while echo.poll(Duration::ZERO) {}
         if let Some(l) = echo.out.iter().find(|l| {
             http_ids
                 .iter()
@@ -829,9 +668,7 @@ fn real_launch_and_markers(rmw: &'static str, build: Build) {
         // Marker 5 is acknowledged (or its linger ended) before `autonomy` exited.
         let end = Instant::now() + Duration::from_secs(10);
         while echoed(p).len() < 5 && Instant::now() < end {
-            if let Ok(item) = p.lines.recv_timeout(Duration::from_millis(100)) {
-                p.take(item);
-            }
+            p.poll(Duration::from_millis(100));
         }
         p.interrupt(Duration::from_secs(20));
         assert_eq!(

@@ -1142,7 +1142,10 @@ impl Node {
     Ok(p)
   }
 
-  pub(crate) fn create_simpledatareader<D, DA>(
+  /// PATCH(autonomy): public, so a node can subscribe with its own
+  /// deserializer adapter (raw, untyped samples) and still list the reader in
+  /// `ros_discovery_info`.
+  pub fn create_simpledatareader<D, DA>(
     &mut self,
     topic: &Topic,
     qos: Option<QosProfile>,
@@ -1156,7 +1159,10 @@ impl Node {
     Ok(r)
   }
 
-  pub(crate) fn create_datawriter<D, SA>(
+  /// PATCH(autonomy): public, so a node can publish with its own serializer
+  /// adapter (raw, untyped samples) and still list the writer in
+  /// `ros_discovery_info`.
+  pub fn create_datawriter<D, SA>(
     &mut self,
     topic: &Topic,
     qos: Option<QosProfile>,

@@ -1,0 +1,65 @@
+# Example policy for the topic bridge (`--bridge examples/bridge/bridge.toml --policy
+# examples/bridge/policy.rego`).
+# /cmd_vel: |linear.x| <= 1.0, |angular.z| <= 2.0, and at most 20 messages per second
+# (`input.rate`: the topic's messages in the last second, this one included).
+# /disable_safety: never. Any other topic: denied. tool.echo and tool.ros2.launch: allowed
+# (so `autonomy run --bridge … ros2.launch …` can start the stack); anything else denied.
+package autonomy
+
+default allow := false
+
+max_rate := 20
+
+allow if input.kind == "tool.echo"
+
+allow if input.kind == "tool.ros2.launch"
+
+publish if input.kind == "tool.ros2.topic.publish"
+
+cmd_vel if {
+	publish
+	input.params.topic == "/cmd_vel"
+}
+
+within_limits if {
+	m := input.params.message
+	is_number(m.linear.x)
+	is_number(m.angular.z)
+	abs(m.linear.x) <= 1.0
+	abs(m.angular.z) <= 2.0
+}
+
+within_rate if input.rate <= max_rate
+
+allow if {
+	cmd_vel
+	within_limits
+	within_rate
+}
+
+reason := sprintf("/cmd_vel: %v messages in the last second, at most %v", [input.rate, max_rate]) if {
+	cmd_vel
+	not within_rate
+}
+
+reason := "/cmd_vel: |linear.x| must be <= 1.0 and |angular.z| <= 2.0" if {
+	cmd_vel
+	within_rate
+	not within_limits
+}
+
+reason := "safety topics are never bridged" if {
+	publish
+	input.params.topic == "/disable_safety"
+}
+
+reason := sprintf("topic %s is not bridged", [input.params.topic]) if {
+	publish
+	not cmd_vel
+	input.params.topic != "/disable_safety"
+}
+
+reason := sprintf("kind %q is not allowed", [input.kind]) if {
+	not publish
+	not allow
+}
