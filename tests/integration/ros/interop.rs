@@ -244,6 +244,52 @@ fn tool_service_decisions_and_discovery_with_a_cyclone_peer() {
     assert!(st.success(), "{st}");
 }
 
+/// A stop and continue (Ctrl-Z then `fg`, a debugger or strace attaching, a cgroup freeze)
+/// makes the DDS threads' `epoll_wait` fail with EINTR: the node must carry on, not lose its
+/// participant (it did: two ERROR lines, then no discovery and no service).
+#[test]
+fn the_node_survives_a_stop_and_continue() {
+    let d_id = ros_domain();
+    let tmp = tempfile::tempdir().unwrap();
+    let wal = tmp.path().join("wal");
+    let mut d = Daemon::start_in(&wal, &["--demo", "--ros"], |c| {
+        c.env("ROS_DOMAIN_ID", d_id.to_string())
+            .env("RMW_IMPLEMENTATION", "rmw_cyclonedds_cpp")
+            .env_remove("ROS_DISTRO");
+    });
+    let pid = nix::unistd::Pid::from_raw(d.child.id() as i32);
+    for _ in 0..3 {
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let calls = serde_json::json!([["tool.echo", "{\"message\": \"still here\"}"]]).to_string();
+    let dom = d_id.to_string();
+    let mut p = Peer::start(&[
+        "tool",
+        "--domain",
+        &dom,
+        "--gid",
+        gid_len(),
+        "--calls",
+        &calls,
+    ]);
+    p.wait_for("done", Duration::from_secs(60));
+    let replies = p.events("reply");
+    assert_eq!(replies.len(), 1, "{replies:?}");
+    assert_eq!(replies[0]["decision"], "allow", "{:?}", replies[0]);
+    assert_eq!(replies[0]["output_json"], "\"still here\"");
+    let st = d.stop();
+    assert!(st.success(), "{st}");
+    let err: Vec<String> = d.stderr.try_iter().collect();
+    assert!(
+        !err.iter()
+            .any(|l| l.contains("ERROR") || l.contains("Interrupted")),
+        "stderr: {err:?}"
+    );
+}
+
 /// An in-process deny-all runtime (WAL under `dir`) with node `/autonomy` on `domain`.
 async fn deny_all_node(
     dir: &Path,

@@ -305,6 +305,10 @@ impl DPEventLoop {
       let poll_timeout = timeout_until(ev_wrapper.shared_timer.borrow().next_deadline(), idle_cap);
       match ev_wrapper.poll.poll(&mut events, Some(poll_timeout)) {
         Ok(_) => {}
+        // PATCH(autonomy): a stop and continue (SIGSTOP/SIGCONT, a debugger or strace
+        // attaching, a cgroup freeze) makes epoll_wait fail with EINTR; that is no reason to end
+        // the participant's event loop.
+        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
         Err(e) => {
           error!("dp_event_loop poll failed: {e:?}");
           break;
