@@ -14,6 +14,21 @@ const FILE_BYTES: u64 = 64 * 1024 * 1024;
 /// `fdatasync`, for `secs`. Returns the per write+sync latencies (ns) and the elapsed seconds.
 /// The file is removed afterwards.
 pub fn raw_fdatasync(dir: &Path, secs: f64, pre: Preallocate) -> (Vec<u64>, f64) {
+    fdatasync_loop(dir, secs, pre, None)
+}
+
+/// Like [`raw_fdatasync`], but one write+sync every `every` (the disk idle in between), as a WAL
+/// fed by messages at a steady rate syncs: after idle, a sync can cost more than back to back.
+pub fn paced_fdatasync(dir: &Path, secs: f64, every: Duration) -> Vec<u64> {
+    fdatasync_loop(dir, secs, Preallocate::ZeroFill, Some(every)).0
+}
+
+fn fdatasync_loop(
+    dir: &Path,
+    secs: f64,
+    pre: Preallocate,
+    every: Option<Duration>,
+) -> (Vec<u64>, f64) {
     let path = dir.join(format!("raw-{pre:?}.dat"));
     let f = OpenOptions::new()
         .create(true)
@@ -48,7 +63,12 @@ pub fn raw_fdatasync(dir: &Path, secs: f64, pre: Preallocate) -> (Vec<u64>, f64)
     let mut off = 0u64;
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(secs);
+    let mut next = start;
     while Instant::now() < end && off + rec.len() as u64 <= FILE_BYTES {
+        if let Some(every) = every {
+            next += every;
+            std::thread::sleep(next.saturating_duration_since(Instant::now()));
+        }
         let t = Instant::now();
         f.write_all_at(&rec, off).expect("write");
         f.sync_data().expect("fdatasync");
