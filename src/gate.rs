@@ -155,18 +155,27 @@ impl Gate {
         resp
     }
 
+    /// What the policy sees of `call`, with the front end's `extra` fields.
+    fn input<'a>(
+        &'a self,
+        call: &'a ToolCall,
+        extra: Option<&'a Map<String, Value>>,
+    ) -> PolicyInput<'a> {
+        PolicyInput {
+            kind: &call.kind,
+            params: &call.params,
+            source: call.source,
+            allowed_domains: &self.allowed_domains,
+            extra,
+        }
+    }
+
     async fn call_inner(&self, call: &ToolCall) -> GateResponse {
         let audit_id = AuditId::new();
         // Held for the whole call, so a reload mid-call does not change this call's policy.
         let policy = self.policy.get();
         let policy_ref = policy.policy_ref().clone();
-        let verdict = policy.evaluate(&PolicyInput {
-            kind: &call.kind,
-            params: &call.params,
-            source: call.source,
-            allowed_domains: &self.allowed_domains,
-            extra: None,
-        });
+        let verdict = policy.evaluate(&self.input(call, None));
 
         let record = decision_record(
             &audit_id,
@@ -256,13 +265,7 @@ impl Gate {
         }
         let policy = self.policy.get();
         let policy_ref = policy.policy_ref().clone();
-        let verdict = policy.evaluate(&PolicyInput {
-            kind: &call.kind,
-            params: &call.params,
-            source: call.source,
-            allowed_domains: &self.allowed_domains,
-            extra,
-        });
+        let verdict = policy.evaluate(&self.input(&call, extra));
         self.pend(
             call,
             verdict.decision,

@@ -91,17 +91,22 @@ fn wal_texts_for(dir: &Path, audit_id: &str) -> Vec<String> {
         .collect()
 }
 
+/// `runtime start --demo --ros` on domain `d_id` with the Cyclone service mapping.
+fn cyclone_daemon(wal: &Path, d_id: u16) -> Daemon {
+    Daemon::start_in(wal, &["--demo", "--ros"], |c| {
+        c.env("ROS_DOMAIN_ID", d_id.to_string())
+            .env("RMW_IMPLEMENTATION", "rmw_cyclonedds_cpp")
+            .env_remove("ROS_DISTRO");
+    })
+}
+
 #[test]
 fn tool_service_decisions_and_discovery_with_a_cyclone_peer() {
     let py = venv_python();
     let d_id = ros_domain();
     let tmp = tempfile::tempdir().unwrap();
     let wal = tmp.path().join("wal");
-    let mut d = Daemon::start_in(&wal, &["--demo", "--ros"], |c| {
-        c.env("ROS_DOMAIN_ID", d_id.to_string())
-            .env("RMW_IMPLEMENTATION", "rmw_cyclonedds_cpp")
-            .env_remove("ROS_DISTRO");
-    });
+    let mut d = cyclone_daemon(&wal, d_id);
     let _ = py;
     let want = format!(
         "autonomy: ROS 2 node /autonomy on domain {d_id} ({}, rmw_cyclonedds_cpp service mapping)",
@@ -252,11 +257,7 @@ fn the_node_survives_a_stop_and_continue() {
     let d_id = ros_domain();
     let tmp = tempfile::tempdir().unwrap();
     let wal = tmp.path().join("wal");
-    let mut d = Daemon::start_in(&wal, &["--demo", "--ros"], |c| {
-        c.env("ROS_DOMAIN_ID", d_id.to_string())
-            .env("RMW_IMPLEMENTATION", "rmw_cyclonedds_cpp")
-            .env_remove("ROS_DISTRO");
-    });
+    let mut d = cyclone_daemon(&wal, d_id);
     let pid = nix::unistd::Pid::from_raw(d.child.id() as i32);
     for _ in 0..3 {
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
