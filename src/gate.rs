@@ -8,6 +8,7 @@ use tokio::sync::Notify;
 
 use serde_json::{Map, Value};
 
+use crate::metrics::{self, Metrics};
 use crate::policy::{ActivePolicy, PolicyInput};
 use crate::record::{DecisionRecord, ErrorCode, ErrorRecord, Layer, RecordBody};
 use crate::tools::{ToolOutcome, Tools};
@@ -91,12 +92,16 @@ pub struct Gate {
     /// `started` record is durable, so no decision precedes it in the log.
     open: AtomicBool,
     opened: Notify,
+    /// What `GET /metrics` shows; counts every final decision.
+    metrics: Arc<Metrics>,
 }
 
 impl Gate {
     /// A gate over this policy, WAL and tools.
     pub fn new(policy: Arc<ActivePolicy>, wal: Arc<Wal>, tools: Tools) -> Self {
         let allowed_domains = tools.allowlist().entries();
+        let metrics = Arc::new(Metrics::new());
+        metrics.add_source(wal.clone());
         Gate {
             policy,
             wal,
@@ -105,6 +110,7 @@ impl Gate {
             observers: std::sync::RwLock::new(Vec::new()),
             open: AtomicBool::new(false),
             opened: Notify::new(),
+            metrics,
         }
     }
 
@@ -141,12 +147,25 @@ impl Gate {
         &self.policy
     }
 
+    /// The runtime's metrics (the gate's own counts, the WAL's, registered sources).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
     /// Decides, records durably, executes if allowed, records the outcome, answers.
     pub async fn call(&self, call: ToolCall) -> GateResponse {
+        let _in_flight = self.metrics.call_in_flight();
         if !self.open.load(Ordering::Acquire) {
             self.wait_open().await;
         }
         let resp = self.call_inner(&call).await;
+        // metrics: the agent label is ANONYMOUS until calls carry the caller's identity.
+        self.metrics.decision(
+            call.kind.as_str(),
+            call.source.as_str(),
+            resp.decision.as_str(),
+            metrics::ANONYMOUS,
+        );
         if let Ok(obs) = self.observers.read() {
             for o in obs.iter() {
                 o.on_decision(&call, &resp);
@@ -175,7 +194,9 @@ impl Gate {
         // Held for the whole call, so a reload mid-call does not change this call's policy.
         let policy = self.policy.get();
         let policy_ref = policy.policy_ref().clone();
-        let verdict = policy.evaluate(&self.input(call, None));
+        let verdict = self
+            .metrics
+            .time_policy_eval(|| policy.evaluate(&self.input(call, None)));
 
         let record = decision_record(
             &audit_id,
@@ -265,7 +286,9 @@ impl Gate {
         }
         let policy = self.policy.get();
         let policy_ref = policy.policy_ref().clone();
-        let verdict = policy.evaluate(&self.input(&call, extra));
+        let verdict = self
+            .metrics
+            .time_policy_eval(|| policy.evaluate(&self.input(&call, extra)));
         self.pend(
             call,
             verdict.decision,
@@ -414,6 +437,13 @@ impl Pending {
         {
             resp = wal_unavailable(resp.policy_ref, resp.audit_id, &e);
         }
+        // metrics: the agent label is ANONYMOUS until calls carry the caller's identity.
+        self.gate.metrics.decision(
+            self.call.kind.as_str(),
+            self.call.source.as_str(),
+            resp.decision.as_str(),
+            metrics::ANONYMOUS,
+        );
         if let Ok(obs) = self.gate.observers.read() {
             for o in obs.iter() {
                 o.on_decision(&self.call, &resp);

@@ -17,6 +17,7 @@ pub(crate) mod builtin;
 pub mod cdr;
 pub mod config;
 pub mod dds;
+mod metrics;
 pub mod msgdef;
 pub mod rate;
 
@@ -350,6 +351,12 @@ pub async fn start(
             }
         }
     }
+    // metrics: each topic's counts in `GET /metrics`.
+    gate.metrics().add_source(Arc::new(metrics::BridgeMetrics {
+        topics: (file.topics.iter().zip(&topics))
+            .map(|(t, (name, c))| (name.clone(), t.direction, c.clone()))
+            .collect(),
+    }));
     Ok(BridgeHandle {
         gate,
         topics,

@@ -1,5 +1,5 @@
-//! The HTTP front end (axum on hyper): `GET /health`, `POST /v1/tool`. It only translates; the
-//! `Gate` decides. [`server`] bounds the connections themselves (timeouts, limit, lingering).
+//! The HTTP front end (axum on hyper): `GET /health`, `POST /v1/tool`, `GET /metrics`. It only
+//! translates; the `Gate` decides. [`server`] bounds the connections themselves (timeouts, limit, lingering).
 
 mod conn;
 pub mod server;
@@ -145,8 +145,8 @@ impl crate::runtime::FrontEnd for HttpServer {
     }
 }
 
-/// Binds `cfg.listen` and serves `GET /health` and `POST /v1/tool` into the runtime's gate.
-/// Calls that arrive before [`crate::runtime::Runtime::start`] wait at the gate.
+/// Binds `cfg.listen` and serves `GET /health`, `POST /v1/tool` and `GET /metrics` from the
+/// runtime's gate. Calls that arrive before [`crate::runtime::Runtime::start`] wait at the gate.
 pub async fn start(
     runtime: &crate::runtime::Runtime,
     cfg: HttpConfig,
@@ -203,6 +203,7 @@ pub fn router(gate: Arc<Gate>, limits: &HttpLimits) -> Router {
             only(get(health), "GET, HEAD").head(|| async { StatusCode::OK }),
         )
         .route("/v1/tool", only(post(tool), "POST"))
+        .route("/metrics", only(get(metrics), "GET, HEAD"))
         .fallback(not_found)
         .with_state(state)
 }
@@ -223,11 +224,22 @@ async fn health() -> Response {
     axum::Json(json!({"status": "ok"})).into_response()
 }
 
+/// `GET /metrics` (HEAD too: axum answers it from the GET handler without the body).
+async fn metrics(State(st): State<AppState>) -> Response {
+    let body = st.gate.metrics().render();
+    let mut resp = Response::new(Body::from(body));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+    );
+    resp
+}
+
 async fn not_found(method: Method, uri: axum::http::Uri) -> Response {
     error(
         StatusCode::NOT_FOUND,
         &format!(
-            "no route for {method} {}; the API is GET /health and POST /v1/tool",
+            "no route for {method} {}; the API is GET /health, POST /v1/tool and GET /metrics",
             uri.path()
         ),
     )

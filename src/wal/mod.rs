@@ -11,6 +11,7 @@ mod durable;
 mod format;
 pub mod reader;
 pub mod repair;
+mod stats;
 mod writer;
 
 use serde_json::{Map, Value};
@@ -23,6 +24,7 @@ pub use format::{
 pub use reader::{
     DamageCode, Reader, StoredRecord, TornTail, VerifyReport, WalDamage, list_segments, verify,
 };
+pub use stats::WalStats;
 pub use writer::Wal;
 
 pub use crate::record::{RecordBody, RecordType};

@@ -424,6 +424,8 @@ pub struct Reader {
     prev: String,
     records: u64,
     segments: u64,
+    /// Bytes (header and whole records) of the segments before the current one.
+    done_bytes: u64,
     torn: Option<TornTail>,
     damage: Option<WalDamage>,
     damage_yielded: bool,
@@ -485,6 +487,7 @@ impl Reader {
             prev: GENESIS.to_string(),
             records: 0,
             segments: 0,
+            done_bytes: 0,
             torn: None,
             damage: None,
             damage_yielded: false,
@@ -506,6 +509,12 @@ impl Reader {
     /// Segments opened so far.
     pub fn segments(&self) -> u64 {
         self.segments
+    }
+
+    /// Bytes read so far as segment headers and whole records: the log's size, once read to
+    /// its end (preallocated space not counted).
+    pub fn bytes(&self) -> u64 {
+        self.done_bytes + self.cur.as_ref().map_or(0, |c| c.offset)
     }
 
     /// The last seq read (0 before any).
@@ -640,6 +649,7 @@ impl Reader {
             ));
         }
         self.segments += 1;
+        self.done_bytes += self.cur.as_ref().map_or(0, |c| c.offset);
         self.cur = Some(Cur {
             path,
             first_seq: first,

@@ -5,6 +5,7 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Instant;
 
 use nix::errno::Errno;
 use nix::fcntl::{FallocateFlags, Flock, FlockArg};
@@ -15,6 +16,7 @@ use super::format::{
     hash_payload, header_bytes, push_frame, segment_name,
 };
 use super::reader::Reader;
+use super::stats::{Live, WalStats};
 use super::{
     NewRecord, Preallocate, RecordType, Recovery, SyncMode, WalError, WalOptions, now_rfc3339,
 };
@@ -127,6 +129,9 @@ pub struct Wal {
     io: Mutex<SegIo>,
     /// The next segment, made ready in the background (see [`Spare`]).
     spare: Arc<Mutex<Spare>>,
+    /// What the writer counts about itself ([`Wal::stats`]); shared with the completion futures
+    /// of [`Wal::submit`], which must not keep the log itself open.
+    stats: Arc<Live>,
     _lock: Flock<File>,
     #[cfg(test)]
     pub(crate) fail_next_write: std::sync::atomic::AtomicBool,
@@ -377,6 +382,7 @@ impl Wal {
             ));
         }
 
+        let stats = Arc::new(Live::new(r.bytes(), r.segments()));
         let seg = match r.position() {
             Some((path, _, offset)) => {
                 let file = OpenOptions::new()
@@ -391,11 +397,15 @@ impl Wal {
                     rotate_pending: false,
                 }
             }
-            None => create_segment(dir, next_seq, &opts).map_err(io_err(format!(
-                "cannot create segment {} in {}",
-                segment_name(next_seq),
-                dir.display()
-            )))?,
+            None => {
+                let seg = create_segment(dir, next_seq, &opts).map_err(io_err(format!(
+                    "cannot create segment {} in {}",
+                    segment_name(next_seq),
+                    dir.display()
+                )))?;
+                stats.segment(HEADER_LEN);
+                seg
+            }
         };
         drop(r);
 
@@ -424,6 +434,7 @@ impl Wal {
             cv: Condvar::new(),
             io: Mutex::new(seg),
             spare: Arc::new(Mutex::new(Spare::default())),
+            stats,
             _lock: lock,
             #[cfg(test)]
             fail_next_write: std::sync::atomic::AtomicBool::new(false),
@@ -450,6 +461,12 @@ impl Wal {
             recovery.trimmed = Some(msg);
         }
         Ok((wal, recovery))
+    }
+
+    /// What this writer has done since it opened the log (records, bytes, batches, fsync and
+    /// append latencies, failures) and the log's size: atomics read without taking a lock.
+    pub fn stats(&self) -> WalStats {
+        self.stats.snapshot()
     }
 
     /// The directory.
@@ -503,6 +520,17 @@ impl Wal {
     /// Blocks the calling thread (leader/follower group commit): use [`Wal::append_async`] from
     /// async code.
     pub fn append_batch(&self, recs: Vec<NewRecord>) -> Result<Seq, WalError> {
+        let start = Instant::now();
+        let any = !recs.is_empty();
+        let res = self.append_blocking(recs);
+        if any && res.is_ok() {
+            self.stats.append(start.elapsed());
+        }
+        res
+    }
+
+    /// [`Wal::append_batch`], untimed.
+    fn append_blocking(&self, recs: Vec<NewRecord>) -> Result<Seq, WalError> {
         let prepared = prepare(recs)?;
         let mut g = self.lock_inner()?;
         let mine = enqueue(&mut g, &prepared)?;
@@ -544,6 +572,7 @@ impl Wal {
     /// arrived during the previous fdatasync). In `SyncMode::None` the write (page cache only)
     /// is done inline instead. Must be called inside a tokio runtime.
     pub async fn append_async(self: &Arc<Self>, rec: NewRecord) -> Result<Seq, WalError> {
+        let called = Instant::now();
         let prepared = prepare(vec![rec])?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let (mine, start, inline) = {
@@ -576,7 +605,11 @@ impl Wal {
                 self.spawn_flush();
             }
         }
-        completion(mine, rx).await
+        let res = completion(mine, rx).await;
+        if res.is_ok() {
+            self.stats.append(called.elapsed());
+        }
+        res
     }
 
     /// Queues one record and returns at once, before any disk work, with a future that resolves
@@ -592,6 +625,7 @@ impl Wal {
         rec: NewRecord,
     ) -> Result<impl std::future::Future<Output = Result<Seq, WalError>> + Send + 'static, WalError>
     {
+        let called = Instant::now();
         let prepared = prepare(vec![rec])?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let (mine, start) = {
@@ -605,7 +639,14 @@ impl Wal {
         if start {
             self.spawn_flush();
         }
-        Ok(completion(mine, rx))
+        let stats = self.stats.clone();
+        Ok(async move {
+            let res = completion(mine, rx).await;
+            if res.is_ok() {
+                stats.append(called.elapsed());
+            }
+            res
+        })
     }
 
     /// Flushes on tokio's blocking pool until the queue is empty (the caller has set `flushing`).
@@ -653,6 +694,8 @@ impl Wal {
                 }
                 self.wake(&g);
                 drop(g);
+                self.stats
+                    .batch(batch.last + 1 - batch.first, batch.bytes.len() as u64);
                 for (_, w) in done {
                     let _ = w.send(Ok(()));
                 }
@@ -697,6 +740,7 @@ impl Wal {
                 let all = std::mem::take(&mut g.waiters);
                 self.wake(&g);
                 drop(g);
+                self.stats.write_error(false);
                 for (_, w) in all {
                     let _ = w.send(Err(Failure::Dropped(msg.clone())));
                 }
@@ -714,6 +758,7 @@ impl Wal {
                 let all = std::mem::take(&mut g.waiters);
                 self.wake(&g);
                 drop(g);
+                self.stats.write_error(true);
                 for (_, w) in all {
                     let _ = w.send(Err(Failure::Latched(msg.clone())));
                 }
@@ -753,13 +798,18 @@ impl Wal {
         {
             if self.opts.sync == SyncMode::None {
                 // Leave the old segment complete on disk before the chain moves on.
+                let t = Instant::now();
                 io.file.sync_data().map_err(written(format!(
                     "WAL fsync of {} failed",
                     io.path.display()
                 )))?;
+                self.stats.fsync(t.elapsed());
             }
             match self.next_segment(first_seq) {
-                Ok(seg) => *io = seg,
+                Ok(seg) => {
+                    *io = seg;
+                    self.stats.segment(HEADER_LEN);
+                }
                 Err(source) => {
                     io.rotate_pending = true;
                     return Err(WriteError::NothingWritten(WalError::Io {
@@ -786,10 +836,12 @@ impl Wal {
             self.prepare_spare();
         }
         if self.opts.sync == SyncMode::Fsync {
+            let t = Instant::now();
             io.file.sync_data().map_err(written(format!(
                 "WAL fdatasync of {} failed",
                 io.path.display()
             )))?;
+            self.stats.fsync(t.elapsed());
         }
         Ok(())
     }

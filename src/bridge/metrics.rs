@@ -1,0 +1,114 @@
+//! The bridge's per-topic counts ([`Counters`]) in `GET /metrics`, read at each scrape. The
+//! topics are the config's, so the `topic` label is bounded by it.
+
+use std::sync::Arc;
+
+use super::Counters;
+use super::config::Direction;
+use crate::metrics::{Encoder, MetricType, MetricsSource};
+
+/// Every bridged topic's counters.
+pub(super) struct BridgeMetrics {
+    pub(super) topics: Vec<(String, Direction, Arc<Counters>)>,
+}
+
+impl MetricsSource for BridgeMetrics {
+    fn encode(&self, e: &mut Encoder<'_>) {
+        let get = |c: &std::sync::atomic::AtomicU64| Counters::get(c);
+        e.family(
+            "autonomy_bridge_messages_received_total",
+            MetricType::Counter,
+            "Messages the bridge received, by topic and direction.",
+        );
+        for (topic, dir, c) in &self.topics {
+            let labels = [("topic", topic.as_str()), ("direction", dir.as_str())];
+            e.sample(
+                "autonomy_bridge_messages_received_total",
+                &labels,
+                get(&c.received),
+            );
+        }
+        e.family(
+            "autonomy_bridge_messages_total",
+            MetricType::Counter,
+            "Bridged messages by topic, direction and decision: allow (relayed), deny (dropped \
+             by the policy), malformed (dropped undecoded).",
+        );
+        for (topic, dir, c) in &self.topics {
+            let mut rows = vec![("allow", get(&c.relayed)), ("malformed", get(&c.malformed))];
+            // Feeds back to the agent are relayed without a decision: nothing is denied there.
+            if *dir == Direction::AgentToRobot {
+                rows.insert(1, ("deny", get(&c.denied)));
+            }
+            for (decision, n) in rows {
+                e.sample(
+                    "autonomy_bridge_messages_total",
+                    &[
+                        ("topic", topic.as_str()),
+                        ("direction", dir.as_str()),
+                        ("decision", decision),
+                    ],
+                    n,
+                );
+            }
+        }
+        e.family(
+            "autonomy_bridge_messages_failed_total",
+            MetricType::Counter,
+            "Bridged messages that could not be recorded or republished, by topic and direction.",
+        );
+        for (topic, dir, c) in &self.topics {
+            let labels = [("topic", topic.as_str()), ("direction", dir.as_str())];
+            e.sample(
+                "autonomy_bridge_messages_failed_total",
+                &labels,
+                get(&c.failed),
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_topic_shows_its_counts_by_decision() {
+        let c = Arc::new(Counters::default());
+        for _ in 0..3 {
+            Counters::add(&c.received);
+        }
+        Counters::add(&c.relayed);
+        Counters::add(&c.denied);
+        Counters::add(&c.malformed);
+        let feed = Arc::new(Counters::default());
+        Counters::add(&feed.received);
+        Counters::add(&feed.relayed);
+        let m = crate::metrics::Metrics::new();
+        m.add_source(Arc::new(BridgeMetrics {
+            topics: vec![
+                ("/cmd_vel".into(), Direction::AgentToRobot, c),
+                ("/odom".into(), Direction::RobotToAgent, feed),
+            ],
+        }));
+        let text = m.render();
+        let got: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("autonomy_bridge_"))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                r#"autonomy_bridge_messages_received_total{topic="/cmd_vel",direction="agent_to_robot"} 3"#,
+                r#"autonomy_bridge_messages_received_total{topic="/odom",direction="robot_to_agent"} 1"#,
+                r#"autonomy_bridge_messages_total{topic="/cmd_vel",direction="agent_to_robot",decision="allow"} 1"#,
+                r#"autonomy_bridge_messages_total{topic="/cmd_vel",direction="agent_to_robot",decision="deny"} 1"#,
+                r#"autonomy_bridge_messages_total{topic="/cmd_vel",direction="agent_to_robot",decision="malformed"} 1"#,
+                r#"autonomy_bridge_messages_total{topic="/odom",direction="robot_to_agent",decision="allow"} 1"#,
+                r#"autonomy_bridge_messages_total{topic="/odom",direction="robot_to_agent",decision="malformed"} 0"#,
+                r#"autonomy_bridge_messages_failed_total{topic="/cmd_vel",direction="agent_to_robot"} 0"#,
+                r#"autonomy_bridge_messages_failed_total{topic="/odom",direction="robot_to_agent"} 0"#,
+            ]
+        );
+    }
+}
