@@ -117,6 +117,23 @@ type = "std_msgs/msg/Bool"
         "{told:?}"
     );
 
+    // The same counts in GET /metrics, per topic and decision, and the gate's decisions.
+    let r = http(d.addr, "GET", "/metrics", None);
+    assert_eq!(r.status, 200);
+    let metrics = String::from_utf8(r.body).unwrap();
+    for want in [
+        r#"autonomy_bridge_messages_received_total{topic="/cmd_vel",direction="agent_to_robot"} 7"#,
+        r#"autonomy_bridge_messages_total{topic="/cmd_vel",direction="agent_to_robot",decision="allow"} 3"#,
+        r#"autonomy_bridge_messages_total{topic="/cmd_vel",direction="agent_to_robot",decision="deny"} 3"#,
+        r#"autonomy_bridge_messages_total{topic="/cmd_vel",direction="agent_to_robot",decision="malformed"} 1"#,
+        r#"autonomy_bridge_messages_total{topic="/status",direction="robot_to_agent",decision="allow"} 3"#,
+        r#"autonomy_bridge_messages_failed_total{topic="/cmd_vel",direction="agent_to_robot"} 0"#,
+        r#"autonomy_decisions_total{kind="tool.ros2.topic.publish",source="bridge",decision="allow",agent="anonymous"} 4"#,
+        r#"autonomy_decisions_total{kind="tool.ros2.topic.publish",source="bridge",decision="deny",agent="anonymous"} 6"#,
+    ] {
+        assert!(metrics.lines().any(|l| l == want), "no {want} in\n{metrics}");
+    }
+
     let lines = stop(&mut d);
     assert!(
         lines.contains(
