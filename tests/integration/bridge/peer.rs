@@ -131,7 +131,10 @@ type = "std_msgs/msg/Bool"
         r#"autonomy_decisions_total{kind="tool.ros2.topic.publish",source="bridge",decision="allow",agent="anonymous"} 4"#,
         r#"autonomy_decisions_total{kind="tool.ros2.topic.publish",source="bridge",decision="deny",agent="anonymous"} 6"#,
     ] {
-        assert!(metrics.lines().any(|l| l == want), "no {want} in\n{metrics}");
+        assert!(
+            metrics.lines().any(|l| l == want),
+            "no {want} in\n{metrics}"
+        );
     }
 
     let lines = stop(&mut d);

@@ -213,8 +213,10 @@ impl Prometheus {
         std::fs::write(
             &config,
             format!(
-                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n\
-                 scrape_configs:\n  - job_name: autonomy\n    static_configs:\n      - targets: ['{target}']\n"
+                "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
+                 rule_files: ['{}']\n\
+                 scrape_configs:\n  - job_name: autonomy\n    static_configs:\n      - targets: ['{target}']\n",
+                repo().join("examples/prometheus/alerts.yml").display()
             ),
         )
         .unwrap();
@@ -239,14 +241,21 @@ impl Prometheus {
         Prometheus { child, addr, dir }
     }
 
-    /// The result vector of an instant query, or `None` while Prometheus is not answering.
-    fn query(&self, q: &str) -> Option<Vec<Value>> {
+    /// The `data` of an API answer, or `None` while Prometheus is not answering.
+    fn api(&self, path: &str) -> Option<Value> {
         TcpStream::connect_timeout(&self.addr, Duration::from_millis(500)).ok()?;
-        let r = http(self.addr, "GET", &format!("/api/v1/query?query={q}"), None);
+        let r = http(self.addr, "GET", path, None);
         if r.status != 200 {
             return None;
         }
-        r.json()["data"]["result"].as_array().cloned()
+        Some(r.json()["data"].clone())
+    }
+
+    /// The result vector of an instant query.
+    fn query(&self, q: &str) -> Option<Vec<Value>> {
+        self.api(&format!("/api/v1/query?query={q}"))?["result"]
+            .as_array()
+            .cloned()
     }
 
     fn log(&self) -> String {
@@ -301,4 +310,47 @@ fn a_real_prometheus_scrapes_the_daemon() {
     assert_eq!(q.len(), 1, "{q:?}");
     let p99: f64 = q[0]["value"][1].as_str().unwrap().parse().unwrap();
     assert!(p99 > 0.0 && p99 <= 10.0, "{q:?}");
+
+    // The example alerts (examples/prometheus/alerts.yml) load and evaluate without error
+    // against the real series.
+    let mut rules = Vec::new();
+    let all_ok = eventually(Duration::from_secs(20), || {
+        rules = prom
+            .api("/api/v1/rules")
+            .and_then(|d| d["groups"][0]["rules"].as_array().cloned())
+            .unwrap_or_default();
+        !rules.is_empty() && rules.iter().all(|r| r["health"] == "ok")
+    });
+    assert!(all_ok, "{rules:#?}");
+    assert_eq!(rules.len(), 8, "{rules:#?}");
+    let firing: Vec<&Value> = rules.iter().filter(|r| r["state"] == "firing").collect();
+    assert!(firing.is_empty(), "{firing:#?}");
+}
+
+#[test]
+fn the_example_prometheus_files_are_valid_and_in_the_docs() {
+    let dir = repo().join("examples/prometheus");
+    let docs = std::fs::read_to_string(repo().join("docs/metrics.md")).unwrap();
+    for f in ["prometheus.yml", "alerts.yml"] {
+        let text = std::fs::read_to_string(dir.join(f)).unwrap();
+        assert!(
+            docs.contains(&text),
+            "docs/metrics.md does not show {f} as it is"
+        );
+    }
+    let Some(promtool) = tool("promtool", "the_example_prometheus_files_are_valid") else {
+        return;
+    };
+    // `check config` checks the rule files it names too.
+    let o = Command::new(promtool)
+        .args(["check", "config"])
+        .arg(dir.join("prometheus.yml"))
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
 }
