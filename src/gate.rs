@@ -1031,4 +1031,74 @@ mod tests {
         let p = g.decide(publish(0.5), None, Durability::Deferred).await;
         assert_eq!(p.early().unwrap().decision, Decision::Deny);
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bridged_calls_meet_limits_and_never_wait_for_approval() {
+        let tmp = tempfile::tempdir().unwrap();
+        let limits = crate::limits::Limits::from_json(&json!({"limits": [
+            {"agent": "bridge:*", "per_second": 1, "burst": 1}
+        ]}))
+        .unwrap();
+        let policy = crate::policy::eval::RegoPolicy::compile(
+            PolicyRef::new("t"),
+            &[(
+                "p.rego".into(),
+                "package autonomy\ndefault allow := false\nallow if input.params.topic == \"/cmd_vel\"\napproval if input.params.message.linear.x > 0.9\n".into(),
+            )],
+            None,
+        )
+        .unwrap();
+        let (wal, _) = Wal::open(tmp.path(), crate::wal::WalOptions::default()).unwrap();
+        let tools = Tools::new(
+            crate::tools::Allowlist::empty(),
+            crate::tools::HttpGetLimits::default(),
+        );
+        let g = Arc::new(
+            Gate::new(
+                Arc::new(ActivePolicy::new(Box::new(policy))),
+                Arc::new(wal),
+                tools,
+            )
+            .with_options(GateOptions {
+                limits: Some(limits),
+                ..GateOptions::default()
+            }),
+        );
+        g.open();
+        let first = g.decide(publish(0.5), None, Durability::BeforeActing).await;
+        let first = first.durable().await;
+        assert_eq!(first.decision, Decision::Allow);
+        let second = g.decide(publish(0.5), None, Durability::BeforeActing).await;
+        let second = second.durable().await;
+        assert_eq!(second.decision, Decision::Deny);
+        assert_eq!(second.reason.as_deref(), Some(RATE_LIMITED));
+        assert!(matches!(second.outcome, Outcome::RateLimited(_)));
+        // A bridged message cannot wait for a person: an ask is a deny.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let ask = g
+            .decide(publish(0.95), None, Durability::BeforeActing)
+            .await;
+        let ask = ask.durable().await;
+        assert_eq!(ask.decision, Decision::Deny);
+        assert!(ask.reason.unwrap().contains("asks for approval"));
+        let recs = crate::wal::read_records(tmp.path()).unwrap();
+        let layers: Vec<(Decision, Layer)> = recs
+            .iter()
+            .map(|r| match r.body().unwrap() {
+                crate::record::Body::Decision(d) => {
+                    assert_eq!(d.agent.as_deref(), Some("bridge:/cmd_vel"));
+                    (d.decision, d.layer)
+                }
+                _ => panic!("not a decision"),
+            })
+            .collect();
+        assert_eq!(
+            layers,
+            [
+                (Decision::Allow, Layer::Policy),
+                (Decision::Deny, Layer::Limit),
+                (Decision::Deny, Layer::Policy)
+            ]
+        );
+    }
 }

@@ -17,7 +17,7 @@ approval_reason := "echoing ask needs a person"
 "#;
 
 /// `autonomy approvals --json` against `d` (through its local operator file): the waiting calls.
-fn pending(d: &Daemon) -> Vec<Value> {
+pub fn pending(d: &Daemon) -> Vec<Value> {
     let out = cli(
         &["approvals", "--json", "--agents", p(&d.agents_file())],
         &[],
@@ -30,7 +30,7 @@ fn pending(d: &Daemon) -> Vec<Value> {
 }
 
 /// Waits until one call waits, and returns it.
-fn one_pending(d: &Daemon) -> Value {
+pub fn one_pending(d: &Daemon) -> Value {
     let mut got = Vec::new();
     assert!(
         eventually(Duration::from_secs(10), || {

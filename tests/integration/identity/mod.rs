@@ -2,7 +2,7 @@
 //! against the binary: `agent add|list|revoke`, `--auth`, `--limits`, `approve|reject`,
 //! `--shadow`.
 
-mod approvals;
+pub mod approvals;
 mod auth;
 mod limits;
 mod shadow;
