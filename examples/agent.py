@@ -4,6 +4,9 @@
 Run it governed:   autonomy run python3 examples/agent.py
 Or against a daemon: AUTONOMY_RUNTIME_URL=http://127.0.0.1:7777 python3 examples/agent.py
 
+When AUTONOMY_RUNTIME_TOKEN is set (`autonomy run` sets a one-run token; a daemon with --auth
+takes one from `autonomy agent add NAME`), it is sent as `Authorization: Bearer <token>`.
+
 It prints each answer and exits 1 if any answer differs from the embedded demo policy's table.
 """
 
@@ -17,10 +20,14 @@ import urllib.request
 def call_tool(kind: str, params: dict) -> tuple[int, dict]:
     base_url = os.environ["AUTONOMY_RUNTIME_URL"].rstrip("/")
     payload = json.dumps({"kind": kind, "params": params}).encode()
+    headers = {"Content-Type": "application/json"}
+    token = os.environ.get("AUTONOMY_RUNTIME_TOKEN")
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
     req = urllib.request.Request(
         f"{base_url}/v1/tool",
         data=payload,
-        headers={"Content-Type": "application/json"},
+        headers=headers,
         method="POST",
     )
     try:

@@ -8,13 +8,23 @@ use tokio::sync::Notify;
 
 use serde_json::{Map, Value};
 
+use crate::approvals::{Approvals, Resolution};
+use crate::limits::{Limited, Limits};
 use crate::metrics::{self, Metrics};
-use crate::policy::{ActivePolicy, PolicyInput};
-use crate::record::{DecisionRecord, ErrorCode, ErrorRecord, Layer, RecordBody};
+use crate::policy::{ActivePolicy, PolicyEvaluator, PolicyInput};
+use crate::record::{
+    ApprovalRequested, ApprovalRequestedEvent, DecisionRecord, ErrorCode, ErrorRecord, Layer,
+    RecordBody,
+};
 use crate::tools::{ToolOutcome, Tools};
 use crate::types::Seq;
-use crate::types::{AuditId, Decision, PolicyRef, Source, ToolKind};
+use crate::types::{Agent, AuditId, Decision, PolicyRef, Source, ToolKind};
 use crate::wal::{NewRecord, Wal, WalError};
+
+/// The reason of a call denied by its rate limit.
+pub const RATE_LIMITED: &str = "rate limited";
+/// How long a call waits for approval unless configured otherwise.
+pub const DEFAULT_APPROVAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// One tool call as a front end hands it to the gate.
 #[derive(Debug, Clone)]
@@ -25,6 +35,8 @@ pub struct ToolCall {
     pub params: Map<String, Value>,
     /// The front end.
     pub source: Source,
+    /// Who made it.
+    pub agent: Agent,
 }
 
 /// How the call ended; front ends map this to their status codes.
@@ -46,6 +58,20 @@ pub enum Outcome {
     UpstreamFailed(String),
     /// The WAL could not record the decision: nothing executed.
     WalUnavailable(String),
+    /// Over its rate limit: denied before the policy; a token is free after this long.
+    RateLimited(std::time::Duration),
+    /// The policy asked for approval and it was not given (rejected, timed out, or the runtime
+    /// stopped): the tool never ran.
+    ApprovalDenied,
+}
+
+/// What a policy in shadow mode would have decided (the call was allowed regardless).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShadowVerdict {
+    /// Its decision.
+    pub decision: Decision,
+    /// Its reason (for a deny, or for an approval it would have asked).
+    pub reason: Option<String>,
 }
 
 /// The gate's answer.
@@ -61,6 +87,51 @@ pub struct GateResponse {
     pub reason: Option<String>,
     /// How it ended.
     pub outcome: Outcome,
+    /// Shadow mode: what the policy would have decided.
+    pub shadow: Option<ShadowVerdict>,
+    /// The person's (or the clock's) answer, when the policy asked for approval.
+    pub approval: Option<Resolution>,
+}
+
+impl GateResponse {
+    fn new(
+        decision: Decision,
+        policy_ref: PolicyRef,
+        audit_id: AuditId,
+        reason: Option<String>,
+        outcome: Outcome,
+    ) -> Self {
+        GateResponse {
+            decision,
+            policy_ref,
+            audit_id,
+            reason,
+            outcome,
+            shadow: None,
+            approval: None,
+        }
+    }
+}
+
+/// How a gate treats calls beyond its policy: limits, shadow mode, approvals.
+#[derive(Debug)]
+pub struct GateOptions {
+    /// Rate limits (`--limits`); when absent, the policy's own (a bundle's `data.json`).
+    pub limits: Option<Limits>,
+    /// Shadow mode for every policy (`--shadow`): record what it would decide, allow.
+    pub shadow: bool,
+    /// How long a call waits for approval before it is denied.
+    pub approval_timeout: std::time::Duration,
+}
+
+impl Default for GateOptions {
+    fn default() -> Self {
+        GateOptions {
+            limits: None,
+            shadow: false,
+            approval_timeout: DEFAULT_APPROVAL_TIMEOUT,
+        }
+    }
 }
 
 /// Something told about every decision (e.g. the ROS `/autonomy/decisions` topic).
@@ -88,6 +159,12 @@ pub struct Gate {
     /// The allowlist as the policy sees it (`input.allowed_domains`); fixed for the gate's life.
     allowed_domains: Vec<String>,
     observers: std::sync::RwLock<Vec<Arc<dyn DecisionObserver>>>,
+    /// `--limits`, which replace the policy's own.
+    limits: Option<Arc<Limits>>,
+    /// `--shadow`.
+    shadow: bool,
+    approvals: Arc<Approvals>,
+    approval_timeout: std::time::Duration,
     /// Whether calls are taken yet: a gate is built closed, and the runtime opens it once its
     /// `started` record is durable, so no decision precedes it in the log.
     open: AtomicBool,
@@ -100,18 +177,49 @@ impl Gate {
     /// A gate over this policy, WAL and tools.
     pub fn new(policy: Arc<ActivePolicy>, wal: Arc<Wal>, tools: Tools) -> Self {
         let allowed_domains = tools.allowlist().entries();
+        let approvals = Arc::new(Approvals::new());
         let metrics = Arc::new(Metrics::new());
         metrics.add_source(wal.clone());
+        let waiting = approvals.clone();
+        metrics.approvals_pending_from(move || waiting.len() as u64);
         Gate {
             policy,
             wal,
             tools,
             allowed_domains,
             observers: std::sync::RwLock::new(Vec::new()),
+            limits: None,
+            shadow: false,
+            approvals,
+            approval_timeout: DEFAULT_APPROVAL_TIMEOUT,
             open: AtomicBool::new(false),
             opened: Notify::new(),
             metrics,
         }
+    }
+
+    /// This gate with `o`'s limits, shadow mode and approval timeout.
+    pub fn with_options(mut self, o: GateOptions) -> Self {
+        self.limits = o.limits.map(Arc::new);
+        self.shadow = o.shadow;
+        self.approval_timeout = o.approval_timeout;
+        self
+    }
+
+    /// The calls waiting for approval.
+    pub fn approvals(&self) -> &Arc<Approvals> {
+        &self.approvals
+    }
+
+    /// Whether every policy runs in shadow mode here (`--shadow`).
+    pub fn shadow(&self) -> bool {
+        self.shadow
+    }
+
+    /// The rate limits in force for `policy`: `--limits`, else the policy's own.
+    fn over_limit(&self, policy: &dyn PolicyEvaluator, call: &ToolCall) -> Option<Limited> {
+        let limits = self.limits.as_ref().or_else(|| policy.limits())?;
+        limits.check(&call.agent, &call.kind).err()
     }
 
     /// Lets calls through; those that arrived before wait until now.
@@ -159,12 +267,11 @@ impl Gate {
             self.wait_open().await;
         }
         let resp = self.call_inner(&call).await;
-        // metrics: the agent label is ANONYMOUS until calls carry the caller's identity.
         self.metrics.decision(
             call.kind.as_str(),
             call.source.as_str(),
-            resp.decision.as_str(),
-            metrics::ANONYMOUS,
+            metrics_decision(&resp),
+            call.agent.as_str(),
         );
         if let Ok(obs) = self.observers.read() {
             for o in obs.iter() {
@@ -184,6 +291,7 @@ impl Gate {
             kind: &call.kind,
             params: &call.params,
             source: call.source,
+            agent: &call.agent,
             allowed_domains: &self.allowed_domains,
             extra,
         }
@@ -194,30 +302,79 @@ impl Gate {
         // Held for the whole call, so a reload mid-call does not change this call's policy.
         let policy = self.policy.get();
         let policy_ref = policy.policy_ref().clone();
+
+        if let Some(limited) = self.over_limit(&**policy, call) {
+            self.metrics
+                .rate_limited(call.kind.as_str(), call.agent.as_str());
+            let rec = decision_body(
+                call,
+                Decision::Deny,
+                Some(RATE_LIMITED),
+                &policy_ref,
+                Layer::Limit,
+            );
+            if let Err(e) = self.append(encode(&audit_id, &rec)).await {
+                return wal_unavailable(policy_ref, audit_id, &e);
+            }
+            return GateResponse::new(
+                Decision::Deny,
+                policy_ref,
+                audit_id,
+                Some(RATE_LIMITED.into()),
+                Outcome::RateLimited(limited.retry_after),
+            );
+        }
+
         let verdict = self
             .metrics
             .time_policy_eval(|| policy.evaluate(&self.input(call, None)));
-
-        let record = decision_record(
-            &audit_id,
-            call,
-            verdict.decision,
-            verdict.reason.as_deref(),
-            &policy_ref,
-            Layer::Policy,
-        );
-        if let Err(e) = self.append(record).await {
-            return wal_unavailable(policy_ref, audit_id, &e);
-        }
-
-        if verdict.decision == Decision::Deny {
-            return GateResponse {
-                decision: Decision::Deny,
+        let mut shadow = None;
+        let mut approval = None;
+        if self.shadow || policy.shadow() {
+            let seen = shadow_verdict(&verdict);
+            let mut rec = decision_body(
+                call,
+                verdict.decision,
+                seen.reason.as_deref(),
+                &policy_ref,
+                Layer::Policy,
+            );
+            rec.shadow = Some(true);
+            if let Err(e) = self.append(encode(&audit_id, &rec)).await {
+                return wal_unavailable(policy_ref, audit_id, &e);
+            }
+            shadow = Some(seen);
+        } else if verdict.decision == Decision::Deny {
+            let rec = decision_body(
+                call,
+                Decision::Deny,
+                verdict.reason.as_deref(),
+                &policy_ref,
+                Layer::Policy,
+            );
+            if let Err(e) = self.append(encode(&audit_id, &rec)).await {
+                return wal_unavailable(policy_ref, audit_id, &e);
+            }
+            return GateResponse::new(
+                Decision::Deny,
                 policy_ref,
                 audit_id,
-                reason: verdict.reason,
-                outcome: Outcome::PolicyDenied,
-            };
+                verdict.reason,
+                Outcome::PolicyDenied,
+            );
+        } else if let Some(ask) = &verdict.approval {
+            match self
+                .ask(&audit_id, call, ask.reason.as_deref(), &policy_ref)
+                .await
+            {
+                Ok(r) => approval = Some(r),
+                Err(resp) => return *resp,
+            }
+        } else {
+            let rec = decision_body(call, Decision::Allow, None, &policy_ref, Layer::Policy);
+            if let Err(e) = self.append(encode(&audit_id, &rec)).await {
+                return wal_unavailable(policy_ref, audit_id, &e);
+            }
         }
 
         // Every outcome but a plain success gets a second record under the same audit id.
@@ -226,13 +383,15 @@ impl Gate {
             ToolOutcome::Output(v) => (Outcome::Executed(v), None, None),
             ToolOutcome::DecisionOnly => (Outcome::DecisionOnly, None, None),
             ToolOutcome::RuntimeDeny(reason) => {
-                let rec = decision_record(
+                let rec = encode(
                     &audit_id,
-                    call,
-                    Decision::Deny,
-                    Some(&reason),
-                    &policy_ref,
-                    Layer::Runtime,
+                    &decision_body(
+                        call,
+                        Decision::Deny,
+                        Some(&reason),
+                        &policy_ref,
+                        Layer::Runtime,
+                    ),
                 );
                 (Outcome::RuntimeDenied, Some(rec), Some(reason))
             }
@@ -259,11 +418,116 @@ impl Gate {
             Decision::Allow
         };
         GateResponse {
-            decision,
+            shadow,
+            approval,
+            ..GateResponse::new(decision, policy_ref, audit_id, reason, outcome)
+        }
+    }
+
+    /// Parks a call the policy allowed only with approval: records the request (durable), waits
+    /// for an operator or the timeout, records who decided (durable) and returns the approval,
+    /// or the deny to answer with.
+    async fn ask(
+        &self,
+        audit_id: &AuditId,
+        call: &ToolCall,
+        why: Option<&str>,
+        policy_ref: &PolicyRef,
+    ) -> Result<Resolution, Box<GateResponse>> {
+        let timeout = self.approval_timeout;
+        let requested = ApprovalRequested {
+            agent: Cow::Borrowed(call.agent.as_str()),
+            event: ApprovalRequestedEvent,
+            kind: Cow::Borrowed(call.kind.as_str()),
+            params: Cow::Borrowed(&call.params),
+            policy_ref: Cow::Borrowed(policy_ref.as_str()),
+            reason: why.map(Cow::Borrowed),
+            source: Cow::Borrowed(call.source.as_str()),
+            timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+        };
+        if let Err(e) = self
+            .append(NewRecord::encoded(Some(audit_id.clone()), &requested))
+            .await
+        {
+            return Err(Box::new(wal_unavailable(
+                policy_ref.clone(),
+                audit_id.clone(),
+                &e,
+            )));
+        }
+        let resolution = match self.approvals.park(audit_id, call, why, timeout) {
+            Err(full) => Resolution {
+                approve: false,
+                by: "runtime".into(),
+                note: Some(full.to_string()),
+            },
+            Ok(rx) => {
+                // If this call is dropped while it waits (its caller went away), the guard
+                // forgets it and records that it was never approved.
+                let guard = ParkGuard {
+                    gate_wal: self.wal.clone(),
+                    approvals: self.approvals.clone(),
+                    audit_id: audit_id.clone(),
+                    call: call.clone(),
+                    policy_ref: policy_ref.clone(),
+                    armed: true,
+                };
+                let r = match tokio::time::timeout(timeout, rx).await {
+                    Ok(Ok(r)) => r,
+                    Ok(Err(_)) => Resolution {
+                        approve: false,
+                        by: "shutdown".into(),
+                        note: None,
+                    },
+                    Err(_) => {
+                        self.approvals
+                            .forget(audit_id.as_str(), "denied by timeout");
+                        Resolution {
+                            approve: false,
+                            by: "timeout".into(),
+                            note: None,
+                        }
+                    }
+                };
+                guard.disarm();
+                r
+            }
+        };
+        let reason = (!resolution.approve).then(|| not_approved(&resolution, timeout));
+        let mut rec = decision_body(
+            call,
+            if resolution.approve {
+                Decision::Allow
+            } else {
+                Decision::Deny
+            },
+            reason.as_deref(),
             policy_ref,
-            audit_id,
-            reason,
-            outcome,
+            Layer::Approval,
+        );
+        rec.by = Some(Cow::Borrowed(&resolution.by));
+        rec.note = resolution.note.as_deref().map(Cow::Borrowed);
+        rec.params = None;
+        if let Err(e) = self.append(encode(audit_id, &rec)).await {
+            return Err(Box::new(wal_unavailable(
+                policy_ref.clone(),
+                audit_id.clone(),
+                &e,
+            )));
+        }
+        if resolution.approve {
+            Ok(resolution)
+        } else {
+            Err(Box::new(GateResponse {
+                approval: Some(resolution),
+                ..GateResponse::new(
+                    Decision::Deny,
+                    policy_ref.clone(),
+                    audit_id.clone(),
+                    reason,
+                    Outcome::ApprovalDenied,
+                )
+            }))
         }
     }
 
@@ -286,17 +550,39 @@ impl Gate {
         }
         let policy = self.policy.get();
         let policy_ref = policy.policy_ref().clone();
+        if self.over_limit(&**policy, &call).is_some() {
+            self.metrics
+                .rate_limited(call.kind.as_str(), call.agent.as_str());
+            return self.pend(
+                call,
+                Ruling::deny(RATE_LIMITED.into(), Layer::Limit),
+                policy_ref,
+                durability,
+            );
+        }
         let verdict = self
             .metrics
             .time_policy_eval(|| policy.evaluate(&self.input(&call, extra)));
-        self.pend(
-            call,
-            verdict.decision,
-            verdict.reason,
-            policy_ref,
-            Layer::Policy,
-            durability,
-        )
+        let ruling = if self.shadow || policy.shadow() {
+            Ruling {
+                shadow: Some(shadow_verdict(&verdict)),
+                ..Ruling::allow()
+            }
+        } else if verdict.decision == Decision::Deny {
+            Ruling::deny(
+                verdict.reason.unwrap_or_else(|| "denied by policy".into()),
+                Layer::Policy,
+            )
+        } else if verdict.approval.is_some() {
+            // A decision-only call (a bridged message) cannot wait for a person: fail closed.
+            Ruling::deny(
+                "the policy asks for approval, which decision-only calls (bridged messages) cannot wait for".into(),
+                Layer::Policy,
+            )
+        } else {
+            Ruling::allow()
+        };
+        self.pend(call, ruling, policy_ref, durability)
     }
 
     /// Denies a decision-only call whose input could not be read (a bridged message that does
@@ -309,10 +595,8 @@ impl Gate {
         let policy_ref = self.policy.get().policy_ref().clone();
         self.pend(
             call,
-            Decision::Deny,
-            Some(reason),
+            Ruling::deny(reason, Layer::Input),
             policy_ref,
-            Layer::Input,
             Durability::BeforeActing,
         )
     }
@@ -320,35 +604,47 @@ impl Gate {
     fn pend(
         self: &Arc<Self>,
         call: ToolCall,
-        decision: Decision,
-        reason: Option<String>,
+        ruling: Ruling,
         policy_ref: PolicyRef,
-        layer: Layer,
         durability: Durability,
     ) -> Pending {
         let audit_id = AuditId::new();
-        let queued = decision_record(
-            &audit_id,
-            &call,
+        let Ruling {
             decision,
-            reason.as_deref(),
-            &policy_ref,
+            reason,
             layer,
-        )
-        .and_then(|rec| self.wal.submit(rec));
+            shadow,
+        } = ruling;
+        let mut rec = match &shadow {
+            // The record says what the policy would have done; the call is allowed.
+            Some(seen) => {
+                let mut r = decision_body(
+                    &call,
+                    seen.decision,
+                    seen.reason.as_deref(),
+                    &policy_ref,
+                    layer,
+                );
+                r.shadow = Some(true);
+                r
+            }
+            None => decision_body(&call, decision, reason.as_deref(), &policy_ref, layer),
+        };
+        if layer == Layer::Limit {
+            rec.params = Some(Cow::Borrowed(&call.params));
+        }
+        let queued = encode(&audit_id, &rec).and_then(|rec| self.wal.submit(rec));
         let outcome = match (decision, layer) {
             (Decision::Allow, _) => Outcome::DecisionOnly,
             (Decision::Deny, Layer::Input) => Outcome::InputRefused,
+            (Decision::Deny, Layer::Limit) => Outcome::RateLimited(std::time::Duration::ZERO),
             (Decision::Deny, _) => Outcome::PolicyDenied,
         };
         let (response, completion) = match queued {
             Ok(fut) => (
                 GateResponse {
-                    decision,
-                    policy_ref,
-                    audit_id,
-                    reason,
-                    outcome,
+                    shadow,
+                    ..GateResponse::new(decision, policy_ref, audit_id, reason, outcome)
                 },
                 Some(Box::pin(fut) as futures::future::BoxFuture<'static, _>),
             ),
@@ -379,14 +675,138 @@ impl Gate {
     }
 }
 
+/// The `decision` label of a final answer in `autonomy_decisions_total`: in shadow mode (always
+/// an allow) what the policy would have decided, so enforcement's effect stays visible.
+fn metrics_decision(resp: &GateResponse) -> &'static str {
+    match &resp.shadow {
+        Some(seen) if seen.decision == Decision::Allow => metrics::SHADOW_ALLOW,
+        Some(_) => metrics::SHADOW_DENY,
+        None => resp.decision.as_str(),
+    }
+}
+
 /// The answer when the log cannot record a decision: deny, nothing acted on.
 fn wal_unavailable(policy_ref: PolicyRef, audit_id: AuditId, e: &WalError) -> GateResponse {
-    GateResponse {
-        decision: Decision::Deny,
+    GateResponse::new(
+        Decision::Deny,
         policy_ref,
         audit_id,
-        reason: Some("the audit log cannot record this decision, so nothing was executed".into()),
-        outcome: Outcome::WalUnavailable(e.to_string()),
+        Some("the audit log cannot record this decision, so nothing was executed".into()),
+        Outcome::WalUnavailable(e.to_string()),
+    )
+}
+
+/// What a decision-only call's record and answer say.
+struct Ruling {
+    decision: Decision,
+    reason: Option<String>,
+    layer: Layer,
+    /// Shadow mode: what the policy would have decided (the ruling itself is an allow).
+    shadow: Option<ShadowVerdict>,
+}
+
+impl Ruling {
+    fn allow() -> Self {
+        Ruling {
+            decision: Decision::Allow,
+            reason: None,
+            layer: Layer::Policy,
+            shadow: None,
+        }
+    }
+
+    fn deny(reason: String, layer: Layer) -> Self {
+        Ruling {
+            decision: Decision::Deny,
+            reason: Some(reason),
+            layer,
+            shadow: None,
+        }
+    }
+}
+
+/// What a policy in shadow mode would have decided: its decision, with its reason, or the
+/// approval it would have asked for.
+fn shadow_verdict(v: &crate::policy::Verdict) -> ShadowVerdict {
+    let reason = match (&v.approval, v.decision) {
+        (Some(a), Decision::Allow) => Some(match &a.reason {
+            Some(r) => format!("would ask for approval: {r}"),
+            None => "would ask for approval".into(),
+        }),
+        _ => v.reason.clone(),
+    };
+    ShadowVerdict {
+        decision: v.decision,
+        reason,
+    }
+}
+
+/// The reason of a call that was not approved.
+fn not_approved(r: &Resolution, timeout: std::time::Duration) -> String {
+    let note = r
+        .note
+        .as_deref()
+        .map(|n| format!(": {n}"))
+        .unwrap_or_default();
+    match r.by.as_str() {
+        "timeout" => format!(
+            "not approved within {} s",
+            timeout.as_secs_f64().round() as u64
+        ),
+        "shutdown" => "not approved: the runtime stopped".into(),
+        "runtime" => format!("not approved{note}"),
+        by => format!("rejected by {by}{note}"),
+    }
+}
+
+/// Forgets a parked call whose waiter was dropped (its caller went away) and records that it
+/// was never approved, so the log does not end at a request.
+struct ParkGuard {
+    gate_wal: Arc<Wal>,
+    approvals: Arc<Approvals>,
+    audit_id: AuditId,
+    call: ToolCall,
+    policy_ref: PolicyRef,
+    armed: bool,
+}
+
+impl ParkGuard {
+    fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for ParkGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        self.approvals
+            .forget(self.audit_id.as_str(), "denied: the caller went away");
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let mut rec = decision_body(
+            &self.call,
+            Decision::Deny,
+            Some("not approved: the caller went away while it waited"),
+            &self.policy_ref,
+            Layer::Approval,
+        );
+        rec.by = Some(Cow::Borrowed("caller-gone"));
+        rec.params = None;
+        let rec = encode(&self.audit_id, &rec);
+        let wal = self.gate_wal.clone();
+        let id = self.audit_id.clone();
+        handle.spawn(async move {
+            let r = match rec {
+                Ok(rec) => wal.append_async(rec).await.map(|_| ()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = r {
+                tracing::error!("cannot record that {id} was abandoned: {e}");
+            }
+        });
     }
 }
 
@@ -437,12 +857,11 @@ impl Pending {
         {
             resp = wal_unavailable(resp.policy_ref, resp.audit_id, &e);
         }
-        // metrics: the agent label is ANONYMOUS until calls carry the caller's identity.
         self.gate.metrics.decision(
             self.call.kind.as_str(),
             self.call.source.as_str(),
-            resp.decision.as_str(),
-            metrics::ANONYMOUS,
+            metrics_decision(&resp),
+            self.call.agent.as_str(),
         );
         if let Ok(obs) = self.gate.observers.read() {
             for o in obs.iter() {
@@ -453,28 +872,33 @@ impl Pending {
     }
 }
 
-fn decision_record(
-    audit_id: &AuditId,
-    call: &ToolCall,
+/// The record of a decision about `call` (the policy-, input- and limit-layer records carry
+/// its params, so the log alone answers "what was tried").
+fn decision_body<'a>(
+    call: &'a ToolCall,
     decision: Decision,
-    reason: Option<&str>,
-    policy_ref: &PolicyRef,
+    reason: Option<&'a str>,
+    policy_ref: &'a PolicyRef,
     layer: Layer,
-) -> Result<NewRecord, WalError> {
-    NewRecord::encoded(
-        Some(audit_id.clone()),
-        &DecisionRecord {
-            decision,
-            kind: Cow::Borrowed(call.kind.as_str()),
-            layer,
-            // The policy- and input-layer records carry what was asked, so the log alone
-            // answers "what was tried".
-            params: (layer != Layer::Runtime).then_some(Cow::Borrowed(&call.params)),
-            policy_ref: Cow::Borrowed(policy_ref.as_str()),
-            reason: reason.map(Cow::Borrowed),
-            source: Cow::Borrowed(call.source.as_str()),
-        },
-    )
+) -> DecisionRecord<'a> {
+    DecisionRecord {
+        agent: Some(Cow::Borrowed(call.agent.as_str())),
+        by: None,
+        decision,
+        kind: Cow::Borrowed(call.kind.as_str()),
+        layer,
+        note: None,
+        params: matches!(layer, Layer::Policy | Layer::Input | Layer::Limit)
+            .then_some(Cow::Borrowed(&call.params)),
+        policy_ref: Cow::Borrowed(policy_ref.as_str()),
+        reason: reason.map(Cow::Borrowed),
+        shadow: None,
+        source: Cow::Borrowed(call.source.as_str()),
+    }
+}
+
+fn encode(audit_id: &AuditId, rec: &DecisionRecord<'_>) -> Result<NewRecord, WalError> {
+    NewRecord::encoded(Some(audit_id.clone()), rec)
 }
 
 fn error_record(
@@ -507,6 +931,7 @@ mod tests {
             kind: ToolKind::parse("tool.http_get").unwrap(),
             params: params.clone(),
             source: Source::new("ros2"),
+            agent: Agent::anonymous(),
         };
         let id = AuditId::new();
         let pref = PolicyRef::new("bundle:x@sha256:ab");
@@ -522,6 +947,7 @@ mod tests {
             };
             // The body as the `Map` builder made it before.
             let mut want = Map::new();
+            want.insert("agent".into(), "anonymous".into());
             want.insert("kind".into(), call.kind.as_str().into());
             want.insert("decision".into(), decision.as_str().into());
             want.insert("layer".into(), layer_name.into());
@@ -533,7 +959,8 @@ mod tests {
             if layer == Layer::Policy {
                 want.insert("params".into(), Value::Object(params.clone()));
             }
-            let mut rec = decision_record(&id, &call, decision, reason, &pref, layer).unwrap();
+            let mut rec =
+                encode(&id, &decision_body(&call, decision, reason, &pref, layer)).unwrap();
             let got = rec.take_body().unwrap();
             assert_eq!(
                 String::from_utf8(got).unwrap(),
@@ -569,6 +996,7 @@ mod tests {
                 "message": {"linear": {"x": x, "y": 0.0, "z": 0.0}, "angular": {"x": 0.0, "y": 0.0, "z": 0.0}}}))
             .unwrap(),
             source: Source::new("bridge"),
+            agent: Agent::new("bridge:/cmd_vel"),
         }
     }
 
@@ -647,5 +1075,75 @@ mod tests {
         // The log stays failed: the next decision is refused at once.
         let p = g.decide(publish(0.5), None, Durability::Deferred).await;
         assert_eq!(p.early().unwrap().decision, Decision::Deny);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bridged_calls_meet_limits_and_never_wait_for_approval() {
+        let tmp = tempfile::tempdir().unwrap();
+        let limits = crate::limits::Limits::from_json(&json!({"limits": [
+            {"agent": "bridge:*", "per_second": 1, "burst": 1}
+        ]}))
+        .unwrap();
+        let policy = crate::policy::eval::RegoPolicy::compile(
+            PolicyRef::new("t"),
+            &[(
+                "p.rego".into(),
+                "package autonomy\ndefault allow := false\nallow if input.params.topic == \"/cmd_vel\"\napproval if input.params.message.linear.x > 0.9\n".into(),
+            )],
+            None,
+        )
+        .unwrap();
+        let (wal, _) = Wal::open(tmp.path(), crate::wal::WalOptions::default()).unwrap();
+        let tools = Tools::new(
+            crate::tools::Allowlist::empty(),
+            crate::tools::HttpGetLimits::default(),
+        );
+        let g = Arc::new(
+            Gate::new(
+                Arc::new(ActivePolicy::new(Box::new(policy))),
+                Arc::new(wal),
+                tools,
+            )
+            .with_options(GateOptions {
+                limits: Some(limits),
+                ..GateOptions::default()
+            }),
+        );
+        g.open();
+        let first = g.decide(publish(0.5), None, Durability::BeforeActing).await;
+        let first = first.durable().await;
+        assert_eq!(first.decision, Decision::Allow);
+        let second = g.decide(publish(0.5), None, Durability::BeforeActing).await;
+        let second = second.durable().await;
+        assert_eq!(second.decision, Decision::Deny);
+        assert_eq!(second.reason.as_deref(), Some(RATE_LIMITED));
+        assert!(matches!(second.outcome, Outcome::RateLimited(_)));
+        // A bridged message cannot wait for a person: an ask is a deny.
+        std::thread::sleep(std::time::Duration::from_millis(1100));
+        let ask = g
+            .decide(publish(0.95), None, Durability::BeforeActing)
+            .await;
+        let ask = ask.durable().await;
+        assert_eq!(ask.decision, Decision::Deny);
+        assert!(ask.reason.unwrap().contains("asks for approval"));
+        let recs = crate::wal::read_records(tmp.path()).unwrap();
+        let layers: Vec<(Decision, Layer)> = recs
+            .iter()
+            .map(|r| match r.body().unwrap() {
+                crate::record::Body::Decision(d) => {
+                    assert_eq!(d.agent.as_deref(), Some("bridge:/cmd_vel"));
+                    (d.decision, d.layer)
+                }
+                _ => panic!("not a decision"),
+            })
+            .collect();
+        assert_eq!(
+            layers,
+            [
+                (Decision::Allow, Layer::Policy),
+                (Decision::Deny, Layer::Limit),
+                (Decision::Deny, Layer::Policy)
+            ]
+        );
     }
 }

@@ -6,11 +6,14 @@
 
 #![warn(missing_docs)]
 
+pub mod approvals;
 pub mod bridge;
 pub mod cli;
 pub mod gate;
 pub mod http;
+pub mod identity;
 pub mod launch;
+pub mod limits;
 pub mod metrics;
 pub mod paths;
 pub mod policy;

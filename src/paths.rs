@@ -25,3 +25,11 @@ pub fn default_policy_dir() -> PathBuf {
         .join("autonomy")
         .join("policy")
 }
+
+/// `$XDG_STATE_HOME/autonomy/agents.json` (default `~/.local/state/autonomy/agents.json`): the
+/// registered agents and their token hashes.
+pub fn default_agents_file() -> PathBuf {
+    xdg("XDG_STATE_HOME", ".local/state")
+        .join("autonomy")
+        .join("agents.json")
+}

@@ -31,17 +31,20 @@ pub enum RecordType {
     Policy,
     /// An execution error after an allow (upstream failure, bad params).
     Error,
+    /// A call parked until a person approves or rejects it (`approval.requested`).
+    Approval,
 }
 
 impl RecordType {
     /// Every type, in the order help texts list them.
-    pub const ALL: [RecordType; 6] = [
+    pub const ALL: [RecordType; 7] = [
         RecordType::Decision,
         RecordType::Runtime,
         RecordType::Marker,
         RecordType::Lifecycle,
         RecordType::Policy,
         RecordType::Error,
+        RecordType::Approval,
     ];
 
     /// The wire name.
@@ -53,6 +56,7 @@ impl RecordType {
             RecordType::Lifecycle => "lifecycle",
             RecordType::Policy => "policy",
             RecordType::Error => "error",
+            RecordType::Approval => "approval",
         }
     }
 
@@ -135,6 +139,10 @@ event_name!(
     BridgeStoppedEvent = "bridge.stopped"
 );
 event_name!(
+    /// `event: "approval.requested"`.
+    ApprovalRequestedEvent = "approval.requested"
+);
+event_name!(
     /// `event: "policy.activated"`.
     Activated = "policy.activated"
 );
@@ -165,18 +173,33 @@ pub enum Layer {
     /// The input could not be read, so no policy saw it: a bridged message that does not
     /// decode as its type (the record carries the params it has, the reason says what is wrong).
     Input,
+    /// The caller was over its rate limit, so no policy saw it (the record carries the params).
+    Limit,
+    /// A person (or the clock) decided a call the policy parked for approval (`by`, `note`).
+    Approval,
 }
 
 /// `type: decision`: one decision about one tool call (under the call's `audit_id`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DecisionRecord<'a> {
-    /// `allow` or `deny`.
+    /// Who made the call (`anonymous` without a token). Absent in logs written before agents
+    /// had names.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub agent: Option<Cow<'a, str>>,
+    /// Layer `approval`: who decided (an operator's name, or `timeout`, `shutdown`,
+    /// `caller-gone`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub by: Option<Cow<'a, str>>,
+    /// `allow` or `deny`. With `shadow`, what the policy would have decided.
     pub decision: crate::types::Decision,
     /// The tool kind.
     pub kind: Cow<'a, str>,
     /// Which layer decided.
     pub layer: Layer,
-    /// What was asked (the policy- and input-layer records only).
+    /// Layer `approval`: the operator's note.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub note: Option<Cow<'a, str>>,
+    /// What was asked (the policy-, input- and limit-layer records only).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub params: Option<Cow<'a, Map<String, Value>>>,
     /// The policy that decided.
@@ -184,6 +207,10 @@ pub struct DecisionRecord<'a> {
     /// Why it was denied.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub reason: Option<Cow<'a, str>>,
+    /// `true` when the policy only watched (shadow mode): the call was allowed whatever
+    /// `decision` says.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub shadow: Option<bool>,
     /// The front end the call came through.
     pub source: Cow<'a, str>,
 }
@@ -191,13 +218,55 @@ pub struct DecisionRecord<'a> {
 impl RecordBody for DecisionRecord<'_> {
     const TYPE: RecordType = RecordType::Decision;
     const KEYS: &'static [&'static str] = &[
+        "agent",
+        "by",
         "decision",
         "kind",
         "layer",
+        "note",
+        "params",
+        "policy_ref",
+        "reason",
+        "shadow",
+        "source",
+    ];
+}
+
+/// `type: approval`, `event: approval.requested`: the policy allowed a call only with a
+/// person's approval; it waits (recorded as pending) until a `decision` record of layer
+/// `approval` under the same `audit_id` says how it ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApprovalRequested<'a> {
+    /// Who made the call.
+    pub agent: Cow<'a, str>,
+    /// The event name.
+    pub event: ApprovalRequestedEvent,
+    /// The tool kind.
+    pub kind: Cow<'a, str>,
+    /// What was asked.
+    pub params: Cow<'a, Map<String, Value>>,
+    /// The policy that asked.
+    pub policy_ref: Cow<'a, str>,
+    /// The policy's `approval_reason`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub reason: Option<Cow<'a, str>>,
+    /// The front end the call came through.
+    pub source: Cow<'a, str>,
+    /// How long it waits before it is denied.
+    pub timeout_ms: u64,
+}
+
+impl RecordBody for ApprovalRequested<'_> {
+    const TYPE: RecordType = RecordType::Approval;
+    const KEYS: &'static [&'static str] = &[
+        "agent",
+        "event",
+        "kind",
         "params",
         "policy_ref",
         "reason",
         "source",
+        "timeout_ms",
     ];
 }
 
@@ -237,6 +306,9 @@ impl RecordBody for ErrorRecord<'_> {
 pub struct RuntimeStarted<'a> {
     /// The `http_get` allowlist, normalised.
     pub allowed_domains: Cow<'a, [String]>,
+    /// The auth mode: `off`, `optional` or `required` (absent in logs from before tokens).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub auth: Option<Cow<'a, str>>,
     /// The event name.
     pub event: Started,
     /// The HTTP address it listens on (a runtime without the HTTP front end has none).
@@ -244,6 +316,9 @@ pub struct RuntimeStarted<'a> {
     pub listen: Option<Cow<'a, str>>,
     /// The policy it starts with.
     pub policy_ref: Cow<'a, str>,
+    /// `true` when every policy runs in shadow mode (`--shadow`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub shadow: Option<bool>,
     /// The runtime's version.
     pub version: Cow<'a, str>,
 }
@@ -252,9 +327,11 @@ impl RecordBody for RuntimeStarted<'_> {
     const TYPE: RecordType = RecordType::Runtime;
     const KEYS: &'static [&'static str] = &[
         "allowed_domains",
+        "auth",
         "event",
         "listen",
         "policy_ref",
+        "shadow",
         "version",
     ];
 }
@@ -567,6 +644,8 @@ pub enum Body {
     Marker(MarkerRecord<'static>),
     /// `lifecycle`.
     Lifecycle(LifecycleRecord<'static>),
+    /// `approval`, `approval.requested`.
+    ApprovalRequested(ApprovalRequested<'static>),
 }
 
 /// Why a payload is not a body this version writes.
@@ -616,6 +695,12 @@ impl Body {
                 }
                 BridgeStoppedEvent::NAME => {
                     Body::BridgeStopped(serde_json::from_value(p()).map_err(err)?)
+                }
+                other => return Err(unknown_event(rtype, other)),
+            },
+            RecordType::Approval => match event {
+                ApprovalRequestedEvent::NAME => {
+                    Body::ApprovalRequested(serde_json::from_value(p()).map_err(err)?)
                 }
                 other => return Err(unknown_event(rtype, other)),
             },

@@ -14,7 +14,8 @@ use std::sync::{Arc, Mutex};
 
 use tokio::task::JoinHandle;
 
-use crate::gate::Gate;
+use crate::gate::{Gate, GateOptions};
+use crate::identity::Authenticator;
 use crate::policy::dist::watch::PolicyWatch;
 use crate::policy::{ActivePolicy, PolicyEvaluator};
 use crate::record::{RuntimeStarted, RuntimeStopped, Started};
@@ -41,6 +42,10 @@ pub struct RuntimeConfig {
     pub wal_options: WalOptions,
     /// Watch this policy store and hot-reload its current slot (see [`crate::policy::dist::watch`]).
     pub policy_watch: Option<PolicyWatch>,
+    /// Who may call, and as whom.
+    pub auth: Authenticator,
+    /// Rate limits, shadow mode, approval timeout.
+    pub gate: GateOptions,
 }
 
 impl RuntimeConfig {
@@ -53,6 +58,8 @@ impl RuntimeConfig {
             wal_dir,
             wal_options: WalOptions::default(),
             policy_watch: None,
+            auth: Authenticator::off(),
+            gate: GateOptions::default(),
         }
     }
 }
@@ -68,6 +75,8 @@ pub enum RuntimeError {
 /// The core, open: the gate exists; it takes calls once [`Runtime::start`] has run.
 pub struct Runtime {
     gate: Arc<Gate>,
+    auth: Arc<Authenticator>,
+    reloader: Mutex<Option<JoinHandle<()>>>,
     policy_ref: PolicyRef,
     allowed_domains: Vec<String>,
     policy_watch: Mutex<Option<PolicyWatch>>,
@@ -87,9 +96,11 @@ impl Runtime {
         let allowed_domains = cfg.allowlist.entries();
         let policy = Arc::new(ActivePolicy::new(cfg.policy));
         let tools = Tools::new(cfg.allowlist, HttpGetLimits::default());
-        let gate = Arc::new(Gate::new(policy, Arc::new(wal), tools));
+        let gate = Arc::new(Gate::new(policy, Arc::new(wal), tools).with_options(cfg.gate));
         Ok(Runtime {
             gate,
+            auth: Arc::new(cfg.auth),
+            reloader: Mutex::new(None),
             policy_ref,
             allowed_domains,
             policy_watch: Mutex::new(cfg.policy_watch),
@@ -105,13 +116,20 @@ impl Runtime {
         let listen = listen.map(|a| a.to_string());
         let started = RuntimeStarted {
             allowed_domains: (&self.allowed_domains[..]).into(),
+            auth: Some(self.auth.mode().as_str().into()),
             event: Started,
             listen: listen.as_deref().map(Into::into),
             policy_ref: self.policy_ref.as_str().into(),
+            shadow: self.gate.shadow().then_some(true),
             version: crate::VERSION.into(),
         };
         self.gate.record(None, &started).await?;
         self.gate.open();
+        if let Some(h) = self.auth.spawn_reloader()
+            && let Ok(mut slot) = self.reloader.lock()
+        {
+            *slot = Some(h);
+        }
         let watch = self.policy_watch.lock().ok().and_then(|mut w| w.take());
         if let Some(w) = watch {
             let h = crate::policy::dist::watch::spawn(
@@ -136,6 +154,11 @@ impl Runtime {
         &self.gate
     }
 
+    /// Who may call, for front ends that take tokens.
+    pub fn auth(&self) -> &Arc<Authenticator> {
+        &self.auth
+    }
+
     /// Stops the policy watcher, records the stop and closes the WAL. Stop the front ends
     /// first, so calls in flight finish with their records.
     pub async fn stop(self) -> Result<(), WalError> {
@@ -143,6 +166,10 @@ impl Runtime {
         if let Some(w) = watcher {
             w.abort();
             let _ = w.await;
+        }
+        let reloader = self.reloader.lock().ok().and_then(|mut w| w.take());
+        if let Some(r) = reloader {
+            r.abort();
         }
         self.gate.record(None, &RuntimeStopped::default()).await?;
         let wal = self.gate.wal().clone();
@@ -172,6 +199,7 @@ mod tests {
                 kind: ToolKind::parse("tool.echo").unwrap(),
                 params: serde_json::from_str(r#"{"message":"early"}"#).unwrap(),
                 source: Source::new("test"),
+                agent: crate::types::Agent::anonymous(),
             })
             .await
         });

@@ -217,3 +217,43 @@ mod tests {
         assert_ne!(AuditId::new(), AuditId::new());
     }
 }
+
+/// Who made a call, as policies (`input.agent`) and records (`agent`) name it: a registered
+/// agent's name (its bearer token), `anonymous` (no token where none is required), or a name a
+/// front end gives its callers (`ros2:<client gid>`, `bridge:<topic>`, `run`). Cheap to clone.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Agent(std::sync::Arc<str>);
+
+impl Agent {
+    /// The caller without an identity.
+    pub fn anonymous() -> Agent {
+        static ANON: std::sync::LazyLock<Agent> =
+            std::sync::LazyLock::new(|| Agent(std::sync::Arc::from(Agent::ANONYMOUS)));
+        ANON.clone()
+    }
+
+    /// The name of the caller without an identity.
+    pub const ANONYMOUS: &'static str = "anonymous";
+
+    /// A name as given (front ends and the identity store check their own rules).
+    pub fn new(name: impl Into<std::sync::Arc<str>>) -> Agent {
+        Agent(name.into())
+    }
+
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for Agent {
+    fn default() -> Self {
+        Agent::anonymous()
+    }
+}
+
+impl fmt::Display for Agent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}

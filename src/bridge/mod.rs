@@ -327,6 +327,7 @@ pub async fn start(
                 let writer = Arc::new(robot.writer(t)?);
                 let relay = Relay {
                     kind: kind.clone(),
+                    agent: crate::types::Agent::new(format!("bridge:{}", t.name)),
                     topic: Arc::new(t.clone()),
                     type_id: id,
                     set: set.clone(),
@@ -420,6 +421,8 @@ async fn feed(
 /// One agent → robot topic.
 struct Relay {
     kind: ToolKind,
+    /// `bridge:<topic>`: the caller as policies and rate limits see it.
+    agent: crate::types::Agent,
     topic: Arc<TopicConfig>,
     type_id: usize,
     set: Arc<TypeSet>,
@@ -451,6 +454,7 @@ impl Relay {
             kind: self.kind.clone(),
             params,
             source: SOURCE,
+            agent: self.agent.clone(),
         }
     }
 

@@ -6,6 +6,7 @@
 #![allow(clippy::print_stderr)]
 
 mod demo;
+mod identity_cmd;
 pub mod log;
 mod policy_cmd;
 mod run;
@@ -64,6 +65,39 @@ enum Command {
         #[command(subcommand)]
         cmd: policy_cmd::PolicyCmd,
     },
+    /// Agents and their bearer tokens: add, list, revoke.
+    Agent {
+        #[command(subcommand)]
+        cmd: identity_cmd::AgentCmd,
+    },
+    /// List the calls waiting for approval (needs an operator token, or a runtime of this user on this machine).
+    Approvals {
+        /// One JSON object per call.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        reach: identity_cmd::ReachArgs,
+    },
+    /// Approve a call that waits for approval: it runs once the approval is recorded.
+    Approve {
+        /// The call's audit_id.
+        audit_id: String,
+        /// Why (recorded with the approval).
+        #[arg(long, value_name = "TEXT")]
+        note: Option<String>,
+        #[command(flatten)]
+        reach: identity_cmd::ReachArgs,
+    },
+    /// Reject a call that waits for approval: it is denied and never runs.
+    Reject {
+        /// The call's audit_id.
+        audit_id: String,
+        /// Why (recorded with the rejection).
+        #[arg(long, value_name = "TEXT")]
+        note: Option<String>,
+        #[command(flatten)]
+        reach: identity_cmd::ReachArgs,
+    },
     /// Print the version.
     Version,
     /// Print shell completions for bash, zsh, fish, elvish or powershell.
@@ -107,6 +141,12 @@ pub struct RunArgs {
     /// The governed topic bridge.
     #[command(flatten)]
     pub bridge: BridgeArgs,
+    /// Who may call the run's runtime (default optional: the child's one-run token names it `run`).
+    #[command(flatten)]
+    pub(crate) auth: identity_cmd::AuthArgs,
+    /// Rate limits, shadow mode, approvals.
+    #[command(flatten)]
+    pub(crate) gate: identity_cmd::GateArgs,
     /// The command and its arguments; everything from here on goes to it unchanged.
     #[arg(
         required = true,
@@ -185,6 +225,18 @@ pub fn main() -> ExitCode {
             cmd: DemoCmd::Validate,
         } => with_tokio(demo::validate()),
         Command::Policy { cmd } => with_tokio(policy_cmd::run(cmd)),
+        Command::Agent { cmd } => identity_cmd::agent(cmd),
+        Command::Approvals { json, reach } => with_tokio(identity_cmd::approvals(reach, json)),
+        Command::Approve {
+            audit_id,
+            note,
+            reach,
+        } => with_tokio(identity_cmd::decide(reach, audit_id, true, note)),
+        Command::Reject {
+            audit_id,
+            note,
+            reach,
+        } => with_tokio(identity_cmd::decide(reach, audit_id, false, note)),
         Command::Runtime {
             cmd: RuntimeCmd::Start(args),
         } => with_tokio(runtime_cmd::start(args)),
@@ -341,6 +393,8 @@ impl Services {
 
     /// Stops the front ends (calls in flight finish), then the runtime.
     pub(crate) async fn stop(self) -> Result<(), crate::wal::WalError> {
+        // Calls waiting for a person would hold the stop up to their timeout: deny them now.
+        self.rt.gate().approvals().close();
         if let Some(b) = self.bridge {
             for c in b.shutdown().await {
                 eprintln!(

@@ -71,6 +71,10 @@ pub(super) struct BuildArgs {
     /// Runtime versions the bundle works with, e.g. ">=0.1.0 <2.0.0" (operators >=, >, <=, <, =) [default: any]
     #[arg(long, value_name = "C", default_value = "")]
     pub runtime_version: String,
+    /// Mark the bundle `"mode": "shadow"`: a runtime records what it would decide, marked
+    /// shadow, and allows every call (for trying a policy on a live system).
+    #[arg(long)]
+    pub shadow: bool,
 }
 
 /// `policy load`.
@@ -157,7 +161,7 @@ fn build(a: BuildArgs) -> ExitCode {
             .and_then(|p| p.file_name().map(|n| n.to_string_lossy().to_string()))
             .unwrap_or_else(|| "bundle".into()),
     };
-    let built = match bundle::build(&a.input, &name, &a.version, &a.runtime_version) {
+    let built = match bundle::build(&a.input, &name, &a.version, &a.runtime_version, a.shadow) {
         Ok(b) => b,
         Err(e) => {
             eprintln!("policy build: FAILED — {e}");

@@ -62,9 +62,31 @@ pub(super) async fn run(args: RunArgs) -> ExitCode {
         Ok(s) => s,
         Err(e) => return super::fail(&format!("cannot install signal handlers: {e}")),
     };
+    let auth = match args
+        .auth
+        .authenticator(true, crate::identity::AuthMode::Optional, true)
+    {
+        Ok(a) => a,
+        Err(e) => return super::usage(&e),
+    };
+    // The child's one-run token: it names the child `run`, and dies with this process.
+    let (auth, token) = match super::identity_cmd::ephemeral(
+        auth,
+        crate::identity::RUN_AGENT,
+        crate::identity::Role::Agent,
+    ) {
+        Ok(x) => x,
+        Err(e) => return super::fail(&e),
+    };
+    let gate = match args.gate.options() {
+        Ok(g) => g,
+        Err(e) => return super::usage(&e),
+    };
     // Fail-closed on purpose: `run` has no way to widen the http_get allowlist.
     let core = RuntimeConfig {
         policy_watch: resolved.watch,
+        auth,
+        gate,
         ..RuntimeConfig::new(policy, wal_dir.clone())
     };
     let services =
@@ -90,12 +112,13 @@ pub(super) async fn run(args: RunArgs) -> ExitCode {
             };
             let opts = crate::launch::LaunchOptions {
                 grace: std::time::Duration::from_secs_f64(args.grace_period),
+                runtime_token: Some(token.clone()),
                 ..Default::default()
             };
             let gate = services.rt.gate();
             crate::launch::run(gate, &url, sink.as_ref(), req, opts, &mut sigs).await
         }
-        None => supervise(&args, &url, &mut sigs).await,
+        None => supervise(&args, &url, &token, &mut sigs).await,
     };
     if let Some(h) = &services.ros
         && !h.flush_markers(timing.linger).await
@@ -157,7 +180,7 @@ fn launch_request(args: &RunArgs) -> Result<Option<crate::launch::LaunchRequest>
 }
 
 /// Spawns the child, forwards signals, and maps its end to an exit code.
-async fn supervise(args: &RunArgs, url: &str, sigs: &mut Signals) -> u8 {
+async fn supervise(args: &RunArgs, url: &str, token: &str, sigs: &mut Signals) -> u8 {
     let (prog, rest) = match args.command.split_first() {
         Some(x) => x,
         None => {
@@ -166,7 +189,9 @@ async fn supervise(args: &RunArgs, url: &str, sigs: &mut Signals) -> u8 {
         }
     };
     let mut cmd = tokio::process::Command::new(prog);
-    cmd.args(rest).env("AUTONOMY_RUNTIME_URL", url);
+    cmd.args(rest)
+        .env("AUTONOMY_RUNTIME_URL", url)
+        .env("AUTONOMY_RUNTIME_TOKEN", token);
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {

@@ -59,6 +59,12 @@ pub(super) struct StartArgs {
     /// The governed topic bridge.
     #[command(flatten)]
     pub bridge: super::BridgeArgs,
+    /// Who may call.
+    #[command(flatten)]
+    pub auth: super::identity_cmd::AuthArgs,
+    /// Rate limits, shadow mode, approvals.
+    #[command(flatten)]
+    pub gate: super::identity_cmd::GateArgs,
 }
 
 /// The HTTP server's bounds on clients (`docs/http-api.md`, "Limits").
@@ -161,6 +167,29 @@ pub(super) async fn start(args: StartArgs) -> ExitCode {
     let policy: Box<dyn PolicyEvaluator> = resolved.policy;
     let deny_all = policy.policy_ref().as_str() == "builtin:deny-all";
     let policy_ref = policy.policy_ref().clone();
+    let loopback = args.listen.ip().is_loopback();
+    let auth = match args
+        .auth
+        .authenticator(loopback, crate::identity::AuthMode::Off, false)
+    {
+        Ok(a) => a,
+        Err(e) => return super::usage(&e),
+    };
+    let auth_mode = auth.mode();
+    // The local operator token: `autonomy approve` run by this user on this machine finds it
+    // in a file only this user can read.
+    let (auth, operator_token) = match super::identity_cmd::ephemeral(
+        auth,
+        super::identity_cmd::LOCAL_OPERATOR,
+        crate::identity::Role::Operator,
+    ) {
+        Ok(x) => x,
+        Err(e) => return super::fail(&e),
+    };
+    let gate = match args.gate.options() {
+        Ok(g) => g,
+        Err(e) => return super::usage(&e),
+    };
     let wal_dir = args.wal_dir.unwrap_or_else(crate::paths::default_wal_dir);
     let core = RuntimeConfig {
         policy,
@@ -172,6 +201,8 @@ pub(super) async fn start(args: StartArgs) -> ExitCode {
             ..WalOptions::default()
         },
         policy_watch: resolved.watch,
+        auth,
+        gate,
     };
     let http = HttpConfig {
         listen: args.listen,
@@ -185,12 +216,32 @@ pub(super) async fn start(args: StartArgs) -> ExitCode {
         Ok(s) => s,
         Err(code) => return code,
     };
-    if !args.listen.ip().is_loopback() {
+    if !loopback {
         eprintln!(
             "autonomy: warning: listening on {} exposes the tool API beyond this machine",
             services.http.addr()
         );
     }
+    if args.auth.insecure_no_auth && auth_mode == crate::identity::AuthMode::Off {
+        tracing::warn!(
+            target: crate::NOTICE,
+            "--insecure-no-auth: calls are taken without tokens, from anyone who can reach {}",
+            services.http.addr()
+        );
+    }
+    let operator_file = match super::identity_cmd::OperatorFile::write(
+        &args.auth.file.path(),
+        &services.http.url(),
+        &operator_token,
+    ) {
+        Ok(f) => Some(f),
+        Err(e) => {
+            eprintln!(
+                "autonomy: warning: cannot write the local operator file ({e}): `autonomy approve` needs --token here"
+            );
+            None
+        }
+    };
     if deny_all {
         eprintln!(
             "autonomy: no policy loaded: the runtime is DENY-ALL (use --demo, --policy or `autonomy policy load`)"
@@ -209,6 +260,9 @@ pub(super) async fn start(args: StartArgs) -> ExitCode {
         wal_dir.display()
     );
     let sig = sigs.next().await;
+    if let Some(f) = operator_file {
+        f.remove();
+    }
     eprintln!("autonomy: {sig} received: finishing in-flight calls and closing the WAL");
     match services.stop().await {
         Ok(()) => {

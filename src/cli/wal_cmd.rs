@@ -50,6 +50,10 @@ pub(super) struct InspectArgs {
     /// Keep printing new records as they are appended, until SIGINT/SIGTERM.
     #[arg(long)]
     pub follow: bool,
+    /// Only the calls a policy in shadow mode would have denied (or asked approval for), which
+    /// were allowed: what enforcing it would change.
+    #[arg(long)]
+    pub shadow_diff: bool,
 }
 
 /// `autonomy wal verify`.
@@ -187,6 +191,19 @@ struct Filter {
     rtype: Option<RecordType>,
     audit_id: Option<String>,
     since: Option<u64>,
+    shadow_diff: bool,
+}
+
+/// A shadow-mode decision record that differs from what happened (the call was allowed).
+fn shadow_differs(r: &StoredRecord) -> bool {
+    let Ok(crate::record::Body::Decision(d)) = r.body() else {
+        return false;
+    };
+    d.shadow == Some(true)
+        && (d.decision == crate::types::Decision::Deny
+            || d.reason
+                .as_deref()
+                .is_some_and(|w| w.starts_with("would ask for approval")))
 }
 
 impl Filter {
@@ -197,14 +214,18 @@ impl Filter {
                 .as_deref()
                 .is_none_or(|a| r.audit_id.as_ref().map(AuditId::as_str) == Some(a))
             && self.since.is_none_or(|s| r.seq.0 >= s)
+            && (!self.shadow_diff || shadow_differs(r))
     }
 }
 
 /// The compact summary column: the fields people look for first.
 fn summary(r: &StoredRecord) -> String {
-    const KEYS: [&str; 8] = [
+    const KEYS: [&str; 11] = [
         "kind",
         "decision",
+        "shadow",
+        "agent",
+        "by",
         "reason",
         "event",
         "line",
@@ -288,6 +309,7 @@ fn inspect(a: InspectArgs) -> ExitCode {
         rtype: a.rtype.map(|t| t.0),
         audit_id: a.audit_id,
         since: a.since,
+        shadow_diff: a.shadow_diff,
     };
     let mut reader = match open_reader(&dir, a.follow) {
         Ok(r) => r,

@@ -17,8 +17,10 @@ use axum::routing::{MethodRouter, get, post};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::{Map, Value, json};
 
+use crate::approvals::{MAX_NOTE, Resolution, ResolveError};
 use crate::gate::{Gate, GateResponse, Outcome, ToolCall};
-use crate::types::{Source, ToolKind};
+use crate::identity::{AuthError, Authenticator, Identity};
+use crate::types::{Agent, Source, ToolKind};
 
 /// The `source` of calls made over HTTP.
 pub const SOURCE: Source = Source::new("http");
@@ -171,7 +173,7 @@ pub async fn start(
         .await
         .map_err(bind_err)?;
     let addr = listener.local_addr().map_err(bind_err)?;
-    let app = router(runtime.gate().clone(), &cfg.limits);
+    let app = router(runtime.gate().clone(), runtime.auth().clone(), &cfg.limits);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(server::serve(listener, app, cfg.limits, async move {
         let _ = stop_rx.await;
@@ -186,14 +188,19 @@ pub async fn start(
 #[derive(Clone)]
 struct AppState {
     gate: Arc<Gate>,
+    auth: Arc<Authenticator>,
     body_limit: usize,
     body_timeout: Duration,
 }
 
+/// Largest `POST /v1/approvals/{audit_id}` body.
+const APPROVAL_BODY_LIMIT: usize = 16 * 1024;
+
 /// The router for the runtime's HTTP API.
-pub fn router(gate: Arc<Gate>, limits: &HttpLimits) -> Router {
+pub fn router(gate: Arc<Gate>, auth: Arc<Authenticator>, limits: &HttpLimits) -> Router {
     let state = AppState {
         gate,
+        auth,
         body_limit: limits.body_limit,
         body_timeout: limits.body_timeout,
     };
@@ -203,6 +210,11 @@ pub fn router(gate: Arc<Gate>, limits: &HttpLimits) -> Router {
             only(get(health), "GET, HEAD").head(|| async { StatusCode::OK }),
         )
         .route("/v1/tool", only(post(tool), "POST"))
+        .route("/v1/approvals", only(get(list_approvals), "GET"))
+        .route(
+            "/v1/approvals/{audit_id}",
+            only(post(decide_approval), "POST"),
+        )
         .route("/metrics", only(get(metrics), "GET, HEAD"))
         .fallback(not_found)
         .with_state(state)
@@ -239,7 +251,7 @@ async fn not_found(method: Method, uri: axum::http::Uri) -> Response {
     error(
         StatusCode::NOT_FOUND,
         &format!(
-            "no route for {method} {}; the API is GET /health, POST /v1/tool and GET /metrics",
+            "no route for {method} {}; the API is GET /health, POST /v1/tool, GET /v1/approvals, POST /v1/approvals/{{audit_id}} and GET /metrics",
             uri.path()
         ),
     )
@@ -266,7 +278,42 @@ fn is_json(headers: &HeaderMap) -> bool {
         || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
+/// The 401 answer: why, and how to authenticate (RFC 6750).
+fn unauthorized(e: &AuthError) -> Response {
+    let (status, challenge) = match e {
+        AuthError::Missing | AuthError::Malformed => {
+            (StatusCode::UNAUTHORIZED, "Bearer realm=\"autonomy\"")
+        }
+        AuthError::Invalid => (
+            StatusCode::UNAUTHORIZED,
+            "Bearer realm=\"autonomy\", error=\"invalid_token\"",
+        ),
+        AuthError::NotOperator => (
+            StatusCode::FORBIDDEN,
+            "Bearer realm=\"autonomy\", error=\"insufficient_scope\"",
+        ),
+    };
+    let mut resp = error(status, &e.to_string());
+    resp.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static(challenge),
+    );
+    resp
+}
+
+fn authorization(headers: &HeaderMap) -> Option<&[u8]> {
+    headers
+        .get(header::AUTHORIZATION)
+        .map(HeaderValue::as_bytes)
+}
+
 async fn tool(State(st): State<AppState>, req: Request) -> Response {
+    // Who is calling comes first: an unauthenticated body is never read or evaluated.
+    let agent = match st.auth.authenticate(authorization(req.headers())) {
+        Ok(Some(Identity { agent, .. })) => agent,
+        Ok(None) => Agent::anonymous(),
+        Err(e) => return unauthorized(&e),
+    };
     if !is_json(req.headers()) {
         return error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -309,12 +356,105 @@ async fn tool(State(st): State<AppState>, req: Request) -> Response {
             );
         }
     };
-    let call = match parse_call(&bytes) {
+    let mut call = match parse_call(&bytes) {
         Ok(c) => c,
         Err(msg) => return error(StatusCode::BAD_REQUEST, &msg),
     };
+    call.agent = agent;
+    let agent = call.agent.clone();
     let resp = st.gate.call(call).await;
-    render(resp)
+    render(resp, &agent)
+}
+
+/// `GET /v1/approvals`: the calls waiting for a person (operator token required).
+async fn list_approvals(State(st): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err(e) = st.auth.operator(authorization(&headers)) {
+        return unauthorized(&e);
+    }
+    axum::Json(json!({ "pending": st.gate.approvals().list() })).into_response()
+}
+
+/// `POST /v1/approvals/{audit_id}` with `{"decision": "approve"|"reject", "note": "…"}`.
+async fn decide_approval(
+    State(st): State<AppState>,
+    axum::extract::Path(audit_id): axum::extract::Path<String>,
+    req: Request,
+) -> Response {
+    let operator = match st.auth.operator(authorization(req.headers())) {
+        Ok(id) => id,
+        Err(e) => return unauthorized(&e),
+    };
+    if !is_json(req.headers()) {
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "the body must be JSON: send Content-Type: application/json",
+        );
+    }
+    let read = Limited::new(req.into_body(), APPROVAL_BODY_LIMIT).collect();
+    let bytes = match tokio::time::timeout(st.body_timeout, read).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        Ok(Err(e)) if e.is::<LengthLimitError>() => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("the body is larger than the {APPROVAL_BODY_LIMIT} byte limit"),
+            );
+        }
+        Ok(Err(e)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                &format!("the request body is malformed: {}", innermost(&*e)),
+            );
+        }
+        Err(_) => {
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                "the body did not arrive in time",
+            );
+        }
+    };
+    let (approve, note) = match parse_approval(&bytes) {
+        Ok(v) => v,
+        Err(msg) => return error(StatusCode::BAD_REQUEST, &msg),
+    };
+    let by = operator.agent.as_str().to_string();
+    match st.gate.approvals().resolve(
+        &audit_id,
+        Resolution {
+            approve,
+            by: by.clone(),
+            note,
+        },
+    ) {
+        Ok(()) => axum::Json(json!({
+            "audit_id": audit_id,
+            "decision": if approve { "approve" } else { "reject" },
+            "by": by,
+        }))
+        .into_response(),
+        Err(e @ ResolveError::NotFound(_)) => error(StatusCode::NOT_FOUND, &e.to_string()),
+        Err(e @ ResolveError::Decided(..)) => error(StatusCode::CONFLICT, &e.to_string()),
+    }
+}
+
+/// Reads `{"decision": "approve"|"reject", "note"?: string}`.
+fn parse_approval(bytes: &[u8]) -> Result<(bool, Option<String>), String> {
+    let v: Value =
+        serde_json::from_slice(bytes).map_err(|e| format!("the body is not valid JSON: {e}"))?;
+    let Value::Object(obj) = v else {
+        return Err("the body must be a JSON object: {\"decision\": \"approve\"}".into());
+    };
+    let approve = match obj.get("decision") {
+        Some(Value::String(s)) if s == "approve" => true,
+        Some(Value::String(s)) if s == "reject" => false,
+        _ => return Err("`decision` must be \"approve\" or \"reject\"".into()),
+    };
+    let note = match obj.get("note") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) if s.len() <= MAX_NOTE => Some(s.clone()),
+        Some(Value::String(_)) => return Err(format!("`note` is longer than {MAX_NOTE} bytes")),
+        Some(_) => return Err("`note` must be a string".into()),
+    };
+    Ok((approve, note))
 }
 
 /// The most specific message in an error's chain ("unexpected end of file", "invalid chunk
@@ -350,6 +490,7 @@ pub fn parse_call(bytes: &[u8]) -> Result<ToolCall, String> {
         kind,
         params,
         source: SOURCE,
+        agent: crate::types::Agent::anonymous(),
     })
 }
 
@@ -357,6 +498,10 @@ pub fn parse_call(bytes: &[u8]) -> Result<ToolCall, String> {
 /// `serde_json::Map` rendering produced), absent ones left out.
 #[derive(serde::Serialize)]
 struct ToolAnswer<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    agent: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    approval: Option<Value>,
     audit_id: &'a str,
     decision: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -366,9 +511,11 @@ struct ToolAnswer<'a> {
     policy_ref: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shadow: Option<Value>,
 }
 
-fn render(r: GateResponse) -> Response {
+fn render(r: GateResponse, agent: &Agent) -> Response {
     let (status, output, err) = match &r.outcome {
         Outcome::Executed(out) => (StatusCode::OK, Some(out), None),
         Outcome::DecisionOnly => (StatusCode::OK, None, None),
@@ -378,8 +525,35 @@ fn render(r: GateResponse) -> Response {
         Outcome::BadParams(e) => (StatusCode::BAD_REQUEST, None, Some(e.as_str())),
         Outcome::UpstreamFailed(e) => (StatusCode::BAD_GATEWAY, None, Some(e.as_str())),
         Outcome::WalUnavailable(e) => (StatusCode::SERVICE_UNAVAILABLE, None, Some(e.as_str())),
+        Outcome::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, None, None),
+        Outcome::ApprovalDenied => (StatusCode::FORBIDDEN, None, None),
     };
+    let approval = r.approval.as_ref().map(|a| {
+        let decision = match (a.approve, a.by.as_str()) {
+            (true, _) => "approve",
+            (false, "timeout") => "timeout",
+            (false, _) => "reject",
+        };
+        let mut m = Map::new();
+        m.insert("by".into(), a.by.clone().into());
+        m.insert("decision".into(), decision.into());
+        if let Some(n) = &a.note {
+            m.insert("note".into(), n.clone().into());
+        }
+        Value::Object(m)
+    });
+    let shadow = r.shadow.as_ref().map(|s| {
+        let mut m = Map::new();
+        m.insert("decision".into(), s.decision.as_str().into());
+        if let Some(why) = &s.reason {
+            m.insert("reason".into(), why.clone().into());
+        }
+        Value::Object(m)
+    });
     let body = ToolAnswer {
+        agent: (agent.as_str() != Agent::ANONYMOUS).then_some(agent.as_str()),
+        approval,
+        shadow,
         audit_id: r.audit_id.as_str(),
         decision: r.decision.as_str(),
         error: err,
@@ -393,6 +567,12 @@ fn render(r: GateResponse) -> Response {
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
+    if let Outcome::RateLimited(wait) = r.outcome {
+        // Whole seconds, rounded up: a client that waits this long finds a token.
+        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+    }
     resp
 }
 
@@ -445,6 +625,8 @@ mod tests {
                 audit_id: AuditId::from_string("id-1".into()),
                 reason: reason.map(String::from),
                 outcome: outcome.clone(),
+                shadow: None,
+                approval: None,
             };
             let mut want = Map::new();
             want.insert("decision".into(), decision.as_str().into());
@@ -463,7 +645,7 @@ mod tests {
             want.insert("policy_ref".into(), "embedded:demo".into());
             want.insert("audit_id".into(), "id-1".into());
             let want = serde_json::to_vec(&Value::Object(want)).unwrap();
-            let resp = render(r);
+            let resp = render(r, &Agent::anonymous());
             let body = futures::executor::block_on(axum::body::to_bytes(resp.into_body(), 1 << 20))
                 .unwrap();
             assert_eq!(body.as_ref(), want.as_slice());

@@ -83,6 +83,8 @@ pub struct LaunchOptions {
     pub term_grace: Duration,
     /// The `ros2` executable name or path (looked up on PATH).
     pub ros2: OsString,
+    /// `AUTONOMY_RUNTIME_TOKEN` for the launched nodes (`run`'s one-run token).
+    pub runtime_token: Option<String>,
 }
 
 impl Default for LaunchOptions {
@@ -91,6 +93,7 @@ impl Default for LaunchOptions {
             grace: Duration::from_secs(15),
             term_grace: Duration::from_secs(5),
             ros2: "ros2".into(),
+            runtime_token: None,
         }
     }
 }
@@ -163,6 +166,7 @@ pub async fn run(
             kind,
             params,
             source: SOURCE,
+            agent: crate::types::Agent::new(crate::identity::RUN_AGENT),
         })
         .await;
     let audit_id = resp.audit_id.clone();
@@ -219,6 +223,7 @@ pub async fn run(
         gate: gate.clone(),
         audit_id: audit_id.clone(),
         runtime_url: runtime_url.to_string(),
+        runtime_token: opts.runtime_token.clone(),
         grace: opts.grace,
         term_grace: opts.term_grace,
     };

@@ -34,6 +34,8 @@ pub struct Supervision {
     pub audit_id: AuditId,
     /// `AUTONOMY_RUNTIME_URL` for the launched nodes.
     pub runtime_url: String,
+    /// `AUTONOMY_RUNTIME_TOKEN` for the launched nodes.
+    pub runtime_token: Option<String>,
     /// SIGINT → SIGTERM delay.
     pub grace: Duration,
     /// SIGTERM → SIGKILL delay.
@@ -71,6 +73,9 @@ impl Supervision {
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .process_group(0);
+        if let Some(t) = &self.runtime_token {
+            cmd.env("AUTONOMY_RUNTIME_TOKEN", t);
+        }
         let mut child = cmd.spawn()?;
         let pid = child
             .id()

@@ -20,7 +20,7 @@ mod labels;
 pub mod text;
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::stats::Histogram;
@@ -53,9 +53,14 @@ pub const MAX_AGENTS: usize = 64;
 /// The front ends (`source` label); any other is [`OTHER`].
 pub const SOURCES: &[&str] = &["http", "ros2", "launch", "bridge"];
 
-/// The decisions (`decision` label); any other is [`OTHER`]. A new decision value (e.g. shadow
-/// mode's) gets its own series by being added here.
-pub const DECISIONS: &[&str] = &["allow", "deny", "pending"];
+/// The `decision` of a call allowed in shadow mode that the policy would have allowed.
+pub const SHADOW_ALLOW: &str = "shadow_allow";
+/// The `decision` of a call allowed in shadow mode that the policy would have denied.
+pub const SHADOW_DENY: &str = "shadow_deny";
+
+/// The decisions (`decision` label); any other is [`OTHER`]. A new decision value gets its own
+/// series by being added here.
+pub const DECISIONS: &[&str] = &["allow", "deny", SHADOW_ALLOW, SHADOW_DENY];
 
 /// Something rendered into `GET /metrics` at scrape time besides the gate's own metrics.
 pub trait MetricsSource: Send + Sync {
@@ -73,7 +78,8 @@ pub struct Metrics {
     rate_limited: Box<[AtomicU64]>,
     policy_eval: Histogram,
     in_flight: AtomicU64,
-    approvals_pending: AtomicU64,
+    /// Reads the number of calls waiting for approval, at scrape time.
+    approvals_pending: OnceLock<Box<dyn Fn() -> u64 + Send + Sync>>,
     sources: RwLock<Vec<Arc<dyn MetricsSource>>>,
 }
 
@@ -126,7 +132,7 @@ impl Metrics {
             rate_limited: zeros(rate_cells),
             policy_eval: Histogram::latency(),
             in_flight: AtomicU64::new(0),
-            approvals_pending: AtomicU64::new(0),
+            approvals_pending: OnceLock::new(),
             sources: RwLock::new(Vec::new()),
         }
     }
@@ -177,23 +183,10 @@ impl Metrics {
         InFlight(&self.in_flight)
     }
 
-    /// Sets the number of calls waiting for an approval (`autonomy_approvals_pending`).
-    pub fn set_approvals_pending(&self, n: u64) {
-        self.approvals_pending.store(n, Ordering::Relaxed);
-    }
-
-    /// One more call waits for an approval.
-    pub fn approval_pending(&self) {
-        self.approvals_pending.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// One call stopped waiting for an approval (approved, rejected or timed out).
-    pub fn approval_settled(&self) {
-        let _ = self
-            .approvals_pending
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
-                Some(n.saturating_sub(1))
-            });
+    /// Where `autonomy_approvals_pending` comes from: `count` is called at each scrape (the
+    /// gate's approval queue; the first one set stays). Without it the gauge is 0.
+    pub fn approvals_pending_from(&self, count: impl Fn() -> u64 + Send + Sync + 'static) {
+        let _ = self.approvals_pending.set(Box::new(count));
     }
 
     /// Adds families rendered at each scrape, after the gate's own.
@@ -298,7 +291,7 @@ impl Metrics {
             "autonomy_approvals_pending",
             MetricType::Gauge,
             "Calls parked until an approval, a rejection or their timeout.",
-            self.approvals_pending.load(Ordering::Relaxed),
+            self.approvals_pending.get().map_or(0, |count| count()),
         );
         let sources = self.sources.read().map(|s| s.clone()).unwrap_or_default();
         for s in sources {
@@ -452,18 +445,21 @@ mod tests {
             lines(&m, "autonomy_calls_in_flight "),
             ["autonomy_calls_in_flight 0"]
         );
-        m.approval_pending();
-        m.approval_pending();
-        m.approval_settled();
-        assert_eq!(
-            lines(&m, "autonomy_approvals_pending "),
-            ["autonomy_approvals_pending 1"]
-        );
-        m.set_approvals_pending(0);
-        m.approval_settled();
         assert_eq!(
             lines(&m, "autonomy_approvals_pending "),
             ["autonomy_approvals_pending 0"]
+        );
+        let waiting = Arc::new(AtomicU64::new(2));
+        let w = waiting.clone();
+        m.approvals_pending_from(move || w.load(Ordering::Relaxed));
+        assert_eq!(
+            lines(&m, "autonomy_approvals_pending "),
+            ["autonomy_approvals_pending 2"]
+        );
+        waiting.store(1, Ordering::Relaxed);
+        assert_eq!(
+            lines(&m, "autonomy_approvals_pending "),
+            ["autonomy_approvals_pending 1"]
         );
         let v = m.time_policy_eval(|| 7);
         assert_eq!(v, 7);

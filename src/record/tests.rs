@@ -31,6 +31,10 @@ fn decision_records() {
     let params: Map<String, Value> =
         serde_json::from_str(r#"{"z":[1,{"b":null,"a":"é\"\n"}],"a":1.5}"#).unwrap();
     let allow = DecisionRecord {
+        agent: None,
+        by: None,
+        note: None,
+        shadow: None,
         decision: Decision::Allow,
         kind: Cow::Borrowed("tool.http_get"),
         layer: Layer::Policy,
@@ -43,6 +47,10 @@ fn decision_records() {
         &allow,
         r#"{"decision":"allow","kind":"tool.http_get","layer":"policy","params":{"a":1.5,"z":[1,{"a":"é\"\n","b":null}]},"policy_ref":"embedded:demo","source":"http"}"#,
         Body::Decision(DecisionRecord {
+            agent: None,
+            by: None,
+            note: None,
+            shadow: None,
             decision: Decision::Allow,
             kind: Cow::Owned("tool.http_get".into()),
             layer: Layer::Policy,
@@ -53,6 +61,10 @@ fn decision_records() {
         }),
     );
     let runtime_deny = DecisionRecord {
+        agent: None,
+        by: None,
+        note: None,
+        shadow: None,
         decision: Decision::Deny,
         kind: Cow::Borrowed("tool.http_get"),
         layer: Layer::Runtime,
@@ -97,6 +109,8 @@ fn runtime_records() {
         "127.0.0.1:8080".to_string(),
     ];
     let started = RuntimeStarted {
+        auth: None,
+        shadow: None,
         allowed_domains: Cow::Borrowed(&domains),
         event: Started,
         listen: Some(Cow::Borrowed("127.0.0.1:7777")),
@@ -107,6 +121,8 @@ fn runtime_records() {
         &started,
         r#"{"allowed_domains":["api.anthropic.com","127.0.0.1:8080"],"event":"started","listen":"127.0.0.1:7777","policy_ref":"embedded:demo","version":"0.1.0"}"#,
         Body::RuntimeStarted(RuntimeStarted {
+            auth: None,
+            shadow: None,
             allowed_domains: Cow::Owned(domains.clone()),
             event: Started,
             listen: Some(Cow::Borrowed("127.0.0.1:7777")),
@@ -273,7 +289,8 @@ fn every_type_has_its_wire_name_once() {
             "marker",
             "lifecycle",
             "policy",
-            "error"
+            "error",
+            "approval"
         ]
     );
     for t in RecordType::ALL {
@@ -342,6 +359,10 @@ fn bridge_records() {
         serde_json::from_str(r#"{"topic":"/cmd_vel","type":"geometry_msgs/msg/Twist","bytes":3}"#)
             .unwrap();
     let malformed = DecisionRecord {
+        agent: None,
+        by: None,
+        note: None,
+        shadow: None,
         decision: Decision::Deny,
         kind: Cow::Borrowed("tool.ros2.topic.publish"),
         layer: Layer::Input,
@@ -354,6 +375,10 @@ fn bridge_records() {
         &malformed,
         r#"{"decision":"deny","kind":"tool.ros2.topic.publish","layer":"input","params":{"bytes":3,"topic":"/cmd_vel","type":"geometry_msgs/msg/Twist"},"policy_ref":"embedded:ros2-bridge-demo","reason":"malformed message: truncated","source":"bridge"}"#,
         Body::Decision(DecisionRecord {
+            agent: None,
+            by: None,
+            note: None,
+            shadow: None,
             decision: Decision::Deny,
             kind: Cow::Owned("tool.ros2.topic.publish".into()),
             layer: Layer::Input,
@@ -362,5 +387,91 @@ fn bridge_records() {
             reason: Some(Cow::Owned("malformed message: truncated".into())),
             source: Cow::Owned("bridge".into()),
         }),
+    );
+}
+
+#[test]
+fn identity_shadow_and_approval_records() {
+    let params: Map<String, Value> = serde_json::from_str(r#"{"message":"hi"}"#).unwrap();
+    let shadowed = DecisionRecord {
+        agent: Some(Cow::Borrowed("planner")),
+        by: None,
+        decision: Decision::Deny,
+        kind: Cow::Borrowed("tool.echo"),
+        layer: Layer::Policy,
+        note: None,
+        params: Some(Cow::Owned(params.clone())),
+        policy_ref: Cow::Borrowed("embedded:demo"),
+        reason: Some(Cow::Borrowed("no")),
+        shadow: Some(true),
+        source: Cow::Borrowed("http"),
+    };
+    golden(
+        &shadowed,
+        r#"{"agent":"planner","decision":"deny","kind":"tool.echo","layer":"policy","params":{"message":"hi"},"policy_ref":"embedded:demo","reason":"no","shadow":true,"source":"http"}"#,
+        Body::Decision(shadowed.clone()),
+    );
+    let approved = DecisionRecord {
+        agent: Some(Cow::Borrowed("planner")),
+        by: Some(Cow::Borrowed("ops")),
+        decision: Decision::Allow,
+        kind: Cow::Borrowed("tool.echo"),
+        layer: Layer::Approval,
+        note: Some(Cow::Borrowed("looks fine")),
+        params: None,
+        policy_ref: Cow::Borrowed("embedded:demo"),
+        reason: None,
+        shadow: None,
+        source: Cow::Borrowed("http"),
+    };
+    golden(
+        &approved,
+        r#"{"agent":"planner","by":"ops","decision":"allow","kind":"tool.echo","layer":"approval","note":"looks fine","policy_ref":"embedded:demo","source":"http"}"#,
+        Body::Decision(approved.clone()),
+    );
+    let limited = DecisionRecord {
+        layer: Layer::Limit,
+        decision: Decision::Deny,
+        reason: Some(Cow::Borrowed("rate limited")),
+        agent: Some(Cow::Borrowed("anonymous")),
+        by: None,
+        note: None,
+        shadow: None,
+        ..approved.clone()
+    };
+    golden(
+        &limited,
+        r#"{"agent":"anonymous","decision":"deny","kind":"tool.echo","layer":"limit","policy_ref":"embedded:demo","reason":"rate limited","source":"http"}"#,
+        Body::Decision(limited.clone()),
+    );
+    let requested = ApprovalRequested {
+        agent: Cow::Borrowed("planner"),
+        event: ApprovalRequestedEvent,
+        kind: Cow::Borrowed("tool.echo"),
+        params: Cow::Owned(params.clone()),
+        policy_ref: Cow::Borrowed("embedded:demo"),
+        reason: Some(Cow::Borrowed("echo needs a human")),
+        source: Cow::Borrowed("ros2"),
+        timeout_ms: 60000,
+    };
+    golden(
+        &requested,
+        r#"{"agent":"planner","event":"approval.requested","kind":"tool.echo","params":{"message":"hi"},"policy_ref":"embedded:demo","reason":"echo needs a human","source":"ros2","timeout_ms":60000}"#,
+        Body::ApprovalRequested(requested.clone()),
+    );
+    let domains: Vec<String> = vec![];
+    let started = RuntimeStarted {
+        allowed_domains: Cow::Owned(domains.clone()),
+        auth: Some(Cow::Borrowed("required")),
+        event: Started,
+        listen: None,
+        policy_ref: Cow::Borrowed("embedded:demo"),
+        shadow: Some(true),
+        version: Cow::Borrowed("0.1.0"),
+    };
+    golden(
+        &started,
+        r#"{"allowed_domains":[],"auth":"required","event":"started","policy_ref":"embedded:demo","shadow":true,"version":"0.1.0"}"#,
+        Body::RuntimeStarted(started.clone()),
     );
 }

@@ -258,7 +258,7 @@ async fn serve(
                         let svc = svc.clone();
                         let readers = readers.clone();
                         inflight.spawn(async move {
-                            let resp = svc.handle(req).await;
+                            let resp = svc.handle(req, caller_of(id.writer_gid)).await;
                             readers.wait_for(id.writer_gid).await;
                             let audit_id = resp.audit_id.clone();
                             if let Err(e) = server.async_send_response(id, resp).await {
@@ -337,6 +337,12 @@ impl RosTransport for Ros2ClientTransport {
             }
         })
     }
+}
+
+/// The caller of a service request as policies and rate limits see it: `ros2:` and the client
+/// process (the first 8 bytes of its GUID, the part that is the client's in both mappings).
+fn caller_of(writer: Gid) -> crate::types::Agent {
+    crate::types::Agent::new(format!("ros2:{}", hex::encode(&writer.to_bytes16()[..8])))
 }
 
 #[cfg(test)]

@@ -34,7 +34,7 @@ use serde_json::{Map, Value};
 use tokio::sync::{mpsc, watch};
 
 use crate::gate::{DecisionObserver, Gate, GateResponse, Outcome, ToolCall};
-use crate::types::{Source, ToolKind};
+use crate::types::{Agent, Source, ToolKind};
 
 pub use msgs::{DecisionMsg, Time, ToolRequest, ToolResponse};
 
@@ -237,6 +237,9 @@ impl fmt::Display for RosError {
 
 impl std::error::Error for RosError {}
 
+/// The caller name of every `/autonomy/tool` request on the r2r backend.
+pub const RCL_CALLER: &str = "ros2:rcl";
+
 /// Answers `/autonomy/tool` requests through the gate. Backend-neutral: a backend only moves
 /// [`ToolRequest`]s and [`ToolResponse`]s.
 #[derive(Clone)]
@@ -250,10 +253,13 @@ impl ToolService {
         ToolService { gate }
     }
 
-    /// One request → one answer. Never panics on bad input.
-    pub async fn handle(&self, req: ToolRequest) -> ToolResponse {
+    /// One request from `caller` → one answer. Never panics on bad input.
+    pub async fn handle(&self, req: ToolRequest, caller: Agent) -> ToolResponse {
         match parse_request(&req) {
-            Ok(call) => response_from(self.gate.call(call).await),
+            Ok(mut call) => {
+                call.agent = caller;
+                response_from(self.gate.call(call).await)
+            }
             Err(reason) => ToolResponse {
                 decision: "deny".into(),
                 output_json: String::new(),
@@ -290,6 +296,7 @@ pub fn parse_request(req: &ToolRequest) -> Result<ToolCall, String> {
         kind,
         params,
         source: SOURCE,
+        agent: crate::types::Agent::anonymous(),
     })
 }
 

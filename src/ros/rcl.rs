@@ -214,7 +214,11 @@ async fn serve(mut requests: Requests, svc: ToolService, mut stop: watch::Receiv
                             kind: std::mem::take(&mut req.message.kind),
                             params_json: std::mem::take(&mut req.message.params_json),
                         };
-                        let resp = svc.handle(ask).await;
+                        // rcl does not hand the request's writer GUID through r2r: every caller
+                        // is the same one here.
+                        let resp = svc
+                            .handle(ask, crate::types::Agent::new(super::RCL_CALLER))
+                            .await;
                         if let Err(e) = req.respond(response_to_rcl(&resp)) {
                             tracing::warn!(
                                 "{TOOL_SERVICE}: cannot send the answer for {}: {e}",

@@ -18,6 +18,7 @@
 mod bridge;
 mod common;
 mod http;
+mod identity;
 mod policy;
 mod ros;
 mod run;

@@ -181,6 +181,7 @@ fn eval_phase(
         kind: &kind,
         params: &params,
         source: Source::new("http"),
+        agent: &autonomy::types::Agent::anonymous(),
         allowed_domains: &allowed,
         extra: None,
     };

@@ -313,6 +313,7 @@ fn decide_cost(secs: f64) {
             kind: &kind,
             params: &params,
             source: Source::new("bridge"),
+            agent: &autonomy::types::Agent::anonymous(),
             allowed_domains: &[],
             extra: Some(&extra),
         });

@@ -459,6 +459,7 @@ mod tests {
                     kind: &kind,
                     params: &params,
                     source: Source::new("http"),
+                    agent: &crate::types::Agent::anonymous(),
                     allowed_domains: &[],
                     extra: None,
                 };
@@ -508,6 +509,7 @@ mod tests {
                 kind: &kind,
                 params: &params,
                 source: Source::new("http"),
+                agent: &crate::types::Agent::anonymous(),
                 allowed_domains: &[],
                 extra: None,
             });

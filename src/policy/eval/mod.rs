@@ -24,9 +24,9 @@ pub const DEMO_REGO: &str = include_str!("demo.rego");
 pub const BRIDGE_DEMO_REGO: &str = include_str!("bridge_demo.rego");
 
 /// The input document's own keys, which a front end's extra fields never replace.
-pub const INPUT_KEYS: [&str; 4] = ["kind", "params", "source", "allowed_domains"];
+pub const INPUT_KEYS: [&str; 5] = ["kind", "params", "source", "allowed_domains", "agent"];
 
-/// What the evaluator sees: `{kind, params, source, allowed_domains}`, plus any extra fields a
+/// What the evaluator sees: `{kind, params, source, agent, allowed_domains}`, plus any extra fields a
 /// front end adds.
 pub struct PolicyInput<'a> {
     /// The tool kind.
@@ -35,6 +35,8 @@ pub struct PolicyInput<'a> {
     pub params: &'a Map<String, Value>,
     /// Where the call came from.
     pub source: Source,
+    /// Who made it (`anonymous` without a token).
+    pub agent: &'a crate::types::Agent,
     /// The runtime's `http_get` allowlist, as configured.
     pub allowed_domains: &'a [String],
     /// More top-level fields from the front end (`input.<key>`: the bridge's `rate`); a key
@@ -49,6 +51,7 @@ impl PolicyInput<'_> {
         m.insert("kind".into(), Value::String(self.kind.as_str().into()));
         m.insert("params".into(), Value::Object(self.params.clone()));
         m.insert("source".into(), Value::String(self.source.as_str().into()));
+        m.insert("agent".into(), Value::String(self.agent.as_str().into()));
         m.insert(
             "allowed_domains".into(),
             Value::Array(
@@ -74,9 +77,9 @@ impl PolicyInput<'_> {
     pub fn to_rego(&self) -> regorus::Value {
         use serde::Deserialize;
         // The keys are the same on every call: made once, shared (a clone is a refcount).
-        static KEYS: std::sync::LazyLock<[regorus::Value; 4]> =
+        static KEYS: std::sync::LazyLock<[regorus::Value; 5]> =
             std::sync::LazyLock::new(|| INPUT_KEYS.map(regorus::Value::from));
-        let [k_kind, k_params, k_source, k_domains] = &*KEYS;
+        let [k_kind, k_params, k_source, k_domains, k_agent] = &*KEYS;
         let mut params = std::collections::BTreeMap::new();
         for (k, v) in self.params {
             // The same conversion `regorus::Value::from(serde_json::Value)` uses.
@@ -93,6 +96,7 @@ impl PolicyInput<'_> {
         m.insert(k_params.clone(), regorus::Value::from(params));
         m.insert(k_source.clone(), regorus::Value::from(self.source.as_str()));
         m.insert(k_domains.clone(), regorus::Value::from(domains));
+        m.insert(k_agent.clone(), regorus::Value::from(self.agent.as_str()));
         if let Some(extra) = self.extra {
             for (k, v) in extra {
                 if !INPUT_KEYS.contains(&k.as_str()) {
@@ -141,14 +145,34 @@ pub struct Verdict {
     pub decision: Decision,
     /// Why (always set on deny).
     pub reason: Option<String>,
+    /// On an allow: the policy's `approval` rule is true, so a person must approve the call
+    /// before it runs (with the policy's `approval_reason`, if it gave one).
+    pub approval: Option<Approval>,
+}
+
+/// A policy's request for a person's approval ("ask").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Approval {
+    /// Why (`approval_reason`), shown to whoever decides.
+    pub reason: Option<String>,
 }
 
 impl Verdict {
+    /// An allow, without approval.
+    pub fn allow() -> Self {
+        Verdict {
+            decision: Decision::Allow,
+            reason: None,
+            approval: None,
+        }
+    }
+
     /// A deny with a reason.
     pub fn deny(reason: impl Into<String>) -> Self {
         Verdict {
             decision: Decision::Deny,
             reason: Some(reason.into()),
+            approval: None,
         }
     }
 }
@@ -159,6 +183,15 @@ pub trait PolicyEvaluator: Send + Sync {
     fn evaluate(&self, input: &PolicyInput<'_>) -> Verdict;
     /// Names this policy in answers and records.
     fn policy_ref(&self) -> &PolicyRef;
+    /// Whether this policy only watches (a bundle with `"mode": "shadow"`): its decisions are
+    /// recorded, marked `shadow`, and every call it would deny is allowed.
+    fn shadow(&self) -> bool {
+        false
+    }
+    /// The rate limits that came with this policy (a bundle's `data.json` key `limits`).
+    fn limits(&self) -> Option<&Arc<crate::limits::Limits>> {
+        None
+    }
 }
 
 /// Denies everything: the runtime's policy when none was given.

@@ -10,12 +10,16 @@ use super::deps::{self, Deps, DepsError};
 use super::fast::{FastAllow, FastResult, NoFastPath};
 use super::{PolicyEvaluator, PolicyInput, Pool, Verdict};
 use crate::policy::message::{MAX_CHARS, one_line};
-use crate::types::{Decision, PolicyRef};
+use crate::types::PolicyRef;
 
 /// The rule that decides.
 pub const ALLOW_RULE: &str = "data.autonomy.allow";
 /// The optional rule that explains a deny.
 pub const REASON_RULE: &str = "data.autonomy.reason";
+/// The optional rule that asks a person to approve an allowed call.
+pub const APPROVAL_RULE: &str = "data.autonomy.approval";
+/// The optional rule that says why approval is asked.
+pub const APPROVAL_REASON_RULE: &str = "data.autonomy.approval_reason";
 /// Default per-evaluation time limit.
 pub const DEFAULT_EVAL_LIMIT: Duration = Duration::from_millis(50);
 
@@ -39,6 +43,9 @@ pub enum RegoPolicyError {
     /// A rule depends on itself, or evaluation could nest deeper than the stack budget.
     #[error(transparent)]
     Deps(#[from] DepsError),
+    /// The bundle's `data.json` key `limits` is not a valid limits list.
+    #[error("data.json: {0}")]
+    Limits(#[from] crate::limits::LimitsError),
 }
 
 /// A compiled Rego policy with a pool of engines (regorus engines need `&mut` to evaluate).
@@ -46,11 +53,17 @@ pub struct RegoPolicy {
     policy_ref: PolicyRef,
     template: Engine,
     has_reason: bool,
+    /// Whether the policy has an `approval` rule (then every allow also evaluates it).
+    has_approval: bool,
     pool: Pool<Engine>,
     /// The VM fast path for `allow`, or why this policy has none.
     fast: Result<FastAllow, NoFastPath>,
     /// How deep evaluating it may go.
     deps: Deps,
+    /// Only watching: see [`PolicyEvaluator::shadow`].
+    shadow: bool,
+    /// Its rate limits, if it came with any.
+    limits: Option<std::sync::Arc<crate::limits::Limits>>,
 }
 
 impl RegoPolicy {
@@ -143,14 +156,31 @@ impl RegoPolicy {
         }
         let has_reason =
             super::quiet::compile(|| engine.compile_with_entrypoint(&REASON_RULE.into())).is_ok();
+        let has_approval =
+            super::quiet::compile(|| engine.compile_with_entrypoint(&APPROVAL_RULE.into())).is_ok();
         Ok(RegoPolicy {
             policy_ref,
             template: engine,
             has_reason,
+            has_approval,
             pool: Pool::new(),
             fast,
             deps,
+            shadow: false,
+            limits: None,
         })
+    }
+
+    /// This policy, only watching (a bundle's `"mode": "shadow"`).
+    pub fn with_shadow(mut self, shadow: bool) -> Self {
+        self.shadow = shadow;
+        self
+    }
+
+    /// This policy, with the rate limits its bundle brought.
+    pub fn with_limits(mut self, limits: Option<crate::limits::Limits>) -> Self {
+        self.limits = limits.map(std::sync::Arc::new);
+        self
     }
 
     /// How deep evaluating this policy may nest, and the stack that needs.
@@ -199,10 +229,7 @@ impl RegoPolicy {
             }
         };
         match allow {
-            regorus::Value::Bool(true) => Verdict {
-                decision: Decision::Allow,
-                reason: None,
-            },
+            regorus::Value::Bool(true) => self.approval_in(engine),
             regorus::Value::Bool(false) => {
                 let reason = if self.has_reason {
                     match engine.eval_rule(REASON_RULE.to_string()) {
@@ -225,6 +252,33 @@ impl RegoPolicy {
     }
 }
 
+impl RegoPolicy {
+    /// The verdict on an allowed call: an allow, or an allow that asks for approval when the
+    /// `approval` rule is true. An error in that rule denies (fail closed).
+    fn approval_in(&self, engine: &mut Engine) -> Verdict {
+        if !self.has_approval {
+            return Verdict::allow();
+        }
+        match engine.eval_rule(APPROVAL_RULE.to_string()) {
+            Ok(regorus::Value::Bool(true)) => {
+                let reason = match engine.eval_rule(APPROVAL_REASON_RULE.to_string()) {
+                    Ok(regorus::Value::String(s)) => Some(s.to_string()),
+                    _ => None,
+                };
+                Verdict {
+                    approval: Some(super::Approval { reason }),
+                    ..Verdict::allow()
+                }
+            }
+            Ok(_) => Verdict::allow(),
+            Err(e) => Verdict::deny(format!(
+                "policy evaluation failed (approval rule): {}",
+                one_line(&e.to_string(), MAX_CHARS)
+            )),
+        }
+    }
+}
+
 impl PolicyEvaluator for RegoPolicy {
     fn evaluate(&self, input: &PolicyInput<'_>) -> Verdict {
         let input = input.to_rego();
@@ -233,6 +287,14 @@ impl PolicyEvaluator for RegoPolicy {
 
     fn policy_ref(&self) -> &PolicyRef {
         &self.policy_ref
+    }
+
+    fn shadow(&self) -> bool {
+        self.shadow
+    }
+
+    fn limits(&self) -> Option<&std::sync::Arc<crate::limits::Limits>> {
+        self.limits.as_ref()
     }
 }
 
@@ -245,10 +307,14 @@ impl RegoPolicy {
             Err(_) => FastResult::Unsure,
         };
         if fast == FastResult::True {
-            return Verdict {
-                decision: Decision::Allow,
-                reason: None,
-            };
+            if !self.has_approval {
+                return Verdict::allow();
+            }
+            let mut engine = self.pool.take().unwrap_or_else(|| self.template.clone());
+            engine.set_input(input);
+            let v = self.approval_in(&mut engine);
+            self.pool.put(engine);
+            return v;
         }
         self.interpret(input, fast == FastResult::False)
     }
@@ -267,6 +333,7 @@ fn on_stack<R>(deps: Deps, f: impl FnOnce() -> R) -> R {
 mod tests {
     use super::*;
     use crate::policy::eval::demo_policy;
+    use crate::types::Decision;
     use crate::types::{Source, ToolKind};
     use serde_json::Map;
 
@@ -277,6 +344,7 @@ mod tests {
             kind: &k,
             params: &params,
             source: Source::new("http"),
+            agent: &crate::types::Agent::anonymous(),
             allowed_domains: &[],
             extra: None,
         })
@@ -294,6 +362,7 @@ mod tests {
             kind: &k,
             params: &params,
             source: Source::new("ros2"),
+            agent: &crate::types::Agent::anonymous(),
             allowed_domains: &domains,
             extra: None,
         };
@@ -303,17 +372,21 @@ mod tests {
             kind: &k,
             params: &empty,
             source: Source::new("http"),
+            agent: &crate::types::Agent::anonymous(),
             allowed_domains: &[],
             extra: None,
         };
         assert_eq!(input.to_rego(), regorus::Value::from(input.to_json()));
         // A front end's extra fields appear beside the four; they never replace one of them.
-        let extra: Map<String, serde_json::Value> =
-            serde_json::from_str(r#"{"rate":12.5,"kind":"tool.shell","source":"forged"}"#).unwrap();
+        let extra: Map<String, serde_json::Value> = serde_json::from_str(
+            r#"{"rate":12.5,"kind":"tool.shell","source":"forged","agent":"root"}"#,
+        )
+        .unwrap();
         let input = PolicyInput {
             kind: &k,
             params: &params,
             source: Source::new("bridge"),
+            agent: &crate::types::Agent::anonymous(),
             allowed_domains: &[],
             extra: Some(&extra),
         };
@@ -321,7 +394,8 @@ mod tests {
         assert_eq!(json["rate"], 12.5);
         assert_eq!(json["kind"], "tool.http_get");
         assert_eq!(json["source"], "bridge");
-        assert_eq!(json.as_object().unwrap().len(), 5);
+        assert_eq!(json["agent"], "anonymous");
+        assert_eq!(json.as_object().unwrap().len(), 6);
         assert_eq!(input.to_rego(), regorus::Value::from(json));
     }
 
@@ -405,6 +479,7 @@ mod tests {
                 kind: &k,
                 params: &params,
                 source: Source::new("http"),
+                agent: &crate::types::Agent::anonymous(),
                 allowed_domains: &[],
                 extra: None,
             })

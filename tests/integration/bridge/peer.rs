@@ -128,8 +128,11 @@ type = "std_msgs/msg/Bool"
         r#"autonomy_bridge_messages_total{topic="/cmd_vel",direction="agent_to_robot",decision="malformed"} 1"#,
         r#"autonomy_bridge_messages_total{topic="/status",direction="robot_to_agent",decision="allow"} 3"#,
         r#"autonomy_bridge_messages_failed_total{topic="/cmd_vel",direction="agent_to_robot"} 0"#,
-        r#"autonomy_decisions_total{kind="tool.ros2.topic.publish",source="bridge",decision="allow",agent="anonymous"} 4"#,
-        r#"autonomy_decisions_total{kind="tool.ros2.topic.publish",source="bridge",decision="deny",agent="anonymous"} 6"#,
+        // Each topic is its own agent (`bridge:<topic>`).
+        r#"autonomy_decisions_total{kind="tool.ros2.topic.publish",source="bridge",decision="allow",agent="bridge:/cmd_vel"} 3"#,
+        r#"autonomy_decisions_total{kind="tool.ros2.topic.publish",source="bridge",decision="deny",agent="bridge:/cmd_vel"} 4"#,
+        r#"autonomy_decisions_total{kind="tool.ros2.topic.publish",source="bridge",decision="allow",agent="bridge:/cmd_vel/left"} 1"#,
+        r#"autonomy_decisions_total{kind="tool.ros2.topic.publish",source="bridge",decision="deny",agent="bridge:/disable_safety"} 1"#,
     ] {
         assert!(
             metrics.lines().any(|l| l == want),

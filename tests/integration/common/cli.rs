@@ -64,6 +64,10 @@ pub fn cli(args: &[&str], env: &[(&str, &str)]) -> Out {
         "AUTONOMY_POLICY_DIR",
         "AUTONOMY_WAL_DIR",
         "AUTONOMY_RUN_WAL_DIR",
+        "AUTONOMY_AGENTS_FILE",
+        "AUTONOMY_RUNTIME_URL",
+        "AUTONOMY_RUNTIME_TOKEN",
+        "AUTONOMY_OPERATOR_TOKEN",
         "SOURCE_DATE_EPOCH",
     ] {
         cmd.env_remove(k);

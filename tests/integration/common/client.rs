@@ -32,10 +32,24 @@ impl Resp {
 
 /// A minimal HTTP/1.1 client over a raw socket, so tests control every byte (timeouts: 30 s).
 pub fn http(addr: SocketAddr, method: &str, path: &str, body: Option<(&str, &[u8])>) -> Resp {
+    http_with(addr, method, path, &[], body)
+}
+
+/// As [`http`], with more request headers.
+pub fn http_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<(&str, &[u8])>,
+) -> Resp {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(30))).ok();
     s.set_write_timeout(Some(Duration::from_secs(30))).ok();
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
     if let Some((ct, b)) = body {
         if !ct.is_empty() {
             req.push_str(&format!("Content-Type: {ct}\r\n"));

@@ -48,6 +48,18 @@ impl Daemon {
             .arg(wal_dir)
             .args(extra)
             .env_remove("AUTONOMY_WAL_DIR")
+            .env_remove("AUTONOMY_OPERATOR_TOKEN")
+            // Beside the WAL: tests never share an agents file or the local operator file.
+            .env(
+                "AUTONOMY_AGENTS_FILE",
+                wal_dir.with_file_name(format!(
+                    "{}.agents.json",
+                    wal_dir
+                        .file_name()
+                        .and_then(|n| n.to_str())
+                        .unwrap_or("wal")
+                )),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
@@ -107,6 +119,28 @@ impl Daemon {
     /// `http://addr`.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The agents file this daemon reads (set by `try_start_in` unless a test set its own).
+    pub fn agents_file(&self) -> PathBuf {
+        self.wal_dir.with_file_name(format!(
+            "{}.agents.json",
+            self.wal_dir
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or("wal")
+        ))
+    }
+
+    /// POSTs JSON to /v1/tool with `Authorization: Bearer <token>`.
+    pub fn tool_as(&self, token: &str, body: &str) -> Resp {
+        super::http_with(
+            self.addr,
+            "POST",
+            "/v1/tool",
+            &[("Authorization", &format!("Bearer {token}"))],
+            Some(("application/json", body.as_bytes())),
+        )
     }
 
     /// POSTs JSON to /v1/tool.

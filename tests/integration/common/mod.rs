@@ -149,3 +149,6 @@ pub fn venv_python() -> PathBuf {
     );
     py
 }
+
+/// The embedded demo policy's source, for tests that package it.
+pub const DEMO_REGO: &str = include_str!("../../../src/policy/eval/demo.rego");

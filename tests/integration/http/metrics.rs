@@ -125,7 +125,7 @@ fn the_counts_are_exactly_the_calls_made() {
         r.json()["error"]
             .as_str()
             .unwrap()
-            .ends_with("the API is GET /health, POST /v1/tool and GET /metrics"),
+            .ends_with("and GET /metrics"),
         "{:?}",
         r.json()
     );
@@ -352,5 +352,116 @@ fn the_example_prometheus_files_are_valid_and_in_the_docs() {
         "{}{}",
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// The value of `series` in `d`'s exposition (`None` when it is absent).
+fn value(d: &Daemon, series: &str) -> Option<String> {
+    samples(&scrape(d)).remove(series)
+}
+
+#[test]
+fn agents_and_rate_limits_are_labelled() {
+    let tmp = tempfile::tempdir().unwrap();
+    let wal = tmp.path().join("wal");
+    let alice = crate::identity::add_agent(&tmp.path().join("wal.agents.json"), "alice", false);
+    let limits = tmp.path().join("limits.json");
+    std::fs::write(
+        &limits,
+        r#"{"limits": [{"kind": "tool.echo", "per_minute": 2, "burst": 2}]}"#,
+    )
+    .unwrap();
+    let d = Daemon::start_in(
+        &wal,
+        &["--demo", "--auth", "optional", "--limits", p(&limits)],
+        |_| {},
+    );
+    let echo = r#"{"kind":"tool.echo","params":{"message":"hi"}}"#;
+    let statuses: Vec<u16> = (0..3).map(|_| d.tool_as(&alice, echo).status).collect();
+    assert_eq!(statuses, [200, 200, 429]);
+    assert_eq!(d.tool(echo).status, 200);
+    let m = samples(&scrape(&d));
+    let series = |decision: &str, agent: &str| {
+        format!(
+            "autonomy_decisions_total{{kind=\"tool.echo\",source=\"http\",decision=\"{decision}\",agent=\"{agent}\"}}"
+        )
+    };
+    assert_eq!(m[&series("allow", "alice")], "2", "{m:#?}");
+    assert_eq!(m[&series("deny", "alice")], "1", "{m:#?}");
+    assert_eq!(m[&series("allow", "anonymous")], "1", "{m:#?}");
+    assert_eq!(
+        m["autonomy_rate_limited_total{kind=\"tool.echo\",agent=\"alice\"}"],
+        "1"
+    );
+    // A rate-limited call is never evaluated.
+    assert_eq!(m["autonomy_policy_eval_seconds_count"], "3");
+}
+
+#[test]
+fn shadow_mode_counts_what_the_policy_would_have_decided() {
+    let d = Daemon::start(&["--demo", "--shadow"]);
+    assert_eq!(
+        d.tool(r#"{"kind":"tool.shell","params":{"command":"true"}}"#)
+            .status,
+        200,
+        "shadow mode allows"
+    );
+    assert_eq!(
+        d.tool(r#"{"kind":"tool.echo","params":{"message":"x"}}"#)
+            .status,
+        200
+    );
+    assert_eq!(
+        value(&d, &decisions("tool.shell", "shadow_deny")).as_deref(),
+        Some("1")
+    );
+    assert_eq!(
+        value(&d, &decisions("tool.echo", "shadow_allow")).as_deref(),
+        Some("1")
+    );
+    assert_eq!(value(&d, &decisions("tool.shell", "allow")), None);
+}
+
+#[test]
+fn a_call_waiting_for_approval_is_pending_and_in_flight() {
+    use crate::identity::approvals::{ASK, one_pending};
+    let tmp = tempfile::tempdir().unwrap();
+    let pol = crate::identity::policy_dir(tmp.path(), "pol", ASK);
+    let d = Daemon::start_in(
+        &tmp.path().join("wal"),
+        &["--policy", p(&pol), "--approval-timeout", "60s"],
+        |_| {},
+    );
+    let addr = d.addr;
+    let call = std::thread::spawn(move || {
+        http(
+            addr,
+            "POST",
+            "/v1/tool",
+            Some((
+                "application/json",
+                br#"{"kind":"tool.echo","params":{"message":"ask"}}"#,
+            )),
+        )
+    });
+    let id = one_pending(&d)["audit_id"].as_str().unwrap().to_string();
+    assert_eq!(
+        value(&d, "autonomy_approvals_pending").as_deref(),
+        Some("1")
+    );
+    assert_eq!(value(&d, "autonomy_calls_in_flight").as_deref(), Some("1"));
+    // Not final yet: no decision counted.
+    assert_eq!(value(&d, &decisions("tool.echo", "deny")), None);
+    let out = cli(&["reject", &id, "--agents", p(&d.agents_file())], &[]);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert_eq!(call.join().unwrap().status, 403);
+    assert_eq!(
+        value(&d, "autonomy_approvals_pending").as_deref(),
+        Some("0")
+    );
+    assert_eq!(value(&d, "autonomy_calls_in_flight").as_deref(), Some("0"));
+    assert_eq!(
+        value(&d, &decisions("tool.echo", "deny")).as_deref(),
+        Some("1")
     );
 }

@@ -410,7 +410,7 @@ fn load_rejections_are_exact_on_stderr_and_in_the_wal() {
         (
             "manifest-json",
             raw_tar(&[file("manifest.json", b"[]"), file("p.rego", good)]),
-            "manifest.json is not valid: invalid length 1, expected struct Manifest with 5 elements at line 1 column 2".into(),
+            "manifest.json is not valid: invalid length 1, expected struct Manifest with 6 elements at line 1 column 2".into(),
         ),
         (
             "manifest-version",

@@ -562,3 +562,82 @@ fn enhanced_mapping_round_trip_with_a_ros2_client_client() {
         runtime.stop().await.expect("stop");
     });
 }
+
+/// Approvals through `/autonomy/tool`: the service call waits while its call is parked, and the
+/// answer comes when an operator approves or rejects it, or the timeout denies it. The caller is
+/// named by its client process (`ros2:<gid prefix>`).
+#[test]
+fn service_calls_wait_for_approval() {
+    use crate::identity::approvals::{ASK, one_pending};
+    let d_id = ros_domain();
+    let tmp = tempfile::tempdir().unwrap();
+    let pol = crate::identity::policy_dir(tmp.path(), "pol", ASK);
+    let wal = tmp.path().join("wal");
+    let d = Daemon::start_in(
+        &wal,
+        &["--ros", "--policy", p(&pol), "--approval-timeout", "6s"],
+        |c| {
+            c.env("ROS_DOMAIN_ID", d_id.to_string())
+                .env("RMW_IMPLEMENTATION", "rmw_cyclonedds_cpp")
+                .env_remove("ROS_DISTRO");
+        },
+    );
+    let ask = ["tool.echo", "{\"message\": \"ask\"}"];
+    let calls = serde_json::json!([ask, ask, ask]).to_string();
+    let dom = d_id.to_string();
+    let mut peer = Peer::start(&[
+        "tool",
+        "--domain",
+        &dom,
+        "--gid",
+        gid_len(),
+        "--calls",
+        &calls,
+    ]);
+    let agents = d.agents_file();
+    let answer = |verb: &str, note: &str| -> Value {
+        let p1 = one_pending(&d);
+        assert_eq!(p1["source"], "ros2", "{p1}");
+        let agent = p1["agent"].as_str().unwrap();
+        assert!(
+            agent.starts_with("ros2:") && agent.len() == 5 + 16,
+            "the caller is its client process: {agent}"
+        );
+        let out = cli(
+            &[
+                verb,
+                p1["audit_id"].as_str().unwrap(),
+                "--note",
+                note,
+                "--agents",
+                p(&agents),
+            ],
+            &[],
+        );
+        assert_eq!(out.code, 0, "{}", out.all());
+        p1
+    };
+    let first = answer("approve", "fine");
+    let second = answer("reject", "no");
+    // The third is left to time out.
+    peer.wait_for("done", Duration::from_secs(90));
+    let replies = peer.events("reply");
+    assert_eq!(replies.len(), 3, "{replies:?}");
+    assert_eq!(replies[0]["decision"], "allow");
+    assert_eq!(replies[0]["output_json"], "\"ask\"");
+    assert_eq!(replies[0]["audit_id"], first["audit_id"]);
+    assert_eq!(replies[1]["decision"], "deny");
+    assert_eq!(replies[1]["reason"], "rejected by operator:local: no");
+    assert_eq!(replies[1]["audit_id"], second["audit_id"]);
+    assert_eq!(replies[2]["decision"], "deny");
+    assert_eq!(replies[2]["reason"], "not approved within 6 s");
+    let by: Vec<String> = replies
+        .iter()
+        .map(|r| {
+            let recs = records_for(&wal, r["audit_id"].as_str().unwrap());
+            assert_eq!(recs[0]["event"], "approval.requested");
+            recs[1]["by"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(by, ["operator:local", "operator:local", "timeout"]);
+}

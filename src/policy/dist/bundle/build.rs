@@ -183,7 +183,13 @@ pub fn created_at() -> Result<String, BuildError> {
 }
 
 /// Builds a bundle from a directory: checks version, constraint, compiles, then archives.
-pub fn build(dir: &Path, name: &str, version: &str, runtime: &str) -> Result<Built, BuildError> {
+pub fn build(
+    dir: &Path,
+    name: &str,
+    version: &str,
+    runtime: &str,
+    shadow: bool,
+) -> Result<Built, BuildError> {
     semver::Version::parse(version).map_err(|error| BuildError::Version {
         version: version.to_string(),
         error,
@@ -210,6 +216,7 @@ pub fn build(dir: &Path, name: &str, version: &str, runtime: &str) -> Result<Bui
         required_runtime_version: runtime.split_whitespace().collect::<Vec<_>>().join(" "),
         bundle_hash: bundle_hash(&files),
         created_at: created_at()?,
+        mode: shadow.then(|| "shadow".to_string()),
     };
     let mut all = files;
     let mj = serde_json::to_vec_pretty(&manifest).map_err(BuildError::Manifest)?;

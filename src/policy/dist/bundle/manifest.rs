@@ -29,6 +29,9 @@ pub struct Manifest {
     /// RFC 3339 UTC build time.
     #[serde(default)]
     pub created_at: String,
+    /// `enforce` (the default) or `shadow`: decisions recorded, marked `shadow`, not enforced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
 }
 
 /// Why a bundle's manifest is refused.
@@ -59,6 +62,9 @@ pub enum ManifestError {
     /// The bundle name is not valid.
     #[error(transparent)]
     Name(#[from] NameError),
+    /// `mode` is neither `enforce` nor `shadow`.
+    #[error("manifest.json: mode {0:?} is not \"enforce\" or \"shadow\"")]
+    Mode(String),
 }
 
 /// A bundle name outside 1-128 of `A-Z a-z 0-9 - _ .`.
@@ -76,6 +82,8 @@ pub(super) struct Identity {
     pub(super) version: String,
     /// Runtime constraint (may be empty).
     pub(super) runtime: String,
+    /// `"mode": "shadow"`.
+    pub(super) shadow: bool,
 }
 
 /// Reads the manifest of `files` and checks it: a valid semver version and a bundle hash equal
@@ -84,6 +92,7 @@ pub(super) fn identify(
     files: &BTreeMap<String, Vec<u8>>,
     hash: &str,
 ) -> Result<Identity, ManifestError> {
+    let mut shadow = false;
     let (layout, name, version, runtime) = if let Some(m) = files.get(MANIFEST) {
         let m: Manifest = serde_json::from_slice(m).map_err(ManifestError::Invalid)?;
         semver::Version::parse(&m.policy_bundle_version).map_err(|error| {
@@ -104,6 +113,11 @@ pub(super) fn identify(
             m.name.clone()
         };
         check_name(&name)?;
+        shadow = match m.mode.as_deref() {
+            None | Some("enforce") => false,
+            Some("shadow") => true,
+            Some(other) => return Err(ManifestError::Mode(other.to_string())),
+        };
         (
             Layout::Autonomy,
             name,
@@ -137,6 +151,7 @@ pub(super) fn identify(
         name,
         version,
         runtime,
+        shadow,
     })
 }
 

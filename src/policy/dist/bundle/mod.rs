@@ -57,6 +57,8 @@ pub struct Bundle {
     pub modules: Vec<(String, String)>,
     /// Merged data document, if any `data.json` was present.
     pub data: Option<Value>,
+    /// The manifest's `"mode": "shadow"`: decisions are recorded, not enforced.
+    pub shadow: bool,
 }
 
 impl Bundle {
@@ -67,7 +69,22 @@ impl Bundle {
 
     /// Compiles every module and checks the entry point.
     pub fn compile(&self) -> Result<RegoPolicy, RegoPolicyError> {
-        RegoPolicy::compile(self.policy_ref(), &self.modules, self.data.clone())
+        // Checked before compiling: a bad `limits` list refuses the bundle like a bad module.
+        let limits = match self.data.as_ref().and_then(|d| d.get("limits")) {
+            None => None,
+            Some(Value::Array(rules)) => Some(crate::limits::Limits::from_rules(rules)?),
+            Some(_) => {
+                return Err(crate::limits::LimitsError(
+                    "the key `limits` must be a list of rules".into(),
+                )
+                .into());
+            }
+        };
+        Ok(
+            RegoPolicy::compile(self.policy_ref(), &self.modules, self.data.clone())?
+                .with_shadow(self.shadow)
+                .with_limits(limits),
+        )
     }
 }
 
@@ -145,6 +162,7 @@ pub fn from_files(files: BTreeMap<String, Vec<u8>>) -> Result<Bundle, BundleErro
         name,
         version,
         runtime,
+        shadow,
     } = manifest::identify(&files, &hash)?;
     check_runtime(&runtime, crate::VERSION)?;
 
@@ -193,6 +211,7 @@ pub fn from_files(files: BTreeMap<String, Vec<u8>>) -> Result<Bundle, BundleErro
         layout,
         modules,
         data,
+        shadow,
     })
 }
 
@@ -214,6 +233,7 @@ mod tests {
             required_runtime_version: String::new(),
             bundle_hash: h.clone(),
             created_at: String::new(),
+            mode: None,
         };
         f.insert(MANIFEST.into(), serde_json::to_vec(&m).unwrap());
         let b = read_bytes(&pack(&f).unwrap()).unwrap();
