@@ -147,7 +147,7 @@ impl crate::runtime::FrontEnd for HttpServer {
     }
 }
 
-/// Binds `cfg.listen` and serves `GET /health` and `POST /v1/tool` into the runtime's gate.
+/// Binds `cfg.listen` and serves the API ([`ROUTES`]) into the runtime's gate.
 /// Calls that arrive before [`crate::runtime::Runtime::start`] wait at the gate.
 pub async fn start(
     runtime: &crate::runtime::Runtime,

@@ -25,7 +25,7 @@ const METHODS: &[&str] = &[
     "get", "put", "post", "delete", "options", "head", "patch", "trace",
 ];
 
-/// The schemathesis run's own bound (it takes about 10 s here; its examples are bounded in
+/// The schemathesis run's own bound (it takes about 20 s here; its examples are bounded in
 /// tests/schemathesis.toml).
 const FUZZ_LIMIT: Duration = Duration::from_secs(170);
 
