@@ -3,3 +3,4 @@
 mod api;
 mod get;
 mod limits;
+mod openapi;
