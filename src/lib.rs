@@ -14,6 +14,7 @@ pub mod http;
 pub mod identity;
 pub mod launch;
 pub mod limits;
+pub mod node;
 pub mod paths;
 pub mod policy;
 pub mod record;
