@@ -15,6 +15,7 @@ pub mod identity;
 pub mod launch;
 pub mod limits;
 pub mod metrics;
+pub mod node;
 pub mod paths;
 pub mod policy;
 pub mod record;

@@ -33,3 +33,9 @@ pub fn default_agents_file() -> PathBuf {
         .join("autonomy")
         .join("agents.json")
 }
+
+/// `$XDG_STATE_HOME/autonomy` (default `~/.local/state/autonomy`): the node's own state (its
+/// id, keys, the agents file); the daemon's WAL is `wal/` inside it.
+pub fn state_dir() -> PathBuf {
+    xdg("XDG_STATE_HOME", ".local/state").join("autonomy")
+}

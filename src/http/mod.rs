@@ -1,15 +1,17 @@
-//! The HTTP front end (axum on hyper): `GET /health`, `POST /v1/tool`, `GET /metrics`. It only
-//! translates; the `Gate` decides. [`server`] bounds the connections themselves (timeouts, limit, lingering).
+//! The HTTP front end (axum on hyper): `GET /health`, `POST /v1/tool`, `GET /openapi.json`,
+//! `GET /metrics`. It only translates; the `Gate` decides. [`server`] bounds the connections
+//! themselves (timeouts, limit, lingering). `openapi.json` beside this file describes the API;
+//! the tests hold the server to it.
 
 mod conn;
 pub mod server;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -147,8 +149,8 @@ impl crate::runtime::FrontEnd for HttpServer {
     }
 }
 
-/// Binds `cfg.listen` and serves `GET /health`, `POST /v1/tool` and `GET /metrics` from the
-/// runtime's gate. Calls that arrive before [`crate::runtime::Runtime::start`] wait at the gate.
+/// Binds `cfg.listen` and serves the API ([`ROUTES`]) into the runtime's gate.
+/// Calls that arrive before [`crate::runtime::Runtime::start`] wait at the gate.
 pub async fn start(
     runtime: &crate::runtime::Runtime,
     cfg: HttpConfig,
@@ -196,6 +198,18 @@ struct AppState {
 /// Largest `POST /v1/approvals/{audit_id}` body.
 const APPROVAL_BODY_LIMIT: usize = 16 * 1024;
 
+/// Every route of the API: its path and the methods it takes (the `Allow` header of its 405).
+/// The router is built from this list alone, and the tests check it against `openapi.json`, so a
+/// route cannot go undocumented.
+pub const ROUTES: &[(&str, &str)] = &[
+    ("/health", "GET, HEAD"),
+    ("/openapi.json", "GET, HEAD"),
+    ("/v1/tool", "POST"),
+    ("/v1/approvals", "GET"),
+    ("/v1/approvals/{audit_id}", "POST"),
+    ("/metrics", "GET, HEAD"),
+];
+
 /// The router for the runtime's HTTP API.
 pub fn router(gate: Arc<Gate>, auth: Arc<Authenticator>, limits: &HttpLimits) -> Router {
     let state = AppState {
@@ -204,20 +218,22 @@ pub fn router(gate: Arc<Gate>, auth: Arc<Authenticator>, limits: &HttpLimits) ->
         body_limit: limits.body_limit,
         body_timeout: limits.body_timeout,
     };
-    Router::new()
-        .route(
-            "/health",
-            only(get(health), "GET, HEAD").head(|| async { StatusCode::OK }),
-        )
-        .route("/v1/tool", only(post(tool), "POST"))
-        .route("/v1/approvals", only(get(list_approvals), "GET"))
-        .route(
-            "/v1/approvals/{audit_id}",
-            only(post(decide_approval), "POST"),
-        )
-        .route("/metrics", only(get(metrics), "GET, HEAD"))
-        .fallback(not_found)
-        .with_state(state)
+    let mut app = Router::new();
+    for &(path, allow) in ROUTES {
+        // Add a route only here, through ROUTES: see there.
+        let methods = match path {
+            "/health" => get(health).head(|| async { StatusCode::OK }),
+            // `get` answers HEAD too, with GET's headers and no body.
+            "/openapi.json" => get(openapi),
+            "/v1/tool" => post(tool),
+            "/v1/approvals" => get(list_approvals),
+            "/v1/approvals/{audit_id}" => post(decide_approval),
+            "/metrics" => get(metrics),
+            _ => unreachable!("ROUTES lists {path} but the router has no handler for it"),
+        };
+        app = app.route(path, only(methods, allow));
+    }
+    app.fallback(not_found).with_state(state)
 }
 
 fn only(r: MethodRouter<AppState>, allow: &'static str) -> MethodRouter<AppState> {
@@ -247,12 +263,49 @@ async fn metrics(State(st): State<AppState>) -> Response {
     resp
 }
 
+/// The OpenAPI 3.1 document of this API, as written (`info.version` is [`OPENAPI_VERSION_SLOT`]).
+pub const OPENAPI_SOURCE: &str = include_str!("openapi.json");
+
+/// The text in [`OPENAPI_SOURCE`] that the binary's version replaces when served.
+pub const OPENAPI_VERSION_SLOT: &str = "\"version\": \"set when served: the crate version\"";
+
+/// The document `GET /openapi.json` serves: [`OPENAPI_SOURCE`] with `info.version` set to this
+/// binary's version, the rest byte for byte (so it reads as written). Built once.
+pub fn openapi_document() -> &'static Bytes {
+    static DOC: LazyLock<Bytes> = LazyLock::new(|| {
+        // A crate version is semver: nothing in it needs escaping in a JSON string.
+        let version = format!("\"version\": \"{}\"", crate::VERSION);
+        Bytes::from(OPENAPI_SOURCE.replacen(OPENAPI_VERSION_SLOT, &version, 1))
+    });
+    &DOC
+}
+
+async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        openapi_document().clone(),
+    )
+        .into_response()
+}
+
 async fn not_found(method: Method, uri: axum::http::Uri) -> Response {
+    static API: LazyLock<String> = LazyLock::new(|| {
+        let routes: Vec<String> = ROUTES
+            .iter()
+            .map(|(path, allow)| format!("{} {path}", allow.replace(", ", "/")))
+            .collect();
+        match routes.split_last() {
+            Some((last, [])) => last.clone(),
+            Some((last, rest)) => format!("{} and {last}", rest.join(", ")),
+            None => String::new(),
+        }
+    });
     error(
         StatusCode::NOT_FOUND,
         &format!(
-            "no route for {method} {}; the API is GET /health, POST /v1/tool, GET /v1/approvals, POST /v1/approvals/{{audit_id}} and GET /metrics",
-            uri.path()
+            "no route for {method} {}; the API is {} (described by GET /openapi.json)",
+            uri.path(),
+            *API
         ),
     )
 }
@@ -360,6 +413,25 @@ async fn tool(State(st): State<AppState>, req: Request) -> Response {
         Ok(c) => c,
         Err(msg) => return error(StatusCode::BAD_REQUEST, &msg),
     };
+    // The decision record holds the params re-encoded, and a body under the limit can grow in
+    // that (`9e9` is written `9000000000.0`): past the WAL's record limit the append would fail
+    // and the caller's oversized input would answer as a WAL failure (503).
+    // Re-encoding grows a body by well under 8x (a number such as `1e15` is the worst case), so
+    // only bodies over an eighth of the limit are measured.
+    let encoded = if bytes.len() > st.body_limit / 8 {
+        encoded_len(&call.params)
+    } else {
+        0
+    };
+    if encoded > st.body_limit {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!(
+                "the params are {encoded} bytes once re-encoded (numbers written out in full, e.g. 9e9 as 9000000000.0), over the {} byte limit",
+                st.body_limit
+            ),
+        );
+    }
     call.agent = agent;
     let agent = call.agent.clone();
     let resp = st.gate.call(call).await;
@@ -455,6 +527,24 @@ fn parse_approval(bytes: &[u8]) -> Result<(bool, Option<String>), String> {
         Some(_) => return Err("`note` must be a string".into()),
     };
     Ok((approve, note))
+}
+
+/// The length of `params` as serde_json writes them (in records), without building the text.
+fn encoded_len(params: &Map<String, Value>) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut n = Count(0);
+    // A map of JSON values into a sink that takes everything: nothing here can fail.
+    let _ = serde_json::to_writer(&mut n, params);
+    n.0
 }
 
 /// The most specific message in an error's chain ("unexpected end of file", "invalid chunk
@@ -579,6 +669,16 @@ fn render(r: GateResponse, agent: &Agent) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_served_openapi_document_is_the_source_with_the_version() {
+        assert_eq!(OPENAPI_SOURCE.matches(OPENAPI_VERSION_SLOT).count(), 1);
+        let mut source: Value = serde_json::from_str(OPENAPI_SOURCE).expect("openapi.json parses");
+        let served: Value = serde_json::from_slice(openapi_document()).unwrap();
+        assert_eq!(served["info"]["version"], crate::VERSION);
+        source["info"]["version"] = crate::VERSION.into();
+        assert_eq!(served, source);
+    }
 
     #[test]
     fn parse_rules() {

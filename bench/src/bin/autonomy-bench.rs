@@ -76,6 +76,11 @@ struct Args {
     /// connection count on the fsync daemon; the verdict takes the median ratio.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
+    /// Measure only what identity and metrics cost per call: `/v1/tool` with auth off and
+    /// /metrics idle, with a bearer token (`--auth required`), and with /metrics scraped every
+    /// 100 ms, in alternating rounds at 1 and 64 connections, fsync and none.
+    #[arg(long)]
+    identity: bool,
 }
 
 /// One measured row.
@@ -265,11 +270,16 @@ struct Daemon {
 
 impl Daemon {
     fn start(bin: &Path, wal_dir: &Path, sync: &str) -> Daemon {
+        Self::start_with(bin, wal_dir, sync, &[])
+    }
+
+    fn start_with(bin: &Path, wal_dir: &Path, sync: &str, extra: &[&str]) -> Daemon {
         let mut child = Command::new(bin)
             .args(["runtime", "start", "--demo", "--listen", "127.0.0.1:0"])
             .arg("--wal-dir")
             .arg(wal_dir)
             .args(["--wal-sync", sync])
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -342,7 +352,12 @@ impl Drop for Daemon {
 enum Target {
     Health,
     Tool,
+    /// `POST /v1/tool` with `Authorization: Bearer` and the token in [`TOKEN`].
+    ToolBearer,
 }
+
+/// The bearer token of the `--identity` phases (an agent added for the run).
+static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 impl Target {
     fn request(self, addr: SocketAddr) -> Request<Full<Bytes>> {
@@ -356,6 +371,15 @@ impl Target {
                 .method(Method::POST)
                 .uri("/v1/tool")
                 .header(header::CONTENT_TYPE, "application/json")
+                .body(Full::new(Bytes::from_static(TOOL_BODY.as_bytes()))),
+            Target::ToolBearer => b
+                .method(Method::POST)
+                .uri("/v1/tool")
+                .header(header::CONTENT_TYPE, "application/json")
+                .header(
+                    header::AUTHORIZATION,
+                    format!("Bearer {}", TOKEN.get().map_or("", String::as_str)),
+                )
                 .body(Full::new(Bytes::from_static(TOOL_BODY.as_bytes()))),
         }
         .expect("request")
@@ -412,7 +436,7 @@ async fn sanity(addr: SocketAddr, t: Target) {
     let v: Value = serde_json::from_slice(&body).expect("JSON answer");
     match t {
         Target::Health => assert!(status == StatusCode::OK && v["status"] == "ok", "{v}"),
-        Target::Tool => assert!(
+        Target::Tool | Target::ToolBearer => assert!(
             status == StatusCode::OK && v["decision"] == "allow" && v["output"] == "hello",
             "{status} {v}"
         ),
@@ -511,6 +535,143 @@ fn measure(
 }
 
 // ---------------------------------------------------------------------------------------------
+// What identity and metrics cost per call (`--identity`).
+
+/// GETs /metrics every `every` until `stop` is set; the number of scrapes that answered 200.
+fn scraper(
+    addr: SocketAddr,
+    every: Duration,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        let mut ok = 0;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Ok(mut s) = std::net::TcpStream::connect(addr) {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                let req =
+                    format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+                let mut buf = Vec::new();
+                if s.write_all(req.as_bytes()).is_ok()
+                    && s.read_to_end(&mut buf).is_ok()
+                    && buf.starts_with(b"HTTP/1.1 200")
+                {
+                    ok += 1;
+                }
+            }
+            std::thread::sleep(every);
+        }
+        ok
+    })
+}
+
+/// The `--identity` section: auth off and /metrics idle (the baseline), a bearer token under
+/// `--auth required`, and /metrics scraped every 100 ms, each measured in turn in every round.
+fn identity_section(a: &Args, bin: &Path, dir: &Path, rt: &tokio::runtime::Runtime) -> String {
+    let agents = dir.join("agents.json");
+    let out = Command::new(bin)
+        .args(["agent", "add", "bench", "--agents"])
+        .arg(&agents)
+        .output()
+        .expect("autonomy agent add");
+    assert!(
+        out.status.success(),
+        "agent add: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let _ = TOKEN.set(token);
+    let agents_arg = agents.to_string_lossy().to_string();
+    let warm = Duration::from_secs_f64((a.secs / 6.0).clamp(0.2, 1.0));
+    // (name, flags, target, scraped)
+    let configs: [(&str, Vec<&str>, Target, bool); 3] = [
+        (
+            "auth off, /metrics idle (baseline)",
+            vec!["--auth", "off"],
+            Target::Tool,
+            false,
+        ),
+        (
+            "`--auth required`, bearer token",
+            vec!["--auth", "required", "--agents", &agents_arg],
+            Target::ToolBearer,
+            false,
+        ),
+        (
+            "auth off, /metrics scraped every 100 ms",
+            vec!["--auth", "off"],
+            Target::Tool,
+            true,
+        ),
+    ];
+    let mut md = String::from(
+        "| `--wal-sync` | conns | configuration | req/s (median) | p50 µs | p99 µs | daemon CPU µs/op | req/s vs baseline (median of rounds) |\n|---|---:|---|---:|---:|---:|---:|---:|\n",
+    );
+    for sync in ["fsync", "none"] {
+        let daemons: Vec<Daemon> = configs
+            .iter()
+            .enumerate()
+            .map(|(i, (_, flags, _, _))| {
+                Daemon::start_with(bin, &dir.join(format!("wal-id-{sync}-{i}")), sync, flags)
+            })
+            .collect();
+        for (d, (_, _, t, _)) in daemons.iter().zip(&configs) {
+            rt.block_on(sanity(d.addr, *t));
+        }
+        for conns in [1usize, 64] {
+            // rows[config][round]
+            let mut rows: Vec<Vec<Row>> = configs.iter().map(|_| Vec::new()).collect();
+            for round in 0..a.rounds.max(1) {
+                for (k, (d, (name, _, t, scraped))) in daemons.iter().zip(&configs).enumerate() {
+                    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                    let scrapes =
+                        scraped.then(|| scraper(d.addr, Duration::from_millis(100), stop.clone()));
+                    let r = measure(rt, d, *t, conns, warm, a.secs, name.to_string());
+                    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                    let n = scrapes.and_then(|h| h.join().ok());
+                    say(&format!(
+                        "identity {sync} {conns} conns round {}: {name}: {:.0} req/s p50 {} p99 {}{}",
+                        round + 1,
+                        r.rate(),
+                        fmt_us(r.p(0.5)),
+                        fmt_us(r.p(0.99)),
+                        n.map(|n| format!(" ({n} scrapes)")).unwrap_or_default()
+                    ));
+                    rows[k].push(r);
+                }
+            }
+            let median = |mut v: Vec<f64>| {
+                v.sort_by(f64::total_cmp);
+                v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+            };
+            for (k, (name, _, _, _)) in configs.iter().enumerate() {
+                let rs = &rows[k];
+                let ratio = median(
+                    rs.iter()
+                        .zip(&rows[0])
+                        .map(|(x, base)| x.rate() / base.rate())
+                        .collect(),
+                );
+                let cpu = median(rs.iter().filter_map(|r| r.cpu.map(|c| c.0)).collect());
+                md.push_str(&format!(
+                    "| {sync} | {conns} | {name} | {:.0} | {} | {} | {} | {:.1}% |\n",
+                    median(rs.iter().map(Row::rate).collect()),
+                    fmt_us(median(rs.iter().map(|r| r.p(0.5)).collect())),
+                    fmt_us(median(rs.iter().map(|r| r.p(0.99)).collect())),
+                    if cpu.is_nan() {
+                        "–".into()
+                    } else {
+                        format!("{cpu:.1}")
+                    },
+                    100.0 * ratio
+                ));
+            }
+        }
+    }
+    md
+}
+
+// ---------------------------------------------------------------------------------------------
 
 fn daemon_binary(a: &Args) -> PathBuf {
     if let Some(p) = &a.daemon {
@@ -564,6 +725,29 @@ fn main() {
         dir.display(),
         a.secs
     ));
+
+    if a.identity {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(a.client_threads.max(1))
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let table = identity_section(&a, &bin, dir, &rt);
+        let md = format!(
+            "Command: `cargo build --release && cargo run --release -p autonomy-bench --bin autonomy-bench -- --identity --secs {} --rounds {}`; load average {load_before} before, {} after; {} CPUs; whole run {:.0} s.\n\n{table}",
+            a.secs,
+            a.rounds,
+            loadavg(),
+            std::thread::available_parallelism().map_or(0, |n| n.get()),
+            started.elapsed().as_secs_f64()
+        );
+        println!("{md}");
+        if let Some(out) = &a.out {
+            std::fs::write(out, &md)
+                .unwrap_or_else(|e| panic!("cannot write {}: {e}", out.display()));
+        }
+        return;
+    }
 
     let mut rows: Vec<Row> = Vec::new();
     let show = |r: &Row| say(&r.markdown());
@@ -645,7 +829,9 @@ fn main() {
             for &c in &a.conns {
                 let what = match t {
                     Target::Health => "`GET /health`".to_string(),
-                    Target::Tool => format!("`POST /v1/tool` echo, `--wal-sync {sync}`"),
+                    Target::Tool | Target::ToolBearer => {
+                        format!("`POST /v1/tool` echo, `--wal-sync {sync}`")
+                    }
                 };
                 let r = measure(&rt, &daemon, t, c, warm, a.secs, what);
                 show(&r);

@@ -624,3 +624,35 @@ fn the_rego_vm_can_be_turned_off_and_decisions_do_not_change() {
     assert_eq!(answers[0][1].0, 403);
     assert_eq!(answers[0][2].0, 403);
 }
+
+#[test]
+fn params_that_grow_past_the_limit_when_re_encoded_are_413_not_a_wal_failure() {
+    let mut d = Daemon::start(&["--demo"]);
+    // Under 1 MiB as sent; over it as the record writes it (`9e9` becomes `9000000000.0`, and
+    // the WAL's record limit is 2 MiB). The WAL refused such a record, and the caller's oversized
+    // input answered 503 as if the WAL had failed.
+    let numbers = vec!["9e9"; (1024 * 1024 - 100) / 4].join(",");
+    for kind in ["tool.echo", "tool.shell"] {
+        let r = d.tool(&format!(
+            r#"{{"kind":"{kind}","params":{{"n":[{numbers}]}}}}"#
+        ));
+        assert_eq!(r.status, 413, "{}", String::from_utf8_lossy(&r.body));
+        let err = r.json()["error"].as_str().expect("error").to_string();
+        assert!(err.contains("once re-encoded"), "{err}");
+    }
+    // Just under the limit once re-encoded: served and recorded as usual.
+    let numbers = vec!["9e9"; (1024 * 1024 - 100) / 13].join(",");
+    let r = d.tool(&format!(
+        r#"{{"kind":"tool.echo","params":{{"message":"m","n":[{numbers}]}}}}"#
+    ));
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let id = r.json()["audit_id"].as_str().unwrap().to_string();
+    let dir = d.wal_dir.clone();
+    d.stop();
+    assert_eq!(records_for(&dir, &id).len(), 1);
+    let decisions = wal_records(&dir)
+        .into_iter()
+        .filter(|r| r["type"] == "decision")
+        .count();
+    assert_eq!(decisions, 1, "the refused calls are not recorded");
+}

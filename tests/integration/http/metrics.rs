@@ -125,7 +125,7 @@ fn the_counts_are_exactly_the_calls_made() {
         r.json()["error"]
             .as_str()
             .unwrap()
-            .ends_with("and GET /metrics"),
+            .contains("GET/HEAD /metrics"),
         "{:?}",
         r.json()
     );

@@ -4,3 +4,4 @@ mod api;
 mod get;
 mod limits;
 mod metrics;
+mod openapi;
