@@ -253,7 +253,12 @@ async fn health() -> Response {
 }
 
 /// `GET /metrics` (HEAD too: axum answers it from the GET handler without the body).
-async fn metrics(State(st): State<AppState>) -> Response {
+/// `GET /metrics`: under `--auth required` it needs a valid token (any agent's), like a tool
+/// call; under `optional` a token, if sent, must be valid; under `off` it is open.
+async fn metrics(State(st): State<AppState>, headers: HeaderMap) -> Response {
+    if let Err(e) = st.auth.authenticate(authorization(&headers)) {
+        return unauthorized(&e);
+    }
     let body = st.gate.metrics().render();
     let mut resp = Response::new(Body::from(body));
     resp.headers_mut().insert(

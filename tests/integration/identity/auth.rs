@@ -272,3 +272,22 @@ print(json.dumps([s1, b1.get("agent"), s2]))
     );
     assert_eq!(out.code, 0, "{}", out.all());
 }
+
+#[test]
+fn metrics_follow_the_auth_mode() {
+    let tmp = tempfile::tempdir().unwrap();
+    let wal = tmp.path().join("wal");
+    let agents = tmp.path().join("wal.agents.json");
+    let prom = add_agent(&agents, "prometheus", false);
+    let d = Daemon::start_in(&wal, &["--demo", "--auth", "required"], |_| {});
+    let none = http(d.addr, "GET", "/metrics", None);
+    assert_eq!(none.status, 401);
+    assert!(none.header("www-authenticate").is_some());
+    let auth = format!("Bearer {prom}");
+    let ok = http_with(d.addr, "GET", "/metrics", &[("Authorization", &auth)], None);
+    assert_eq!(ok.status, 200);
+    assert!(String::from_utf8_lossy(&ok.body).contains("autonomy_build_info"));
+    // /health and /openapi.json stay open: supervisors and client generators need no token.
+    assert_eq!(http(d.addr, "GET", "/health", None).status, 200);
+    assert_eq!(http(d.addr, "GET", "/openapi.json", None).status, 200);
+}
