@@ -178,7 +178,8 @@ pub(super) fn verify_wal(dir: &Path, note_file: &Path, key: &str) -> ExitCode {
 }
 
 /// The signed note in `file`: the note itself, or a checkpoint record as `wal inspect --json`
-/// prints it (its `note` is taken).
+/// prints it (its `note` is taken). Blank lines after the note are dropped: `jq -r .note` and
+/// editors add one.
 fn read_note(file: &Path) -> Result<String, String> {
     use std::io::Read;
     let mut s = String::new();
@@ -197,7 +198,7 @@ fn read_note(file: &Path) -> Result<String, String> {
             .map(str::to_string)
             .ok_or_else(|| format!("{}: a JSON object without a `note`", file.display()));
     }
-    Ok(s)
+    Ok(format!("{}\n", s.trim_end_matches(['\n', '\r', ' '])))
 }
 
 /// `autonomy audit …`.

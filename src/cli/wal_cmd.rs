@@ -232,7 +232,7 @@ impl Filter {
 
 /// The compact summary column: the fields people look for first.
 fn summary(r: &StoredRecord) -> String {
-    const KEYS: [&str; 11] = [
+    const KEYS: [&str; 13] = [
         "kind",
         "decision",
         "shadow",
@@ -244,6 +244,8 @@ fn summary(r: &StoredRecord) -> String {
         "code",
         "error",
         "policy_ref",
+        "size",
+        "root",
     ];
     let mut parts = Vec::new();
     if let Some(o) = r.payload.as_object() {
