@@ -467,6 +467,27 @@ mod tests {
     }
 
     #[test]
+    fn the_example_in_docs_fleet_md_is_real() {
+        let key = NoteVerifier::parse(
+            "node-cb9dc9bf330f1b9e+992816a5+AW0l/1CDy1Zn474dAN9JBgRGD69LeJ16iKLrz7pWSXFu",
+        )
+        .unwrap();
+        let record = r#"{"seq":9,"ts":"2026-12-02T11:59:20.888216Z","type":"checkpoint","prev":"sha256:eca9f35200cf48cab2c3323da5ce8088a258502721d2a850c7ab00b249496cce","note":"node-cb9dc9bf330f1b9e\n8\n7KnzUgDPSMqywzI9pc6AiKJYUCch0qhQx6sAsklJbM4=\n\n— node-cb9dc9bf330f1b9e mSgWpT/8chZ0zLF/rwZHiYiD33uiibN/r2m1ZHK/mOJqB/VXqTvrYIPhdbFIpgyb3mBY4Os5UzBMVhe6RZY61KPpbQ0=\n","origin":"node-cb9dc9bf330f1b9e","root":"sha256:eca9f35200cf48cab2c3323da5ce8088a258502721d2a850c7ab00b249496cce","size":8}"#;
+        let v: serde_json::Value = serde_json::from_str(record).unwrap();
+        let cp = open(v["note"].as_str().unwrap(), &key).unwrap();
+        assert_eq!(cp.origin, "node-cb9dc9bf330f1b9e");
+        assert_eq!(cp.size, 8);
+        assert_eq!(cp.root_hash(), v["root"]);
+        assert_eq!(cp.root_hash(), v["prev"]);
+        let docs = include_str!("../../docs/fleet.md");
+        assert!(
+            docs.contains(record),
+            "docs/fleet.md no longer shows this record"
+        );
+        assert!(docs.contains(&key.to_string()));
+    }
+
+    #[test]
     fn keygen_writes_a_private_file_and_never_replaces_it() {
         use std::os::unix::fs::PermissionsExt;
         let tmp = tempfile::tempdir().unwrap();

@@ -196,8 +196,13 @@ mod tests {
         for i in 0..5 {
             wal.append_async(rec(i)).await.unwrap();
         }
-        // Counting: one checkpoint after 5 records, none while nothing more is written.
-        tokio::time::sleep(POLL * 4).await;
+        // Counting: one checkpoint after 5 records (seq 6), none while nothing more is written.
+        let t0 = std::time::Instant::now();
+        while wal.head().0.0 < 6 && t0.elapsed() < Duration::from_secs(10) {
+            tokio::time::sleep(POLL / 2).await;
+        }
+        tokio::time::sleep(POLL * 3).await;
+        assert_eq!(wal.head().0.0, 6);
         wal.append_async(rec(9)).await.unwrap();
         cp.stop().await;
         wal.close().unwrap();
