@@ -91,6 +91,11 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
 /// usage error.
 pub(super) fn config(a: &CheckpointArgs) -> Result<Option<CheckpointConfig>, ExitCode> {
     if a.checkpoint_every.is_none() && a.checkpoint_interval.is_none() {
+        if a.node_key.is_some() {
+            return Err(super::usage(
+                &"--node-key signs nothing by itself: add --checkpoint-every N and/or --checkpoint-interval T",
+            ));
+        }
         return Ok(None);
     }
     let file = match &a.node_key {
@@ -112,6 +117,14 @@ pub(super) fn config(a: &CheckpointArgs) -> Result<Option<CheckpointConfig>, Exi
         eprintln!("autonomy: warning: {w}");
     }
     let origin = node_id().map_err(|e| super::fail(&e))?;
+    if signer.name() != origin.as_str() {
+        // C2SP: the key's name should be the origin; checking works either way.
+        eprintln!(
+            "autonomy: warning: the node key is named {} but the node id is {origin}: checkpoints name origin {origin} and are signed as {}",
+            signer.name(),
+            signer.name()
+        );
+    }
     Ok(Some(CheckpointConfig {
         signer,
         origin: origin.to_string(),

@@ -399,4 +399,18 @@ fn without_a_key_checkpoints_are_off_and_the_start_says_so_once() {
         e.contains("code Some(2)") && e.contains("missing.key"),
         "{e}"
     );
+    // A key without a schedule would sign nothing: a usage error too.
+    let e = Daemon::try_start_in(
+        &tmp.path().join("wal4"),
+        &["--demo", "--node-key", p(&tmp.path().join("missing.key"))],
+        |c| {
+            c.env("XDG_STATE_HOME", &state);
+        },
+    )
+    .err()
+    .expect("started with --node-key alone");
+    assert!(
+        e.contains("code Some(2)") && e.contains("signs nothing"),
+        "{e}"
+    );
 }
