@@ -7,7 +7,9 @@
 #![warn(missing_docs)]
 
 pub mod approvals;
+pub mod audit;
 pub mod bridge;
+pub mod checkpoint;
 pub mod cli;
 pub mod gate;
 pub mod http;

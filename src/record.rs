@@ -33,11 +33,13 @@ pub enum RecordType {
     Error,
     /// A call parked until a person approves or rejects it (`approval.requested`).
     Approval,
+    /// The node signed its log's head (a C2SP checkpoint signed note).
+    Checkpoint,
 }
 
 impl RecordType {
     /// Every type, in the order help texts list them.
-    pub const ALL: [RecordType; 7] = [
+    pub const ALL: [RecordType; 8] = [
         RecordType::Decision,
         RecordType::Runtime,
         RecordType::Marker,
@@ -45,6 +47,7 @@ impl RecordType {
         RecordType::Policy,
         RecordType::Error,
         RecordType::Approval,
+        RecordType::Checkpoint,
     ];
 
     /// The wire name.
@@ -57,6 +60,7 @@ impl RecordType {
             RecordType::Policy => "policy",
             RecordType::Error => "error",
             RecordType::Approval => "approval",
+            RecordType::Checkpoint => "checkpoint",
         }
     }
 
@@ -611,6 +615,29 @@ impl RecordBody for LifecycleRecord<'_> {
 }
 
 // ---------------------------------------------------------------------------------------------
+// checkpoint
+
+/// `type: checkpoint`: the node signed the head of its log (see [`crate::checkpoint`]). `note`
+/// is what was signed and the signature; `origin`, `root` and `size` repeat its text for people
+/// and queries, and a verifier trusts only the note.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointRecord<'a> {
+    /// The C2SP signed note: origin, size and base64 root lines, a blank line, the signature.
+    pub note: Cow<'a, str>,
+    /// The node id (the note's first line).
+    pub origin: Cow<'a, str>,
+    /// `sha256:<hex>` of record `size`'s payload (the note's third line, in the WAL's notation).
+    pub root: Cow<'a, str>,
+    /// The seq of the last record covered (the note's second line).
+    pub size: u64,
+}
+
+impl RecordBody for CheckpointRecord<'_> {
+    const TYPE: RecordType = RecordType::Checkpoint;
+    const KEYS: &'static [&'static str] = &["note", "origin", "root", "size"];
+}
+
+// ---------------------------------------------------------------------------------------------
 // reading
 
 /// A record body read back from the log, by type (and `event`, where a type has several).
@@ -646,6 +673,8 @@ pub enum Body {
     Lifecycle(LifecycleRecord<'static>),
     /// `approval`, `approval.requested`.
     ApprovalRequested(ApprovalRequested<'static>),
+    /// `checkpoint`.
+    Checkpoint(CheckpointRecord<'static>),
 }
 
 /// Why a payload is not a body this version writes.
@@ -685,6 +714,7 @@ impl Body {
             RecordType::Error => Body::Error(serde_json::from_value(p()).map_err(err)?),
             RecordType::Marker => Body::Marker(serde_json::from_value(p()).map_err(err)?),
             RecordType::Lifecycle => Body::Lifecycle(serde_json::from_value(p()).map_err(err)?),
+            RecordType::Checkpoint => Body::Checkpoint(serde_json::from_value(p()).map_err(err)?),
             RecordType::Runtime => match event {
                 Started::NAME => Body::RuntimeStarted(serde_json::from_value(p()).map_err(err)?),
                 Stopped::NAME => Body::RuntimeStopped(serde_json::from_value(p()).map_err(err)?),

@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 
 use tokio::task::JoinHandle;
 
+use crate::checkpoint::task::{CheckpointConfig, Checkpointer};
 use crate::gate::{Gate, GateOptions};
 use crate::identity::Authenticator;
 use crate::policy::dist::watch::PolicyWatch;
@@ -46,6 +47,8 @@ pub struct RuntimeConfig {
     pub auth: Authenticator,
     /// Rate limits, shadow mode, approval timeout.
     pub gate: GateOptions,
+    /// Sign the log's head now and then (see [`crate::checkpoint::task`]).
+    pub checkpoints: Option<CheckpointConfig>,
 }
 
 impl RuntimeConfig {
@@ -60,6 +63,7 @@ impl RuntimeConfig {
             policy_watch: None,
             auth: Authenticator::off(),
             gate: GateOptions::default(),
+            checkpoints: None,
         }
     }
 }
@@ -81,6 +85,8 @@ pub struct Runtime {
     allowed_domains: Vec<String>,
     policy_watch: Mutex<Option<PolicyWatch>>,
     watcher: Mutex<Option<JoinHandle<()>>>,
+    checkpoints: Mutex<Option<CheckpointConfig>>,
+    checkpointer: Mutex<Option<Checkpointer>>,
     recovered: Option<String>,
 }
 
@@ -105,6 +111,8 @@ impl Runtime {
             allowed_domains,
             policy_watch: Mutex::new(cfg.policy_watch),
             watcher: Mutex::new(None),
+            checkpoints: Mutex::new(cfg.checkpoints),
+            checkpointer: Mutex::new(None),
             recovered: recovery.trimmed,
         })
     }
@@ -141,6 +149,13 @@ impl Runtime {
                 *slot = Some(h);
             }
         }
+        let checkpoints = self.checkpoints.lock().ok().and_then(|mut c| c.take());
+        if let Some(c) = checkpoints {
+            let cp = crate::checkpoint::task::spawn(c, self.gate.wal().clone());
+            if let Ok(mut slot) = self.checkpointer.lock() {
+                *slot = Some(cp);
+            }
+        }
         Ok(())
     }
 
@@ -159,8 +174,9 @@ impl Runtime {
         &self.auth
     }
 
-    /// Stops the policy watcher, records the stop and closes the WAL. Stop the front ends
-    /// first, so calls in flight finish with their records.
+    /// Stops the policy watcher, writes a last checkpoint (when checkpoints are on), records the
+    /// stop and closes the WAL. Stop the front ends first, so calls in flight finish with their
+    /// records.
     pub async fn stop(self) -> Result<(), WalError> {
         let watcher = self.watcher.lock().ok().and_then(|mut w| w.take());
         if let Some(w) = watcher {
@@ -170,6 +186,10 @@ impl Runtime {
         let reloader = self.reloader.lock().ok().and_then(|mut w| w.take());
         if let Some(r) = reloader {
             r.abort();
+        }
+        let checkpointer = self.checkpointer.lock().ok().and_then(|mut c| c.take());
+        if let Some(c) = checkpointer {
+            c.stop().await;
         }
         self.gate.record(None, &RuntimeStopped::default()).await?;
         let wal = self.gate.wal().clone();

@@ -5,6 +5,7 @@
 //! notices through tracing instead ([`log`]).
 #![allow(clippy::print_stderr)]
 
+mod checkpoint_cmd;
 mod demo;
 mod identity_cmd;
 pub mod log;
@@ -97,6 +98,14 @@ enum Command {
         note: Option<String>,
         #[command(flatten)]
         reach: identity_cmd::ReachArgs,
+    },
+    /// Make the node key that signs checkpoints: node.key (private, mode 600) and node.pub in
+    /// the state directory; prints the public key.
+    Keygen(checkpoint_cmd::KeygenArgs),
+    /// Check records exported from a node against its signed checkpoints.
+    Audit {
+        #[command(subcommand)]
+        cmd: checkpoint_cmd::AuditCmd,
     },
     /// Print the version.
     Version,
@@ -221,6 +230,8 @@ pub fn main() -> ExitCode {
         }
         Command::Run(args) => with_tokio(run::run(args)),
         Command::Wal { cmd } => wal_cmd::run(cmd),
+        Command::Keygen(args) => checkpoint_cmd::keygen(args),
+        Command::Audit { cmd } => checkpoint_cmd::audit(cmd),
         Command::Demo {
             cmd: DemoCmd::Validate,
         } => with_tokio(demo::validate()),

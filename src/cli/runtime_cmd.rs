@@ -65,6 +65,9 @@ pub(super) struct StartArgs {
     /// Rate limits, shadow mode, approvals.
     #[command(flatten)]
     pub gate: super::identity_cmd::GateArgs,
+    /// Signed checkpoints.
+    #[command(flatten)]
+    pub checkpoints: super::checkpoint_cmd::CheckpointArgs,
 }
 
 /// The HTTP server's bounds on clients (`docs/http-api.md`, "Limits").
@@ -190,6 +193,11 @@ pub(super) async fn start(args: StartArgs) -> ExitCode {
         Ok(g) => g,
         Err(e) => return super::usage(&e),
     };
+    let checkpoints = match super::checkpoint_cmd::config(&args.checkpoints) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let checkpoint_line = checkpoints.as_ref().map(|c| c.describe());
     let wal_dir = args.wal_dir.unwrap_or_else(crate::paths::default_wal_dir);
     let core = RuntimeConfig {
         policy,
@@ -203,6 +211,7 @@ pub(super) async fn start(args: StartArgs) -> ExitCode {
         policy_watch: resolved.watch,
         auth,
         gate,
+        checkpoints,
     };
     let http = HttpConfig {
         listen: args.listen,
@@ -251,6 +260,9 @@ pub(super) async fn start(args: StartArgs) -> ExitCode {
         eprintln!(
             "autonomy: warning: --wal-sync none: answers do not wait for the disk; a power loss can lose acknowledged records"
         );
+    }
+    if let Some(l) = checkpoint_line {
+        eprintln!("autonomy: {l}");
     }
     eprintln!(
         "autonomy runtime {} listening on {} (policy {}, WAL {})",

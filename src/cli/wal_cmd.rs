@@ -23,6 +23,8 @@ pub(super) enum WalCmd {
     /// Print the records (a table, or one JSON payload per line with --json).
     Inspect(InspectArgs),
     /// Check every segment header, CRC, seq and the hash chain; print the count and head hash.
+    /// With --checkpoint and --key: also prove the log holds exactly what that signed
+    /// checkpoint signed (fails on a rewritten or truncated history).
     Verify(VerifyArgs),
     /// Cut a damaged WAL back to its intact records (saving what is cut beside the segment) so
     /// the runtime starts again. Needs the runtime stopped.
@@ -62,6 +64,13 @@ pub(super) struct VerifyArgs {
     /// WAL directory [default: $XDG_STATE_HOME/autonomy/wal]
     #[arg(long, value_name = "DIR")]
     pub dir: Option<PathBuf>,
+    /// A signed checkpoint (the note, or its checkpoint record as `wal inspect --json` prints
+    /// it): the log must hold exactly the records it signed.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    pub checkpoint: Option<PathBuf>,
+    /// The node's public key for --checkpoint: a file (node.pub) or the key itself.
+    #[arg(long, value_name = "PUB", requires = "checkpoint")]
+    pub key: Option<String>,
 }
 
 /// `autonomy wal repair`.
@@ -140,6 +149,9 @@ fn dir_or_default(d: Option<PathBuf>) -> PathBuf {
 
 fn verify(a: VerifyArgs) -> ExitCode {
     let dir = dir_or_default(a.dir);
+    if let (Some(cp), Some(key)) = (&a.checkpoint, &a.key) {
+        return super::checkpoint_cmd::verify_wal(&dir, cp, key);
+    }
     match crate::wal::verify(&dir) {
         Ok(r) => {
             println!(
@@ -220,7 +232,7 @@ impl Filter {
 
 /// The compact summary column: the fields people look for first.
 fn summary(r: &StoredRecord) -> String {
-    const KEYS: [&str; 11] = [
+    const KEYS: [&str; 13] = [
         "kind",
         "decision",
         "shadow",
@@ -232,6 +244,8 @@ fn summary(r: &StoredRecord) -> String {
         "code",
         "error",
         "policy_ref",
+        "size",
+        "root",
     ];
     let mut parts = Vec::new();
     if let Some(o) = r.payload.as_object() {

@@ -290,7 +290,8 @@ fn every_type_has_its_wire_name_once() {
             "lifecycle",
             "policy",
             "error",
-            "approval"
+            "approval",
+            "checkpoint"
         ]
     );
     for t in RecordType::ALL {
@@ -474,4 +475,30 @@ fn identity_shadow_and_approval_records() {
         r#"{"allowed_domains":[],"auth":"required","event":"started","policy_ref":"embedded:demo","shadow":true,"version":"0.1.0"}"#,
         Body::RuntimeStarted(started.clone()),
     );
+}
+
+#[test]
+fn checkpoint_records() {
+    // A note made by `crate::checkpoint` with the key of seed [1; 32] named robot-7, over the
+    // head seq 41 whose hash is 32 bytes of 0xab: the bytes as they are stored.
+    let note = "robot-7\n41\nq6urq6urq6urq6urq6urq6urq6urq6urq6urq6urq6s=\n\n\u{2014} robot-7 su01xRtlglYjtj6UAAlUgdD2/nLX03hCYyJmx6nXx6g8Ba0DtEOMRamsLui52omKVDbcPn/vVtPMkFoqkTe3y0c5sQQ=\n";
+    let cp = CheckpointRecord {
+        note: Cow::Borrowed(note),
+        origin: Cow::Borrowed("robot-7"),
+        root: Cow::Borrowed(
+            "sha256:abababababababababababababababababababababababababababababababab",
+        ),
+        size: 41,
+    };
+    golden(
+        &cp,
+        r#"{"note":"robot-7\n41\nq6urq6urq6urq6urq6urq6urq6urq6urq6urq6urq6s=\n\n— robot-7 su01xRtlglYjtj6UAAlUgdD2/nLX03hCYyJmx6nXx6g8Ba0DtEOMRamsLui52omKVDbcPn/vVtPMkFoqkTe3y0c5sQQ=\n","origin":"robot-7","root":"sha256:abababababababababababababababababababababababababababababababab","size":41}"#,
+        Body::Checkpoint(cp.clone()),
+    );
+    let signer = crate::checkpoint::NoteSigner::from_seed("robot-7", &[1; 32]).unwrap();
+    let made = crate::checkpoint::Checkpoint::of_head("robot-7", 41, &cp.root)
+        .unwrap()
+        .sign(&signer)
+        .unwrap();
+    assert_eq!(made, cp);
 }

@@ -16,6 +16,7 @@
 )]
 
 mod bridge;
+mod checkpoint;
 mod common;
 mod http;
 mod identity;
