@@ -177,6 +177,34 @@ fn policy_watch_rolls_out_signed_versions_and_keeps_serving_through_failures() {
         lines.update()
     );
 
+    // `policy pull --verification-key` refuses it the same way, and changes nothing.
+    let pulled = t.path().join("pulled");
+    let pull_verified = || {
+        cli(
+            &[
+                "policy",
+                "pull",
+                &r,
+                "--insecure",
+                "--policy-dir",
+                p(&pulled),
+                "--verification-key",
+                p(&k.public),
+            ],
+            &[],
+        )
+    };
+    let o = pull_verified();
+    assert_eq!(o.code, 1, "{}", o.all());
+    assert!(
+        o.stderr.starts_with(
+            "policy load: REJECTED — the bundle signature does not verify with the verification key"
+        ),
+        "{}",
+        o.all()
+    );
+    assert!(!pulled.join("current").exists());
+
     // v3: activated; v1 is now the last known good.
     push(&fleet_bundle(t.path(), "3.0.0", &k.private), &r);
     assert!(
@@ -187,6 +215,15 @@ fn policy_watch_rolls_out_signed_versions_and_keeps_serving_through_failures() {
     );
     assert_eq!(meta(&store, "lkg")["version"], "1.0.0");
     let v3_ref = serving(&d);
+    let o = pull_verified();
+    assert_eq!(o.code, 0, "{}", o.all());
+    assert!(
+        o.stdout
+            .contains("policy load: OK — version=3.0.0 hash=sha256:")
+            && o.stdout.ends_with(" signature=verified ES256\n"),
+        "{}",
+        o.stdout
+    );
 
     // The registry goes away: still v3, said once; it comes back: said once, nothing pulled.
     let records_before = policy_records(&d).len();

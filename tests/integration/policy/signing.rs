@@ -149,6 +149,9 @@ fn unpack(bytes: &[u8]) -> BTreeMap<String, Vec<u8>> {
     files
 }
 
+/// A bundle's files by name.
+type Files = BTreeMap<String, Vec<u8>>;
+
 /// A `.tar.gz` of `files`, with a leading `/` on every name when `rooted` (OPA's layout).
 fn repack(files: &BTreeMap<String, Vec<u8>>, rooted: bool) -> Vec<u8> {
     let entries: Vec<Entry> = files
@@ -239,7 +242,7 @@ fn signed_bundles_of_each_key_type_verify_and_what_does_not_hold_is_rejected() {
     let good = std::fs::read(&ec_bundle).unwrap();
     let files = unpack(&good);
     let other_ec = keys(t.path(), "ec", "other-ec");
-    let with = |edit: &dyn Fn(&mut BTreeMap<String, Vec<u8>>)| {
+    let with = |edit: &dyn Fn(&mut Files)| {
         let mut f = files.clone();
         edit(&mut f);
         repack(&f, false)
