@@ -288,12 +288,21 @@ fn clap_error(e: clap::Error) -> ExitCode {
         }
         _ => {
             let text = e.render().to_string();
-            let first = text
-                .lines()
-                .find(|l| !l.trim().is_empty())
+            let mut lines = text.lines().skip_while(|l| l.trim().is_empty());
+            let mut first = lines
+                .next()
                 .unwrap_or("invalid arguments")
                 .trim()
-                .trim_start_matches("error: ");
+                .trim_start_matches("error: ")
+                .to_string();
+            // "…were not provided:" and the like list what they mean on the lines below.
+            if first.ends_with(':') {
+                let listed: Vec<&str> = lines
+                    .take_while(|l| !l.trim().is_empty())
+                    .map(str::trim)
+                    .collect();
+                first = format!("{first} {}", listed.join(", "));
+            }
             eprintln!("autonomy: error: {first} (see --help)");
             ExitCode::from(EXIT_USAGE)
         }
@@ -435,14 +444,15 @@ pub(crate) fn usage(msg: &dyn std::fmt::Display) -> ExitCode {
 }
 
 /// Resolves `--policy REF` (see [`crate::policy::dist::resolve`]) against the store in `policy_dir`
-/// (default `$XDG_DATA_HOME/autonomy/policy`).
+/// (default `$XDG_DATA_HOME/autonomy/policy`); with `key`, only bundles signed with it.
 pub(crate) fn load_policy(
     r: Option<&str>,
     policy_dir: Option<&std::path::Path>,
     no_flag: crate::policy::dist::resolve::NoFlag,
+    key: Option<&std::sync::Arc<crate::policy::dist::signing::VerificationKey>>,
 ) -> Result<crate::policy::dist::resolve::Resolved, crate::policy::dist::resolve::ResolveError> {
     let dir = policy_dir
         .map(std::path::Path::to_path_buf)
         .unwrap_or_else(crate::paths::default_policy_dir);
-    crate::policy::dist::resolve::resolve(r, &dir, no_flag)
+    crate::policy::dist::resolve::resolve(r, &dir, no_flag, key)
 }

@@ -3,12 +3,14 @@
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Args, Subcommand};
 
 use crate::policy::dist::bundle;
 use crate::policy::dist::file::{self, FileKind};
 use crate::policy::dist::oci::{self, OciRef};
+use crate::policy::dist::signing::{SigningKey, VerificationKey, alg_name};
 use crate::policy::dist::store::{Meta, Slot, Store};
 use crate::record::{
     Loaded, PolicyLoaded, PolicyRejected, PolicyRolledBack, RecordBody, Rejected, RolledBack,
@@ -30,6 +32,39 @@ impl StoreArgs {
                 .clone()
                 .unwrap_or_else(crate::paths::default_policy_dir),
         )
+    }
+}
+
+/// The verification key flags, shared by `policy load`, `policy pull` and `runtime start`.
+#[derive(Args, Debug, Clone)]
+pub(super) struct VerifyArgs {
+    /// Accept only bundles signed with this key (a PEM public key: RSA, P-256, P-384 or
+    /// Ed25519), in OPA's `.signatures.json` format; unsigned or wrongly signed bundles are
+    /// refused.
+    #[arg(long, value_name = "PUB.pem", env = "AUTONOMY_VERIFICATION_KEY")]
+    pub verification_key: Option<PathBuf>,
+    /// The `scope` a signature must carry (OPA's bundle signing scope) [default: none]
+    #[arg(
+        long,
+        value_name = "SCOPE",
+        env = "AUTONOMY_VERIFICATION_SCOPE",
+        requires = "verification_key"
+    )]
+    pub verification_scope: Option<String>,
+}
+
+impl VerifyArgs {
+    /// The key, read; a key file that cannot be used is a usage error.
+    pub(super) fn key(&self) -> Result<Option<Arc<VerificationKey>>, ExitCode> {
+        let Some(path) = &self.verification_key else {
+            return Ok(None);
+        };
+        match VerificationKey::from_file(path) {
+            Ok(k) => Ok(Some(Arc::new(
+                k.with_scope(self.verification_scope.clone().unwrap_or_default()),
+            ))),
+            Err(e) => Err(super::usage(&format!("--verification-key: {e}"))),
+        }
     }
 }
 
@@ -75,6 +110,17 @@ pub(super) struct BuildArgs {
     /// shadow, and allows every call (for trying a policy on a live system).
     #[arg(long)]
     pub shadow: bool,
+    /// Sign the bundle with this PEM private key (PKCS#8; PKCS#1 for RSA): writes
+    /// `.signatures.json` as `opa build --signing-key` does (RS256, ES256, ES384 or EdDSA, by
+    /// the key).
+    #[arg(long, value_name = "KEY.pem")]
+    pub signing_key: Option<PathBuf>,
+    /// Key id written in the signature (`kid` header and `keyid` claim).
+    #[arg(long, value_name = "ID", requires = "signing_key")]
+    pub key_id: Option<String>,
+    /// Scope written in the signature (OPA's `--scope`).
+    #[arg(long, value_name = "SCOPE", requires = "signing_key")]
+    pub scope: Option<String>,
 }
 
 /// `policy load`.
@@ -88,6 +134,8 @@ pub(super) struct LoadArgs {
     /// Record the outcome (`policy.loaded` / `policy.rejected`) in this WAL.
     #[arg(long, value_name = "DIR")]
     pub wal_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub verify: VerifyArgs,
 }
 
 /// `policy status` / `policy list`.
@@ -138,6 +186,8 @@ pub(super) struct PullArgs {
     /// Record the outcome in this WAL.
     #[arg(long, value_name = "DIR")]
     pub wal_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub verify: VerifyArgs,
 }
 
 /// Runs one `policy` subcommand.
@@ -161,7 +211,21 @@ fn build(a: BuildArgs) -> ExitCode {
             .and_then(|p| p.file_name().map(|n| n.to_string_lossy().to_string()))
             .unwrap_or_else(|| "bundle".into()),
     };
-    let built = match bundle::build(&a.input, &name, &a.version, &a.runtime_version, a.shadow) {
+    let signing_key = match &a.signing_key {
+        None => None,
+        Some(p) => match SigningKey::from_file(p) {
+            Ok(k) => Some(k.with_kid(a.key_id.clone()).with_scope(a.scope.clone())),
+            Err(e) => return super::usage(&format!("--signing-key: {e}")),
+        },
+    };
+    let built = match bundle::build(
+        &a.input,
+        &name,
+        &a.version,
+        &a.runtime_version,
+        a.shadow,
+        signing_key.as_ref(),
+    ) {
         Ok(b) => b,
         Err(e) => {
             eprintln!("policy build: FAILED — {e}");
@@ -185,6 +249,13 @@ fn build(a: BuildArgs) -> ExitCode {
             &m.required_runtime_version
         }
     );
+    if let Some(k) = &signing_key {
+        println!(
+            "  signature: {}{}",
+            alg_name(k.algorithm()),
+            k.kid().map(|id| format!(" kid={id}")).unwrap_or_default()
+        );
+    }
     println!("  output: {}", a.out.display());
     ExitCode::SUCCESS
 }
@@ -236,9 +307,16 @@ fn rejected(reason: &dyn std::fmt::Display, source: &str, wal: Option<&Path>) ->
     ExitCode::from(super::EXIT_FAILURE)
 }
 
-/// Validates `bytes` fully and installs them as current (old current → lkg).
-fn load_bytes(bytes: &[u8], source: &str, store: &Store, wal: Option<&Path>) -> ExitCode {
-    let b = match bundle::read_bytes(bytes) {
+/// Validates `bytes` fully (the signature first, with a key) and installs them as current
+/// (old current → lkg).
+fn load_bytes(
+    bytes: &[u8],
+    source: &str,
+    store: &Store,
+    wal: Option<&Path>,
+    key: Option<&VerificationKey>,
+) -> ExitCode {
+    let b = match bundle::read_bytes(bytes, key) {
         Ok(b) => b,
         Err(e) => return rejected(&e, source, wal),
     };
@@ -247,10 +325,19 @@ fn load_bytes(bytes: &[u8], source: &str, store: &Store, wal: Option<&Path>) -> 
     }
     match store.install(bytes, &b, source) {
         Ok(l) => {
+            let signature = match &b.signature {
+                bundle::Signature::Unsigned => String::new(),
+                s => format!(" signature={s}"),
+            };
             println!(
-                "policy load: OK — version={} hash={}",
+                "policy load: OK — version={} hash={}{signature}",
                 l.meta.version, l.meta.hash
             );
+            if let bundle::Signature::NotVerified { .. } = b.signature {
+                eprintln!(
+                    "policy load: warning: the bundle is signed, but its signature was not checked (no --verification-key)"
+                );
+            }
             record(
                 wal,
                 &PolicyLoaded {
@@ -276,12 +363,16 @@ fn load(a: LoadArgs) -> ExitCode {
         .unwrap_or_else(|_| a.bundle.clone())
         .display()
         .to_string();
+    let key = match a.verify.key() {
+        Ok(k) => k,
+        Err(code) => return code,
+    };
     let wal = a.wal_dir.as_deref();
     let bytes = match file::read_capped(&a.bundle, bundle::MAX_COMPRESSED, FileKind::Bundle) {
         Ok(b) => b,
         Err(e) => return rejected(&e, &source, wal),
     };
-    load_bytes(&bytes, &source, &a.store.store(), wal)
+    load_bytes(&bytes, &source, &a.store.store(), wal, key.as_deref())
 }
 
 fn meta_json(slot: Slot, m: Option<&Meta>) -> serde_json::Value {
@@ -294,6 +385,7 @@ fn meta_json(slot: Slot, m: Option<&Meta>) -> serde_json::Value {
             "source": m.source,
             "loaded_at": m.loaded_at,
             "policy_ref": m.policy_ref,
+            "signature": m.signature.as_deref().unwrap_or("unsigned"),
         }),
         None => serde_json::json!({"slot": slot.as_str(), "empty": true}),
     }
@@ -319,13 +411,14 @@ fn show(a: ShowArgs, status: bool) -> ExitCode {
         for (s, m) in &metas {
             match m {
                 Some(m) => println!(
-                    "{}: {} version={} hash={} source={} loaded_at={}",
+                    "{}: {} version={} hash={} source={} loaded_at={} signature={}",
                     s.as_str(),
                     m.name,
                     m.version,
                     m.hash,
                     m.source,
-                    m.loaded_at
+                    m.loaded_at,
+                    m.signature.as_deref().unwrap_or("unsigned")
                 ),
                 None => println!("{}: none", s.as_str()),
             }
@@ -334,7 +427,7 @@ fn show(a: ShowArgs, status: bool) -> ExitCode {
             println!(
                 "no current bundle: `autonomy runtime start` without --policy is DENY-ALL (load one with `autonomy policy load --bundle FILE`)"
             );
-        } else if let Err(e) = store.open_slot(Slot::Current) {
+        } else if let Err(e) = store.open_slot(Slot::Current, None) {
             println!("current slot is NOT usable: {e}");
             return ExitCode::from(super::EXIT_FAILURE);
         }
@@ -404,7 +497,7 @@ async fn push(a: PushArgs) -> ExitCode {
         eprintln!("policy push: FAILED — {}: {e}", a.file.display());
         ExitCode::from(super::EXIT_FAILURE)
     };
-    let b = match bundle::read_bytes(&bytes) {
+    let b = match bundle::read_bytes(&bytes, None) {
         Ok(b) => b,
         Err(e) => return refused(&e),
     };
@@ -431,16 +524,22 @@ async fn pull(a: PullArgs) -> ExitCode {
         Ok(r) => r,
         Err(e) => return super::usage(&e),
     };
+    let key = match a.verify.key() {
+        Ok(k) => k,
+        Err(code) => return code,
+    };
     let source = r.to_string();
     let wal = a.wal_dir.as_deref();
     match oci::pull(&r, a.insecure).await {
-        Ok((bytes, digest)) => {
-            println!("policy pull: OK — {r} digest={digest}");
+        Ok(p) => {
+            println!("policy pull: OK — {r} digest={}", p.digest);
             let store = a.store.store();
             let wal = wal.map(Path::to_path_buf);
-            tokio::task::spawn_blocking(move || load_bytes(&bytes, &source, &store, wal.as_deref()))
-                .await
-                .unwrap_or_else(|e| super::fail(&format!("load task failed: {e}")))
+            tokio::task::spawn_blocking(move || {
+                load_bytes(&p.bytes, &source, &store, wal.as_deref(), key.as_deref())
+            })
+            .await
+            .unwrap_or_else(|e| super::fail(&format!("load task failed: {e}")))
         }
         Err(e) => {
             let reason = e.to_string();

@@ -37,11 +37,15 @@ pub(super) async fn run(args: RunArgs) -> ExitCode {
     } else {
         crate::policy::dist::resolve::NoFlag::Demo
     };
-    let resolved =
-        match super::load_policy(args.policy.as_deref(), args.policy_dir.as_deref(), no_flag) {
-            Ok(p) => p,
-            Err(e) => return super::usage(&e),
-        };
+    let resolved = match super::load_policy(
+        args.policy.as_deref(),
+        args.policy_dir.as_deref(),
+        no_flag,
+        None,
+    ) {
+        Ok(p) => p,
+        Err(e) => return super::usage(&e),
+    };
     if let Some(w) = &resolved.warning {
         eprintln!("autonomy: warning: {w}");
     }

@@ -11,6 +11,8 @@ use super::Services;
 use crate::http::HttpConfig;
 use crate::http::HttpLimits;
 use crate::policy::PolicyEvaluator;
+use crate::policy::dist::oci::OciRef;
+use crate::policy::dist::rollout::RegistryWatch;
 use crate::runtime::RuntimeConfig;
 use crate::tools::Allowlist;
 use crate::wal::{SyncMode, WalOptions};
@@ -33,6 +35,21 @@ pub(super) struct StartArgs {
     /// Policy store [default: $XDG_DATA_HOME/autonomy/policy]
     #[arg(long, value_name = "DIR", env = "AUTONOMY_POLICY_DIR")]
     pub policy_dir: Option<PathBuf>,
+    /// Only bundles signed with this key are served or activated (`policy load` docs).
+    #[command(flatten)]
+    pub verify: super::policy_cmd::VerifyArgs,
+    /// Roll out new versions from a registry: poll this tag's digest, and pull, verify, store
+    /// and activate each new bundle (anything that fails a check is recorded as
+    /// policy.rejected and changes nothing). The daemon serves the store's current slot
+    /// meanwhile.
+    #[arg(long, value_name = "oci://HOST[:PORT]/NAME[:TAG]", conflicts_with_all = ["policy", "demo"])]
+    pub policy_watch: Option<String>,
+    /// How often --policy-watch asks the registry for the tag's digest.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration, requires = "policy_watch")]
+    pub poll: Duration,
+    /// Plain HTTP to the --policy-watch registry (loopback registries only).
+    #[arg(long, requires = "policy_watch")]
+    pub insecure_registry: bool,
     /// Address to listen on (host:port). Non-loopback addresses expose the API to the network.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7777")]
     pub listen: SocketAddr,
@@ -155,17 +172,57 @@ pub(super) async fn start(args: StartArgs) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let no_flag = if bridge_config.is_some() {
+    let key = match args.verify.key() {
+        Ok(k) => k,
+        Err(code) => return code,
+    };
+    let registry = match &args.policy_watch {
+        None => None,
+        Some(r) => match OciRef::parse(r) {
+            Ok(reference) if args.insecure_registry && !reference.is_loopback() => {
+                return super::usage(&format!(
+                    "--insecure-registry (plain HTTP) is only allowed for loopback registries, not {}",
+                    reference.registry
+                ));
+            }
+            Ok(reference) => Some(RegistryWatch {
+                reference,
+                poll: args.poll,
+                insecure: args.insecure_registry,
+            }),
+            Err(e) => return super::usage(&e),
+        },
+    };
+    // With a registry to watch, the daemon serves the store (what the watcher installs there).
+    let no_flag = if bridge_config.is_some() && registry.is_none() {
         crate::policy::dist::resolve::NoFlag::BridgeDemo
     } else {
         crate::policy::dist::resolve::NoFlag::StoreOrDenyAll
     };
-    let resolved = match super::load_policy(policy_ref_arg, args.policy_dir.as_deref(), no_flag) {
+    let mut resolved = match super::load_policy(
+        policy_ref_arg,
+        args.policy_dir.as_deref(),
+        no_flag,
+        key.as_ref(),
+    ) {
         Ok(p) => p,
         Err(e) => return super::usage(&e),
     };
     if let Some(w) = &resolved.warning {
         eprintln!("autonomy: warning: {w}");
+    }
+    if let Some(reg) = registry {
+        if key.is_none() {
+            eprintln!(
+                "autonomy: warning: --policy-watch without --verification-key: any bundle pushed to {} will be served, unverified",
+                reg.reference
+            );
+        }
+        match resolved.watch.as_mut() {
+            Some(w) => w.registry = Some(reg),
+            // The store is always watched when no --policy is given (the only case here).
+            None => return super::fail(&"--policy-watch: no policy store to watch"),
+        }
     }
     let policy: Box<dyn PolicyEvaluator> = resolved.policy;
     let deny_all = policy.policy_ref().as_str() == "builtin:deny-all";

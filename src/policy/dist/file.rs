@@ -15,6 +15,10 @@ pub enum FileKind {
     SlotMetadata,
     /// A store slot's `bundle.tar.gz`.
     SlotBundle,
+    /// A PEM public key that bundle signatures are checked with.
+    VerificationKey,
+    /// A PEM private key that `policy build` signs with.
+    SigningKey,
 }
 
 impl fmt::Display for FileKind {
@@ -24,6 +28,8 @@ impl fmt::Display for FileKind {
             FileKind::PolicyFile => "policy file",
             FileKind::SlotMetadata => "slot metadata",
             FileKind::SlotBundle => "slot bundle",
+            FileKind::VerificationKey => "verification key",
+            FileKind::SigningKey => "signing key",
         })
     }
 }

@@ -5,11 +5,16 @@
 //! - [`store`]: the on-disk store (`current` and `lkg` slots, atomic updates).
 //! - [`oci`]: push and pull through an OCI registry.
 //! - [`resolve`]: what `--policy REF` names.
-//! - [`watch`]: hot reload of the store's current slot into the active policy.
+//! - [`rollout`]: new versions from a registry tag (`runtime start --policy-watch`).
+//! - [`signing`]: signed bundles in OPA's format (`.signatures.json`): verify and sign.
+//! - [`watch`]: hot reload of the store's current slot into the active policy, and rollout of
+//!   new versions from a registry tag.
 
 pub mod bundle;
 pub mod file;
 pub mod oci;
 pub mod resolve;
+pub mod rollout;
+pub mod signing;
 pub mod store;
 pub mod watch;

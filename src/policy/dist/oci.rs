@@ -451,11 +451,45 @@ pub async fn push(
     })
 }
 
+impl OciError {
+    /// Whether the registry could not be reached or did not answer (worth trying again later),
+    /// as opposed to serving something that is not a good policy bundle.
+    pub fn is_unreachable(&self) -> bool {
+        matches!(
+            self,
+            OciError::Client(_) | OciError::Fetch { .. } | OciError::Download { .. }
+        )
+    }
+}
+
+/// The digest of the manifest `r`'s tag points at now (a `HEAD` of the manifest; a `GET` when
+/// the registry sends no `Docker-Content-Digest`).
+pub async fn manifest_digest(r: &OciRef, insecure: bool) -> Result<String, OciError> {
+    let c = client(r, insecure)?;
+    c.fetch_manifest_digest(&r.reference(), &RegistryAuth::Anonymous)
+        .await
+        .map_err(|error| OciError::Fetch {
+            reference: r.clone(),
+            error: Box::new(error),
+        })
+}
+
+/// What a pull brought.
+#[derive(Debug, Clone)]
+pub struct Pulled {
+    /// The bundle file, byte for byte.
+    pub bytes: Vec<u8>,
+    /// Its (the layer's) digest, checked.
+    pub digest: String,
+    /// The digest of the manifest it came from.
+    pub manifest_digest: String,
+}
+
 /// Pulls the bundle bytes from `r`, verifying media types, size and digest.
-pub async fn pull(r: &OciRef, insecure: bool) -> Result<(Vec<u8>, String), OciError> {
+pub async fn pull(r: &OciRef, insecure: bool) -> Result<Pulled, OciError> {
     let c = client(r, insecure)?;
     let reference = r.reference();
-    let (manifest, _digest) = c
+    let (manifest, manifest_digest) = c
         .pull_manifest(&reference, &RegistryAuth::Anonymous)
         .await
         .map_err(|error| OciError::Fetch {
@@ -517,7 +551,11 @@ pub async fn pull(r: &OciRef, insecure: bool) -> Result<(Vec<u8>, String), OciEr
             actual: out.len(),
         });
     }
-    Ok((out, got))
+    Ok(Pulled {
+        bytes: out,
+        digest: got,
+        manifest_digest,
+    })
 }
 
 /// Collects a blob, failing as soon as it grows past the size the manifest declared.

@@ -8,13 +8,19 @@
 //! - a path: a bundle (`.tar.gz`/`.tgz`), a `.rego` file, or a directory of `.rego` files.
 //! - nothing: `run` uses the demo policy; `runtime start` uses the current slot when there is
 //!   one, else deny-all, and watches the store either way.
+//!
+//! With a verification key every bundle named (a file, a store slot) must be signed with it, and
+//! the store watcher checks every slot it activates the same way; a policy that is no bundle at
+//! all (the embedded ones, `.rego` files) is refused, since it cannot carry a signature.
 
 use std::fmt::Display;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::bundle::{self, BundleError};
 use super::file::{self, FileKind, ReadError};
 use super::oci::{OciRef, OciRefError};
+use super::signing::VerificationKey;
 use super::store::{Slot, Store, StoreError};
 use super::watch::PolicyWatch;
 use crate::policy::eval::{DenyAll, PolicyEvaluator, RegoPolicy, RegoPolicyError, demo_policy};
@@ -151,6 +157,14 @@ pub enum ResolveError {
         /// Why.
         error: RegoPolicyError,
     },
+    /// A verification key with a policy that is not a bundle, so cannot be signed.
+    #[error(
+        "--verification-key is set, but {what} is not a signed bundle (use a signed bundle file, `current` or an oci:// ref)"
+    )]
+    NotABundle {
+        /// What was asked for.
+        what: String,
+    },
 }
 
 /// What to do without `--policy`.
@@ -181,12 +195,41 @@ fn watched(b: &bundle::Bundle, w: PolicyWatch) -> Result<Resolved, RegoPolicyErr
     })
 }
 
-/// Resolves `r` against the store in `store_dir`.
+/// Resolves `r` against the store in `store_dir`; with `key`, every bundle must be signed with
+/// it (and the store watcher returned checks every slot it activates with it too).
 pub fn resolve(
     r: Option<&str>,
     store_dir: &Path,
     no_flag: NoFlag,
+    key: Option<&Arc<VerificationKey>>,
 ) -> Result<Resolved, ResolveError> {
+    if key.is_some() {
+        let unsigned = match (r, no_flag) {
+            (None, NoFlag::Demo) | (Some("demo" | "embedded:demo"), _) => {
+                Some("the embedded demo policy".to_string())
+            }
+            (None, NoFlag::BridgeDemo)
+            | (Some("ros2-bridge-demo" | "embedded:ros2-bridge-demo"), _) => {
+                Some("the embedded ros2-bridge-demo policy".to_string())
+            }
+            (Some(p), _)
+                if p != "current"
+                    && !p.starts_with("oci://")
+                    && !(p.ends_with(".tar.gz") || p.ends_with(".tgz")) =>
+            {
+                Some(format!("--policy {p}"))
+            }
+            _ => None,
+        };
+        if let Some(what) = unsigned {
+            return Err(ResolveError::NotABundle { what });
+        }
+    }
+    let key_ref = key.map(|k| &**k);
+    let new_watch = || PolicyWatch {
+        key: key.cloned(),
+        ..PolicyWatch::new(store_dir.to_path_buf(), None)
+    };
     let store = Store::new(store_dir);
     match r {
         None if no_flag == NoFlag::Demo => demo(),
@@ -194,8 +237,8 @@ pub fn resolve(
         None if no_flag == NoFlag::BridgeDemo => bridge_demo(),
         Some("ros2-bridge-demo") | Some("embedded:ros2-bridge-demo") => bridge_demo(),
         None => {
-            let watch_before = PolicyWatch::new(store_dir.to_path_buf(), None);
-            match store.open_slot(Slot::Current) {
+            let watch_before = new_watch();
+            match store.open_slot(Slot::Current, key_ref) {
                 Ok(None) => Ok(Resolved {
                     policy: Box::new(DenyAll::new()),
                     watch: Some(watch_before),
@@ -209,9 +252,9 @@ pub fn resolve(
             }
         }
         Some("current") => {
-            let w = PolicyWatch::new(store_dir.to_path_buf(), None);
+            let w = new_watch();
             let (_, b) = store
-                .open_slot(Slot::Current)
+                .open_slot(Slot::Current, key_ref)
                 .map_err(|error| ResolveError::CurrentUnusable {
                     store: store_dir.to_path_buf(),
                     error,
@@ -225,32 +268,29 @@ pub fn resolve(
             })
         }
         Some(s) if s.starts_with("oci://") => {
-            let key = OciRef::parse(s)?.to_string();
-            let w = PolicyWatch::new(store_dir.to_path_buf(), None);
+            let reference = OciRef::parse(s)?.to_string();
+            let w = new_watch();
             let slot = store
-                .find_source(&key)
+                .find_source(&reference)
                 .map_err(ResolveError::Store)?
                 .ok_or_else(|| ResolveError::NotPulled {
-                    reference: key.clone(),
+                    reference: reference.clone(),
                     store: store_dir.to_path_buf(),
                 })?;
             let (_, b) = store
-                .open_slot(slot)
+                .open_slot(slot, key_ref)
                 .map_err(|error| ResolveError::SlotUnusable {
-                    reference: key.clone(),
+                    reference: reference.clone(),
                     slot,
                     error,
                 })?
                 .ok_or_else(|| ResolveError::SlotVanished {
-                    reference: key.clone(),
+                    reference: reference.clone(),
                     slot,
                 })?;
-            watched(&b, w).map_err(|error| ResolveError::Compile {
-                reference: key,
-                error,
-            })
+            watched(&b, w).map_err(|error| ResolveError::Compile { reference, error })
         }
-        Some(path) => from_path(path).map(|policy| Resolved {
+        Some(path) => from_path(path, key_ref).map(|policy| Resolved {
             policy,
             watch: None,
             warning: None,
@@ -287,12 +327,15 @@ fn deny_all_warn(w: PolicyWatch, store: &Store, e: &dyn Display) -> Resolved {
     }
 }
 
-/// A bundle file, a `.rego` file or a directory of `.rego` files.
-pub fn from_path(path: &str) -> Result<Box<dyn PolicyEvaluator>, ResolveError> {
+/// A bundle file (signed with `key`, when given), a `.rego` file or a directory of `.rego` files.
+pub fn from_path(
+    path: &str,
+    key: Option<&VerificationKey>,
+) -> Result<Box<dyn PolicyEvaluator>, ResolveError> {
     let p = Path::new(path);
     let is_bundle = path.ends_with(".tar.gz") || path.ends_with(".tgz");
     if p.is_file() && is_bundle {
-        let b = bundle::read_file(p).map_err(|error| ResolveError::Bundle {
+        let b = bundle::read_file(p, key).map_err(|error| ResolveError::Bundle {
             path: path.into(),
             error,
         })?;
@@ -301,6 +344,11 @@ pub fn from_path(path: &str) -> Result<Box<dyn PolicyEvaluator>, ResolveError> {
             error,
         })?;
         return Ok(boxed(pol));
+    }
+    if key.is_some() && p.exists() {
+        return Err(ResolveError::NotABundle {
+            what: format!("--policy {path}"),
+        });
     }
     let mut files = Vec::new();
     if p.is_dir() {

@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use super::bundle::{self, Bundle, BundleError};
 use super::file::{self, FileKind, ReadError};
+use super::signing::VerificationKey;
 use crate::policy::eval::RegoPolicyError;
 
 /// Bundle file name inside a slot.
@@ -53,6 +54,10 @@ pub struct Meta {
     /// `autonomy` or `opa`.
     #[serde(default)]
     pub layout: String,
+    /// The bundle's signature when it was loaded: `verified <alg> [kid=<id>]`, `not verified
+    /// [<alg>] [kid=<id>]` (signed, but loaded without a verification key) or `unsigned`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
 }
 
 /// Which slot.
@@ -270,12 +275,17 @@ impl Store {
         read_slot_dir(&base)
     }
 
-    /// Reads, checks and compiles a slot's bundle; `Ok(None)` when the slot is empty.
-    pub fn open_slot(&self, slot: Slot) -> Result<Option<(Meta, Bundle)>, StoreError> {
+    /// Reads and checks a slot's bundle (its signature too, with a key); `Ok(None)` when the
+    /// slot is empty.
+    pub fn open_slot(
+        &self,
+        slot: Slot,
+        key: Option<&VerificationKey>,
+    ) -> Result<Option<(Meta, Bundle)>, StoreError> {
         let Some(sd) = self.read_slot(slot)? else {
             return Ok(None);
         };
-        let b = check_slot(&sd)?;
+        let b = check_slot(&sd, key)?;
         Ok(Some((sd.meta, b)))
     }
 
@@ -304,6 +314,7 @@ impl Store {
                 bundle::Layout::Autonomy => "autonomy".into(),
                 bundle::Layout::Opa => "opa".into(),
             },
+            signature: Some(b.signature.to_string()),
         };
         let _lock = self.lock()?;
         let old = self.read_slot(Slot::Current)?;
@@ -329,7 +340,7 @@ impl Store {
         };
         // Compiled too: a bundle an older version stored (say, a recursive one) must not become
         // current again.
-        check_slot(&lkg)
+        check_slot(&lkg, None)
             .and_then(|b| b.compile().map(|_| ()).map_err(StoreError::from))
             .map_err(|e| StoreError::LkgUnusable(Box::new(e)))?;
         let cur = self.read_slot(Slot::Current)?;
@@ -461,9 +472,10 @@ pub fn read_slot_dir(base: &Path) -> Result<Option<SlotData>, StoreError> {
     }))
 }
 
-/// Checks a slot's bundle fully and that it matches its metadata.
-pub fn check_slot(sd: &SlotData) -> Result<Bundle, StoreError> {
-    let b = bundle::read_bytes(&sd.bytes)?;
+/// Checks a slot's bundle fully (its signature too, with a key) and that it matches its
+/// metadata.
+pub fn check_slot(sd: &SlotData, key: Option<&VerificationKey>) -> Result<Bundle, StoreError> {
+    let b = bundle::read_bytes(&sd.bytes, key)?;
     if b.hash != sd.meta.hash {
         return Err(StoreError::HashMismatch {
             actual: b.hash,

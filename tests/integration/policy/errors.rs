@@ -479,14 +479,9 @@ fn load_rejections_are_exact_on_stderr_and_in_the_wal() {
             "x/data.json is not valid JSON: EOF while parsing a value at line 1 column 3".into(),
         ),
         (
-            "signed",
-            opa(&[(".signatures.json", b"{}"), ("p.rego", good)]),
-            "signed OPA bundles (.signatures.json) are not supported: rebuild without --signing-key".into(),
-        ),
-        (
             "unexpected",
             native(&[("p.rego", good), ("notes.txt", b"hi")]),
-            "unexpected file notes.txt in the bundle (allowed: *.rego, data.json, manifest.json, .manifest)".into(),
+            "unexpected file notes.txt in the bundle (allowed: *.rego, data.json, manifest.json, .manifest, .signatures.json)".into(),
         ),
         (
             "no-modules",

@@ -154,7 +154,7 @@ fn a_recursive_bundle_pulled_from_a_registry_is_refused() {
     // `policy push` only sends valid bundles, so a hostile publisher pushes it with the library's
     // push, which sends whatever bytes it is given.
     let oref = autonomy::policy::dist::oci::OciRef::parse(&r).expect("ref");
-    let b = autonomy::policy::dist::bundle::read_bytes(&bytes).expect("readable bundle");
+    let b = autonomy::policy::dist::bundle::read_bytes(&bytes, None).expect("readable bundle");
     tokio::runtime::Runtime::new()
         .unwrap()
         .block_on(autonomy::policy::dist::oci::push(&bytes, &b, &oref, true))

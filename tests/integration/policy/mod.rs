@@ -1,12 +1,15 @@
 //! Policy bundles, the policy store, `--policy REF` and OCI distribution, against the real
 //! binary: `store` (build, load, list, rollback, hot reload, the OPA layout), `oci` (push and
-//! pull through a real registry, refs), `examples` (the example policies' cases), `hostile`
-//! (recursion, depth, unbounded reads) and `errors` (every message a user can provoke).
+//! pull through a real registry, refs), `signing` (signed bundles, OPA's format), `rollout`
+//! (`--policy-watch`: new versions from a registry), `examples` (the example policies' cases),
+//! `hostile` (recursion, depth, unbounded reads) and `errors` (every message a user can provoke).
 
 mod errors;
 mod examples;
 mod hostile;
 mod oci;
+mod rollout;
+mod signing;
 mod store;
 
 use std::collections::BTreeMap;

@@ -15,6 +15,7 @@ pub struct Registry {
     child: std::process::Child,
     pub port: u16,
     root: PathBuf,
+    cfg: PathBuf,
     _tmp: tempfile::TempDir,
 }
 
@@ -42,32 +43,52 @@ impl Registry {
             ),
         )
         .unwrap();
-        let child = Command::new(bin)
-            .arg("serve")
-            .arg(&cfg)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start docker-registry");
+        let child = Self::spawn(&cfg);
         let mut r = Registry {
             child,
             port,
             root,
+            cfg,
             _tmp: tmp,
         };
-        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+        r.wait_up();
+        r
+    }
+
+    fn spawn(cfg: &Path) -> std::process::Child {
+        Command::new("/usr/bin/docker-registry")
+            .arg("serve")
+            .arg(cfg)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start docker-registry")
+    }
+
+    fn wait_up(&mut self) {
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{}", self.port).parse().unwrap();
         let up = eventually(Duration::from_secs(20), || {
             std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
         });
         if !up {
-            let _ = r.child.kill();
+            let _ = self.child.kill();
             panic!("docker-registry did not listen on {addr} within 20 s");
         }
         let v2 = http(addr, "GET", "/v2/", None);
         assert_eq!(v2.status, 200, "registry /v2/ answered {}", v2.status);
-        r.port = port;
-        r
+    }
+
+    /// Stops the registry (its storage stays).
+    pub fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts it again on the same port and storage.
+    pub fn restart(&mut self) {
+        self.child = Self::spawn(&self.cfg);
+        self.wait_up();
     }
 }
 

@@ -9,6 +9,7 @@ use super::manifest::{MANIFEST, Manifest, NameError, check_name};
 use super::version::{VersionError, parse_constraints};
 use super::{BundleError, from_files};
 use crate::policy::dist::file::{FileKind, ReadError, read_capped};
+use crate::policy::dist::signing::{self, SIGNATURES_FILE, SignError, SigningKey};
 use crate::policy::eval::RegoPolicyError;
 
 /// Why `policy build` made no bundle.
@@ -97,6 +98,9 @@ pub enum BuildError {
     /// The archive could not be written.
     #[error(transparent)]
     Pack(#[from] PackError),
+    /// The bundle could not be signed.
+    #[error(transparent)]
+    Sign(#[from] SignError),
     /// The archive would be over the compressed limit.
     #[error("bundle would be {size} bytes; the limit is {limit}")]
     TooBig {
@@ -182,13 +186,16 @@ pub fn created_at() -> Result<String, BuildError> {
     Ok(humantime::format_rfc3339_seconds(t).to_string())
 }
 
-/// Builds a bundle from a directory: checks version, constraint, compiles, then archives.
+/// Builds a bundle from a directory: checks version, constraint, compiles, then archives. With a
+/// signing key it also writes `.signatures.json`, covering every file, `manifest.json`
+/// included.
 pub fn build(
     dir: &Path,
     name: &str,
     version: &str,
     runtime: &str,
     shadow: bool,
+    signing_key: Option<&SigningKey>,
 ) -> Result<Built, BuildError> {
     semver::Version::parse(version).map_err(|error| BuildError::Version {
         version: version.to_string(),
@@ -207,7 +214,8 @@ pub fn build(
             dir: dir.to_path_buf(),
         });
     }
-    if files.len() + 1 > MAX_ENTRIES {
+    let extra = 1 + usize::from(signing_key.is_some());
+    if files.len() + extra > MAX_ENTRIES {
         return Err(BuildError::TooManyFiles { limit: MAX_ENTRIES });
     }
     let manifest = Manifest {
@@ -231,9 +239,13 @@ pub fn build(
             MANIFEST.to_string(),
             serde_json::to_vec(&m).map_err(BuildError::Manifest)?,
         );
-        from_files(probe)?
+        from_files(probe, None)?
     };
     checked.compile()?;
+    if let Some(k) = signing_key {
+        let sig = signing::sign(&all, k)?;
+        all.insert(SIGNATURES_FILE.to_string(), sig);
+    }
     let bytes = pack(&all)?;
     if bytes.len() as u64 > MAX_COMPRESSED {
         return Err(BuildError::TooBig {

@@ -1,15 +1,18 @@
 //! The bundle hash and the `policy_ref` made from it.
 //!
 //! **Bundle hash** (`bundle_hash`, `sha256:<hex>`): SHA-256 over every file of the bundle except
-//! `manifest.json`, in byte order of their bundle-relative paths; for each file the hash input
-//! is `path`, a NUL byte, the content length in decimal ASCII, a NUL byte, then the content.
-//! `created_at` lives only in `manifest.json`, so it is not part of the hash.
+//! `manifest.json` and `.signatures.json`, in byte order of their bundle-relative paths; for each
+//! file the hash input is `path`, a NUL byte, the content length in decimal ASCII, a NUL byte,
+//! then the content. `created_at` lives only in `manifest.json`, so it is not part of the hash;
+//! the signature is not either (it covers `manifest.json`, which holds the hash, so it could not
+//! be), so signing a bundle does not change its hash or its `policy_ref`.
 
 use std::collections::BTreeMap;
 
 use sha2::{Digest, Sha256};
 
 use super::manifest::MANIFEST;
+use crate::policy::dist::signing::SIGNATURES_FILE;
 
 /// `name@version#sha256:<first 12 hex of the bundle hash>`.
 pub fn policy_ref_string(name: &str, version: &str, hash: &str) -> String {
@@ -18,11 +21,12 @@ pub fn policy_ref_string(name: &str, version: &str, hash: &str) -> String {
     format!("{name}@{version}#sha256:{short}")
 }
 
-/// The bundle hash over `files` (path → content), skipping `manifest.json`.
+/// The bundle hash over `files` (path → content), skipping `manifest.json` and
+/// `.signatures.json`.
 pub fn bundle_hash(files: &BTreeMap<String, Vec<u8>>) -> String {
     let mut h = Sha256::new();
     for (name, content) in files {
-        if name == MANIFEST {
+        if name == MANIFEST || name == SIGNATURES_FILE {
             continue;
         }
         h.update(name.as_bytes());

@@ -3,8 +3,9 @@
 //!
 //! One file per job: [`archive`] (unpack with limits, pack), [`manifest`] (the manifest and the
 //! bundle's name and version), [`hash`] (the bundle hash), [`version`] (runtime version
-//! constraints), [`build`] (`policy build`). This module reads a bundle: archive, manifest,
-//! hash, constraint, then the Rego modules and the merged data document.
+//! constraints), [`build`] (`policy build`). This module reads a bundle: archive, signature
+//! (when a verification key is given; see [`crate::policy::dist::signing`]), manifest, hash,
+//! constraint, then the Rego modules and the merged data document.
 
 mod archive;
 mod build;
@@ -28,6 +29,7 @@ pub use manifest::{MANIFEST, Manifest, ManifestError, NameError, OPA_MANIFEST};
 pub use version::{Constraint, Op, VersionError, check_runtime, parse_constraints};
 
 use crate::policy::dist::file::{FileKind, ReadError, read_capped};
+use crate::policy::dist::signing::{self, SIGNATURES_FILE, SignatureError, VerificationKey};
 use crate::policy::eval::{RegoPolicy, RegoPolicyError};
 use crate::types::PolicyRef;
 
@@ -38,6 +40,51 @@ pub enum Layout {
     Autonomy,
     /// `opa build`: optional `.manifest` with `revision`/`roots`.
     Opa,
+}
+
+/// What a bundle's `.signatures.json` amounts to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Signature {
+    /// The bundle has no `.signatures.json`.
+    Unsigned,
+    /// It has one, but no verification key was given: nothing was checked.
+    NotVerified {
+        /// The JWT's `alg`, if it could be read.
+        alg: Option<String>,
+        /// The JWT's `kid`, if any.
+        kid: Option<String>,
+    },
+    /// It verified with the given key, and every file matched it.
+    Verified(signing::Verified),
+}
+
+impl Signature {
+    /// One word for messages and `meta.json`: `unsigned`, `not verified`, `verified`.
+    pub fn status(&self) -> &'static str {
+        match self {
+            Signature::Unsigned => "unsigned",
+            Signature::NotVerified { .. } => "not verified",
+            Signature::Verified(_) => "verified",
+        }
+    }
+}
+
+impl std::fmt::Display for Signature {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (alg, kid) = match self {
+            Signature::Unsigned => return f.write_str("unsigned"),
+            Signature::NotVerified { alg, kid } => (alg.as_deref(), kid.as_deref()),
+            Signature::Verified(v) => (Some(v.alg.as_str()), v.kid.as_deref()),
+        };
+        f.write_str(self.status())?;
+        if let Some(a) = alg {
+            write!(f, " {a}")?;
+        }
+        if let Some(k) = kid {
+            write!(f, " kid={k}")?;
+        }
+        Ok(())
+    }
 }
 
 /// A bundle read and checked (archive safety, hash, version constraint); not yet compiled.
@@ -59,6 +106,8 @@ pub struct Bundle {
     pub data: Option<Value>,
     /// The manifest's `"mode": "shadow"`: decisions are recorded, not enforced.
     pub shadow: bool,
+    /// Its signature, and whether it was verified.
+    pub signature: Signature,
 }
 
 impl Bundle {
@@ -125,14 +174,12 @@ pub enum BundleError {
         /// Why not.
         error: MergeError,
     },
-    /// `.signatures.json`: a signed OPA bundle.
-    #[error(
-        "signed OPA bundles (.signatures.json) are not supported: rebuild without --signing-key"
-    )]
-    Signed,
+    /// The bundle's signature does not hold (a verification key was given).
+    #[error(transparent)]
+    Signature(#[from] SignatureError),
     /// A file that is not a module, a data document or a manifest.
     #[error(
-        "unexpected file {path} in the bundle (allowed: *.rego, data.json, manifest.json, .manifest)"
+        "unexpected file {path} in the bundle (allowed: *.rego, data.json, manifest.json, .manifest, .signatures.json)"
     )]
     UnexpectedFile {
         /// The file's bundle path.
@@ -143,19 +190,38 @@ pub enum BundleError {
     NoModules,
 }
 
-/// Reads and checks a bundle file (at most [`MAX_COMPRESSED`] bytes, a regular file).
-pub fn read_file(path: &Path) -> Result<Bundle, BundleError> {
-    read_bytes(&read_capped(path, MAX_COMPRESSED, FileKind::Bundle)?)
+/// Reads and checks a bundle file (at most [`MAX_COMPRESSED`] bytes, a regular file); with a
+/// key, its signature must verify with it.
+pub fn read_file(path: &Path, key: Option<&VerificationKey>) -> Result<Bundle, BundleError> {
+    read_bytes(&read_capped(path, MAX_COMPRESSED, FileKind::Bundle)?, key)
 }
 
-/// Reads and checks a bundle from its compressed bytes.
-pub fn read_bytes(bytes: &[u8]) -> Result<Bundle, BundleError> {
+/// Reads and checks a bundle from its compressed bytes; with a key, its signature must verify
+/// with it.
+pub fn read_bytes(bytes: &[u8], key: Option<&VerificationKey>) -> Result<Bundle, BundleError> {
     let files = unpack(bytes)?;
-    from_files(files)
+    from_files(files, key)
 }
 
-/// Checks the unpacked files and turns them into a [`Bundle`].
-pub fn from_files(files: BTreeMap<String, Vec<u8>>) -> Result<Bundle, BundleError> {
+/// Checks the unpacked files and turns them into a [`Bundle`]. With a key, the signature is
+/// checked first, before anything in the files is read: an unsigned bundle, a bad signature, or
+/// a file that is not exactly what was signed refuses the bundle. Without one, a signature is
+/// carried along unchecked.
+pub fn from_files(
+    files: BTreeMap<String, Vec<u8>>,
+    key: Option<&VerificationKey>,
+) -> Result<Bundle, BundleError> {
+    let signature = match key {
+        Some(k) => Signature::Verified(signing::verify(&files, k)?),
+        None if files.contains_key(SIGNATURES_FILE) => {
+            let peek = signing::peek(&files);
+            Signature::NotVerified {
+                alg: peek.as_ref().map(|p| p.alg.clone()),
+                kid: peek.and_then(|p| p.kid),
+            }
+        }
+        None => Signature::Unsigned,
+    };
     let hash = bundle_hash(&files);
     let manifest::Identity {
         layout,
@@ -170,7 +236,7 @@ pub fn from_files(files: BTreeMap<String, Vec<u8>>) -> Result<Bundle, BundleErro
     let mut data: Option<Value> = None;
     for (path, content) in &files {
         let base = path.rsplit('/').next().unwrap_or(path);
-        if path == MANIFEST || path == OPA_MANIFEST {
+        if path == MANIFEST || path == OPA_MANIFEST || path == SIGNATURES_FILE {
             continue;
         }
         if base.ends_with(".rego") {
@@ -194,8 +260,6 @@ pub fn from_files(files: BTreeMap<String, Vec<u8>>) -> Result<Bundle, BundleErro
                 path: path.clone(),
                 error,
             })?;
-        } else if path == ".signatures.json" {
-            return Err(BundleError::Signed);
         } else {
             return Err(BundleError::UnexpectedFile { path: path.clone() });
         }
@@ -212,6 +276,7 @@ pub fn from_files(files: BTreeMap<String, Vec<u8>>) -> Result<Bundle, BundleErro
         modules,
         data,
         shadow,
+        signature,
     })
 }
 
@@ -236,7 +301,7 @@ mod tests {
             mode: None,
         };
         f.insert(MANIFEST.into(), serde_json::to_vec(&m).unwrap());
-        let b = read_bytes(&pack(&f).unwrap()).unwrap();
+        let b = read_bytes(&pack(&f).unwrap(), None).unwrap();
         assert_eq!(b.hash, h);
         assert_eq!(b.policy_ref().as_str(), policy_ref_string("t", "1.0.0", &h));
         b.compile().unwrap();
@@ -255,7 +320,7 @@ mod tests {
             "p.rego".to_string(),
             b"package autonomy\nallow if data.a.b.x == 1\n".to_vec(),
         );
-        let b = from_files(f).unwrap();
+        let b = from_files(f, None).unwrap();
         assert_eq!(b.version, "r7");
         assert_eq!(
             b.data.unwrap(),
