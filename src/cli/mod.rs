@@ -194,7 +194,7 @@ enum DemoCmd {
 #[derive(Subcommand)]
 enum RuntimeCmd {
     /// Start the runtime and serve until SIGINT/SIGTERM.
-    Start(runtime_cmd::StartArgs),
+    Start(Box<runtime_cmd::StartArgs>),
 }
 
 fn parse_secs(s: &str) -> Result<f64, String> {
@@ -250,7 +250,7 @@ pub fn main() -> ExitCode {
         } => with_tokio(identity_cmd::decide(reach, audit_id, false, note)),
         Command::Runtime {
             cmd: RuntimeCmd::Start(args),
-        } => with_tokio(runtime_cmd::start(args)),
+        } => with_tokio(runtime_cmd::start(*args)),
     }
 }
 
