@@ -143,6 +143,10 @@ event_name!(
     BridgeStoppedEvent = "bridge.stopped"
 );
 event_name!(
+    /// `event: "bridge.safe_published"`.
+    BridgeSafePublishedEvent = "bridge.safe_published"
+);
+event_name!(
     /// `event: "approval.requested"`.
     ApprovalRequestedEvent = "approval.requested"
 );
@@ -426,8 +430,18 @@ pub struct BridgeTopic<'a> {
     pub batch_window_ms: Option<u64>,
     /// `agent_to_robot` or `robot_to_agent`.
     pub direction: Cow<'a, str>,
+    /// The watchdog's bound, when the topic has one.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub max_silence_ms: Option<u64>,
     /// The ROS topic name.
     pub name: Cow<'a, str>,
+    /// `publish` when a denied message makes the bridge publish the safe message (absent:
+    /// `drop`).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub on_deny: Option<Cow<'a, str>>,
+    /// The safe message, every field spelled out, when the topic has one.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub safe_message: Option<Cow<'a, Map<String, Value>>>,
     /// The ROS message type (`pkg/msg/Name`).
     #[serde(rename = "type")]
     pub type_name: Cow<'a, str>,
@@ -466,6 +480,9 @@ pub struct BridgeCounts<'a> {
     pub received: u64,
     /// Republished on the other domain.
     pub relayed: u64,
+    /// Safe messages published on the robot side (topics with a safe message only).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub safe_published: Option<u64>,
 }
 
 /// `type: runtime`, `event: bridge.stopped`: the bridge stopped; what each topic saw.
@@ -480,6 +497,28 @@ pub struct BridgeStopped<'a> {
 impl RecordBody for BridgeStopped<'_> {
     const TYPE: RecordType = RecordType::Runtime;
     const KEYS: &'static [&'static str] = &["event", "topics"];
+}
+
+/// `type: runtime`, `event: bridge.safe_published`: the bridge published a topic's safe message
+/// on the robot side, bypassing the policy (it is the stop). With `reason: deny`, under the
+/// `audit_id` of the denied message that caused it; with `reason: silence`, the watchdog fired
+/// (no allowed message relayed for `max_silence_ms`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BridgeSafePublished<'a> {
+    /// The event name.
+    pub event: BridgeSafePublishedEvent,
+    /// `silence` only: the topic's watchdog bound.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub max_silence_ms: Option<u64>,
+    /// `deny` or `silence`.
+    pub reason: Cow<'a, str>,
+    /// The ROS topic name.
+    pub topic: Cow<'a, str>,
+}
+
+impl RecordBody for BridgeSafePublished<'_> {
+    const TYPE: RecordType = RecordType::Runtime;
+    const KEYS: &'static [&'static str] = &["event", "max_silence_ms", "reason", "topic"];
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -659,6 +698,8 @@ pub enum Body {
     BridgeStarted(BridgeStarted<'static>),
     /// `runtime`, `bridge.stopped`.
     BridgeStopped(BridgeStopped<'static>),
+    /// `runtime`, `bridge.safe_published`.
+    BridgeSafePublished(BridgeSafePublished<'static>),
     /// `policy`, `policy.loaded`.
     PolicyLoaded(PolicyLoaded<'static>),
     /// `policy`, `policy.activated`.
@@ -725,6 +766,9 @@ impl Body {
                 }
                 BridgeStoppedEvent::NAME => {
                     Body::BridgeStopped(serde_json::from_value(p()).map_err(err)?)
+                }
+                BridgeSafePublishedEvent::NAME => {
+                    Body::BridgeSafePublished(serde_json::from_value(p()).map_err(err)?)
                 }
                 other => return Err(unknown_event(rtype, other)),
             },

@@ -9,7 +9,13 @@
 //! audit = "strict"               # the default; or "batched" (+ batch_window_ms, default 10)
 //! max_bytes = 65536              # larger messages are refused as malformed
 //! qos = { reliability = "reliable", durability = "volatile", depth = 10 }
+//! on_deny = "publish"            # or "drop" (the default): see below
+//! safe_message = { linear = { x = 0.0 }, angular = { z = 0.0 } }  # left out fields: zero
+//! max_silence_ms = 500           # publish the safe message once when the agent goes quiet
 //! ```
+//!
+//! The safe message is checked against the topic's type when the types are resolved
+//! ([`super::BridgeConfig::new`]); here only its shape as TOML is.
 
 use std::path::Path;
 use std::time::Duration;
@@ -28,6 +34,29 @@ pub const MAX_MAX_BYTES: u32 = 16 * 1024 * 1024;
 pub const DEFAULT_BATCH_WINDOW: Duration = Duration::from_millis(10);
 /// Default QoS history depth.
 pub const DEFAULT_DEPTH: u32 = 10;
+/// Shortest `max_silence_ms`.
+pub const MIN_SILENCE_MS: i64 = 10;
+/// Longest `max_silence_ms` (one hour).
+pub const MAX_SILENCE_MS: i64 = 3_600_000;
+
+/// What a denied agent → robot message makes the bridge do on the robot side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OnDeny {
+    /// Nothing reaches the robot (the default).
+    Drop,
+    /// The topic's safe message is published instead (a stop).
+    Publish,
+}
+
+impl OnDeny {
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OnDeny::Drop => "drop",
+            OnDeny::Publish => "publish",
+        }
+    }
+}
 
 /// Which way a topic flows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -126,6 +155,14 @@ pub struct TopicConfig {
     pub max_bytes: u32,
     /// QoS on both sides.
     pub qos: Qos,
+    /// What a denied message makes the bridge publish on the robot side.
+    pub on_deny: OnDeny,
+    /// The message published by `on_deny = "publish"` and the watchdog, in the topic type's
+    /// JSON shape (fields left out are zero).
+    pub safe_message: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The watchdog: with no allowed message relayed for this long, the safe message is
+    /// published once.
+    pub max_silence: Option<Duration>,
 }
 
 /// The whole file.
@@ -291,6 +328,9 @@ fn topic(at: &str, t: &Table) -> Result<TopicConfig, String> {
             "batch_window_ms",
             "max_bytes",
             "qos",
+            "on_deny",
+            "safe_message",
+            "max_silence_ms",
         ],
     )?;
     let name = string(t, at, "name")?.ok_or_else(|| format!("{at}.name: missing"))?;
@@ -336,6 +376,48 @@ fn topic(at: &str, t: &Table) -> Result<TopicConfig, String> {
         Some(Value::Table(q)) => qos(&format!("{at}.qos"), q)?,
         Some(v) => return Err(format!("{at}.qos: must be a table, not {}", v.type_str())),
     };
+    let on_deny = match string(t, at, "on_deny")? {
+        None | Some("drop") => OnDeny::Drop,
+        Some("publish") => OnDeny::Publish,
+        Some(o) => return Err(format!("{at}.on_deny: {o:?} is not drop or publish")),
+    };
+    let safe_message = match t.get("safe_message") {
+        None => None,
+        Some(Value::Table(m)) => Some(json_table(&format!("{at}.safe_message"), m)?),
+        Some(v) => {
+            return Err(format!(
+                "{at}.safe_message: must be a table in the shape of {type_name} (e.g. {{ linear = {{ x = 0.0 }} }}), not {}",
+                v.type_str()
+            ));
+        }
+    };
+    let max_silence = integer(t, at, "max_silence_ms", MIN_SILENCE_MS, MAX_SILENCE_MS)?
+        .map(|ms| Duration::from_millis(ms as u64));
+    if direction == Direction::RobotToAgent {
+        for key in ["on_deny", "safe_message", "max_silence_ms"] {
+            if t.contains_key(key) {
+                return Err(format!(
+                    "{at}.{key}: only for agent_to_robot topics (a robot_to_agent feed is never denied)"
+                ));
+            }
+        }
+    }
+    if safe_message.is_none() {
+        if on_deny == OnDeny::Publish {
+            return Err(format!(
+                "{at}.on_deny: \"publish\" needs a safe_message to publish (e.g. safe_message = {{}} for a message of zeros)"
+            ));
+        }
+        if max_silence.is_some() {
+            return Err(format!(
+                "{at}.max_silence_ms: the watchdog needs a safe_message to publish (e.g. safe_message = {{}} for a message of zeros)"
+            ));
+        }
+    } else if on_deny == OnDeny::Drop && max_silence.is_none() {
+        return Err(format!(
+            "{at}.safe_message: never published: set on_deny = \"publish\" or max_silence_ms"
+        ));
+    }
     Ok(TopicConfig {
         name: name.to_string(),
         type_name,
@@ -343,6 +425,39 @@ fn topic(at: &str, t: &Table) -> Result<TopicConfig, String> {
         audit,
         max_bytes,
         qos,
+        on_deny,
+        safe_message,
+        max_silence,
+    })
+}
+
+/// A TOML table as the JSON object the CDR encoder takes (dates have no ROS counterpart).
+fn json_table(at: &str, t: &Table) -> Result<serde_json::Map<String, serde_json::Value>, String> {
+    t.iter()
+        .map(|(k, v)| Ok((k.clone(), json_value(&format!("{at}.{k}"), v)?)))
+        .collect()
+}
+
+fn json_value(at: &str, v: &Value) -> Result<serde_json::Value, String> {
+    use serde_json::Value as J;
+    Ok(match v {
+        Value::String(s) => J::String(s.clone()),
+        Value::Integer(n) => J::from(*n),
+        Value::Float(f) => match serde_json::Number::from_f64(*f) {
+            Some(n) => J::Number(n),
+            None if f.is_nan() => J::String("NaN".into()),
+            None if *f > 0.0 => J::String("Infinity".into()),
+            None => J::String("-Infinity".into()),
+        },
+        Value::Boolean(b) => J::Bool(*b),
+        Value::Array(a) => J::Array(
+            a.iter()
+                .enumerate()
+                .map(|(i, v)| json_value(&format!("{at}[{i}]"), v))
+                .collect::<Result<_, _>>()?,
+        ),
+        Value::Table(t) => J::Object(json_table(at, t)?),
+        Value::Datetime(_) => return Err(format!("{at}: a date is not a ROS value")),
     })
 }
 
@@ -410,6 +525,9 @@ max_bytes = 1024
                 audit: Audit::Strict,
                 max_bytes: DEFAULT_MAX_BYTES,
                 qos: Qos::default(),
+                on_deny: OnDeny::Drop,
+                safe_message: None,
+                max_silence: None,
             }
         );
         assert_eq!(f.topics[1].direction, Direction::RobotToAgent);
@@ -515,6 +633,38 @@ max_bytes = 1024
                 format!("{}\n{}", t(""), t("")),
                 "topic[1].name: /cmd_vel is listed twice",
             ),
+            (
+                t("on_deny = \"stop\""),
+                "topic[0] (/cmd_vel).on_deny: \"stop\" is not drop or publish",
+            ),
+            (
+                t("on_deny = \"publish\""),
+                "topic[0] (/cmd_vel).on_deny: \"publish\" needs a safe_message",
+            ),
+            (
+                t("max_silence_ms = 300"),
+                "topic[0] (/cmd_vel).max_silence_ms: the watchdog needs a safe_message",
+            ),
+            (
+                t("max_silence_ms = 5\nsafe_message = {}"),
+                ".max_silence_ms: 5 is out of range (10 to 3600000)",
+            ),
+            (
+                t("safe_message = {}"),
+                "topic[0] (/cmd_vel).safe_message: never published",
+            ),
+            (
+                t("on_deny = \"publish\"\nsafe_message = 0"),
+                "topic[0] (/cmd_vel).safe_message: must be a table in the shape of geometry_msgs/msg/Twist",
+            ),
+            (
+                t("on_deny = \"publish\"\nsafe_message = { linear = { x = 1979-05-27 } }"),
+                "topic[0] (/cmd_vel).safe_message.linear.x: a date is not a ROS value",
+            ),
+            (
+                "[[topic]]\nname = \"/odom\"\ntype = \"nav_msgs/Odometry\"\ndirection = \"robot_to_agent\"\nmax_silence_ms = 100".into(),
+                "topic[0] (/odom).max_silence_ms: only for agent_to_robot topics",
+            ),
         ] {
             let e = BridgeFile::parse(&text).unwrap_err();
             assert!(e.contains(want), "{text:?}: {e}");
@@ -530,6 +680,9 @@ max_bytes = 1024
     fn the_example_config_is_valid() {
         let f = BridgeFile::parse(include_str!("../../examples/bridge/bridge.toml")).unwrap();
         assert_eq!(f.topics.len(), 3);
+        assert_eq!(f.topics[0].on_deny, OnDeny::Publish);
+        assert_eq!(f.topics[0].max_silence, Some(Duration::from_millis(500)));
+        assert!(f.topics[0].safe_message.is_some());
         assert_eq!(
             f.topics[0].audit,
             Audit::Batched {

@@ -4,7 +4,7 @@
 
 use std::convert::Infallible;
 
-use ros2_client::dds::rustdds::bytes::Bytes;
+pub use ros2_client::dds::rustdds::bytes::Bytes;
 use ros2_client::dds::rustdds::no_key::{
     DataWriter, Decode, DefaultDecoder, DeserializerAdapter, SerializerAdapter, SimpleDataReader,
 };

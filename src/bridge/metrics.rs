@@ -65,6 +65,22 @@ impl MetricsSource for BridgeMetrics {
                 get(&c.failed),
             );
         }
+        // Only topics with a safe message can publish one.
+        if self.topics.iter().any(|(_, _, c)| c.has_safe) {
+            e.family(
+                "autonomy_bridge_safe_published_total",
+                MetricType::Counter,
+                "Safe messages (stops) the bridge published on the robot side, by topic: on a \
+                 deny or when the agent went silent.",
+            );
+            for (topic, _, c) in self.topics.iter().filter(|(_, _, c)| c.has_safe) {
+                e.sample(
+                    "autonomy_bridge_safe_published_total",
+                    &[("topic", topic.as_str())],
+                    get(&c.safe_published),
+                );
+            }
+        }
     }
 }
 
@@ -109,6 +125,35 @@ mod tests {
                 r#"autonomy_bridge_messages_failed_total{topic="/cmd_vel",direction="agent_to_robot"} 0"#,
                 r#"autonomy_bridge_messages_failed_total{topic="/odom",direction="robot_to_agent"} 0"#,
             ]
+        );
+    }
+
+    #[test]
+    fn topics_with_a_safe_message_show_how_many_they_published() {
+        let c = Arc::new(Counters {
+            has_safe: true,
+            ..Counters::default()
+        });
+        Counters::add(&c.safe_published);
+        let m = crate::metrics::Metrics::new();
+        m.add_source(Arc::new(BridgeMetrics {
+            topics: vec![
+                ("/cmd_vel".into(), Direction::AgentToRobot, c),
+                (
+                    "/lights".into(),
+                    Direction::AgentToRobot,
+                    Arc::new(Counters::default()),
+                ),
+            ],
+        }));
+        let text = m.render();
+        let got: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("autonomy_bridge_safe"))
+            .collect();
+        assert_eq!(
+            got,
+            [r#"autonomy_bridge_safe_published_total{topic="/cmd_vel"} 1"#]
         );
     }
 }

@@ -12,6 +12,15 @@
 //! one task waits for the records in that order and republishes.
 //!
 //! Robot → agent topics (read-only feeds) are relayed without a decision, counted.
+//!
+//! Deny means stop, where configured: a topic with `on_deny = "publish"` answers every message
+//! it does not relay (denied, malformed, or unrecordable) with its safe message on the robot
+//! side, and a topic with `max_silence_ms` publishes it once when no allowed message has been
+//! relayed for that long ([`Relay::watchdog`]). The safe message bypasses the policy (it is the
+//! stop the policy's refusals call for, so the policy must not be able to refuse it) but is
+//! always recorded first (`bridge.safe_published`); when that record cannot be written, it is
+//! published all the same (stopping is the safe side) and the first such failure per topic is
+//! one error line.
 
 pub(crate) mod builtin;
 pub mod cdr;
@@ -31,11 +40,11 @@ use serde_json::{Map, Value};
 use tokio::sync::{Notify, mpsc, watch};
 
 use crate::gate::{Durability, Gate, GateResponse, Outcome, Pending, ToolCall};
-use crate::record::{BridgeCounts, BridgeStarted, BridgeStopped, BridgeTopic};
+use crate::record::{BridgeCounts, BridgeSafePublished, BridgeStarted, BridgeStopped, BridgeTopic};
 use crate::ros::DecisionMsg;
-use crate::types::{Decision, Source, ToolKind};
-use cdr::{Decoder, WcharWidth};
-use config::{Audit, BridgeFile, Direction, TopicConfig};
+use crate::types::{AuditId, Decision, Source, ToolKind};
+use cdr::{Decoder, Encoder, WcharWidth};
+use config::{Audit, BridgeFile, Direction, OnDeny, TopicConfig};
 use dds::{CDR_LE, RawSample, RawWriter, Side};
 use msgdef::{Library, TypeSet};
 
@@ -70,6 +79,14 @@ pub enum BridgeError {
         /// Why.
         error: msgdef::MsgError,
     },
+    /// A topic's safe message is not a value of its type.
+    #[error("bridge topic {topic}: {error}")]
+    SafeMessage {
+        /// The topic.
+        topic: String,
+        /// Why, naming the field (`safe_message.linear.w: …`).
+        error: String,
+    },
     /// DDS entities could not be made.
     #[error("{0}")]
     Dds(String),
@@ -93,6 +110,17 @@ pub struct BridgeConfig {
     set: TypeSet,
     /// Each topic's type in `set`.
     ids: Vec<usize>,
+    /// Each topic's safe message, encoded, when it has one.
+    safe: Vec<Option<SafeMessage>>,
+}
+
+/// A topic's safe message, checked against its type at start.
+#[derive(Debug, Clone)]
+struct SafeMessage {
+    /// The CDR payload published on the robot side.
+    bytes: dds::Bytes,
+    /// Every field spelled out (decoded back from `bytes`), for the `bridge.started` record.
+    json: Map<String, Value>,
 }
 
 impl BridgeConfig {
@@ -118,6 +146,18 @@ impl BridgeConfig {
                 })?;
             ids.push(id);
         }
+        let mut safe = Vec::with_capacity(ids.len());
+        for (t, id) in file.topics.iter().zip(&ids) {
+            safe.push(match &t.safe_message {
+                None => None,
+                Some(m) => Some(safe_message(&set, *id, wchar, m).map_err(|error| {
+                    BridgeError::SafeMessage {
+                        topic: t.name.clone(),
+                        error,
+                    }
+                })?),
+            });
+        }
         Ok(BridgeConfig {
             file,
             agent_domain,
@@ -125,6 +165,7 @@ impl BridgeConfig {
             wchar,
             set,
             ids,
+            safe,
         })
     }
 
@@ -149,6 +190,30 @@ impl BridgeConfig {
     }
 }
 
+/// Encodes a configured safe message as the topic's type; the error names the field.
+fn safe_message(
+    set: &TypeSet,
+    id: usize,
+    wchar: WcharWidth,
+    m: &Map<String, Value>,
+) -> Result<SafeMessage, String> {
+    let bytes = Encoder::new(set, wchar).encode(id, m).map_err(|e| {
+        let name = set.get(id).map_or("", |t| t.name.as_str());
+        if e.path.is_empty() {
+            format!("safe_message: {} (a {name})", e.what)
+        } else {
+            format!("safe_message.{}: {}", e.path, e.what)
+        }
+    })?;
+    let json = Decoder::new(set, wchar)
+        .decode(id, &bytes)
+        .map_err(|e| format!("safe_message: does not decode as its type ({e})"))?;
+    Ok(SafeMessage {
+        bytes: dds::Bytes::from(bytes),
+        json,
+    })
+}
+
 /// One topic's counts (see [`BridgeCounts`]).
 #[derive(Debug, Default)]
 pub struct Counters {
@@ -157,6 +222,9 @@ pub struct Counters {
     denied: AtomicU64,
     malformed: AtomicU64,
     failed: AtomicU64,
+    safe_published: AtomicU64,
+    /// The topic has a safe message (so `safe_published` is reported).
+    has_safe: bool,
 }
 
 impl Counters {
@@ -177,6 +245,7 @@ impl Counters {
             name: name.to_string().into(),
             received: Self::get(&self.received),
             relayed: Self::get(&self.relayed),
+            safe_published: self.has_safe.then(|| Self::get(&self.safe_published)),
         }
     }
 }
@@ -271,6 +340,7 @@ pub async fn start(
         wchar,
         set,
         ids,
+        safe,
     } = config;
     let ud = user_data(&set, &file.topics)?;
     let set = Arc::new(set);
@@ -299,7 +369,8 @@ pub async fn start(
         topics: file
             .topics
             .iter()
-            .map(|t| BridgeTopic {
+            .zip(&safe)
+            .map(|(t, s)| BridgeTopic {
                 audit: (t.direction == Direction::AgentToRobot).then(|| t.audit.as_str().into()),
                 batch_window_ms: match (t.direction, t.audit) {
                     (Direction::AgentToRobot, Audit::Batched { window }) => {
@@ -308,7 +379,10 @@ pub async fn start(
                     _ => None,
                 },
                 direction: t.direction.as_str().into(),
+                max_silence_ms: t.max_silence.map(|d| d.as_millis() as u64),
                 name: t.name.as_str().into(),
+                on_deny: (t.on_deny == OnDeny::Publish).then(|| t.on_deny.as_str().into()),
+                safe_message: s.as_ref().map(|s| std::borrow::Cow::Borrowed(&s.json)),
                 type_name: t.type_name.as_str().into(),
             })
             .collect(),
@@ -318,13 +392,31 @@ pub async fn start(
     let (stop, stop_rx) = watch::channel(false);
     let mut readers = Vec::new();
     let mut topics = Vec::new();
-    for (t, id) in file.topics.iter().zip(ids) {
-        let counters = Arc::new(Counters::default());
+    for ((t, id), safe) in file.topics.iter().zip(ids).zip(safe) {
+        let counters = Arc::new(Counters {
+            has_safe: safe.is_some(),
+            ..Counters::default()
+        });
         topics.push((t.name.clone(), counters.clone()));
         match t.direction {
             Direction::AgentToRobot => {
                 let reader = agent.reader(t)?;
                 let writer = Arc::new(robot.writer(t)?);
+                let safe = safe.map(|m| {
+                    Arc::new(Safe {
+                        sample: RawSample {
+                            repr: CDR_LE,
+                            data: m.bytes,
+                        },
+                        on_deny: t.on_deny == OnDeny::Publish,
+                        max_silence: t.max_silence,
+                        robot: tokio::sync::Mutex::new(()),
+                        deadline: std::sync::Mutex::new(None),
+                        armed: Notify::new(),
+                        unrecorded: AtomicU64::new(0),
+                        unwritten: AtomicU64::new(0),
+                    })
+                });
                 let relay = Relay {
                     kind: kind.clone(),
                     agent: crate::types::Agent::new(format!("bridge:{}", t.name)),
@@ -336,7 +428,12 @@ pub async fn start(
                     writer,
                     counters,
                     decisions: dtx.clone(),
+                    safe,
                 };
+                let relay = Arc::new(relay);
+                if relay.safe.as_ref().is_some_and(|s| s.max_silence.is_some()) {
+                    readers.push(tokio::spawn(relay.clone().watchdog(stop_rx.clone())));
+                }
                 readers.push(tokio::spawn(relay.run(reader, stop_rx.clone())));
             }
             Direction::RobotToAgent => {
@@ -431,6 +528,39 @@ struct Relay {
     writer: Arc<RawWriter>,
     counters: Arc<Counters>,
     decisions: mpsc::Sender<DecisionMsg>,
+    /// The topic's safe message, when it has one.
+    safe: Option<Arc<Safe>>,
+}
+
+/// A topic's safe message and its watchdog.
+struct Safe {
+    /// What is published on the robot side.
+    sample: RawSample,
+    /// Published for every message not relayed (`on_deny = "publish"`).
+    on_deny: bool,
+    /// The watchdog's bound.
+    max_silence: Option<Duration>,
+    /// Held for each write on the robot side, so that the watchdog's decision that the topic is
+    /// silent and its safe message cannot cross a relayed message (which would stop a robot
+    /// the agent had just commanded again).
+    robot: tokio::sync::Mutex<()>,
+    /// When the watchdog fires: set by each relayed message, cleared by any safe message.
+    /// `None`: not armed (before the first relayed message, and after a stop).
+    deadline: std::sync::Mutex<Option<Instant>>,
+    /// Wakes the watchdog when `deadline` moves.
+    armed: Notify,
+    /// Safe messages published without their record (the WAL failed).
+    unrecorded: AtomicU64,
+    /// Safe messages the robot side's writer refused.
+    unwritten: AtomicU64,
+}
+
+impl Safe {
+    fn deadline(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
+        self.deadline
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 /// A decided message on its way to its durable record (and, strict, its republish).
@@ -509,10 +639,10 @@ impl Relay {
         }
     }
 
-    async fn run(self, reader: dds::RawReader, mut stop: watch::Receiver<bool>) {
+    async fn run(self: Arc<Self>, reader: dds::RawReader, mut stop: watch::Receiver<bool>) {
         let (tx, rx) = mpsc::channel::<InFlight>(PIPELINE);
         let progress = Arc::new(Progress::default());
-        let me = Arc::new(self);
+        let me = self;
         let finisher = tokio::spawn(me.clone().finish(rx, progress.clone()));
         let (mode, window) = match me.topic.audit {
             Audit::Strict => (Durability::BeforeActing, None),
@@ -545,7 +675,7 @@ impl Relay {
                         .is_some_and(|resp| resp.decision == Decision::Allow);
                     if allowed_now && let Some(w) = window {
                         wait_window(&progress, &mut early, w).await;
-                        me.publish(s);
+                        me.publish(s).await;
                         early.push_back((index, Instant::now()));
                         InFlight {
                             pending: p,
@@ -588,10 +718,21 @@ impl Relay {
         let _ = finisher.await;
     }
 
-    fn publish(&self, s: RawSample) {
+    /// Republishes an allowed message on the robot side (and re-arms the watchdog).
+    async fn publish(&self, s: RawSample) {
+        let _robot = match &self.safe {
+            Some(safe) => Some(safe.robot.lock().await),
+            None => None,
+        };
         match self.writer.write(s, None) {
             Ok(()) => {
                 Counters::add(&self.counters.relayed);
+                if let Some(safe) = &self.safe
+                    && let Some(max) = safe.max_silence
+                {
+                    *safe.deadline() = Some(Instant::now() + max);
+                    safe.armed.notify_one();
+                }
             }
             Err(e) => {
                 let n = Counters::add(&self.counters.failed);
@@ -613,7 +754,7 @@ impl Relay {
             match &resp.outcome {
                 Outcome::DecisionOnly => {
                     if let Some(s) = f.sample {
-                        self.publish(s);
+                        self.publish(s).await;
                     }
                 }
                 Outcome::WalUnavailable(e) => {
@@ -640,8 +781,85 @@ impl Relay {
                     self.tell(&resp);
                 }
             }
+            if resp.decision == Decision::Deny
+                && let Some(safe) = self.safe.as_ref().filter(|s| s.on_deny)
+            {
+                let _robot = safe.robot.lock().await;
+                self.publish_safe(safe, Some(&resp.audit_id)).await;
+            }
             progress.done.fetch_add(1, Ordering::Release);
             progress.changed.notify_waiters();
+        }
+    }
+
+    /// Records and publishes the safe message (the caller holds `safe.robot`): under the
+    /// denied message's `audit_id`, or, without one, as the watchdog's. Disarms the watchdog
+    /// until the next relayed message: the robot's last command is now the stop.
+    async fn publish_safe(&self, safe: &Safe, denied: Option<&AuditId>) {
+        let body = BridgeSafePublished {
+            event: Default::default(),
+            max_silence_ms: match denied {
+                None => safe.max_silence.map(|d| d.as_millis() as u64),
+                Some(_) => None,
+            },
+            reason: if denied.is_some() { "deny" } else { "silence" }.into(),
+            topic: self.topic.name.as_str().into(),
+        };
+        if let Err(e) = self.gate.record(denied, &body).await {
+            let n = Counters::add(&safe.unrecorded);
+            log_first(n, || {
+                format!(
+                    "bridge: {}: safe message published without its record: the audit log cannot record it ({e})",
+                    self.topic.name
+                )
+            });
+        }
+        match self.writer.write(safe.sample.clone(), None) {
+            Ok(()) => {
+                Counters::add(&self.counters.safe_published);
+            }
+            Err(e) => {
+                let n = Counters::add(&safe.unwritten);
+                log_first(n, || {
+                    format!(
+                        "bridge: {}: cannot publish the safe message on the robot side: {e:?}",
+                        self.topic.name
+                    )
+                });
+            }
+        }
+        *safe.deadline() = None;
+    }
+
+    /// The topic's watchdog: when no allowed message has been relayed for `max_silence`, the
+    /// safe message is published once; the next relayed message re-arms it. Not armed before
+    /// the first relayed message, so a robot idle at start is left alone.
+    async fn watchdog(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let Some(safe) = self.safe.clone() else {
+            return;
+        };
+        loop {
+            let deadline = *safe.deadline();
+            let expired = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = stop.changed() => break,
+                _ = safe.armed.notified() => continue,
+                _ = expired => {}
+            }
+            let _robot = safe.robot.lock().await;
+            {
+                // A message relayed while this waited for the lock moved the deadline on.
+                let d = safe.deadline();
+                if d.is_none_or(|d| d > Instant::now()) {
+                    continue;
+                }
+            }
+            self.publish_safe(&safe, None).await;
         }
     }
 
@@ -730,6 +948,46 @@ mod tests {
                 want,
                 "{t}"
             );
+        }
+    }
+
+    /// A safe message is checked against the topic's type: one line naming the field.
+    #[test]
+    fn safe_messages_must_be_values_of_the_topic_type() {
+        let cfg = |safe: &str| {
+            let f = BridgeFile::parse(&format!(
+                "[[topic]]\nname = \"/cmd_vel\"\ntype = \"geometry_msgs/Twist\"\non_deny = \"publish\"\nsafe_message = {safe}"
+            ))
+            .unwrap();
+            BridgeConfig::new(f, 99, 42, &Library::default(), WcharWidth::Four)
+        };
+        let c = cfg("{ linear = { x = 0.0 } }").unwrap();
+        let s = c.safe[0].as_ref().unwrap();
+        assert_eq!(&s.bytes[..], &[0u8; 48][..]);
+        assert_eq!(
+            Value::Object(s.json.clone()),
+            serde_json::json!({"linear": {"x": 0.0, "y": 0.0, "z": 0.0}, "angular": {"x": 0.0, "y": 0.0, "z": 0.0}})
+        );
+        for (safe, want) in [
+            (
+                "{ linear = { w = 0.0 } }",
+                "bridge topic /cmd_vel: safe_message.linear.w: not a field of geometry_msgs/msg/Vector3 (its fields: x, y, z)",
+            ),
+            (
+                "{ speed = 0.0 }",
+                "bridge topic /cmd_vel: safe_message.speed: not a field of geometry_msgs/msg/Twist (its fields: linear, angular)",
+            ),
+            (
+                "{ linear = { x = \"zero\" } }",
+                "bridge topic /cmd_vel: safe_message.linear.x: must be a number, not a string",
+            ),
+            (
+                "{ angular = [0.0] }",
+                "bridge topic /cmd_vel: safe_message.angular: must be a table (a message), not an array",
+            ),
+        ] {
+            let e = cfg(safe).err().unwrap().to_string();
+            assert_eq!(e, want, "{safe}");
         }
     }
 

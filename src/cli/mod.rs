@@ -417,8 +417,12 @@ impl Services {
         self.rt.gate().approvals().close();
         if let Some(b) = self.bridge {
             for c in b.shutdown().await {
+                let safe = c
+                    .safe_published
+                    .map(|n| format!(", {n} safe published"))
+                    .unwrap_or_default();
                 eprintln!(
-                    "autonomy: bridge {}: {} received, {} relayed, {} denied, {} malformed, {} failed",
+                    "autonomy: bridge {}: {} received, {} relayed, {} denied, {} malformed, {} failed{safe}",
                     c.name, c.received, c.relayed, c.denied, c.malformed, c.failed
                 );
             }

@@ -322,14 +322,20 @@ fn bridge_records() {
                 audit: Some(Cow::Borrowed("batched")),
                 batch_window_ms: Some(10),
                 direction: Cow::Borrowed("agent_to_robot"),
+                max_silence_ms: None,
                 name: Cow::Borrowed("/cmd_vel"),
+                on_deny: None,
+                safe_message: None,
                 type_name: Cow::Borrowed("geometry_msgs/msg/Twist"),
             },
             BridgeTopic {
                 audit: None,
                 batch_window_ms: None,
                 direction: Cow::Borrowed("robot_to_agent"),
+                max_silence_ms: None,
                 name: Cow::Borrowed("/odom"),
+                on_deny: None,
+                safe_message: None,
                 type_name: Cow::Borrowed("nav_msgs/msg/Odometry"),
             },
         ],
@@ -348,6 +354,7 @@ fn bridge_records() {
             name: Cow::Borrowed("/cmd_vel"),
             received: 10,
             relayed: 7,
+            safe_published: None,
         }],
     };
     golden(
@@ -355,6 +362,80 @@ fn bridge_records() {
         r#"{"event":"bridge.stopped","topics":[{"denied":2,"failed":0,"malformed":1,"name":"/cmd_vel","received":10,"relayed":7}]}"#,
         Body::BridgeStopped(stopped.clone()),
     );
+    // Deny means stop: the topic's safe message and its count, and what it published.
+    let zero: Map<String, Value> = serde_json::from_str(r#"{"data":false}"#).unwrap();
+    let stopping = BridgeStarted {
+        agent_domain: 99,
+        event: BridgeStartedEvent,
+        robot_domain: 42,
+        topics: vec![BridgeTopic {
+            audit: Some(Cow::Borrowed("strict")),
+            batch_window_ms: None,
+            direction: Cow::Borrowed("agent_to_robot"),
+            max_silence_ms: Some(300),
+            name: Cow::Borrowed("/run"),
+            on_deny: Some(Cow::Borrowed("publish")),
+            safe_message: Some(Cow::Borrowed(&zero)),
+            type_name: Cow::Borrowed("std_msgs/msg/Bool"),
+        }],
+    };
+    let owned = BridgeStarted {
+        topics: vec![BridgeTopic {
+            audit: Some(Cow::Borrowed("strict")),
+            batch_window_ms: None,
+            direction: Cow::Borrowed("agent_to_robot"),
+            max_silence_ms: Some(300),
+            name: Cow::Borrowed("/run"),
+            on_deny: Some(Cow::Borrowed("publish")),
+            safe_message: Some(Cow::Owned(zero.clone())),
+            type_name: Cow::Borrowed("std_msgs/msg/Bool"),
+        }],
+        ..stopping.clone()
+    };
+    golden(
+        &stopping,
+        r#"{"agent_domain":99,"event":"bridge.started","robot_domain":42,"topics":[{"audit":"strict","direction":"agent_to_robot","max_silence_ms":300,"name":"/run","on_deny":"publish","safe_message":{"data":false},"type":"std_msgs/msg/Bool"}]}"#,
+        Body::BridgeStarted(owned),
+    );
+    let counted = BridgeStopped {
+        event: BridgeStoppedEvent,
+        topics: vec![BridgeCounts {
+            denied: 2,
+            failed: 0,
+            malformed: 0,
+            name: Cow::Borrowed("/run"),
+            received: 3,
+            relayed: 1,
+            safe_published: Some(3),
+        }],
+    };
+    golden(
+        &counted,
+        r#"{"event":"bridge.stopped","topics":[{"denied":2,"failed":0,"malformed":0,"name":"/run","received":3,"relayed":1,"safe_published":3}]}"#,
+        Body::BridgeStopped(counted.clone()),
+    );
+    for (body, bytes) in [
+        (
+            BridgeSafePublished {
+                event: BridgeSafePublishedEvent,
+                max_silence_ms: None,
+                reason: Cow::Borrowed("deny"),
+                topic: Cow::Borrowed("/cmd_vel"),
+            },
+            r#"{"event":"bridge.safe_published","reason":"deny","topic":"/cmd_vel"}"#,
+        ),
+        (
+            BridgeSafePublished {
+                event: BridgeSafePublishedEvent,
+                max_silence_ms: Some(300),
+                reason: Cow::Borrowed("silence"),
+                topic: Cow::Borrowed("/cmd_vel"),
+            },
+            r#"{"event":"bridge.safe_published","max_silence_ms":300,"reason":"silence","topic":"/cmd_vel"}"#,
+        ),
+    ] {
+        golden(&body, bytes, Body::BridgeSafePublished(body.clone()));
+    }
     // A message that does not decode: an input-layer deny carrying what is known.
     let params: Map<String, Value> =
         serde_json::from_str(r#"{"topic":"/cmd_vel","type":"geometry_msgs/msg/Twist","bytes":3}"#)
