@@ -8,12 +8,14 @@ matched every topic on both sides; on the robot domain it reads what the bridge 
 Plan entries: ["twist", topic, x, z] (geometry_msgs/Twist; x and z may be "NaN"), ["bool", topic, value]
 (std_msgs/Bool), ["garbage", topic, text] (a payload that is not a Twist, on a Twist topic),
 ["raw", topic, dds_type, hex] (exactly these payload bytes, under that DDS type name; on a
-topic with no twist or bool entry the robot side reads them back as bytes: {"hex": …}).
+topic with no twist or bool entry the robot side reads them back as bytes: {"hex": …}),
+["sleep", seconds] (publish nothing for a while, reading the robot side meanwhile).
 It also reads /autonomy/decisions on the agent domain, and with --feed K publishes K
 std_msgs/String messages on /status on the robot domain and reads them back on the agent's.
 
 Prints one JSON object per line: {"event": "matched"}, then {"event": "robot", ...} for each
-message the robot side received (in order), {"event": "decision", ...}, {"event": "feed", ...},
+message the robot side received (in order, with "t": seconds since "matched" when it was
+read), {"event": "sent", "t": ...} as each plan entry is published, {"event": "decision", ...}, {"event": "feed", ...},
 and {"event": "done"}. Every wait has a deadline.
 """
 
@@ -137,7 +139,7 @@ def main():
     robot = DomainParticipant(a.robot)
     kinds = {}
     for e in plan:
-        if e[0] != "raw":
+        if e[0] not in ("raw", "sleep"):
             kinds.setdefault(e[1], "bool" if e[0] == "bool" else "twist")
     writers, garbage_writers, readers, raw_writers = {}, {}, {}, {}
     for e in plan:
@@ -184,9 +186,37 @@ def main():
                    "the bridge's writer of /status (agent domain)")
     time.sleep(0.5)  # let the bridge's side of each match settle too
     out(event="matched")
+    t0 = time.monotonic()
+
+    got, feeds, decs = [], [], []
+
+    def drain():
+        for topic, r in readers.items():
+            for s in r.take(N=100):
+                now = round(time.monotonic() - t0, 3)
+                if isinstance(s, Twist_):
+                    got.append({"topic": topic, "x": s.linear.x, "z": s.angular.z, "t": now})
+                elif isinstance(s, Bool_):
+                    got.append({"topic": topic, "data": s.data, "t": now})
+                elif hasattr(s, "b"):
+                    got.append({"topic": topic, "hex": bytes(s.b).hex(), "t": now})
+        for s in decisions.take(N=100):
+            if isinstance(s, Decision_):
+                decs.append(s)
+        if a.feed:
+            for s in feed_r.take(N=100):
+                if isinstance(s, String_):
+                    feeds.append(s.data)
 
     for e in plan:
         kind, topic = e[0], e[1]
+        if kind == "sleep":
+            until = time.monotonic() + float(e[1])
+            while time.monotonic() < until:
+                drain()
+                time.sleep(0.01)
+            continue
+        out(event="sent", topic=topic, t=round(time.monotonic() - t0, 3))
         if kind == "twist":
             writers[topic].write(
                 Twist_(
@@ -206,25 +236,6 @@ def main():
             time.sleep(a.interval)
     for i in range(a.feed):
         feed_w.write(String_(data=f"status {i}"))
-
-    got, feeds, decs = [], [], []
-
-    def drain():
-        for topic, r in readers.items():
-            for s in r.take(N=100):
-                if isinstance(s, Twist_):
-                    got.append({"topic": topic, "x": s.linear.x, "z": s.angular.z})
-                elif isinstance(s, Bool_):
-                    got.append({"topic": topic, "data": s.data})
-                elif hasattr(s, "b"):
-                    got.append({"topic": topic, "hex": bytes(s.b).hex()})
-        for s in decisions.take(N=100):
-            if isinstance(s, Decision_):
-                decs.append(s)
-        if a.feed:
-            for s in feed_r.take(N=100):
-                if isinstance(s, String_):
-                    feeds.append(s.data)
 
     deadline = time.monotonic() + 30
     last, last_n = time.monotonic(), 0

@@ -102,6 +102,14 @@ fn config_mistakes_are_one_usage_line() {
         "t.toml",
         "[[topic]]\nname = \"/x\"\ntype = \"my_msgs/msg/Cmd\"\n",
     );
+    let no_safe = write(
+        "s.toml",
+        "[[topic]]\nname = \"/cmd_vel\"\ntype = \"geometry_msgs/msg/Twist\"\nmax_silence_ms = 300\n",
+    );
+    let bad_safe = write(
+        "m.toml",
+        "[[topic]]\nname = \"/cmd_vel\"\ntype = \"geometry_msgs/msg/Twist\"\non_deny = \"publish\"\nsafe_message = { linear = { w = 0.0 } }\n",
+    );
     type Case<'a> = (Vec<&'a str>, Vec<(&'a str, &'a str)>, String);
     let cases: Vec<Case> = vec![
         (
@@ -128,6 +136,16 @@ fn config_mistakes_are_one_usage_line() {
             vec!["--agent-domain", "5"],
             vec![],
             "autonomy: error: the following required arguments were not provided:".into(),
+        ),
+        (
+            vec!["--bridge", &no_safe],
+            vec![],
+            format!("autonomy: error: {no_safe}: topic[0] (/cmd_vel).max_silence_ms: the watchdog needs a safe_message to publish"),
+        ),
+        (
+            vec!["--bridge", &bad_safe],
+            vec![],
+            "autonomy: error: bridge topic /cmd_vel: safe_message.linear.w: not a field of geometry_msgs/msg/Vector3 (its fields: x, y, z)".into(),
         ),
         (
             vec!["--bridge", "/nonexistent/b.toml"],
@@ -182,8 +200,14 @@ fn the_documented_configs_start() {
         assert!(d.startup.contains(&line), "{line}: {:#?}", d.startup);
         let lines = stop(&mut d);
         for t in topics {
+            // The example's /cmd_vel has a safe message, so its count is printed too.
+            let safe = if cfg == example.as_path() && *t == "/cmd_vel" {
+                ", 0 safe published"
+            } else {
+                ""
+            };
             let want = format!(
-                "autonomy: bridge {t}: 0 received, 0 relayed, 0 denied, 0 malformed, 0 failed"
+                "autonomy: bridge {t}: 0 received, 0 relayed, 0 denied, 0 malformed, 0 failed{safe}"
             );
             assert!(lines.contains(&want), "{want}: {lines:#?}");
         }

@@ -7,6 +7,7 @@
 mod cli;
 mod peer;
 mod real;
+mod stop;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
