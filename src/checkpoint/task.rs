@@ -110,8 +110,9 @@ impl State {
 /// Starts the checkpointer over `wal` (after the runtime's `started` record).
 pub fn spawn(cfg: CheckpointConfig, wal: Arc<Wal>) -> Checkpointer {
     let (stop, mut stopped) = oneshot::channel();
+    // Counting begins now, not when the task first runs: records appended in between count.
+    let head = wal.head().0.0;
     let handle = tokio::spawn(async move {
-        let head = wal.head().0.0;
         let mut st = State {
             cfg,
             wal,

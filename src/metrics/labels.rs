@@ -74,8 +74,13 @@ impl LabelSet {
         if let Some(i) = self.find(value) {
             return i;
         }
-        if value == OTHER || self.len.load(Ordering::Acquire) >= self.cap() {
+        if value == OTHER {
             return self.other();
+        }
+        if self.len.load(Ordering::Acquire) >= self.cap() {
+            // The set filled up while `find` looked: the last value added may be this one, and
+            // the length (stored after the slot) now guarantees a second look sees its slot.
+            return self.find(value).unwrap_or_else(|| self.other());
         }
         self.add(value)
     }

@@ -721,6 +721,34 @@ fn concurrent_appends_through_failing_rotations_are_told_the_truth() {
         let mk = move |t: u64, i: u64| {
             NewRecord::new(RecordType::Decision, Some(id(t, i))).with("pad", "q".repeat(100))
         };
+        let armed = Arc::new(AtomicBool::new(false));
+        // Blocks the names of the next segments for a while, then frees them, until the
+        // appenders are done. Started first, and blocking before any appender starts, so that on
+        // a loaded machine the appenders cannot all finish before it runs.
+        let blocker = {
+            let (w, dir, done, armed) = (w.clone(), dir.clone(), done.clone(), armed.clone());
+            std::thread::spawn(move || {
+                let mut made = Vec::new();
+                while !done.load(Ordering::SeqCst) {
+                    let head = w.head().0.0;
+                    for s in head + 1..=head + 64 {
+                        let p = dir.join(segment_name(s));
+                        if std::fs::create_dir(&p).is_ok() {
+                            made.push(p);
+                        }
+                    }
+                    armed.store(true, Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(3));
+                    for p in made.drain(..) {
+                        let _ = std::fs::remove_dir(&p);
+                    }
+                    std::thread::sleep(Duration::from_millis(3));
+                }
+            })
+        };
+        while !armed.load(Ordering::SeqCst) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         let mut workers = Vec::new();
         for t in 0..6u64 {
             let w = w.clone();
@@ -759,28 +787,6 @@ fn concurrent_appends_through_failing_rotations_are_told_the_truth() {
                 })
             }));
         }
-        // Blocks the names of the next segments for a while, then frees them, until the
-        // appenders are done.
-        let blocker = {
-            let (w, dir, done) = (w.clone(), dir.clone(), done.clone());
-            std::thread::spawn(move || {
-                let mut made = Vec::new();
-                while !done.load(Ordering::SeqCst) {
-                    let head = w.head().0.0;
-                    for s in head + 1..=head + 64 {
-                        let p = dir.join(segment_name(s));
-                        if std::fs::create_dir(&p).is_ok() {
-                            made.push(p);
-                        }
-                    }
-                    std::thread::sleep(Duration::from_millis(3));
-                    for p in made.drain(..) {
-                        let _ = std::fs::remove_dir(&p);
-                    }
-                    std::thread::sleep(Duration::from_millis(3));
-                }
-            })
-        };
         let mut answers = Vec::new();
         for h in workers {
             answers.extend(h.join().unwrap());
