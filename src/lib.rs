@@ -9,6 +9,7 @@
 pub mod approvals;
 pub mod bridge;
 pub mod cli;
+pub mod export;
 pub mod gate;
 pub mod http;
 pub mod identity;
