@@ -125,9 +125,6 @@ mod tests {
             .collect();
         assert_eq!(names, [CURSOR_FILE]);
         std::fs::write(path(tmp.path()), "{").unwrap();
-        assert!(matches!(
-            load(tmp.path()),
-            Err(CursorError::Invalid { .. })
-        ));
+        assert!(matches!(load(tmp.path()), Err(CursorError::Invalid { .. })));
     }
 }

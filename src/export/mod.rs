@@ -110,9 +110,9 @@ impl ExportConfig {
                     redact(part)
                 )));
             }
-            let addr: async_nats::ServerAddr = part.parse().map_err(|e| {
-                ExportError::Config(format!("export URL {:?}: {e}", redact(part)))
-            })?;
+            let addr: async_nats::ServerAddr = part
+                .parse()
+                .map_err(|e| ExportError::Config(format!("export URL {:?}: {e}", redact(part))))?;
             shown.push(redact(part));
             servers.push(addr);
         }
@@ -138,7 +138,8 @@ impl ExportConfig {
                 !t.is_empty()
                     && t != "*"
                     && t != ">"
-                    && t.bytes().all(|b| b.is_ascii_graphic() && b != b'*' && b != b'>')
+                    && t.bytes()
+                        .all(|b| b.is_ascii_graphic() && b != b'*' && b != b'>')
             });
         if !ok {
             return Err(ExportError::Config(format!(
@@ -337,8 +338,16 @@ impl Drop for ExportHandle {
 }
 
 /// Exports a stopped node's WAL (`wal export`): from the cursor to the end of the log, then
-/// returns; gives up at `deadline`. The caller holds the WAL's lock.
+/// returns; gives up after `bound`. Holds the WAL's lock meanwhile, so it never runs beside a
+/// runtime (whose own `--export` would write the same cursor).
 pub async fn export_once(cfg: ExportConfig, bound: Duration) -> Result<ExportOutcome, ExportError> {
+    if !cfg.wal_dir.is_dir() {
+        return Err(ExportError::Wal(format!(
+            "WAL directory {} does not exist",
+            cfg.wal_dir.display()
+        )));
+    }
+    let _lock = crate::wal::take_lock(&cfg.wal_dir).map_err(|e| ExportError::Wal(e.to_string()))?;
     let cur = load_cursor(&cfg)?;
     // Records a crashed runtime wrote but did not sync are made durable before they leave.
     sync_segments(&cfg.wal_dir)?;
@@ -372,7 +381,10 @@ pub async fn export_once(cfg: ExportConfig, bound: Duration) -> Result<ExportOut
 fn load_cursor(cfg: &ExportConfig) -> Result<Cursor, ExportError> {
     if let Ok(rd) = std::fs::read_dir(&cfg.wal_dir) {
         for e in rd.flatten() {
-            if e.file_name().to_string_lossy().starts_with(".export.cursor.") {
+            if e.file_name()
+                .to_string_lossy()
+                .starts_with(".export.cursor.")
+            {
                 let _ = std::fs::remove_file(e.path());
             }
         }
@@ -443,7 +455,8 @@ pub struct ExportStatus {
 /// Reads the cursor and the WAL's head (no lock: safe beside a running daemon).
 pub fn status(wal_dir: &Path) -> Result<ExportStatus, ExportError> {
     let cursor = cursor::load(wal_dir)?;
-    let mut r = crate::wal::Reader::open_allow_empty(wal_dir).map_err(|e| ExportError::Wal(e.to_string()))?;
+    let mut r = crate::wal::Reader::open_allow_empty(wal_dir)
+        .map_err(|e| ExportError::Wal(e.to_string()))?;
     r.set_live(true);
     while r
         .next_record()

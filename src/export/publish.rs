@@ -148,6 +148,14 @@ impl Engine {
     /// says how far it got.
     pub(super) async fn run(mut self) -> ExportOutcome {
         let mut backoff = BACKOFF_MIN;
+        if !self.live {
+            // Running once: no connection at all when the log holds nothing new.
+            let deadline = until_deadline(self.control.clone());
+            tokio::select! {
+                item = self.rx.recv() => self.take(item),
+                () = deadline => {}
+            }
+        }
         loop {
             if self.done() || self.past_deadline() {
                 break;
@@ -184,7 +192,9 @@ impl Engine {
         }
         self.finish_cursor().await;
         let head = self.stats.head_seq.load(Ordering::Relaxed).max(self.acked);
-        let reached = self.target().is_some_and(|t| t != u64::MAX && self.acked >= t);
+        let reached = self
+            .target()
+            .is_some_and(|t| t != u64::MAX && self.acked >= t);
         let error = self.fatal_error.clone().or_else(|| {
             (!reached).then(|| {
                 self.last_error.clone().unwrap_or_else(|| {
@@ -215,7 +225,8 @@ impl Engine {
 
     /// Everything asked for is in the stream, or nothing more can come.
     fn done(&self) -> bool {
-        self.target().is_some_and(|t| t != u64::MAX && self.acked >= t)
+        self.target()
+            .is_some_and(|t| t != u64::MAX && self.acked >= t)
             || (self.source_done && self.pending.is_empty())
     }
 
@@ -226,10 +237,11 @@ impl Engine {
         }
     }
 
-    /// One line when the broker cannot be reached (not one per retry).
+    /// One line when the broker cannot be reached (not one per retry); running once, the
+    /// caller's final line says it instead.
     fn down(&mut self, f: Failure) {
         self.stats.connected.store(false, Ordering::Relaxed);
-        if self.down_since.is_none() {
+        if self.down_since.is_none() && self.live {
             self.down_since = Some(Instant::now());
             if f.fatal {
                 tracing::error!(
@@ -253,7 +265,9 @@ impl Engine {
     /// One line when it is back.
     fn up(&mut self) {
         self.stats.connected.store(true, Ordering::Relaxed);
-        if let Some(t) = self.down_since.take() {
+        if let Some(t) = self.down_since.take()
+            && self.live
+        {
             tracing::warn!(
                 target: crate::NOTICE,
                 "audit export: NATS JetStream at {} is back after {:.1} s; exporting from seq {} ({} record(s) behind)",
@@ -381,9 +395,7 @@ impl Engine {
             .await
         {
             Ok(m) => m.sequence,
-            Err(e)
-                if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound =>
-            {
+            Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
                 return Ok(());
             }
             Err(e) => return Err(Failure::transient(format!("cannot read the stream: {e}"))),
@@ -567,9 +579,8 @@ impl Engine {
             if self.done() {
                 return Ok(());
             }
-            let want_more = next == self.pending.len()
-                && acks.len() < self.cfg.in_flight
-                && !self.source_done;
+            let want_more =
+                next == self.pending.len() && acks.len() < self.cfg.in_flight && !self.source_done;
             tokio::select! {
                 biased;
                 r = lost.changed() => {
@@ -622,9 +633,7 @@ impl Engine {
         let dir = self.cfg.wal_dir.clone();
         self.written = now;
         self.last_write = Instant::now();
-        self.writing = Some(tokio::task::spawn_blocking(move || {
-            cursor::store(&dir, &c)
-        }));
+        self.writing = Some(tokio::task::spawn_blocking(move || cursor::store(&dir, &c)));
     }
 
     fn cursor(&self) -> Cursor {
@@ -713,7 +722,10 @@ mod tests {
 
     #[test]
     fn subject_filters() {
-        assert!(subject_matches("autonomy.audit.>", "autonomy.audit.robot-7"));
+        assert!(subject_matches(
+            "autonomy.audit.>",
+            "autonomy.audit.robot-7"
+        ));
         assert!(subject_matches("autonomy.audit.>", "autonomy.audit.a.b"));
         assert!(!subject_matches("autonomy.audit.>", "autonomy.audit"));
         assert!(subject_matches("autonomy.*.x", "autonomy.audit.x"));

@@ -24,6 +24,8 @@ pub use reader::{
     DamageCode, Reader, StoredRecord, TornTail, VerifyReport, WalDamage, list_segments, verify,
 };
 pub use writer::Wal;
+/// The writer's lock, for what reads a stopped node's WAL and must not run beside a writer.
+pub(crate) use writer::take_lock;
 
 pub use crate::record::{RecordBody, RecordType};
 

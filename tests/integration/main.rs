@@ -17,6 +17,7 @@
 
 mod bridge;
 mod common;
+mod export;
 mod http;
 mod identity;
 mod policy;
