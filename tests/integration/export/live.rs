@@ -130,6 +130,10 @@ fn broker_killed_and_restarted_mid_load_loses_and_duplicates_nothing() {
         (1, 1),
         "one line when the broker goes, one when it is back: {lines:?}"
     );
+    assert!(
+        !lines.iter().any(|l| l.contains("async_nats")),
+        "the NATS client's own log lines stay off: {lines:?}"
+    );
     let (msgs, dups, gaps) = assert_exactly_once(&broker.url(), "robot-2", &wal, test);
     eprintln!(
         "{test}: {msgs} records in the stream ({dups} duplicates, {gaps} missing); cursor at {acked_before} when the broker was killed; {during} calls answered in the 1.5 s outage ({rate_during:.0}/s), export lag {lag_down} records then; caught up: {s}"
