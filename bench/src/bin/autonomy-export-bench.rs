@@ -178,9 +178,10 @@ fn measure(
     rt: &tokio::runtime::Runtime,
     addr: SocketAddr,
     pid: u32,
+    broker: u32,
     conns: usize,
     secs: f64,
-) -> (u64, f64, f64, (SystemTime, SystemTime)) {
+) -> (u64, f64, (f64, f64), (SystemTime, SystemTime)) {
     let warm = Duration::from_millis(500);
     rt.block_on(async move {
         let from = Instant::now() + warm;
@@ -212,17 +213,22 @@ fn measure(
         }
         tokio::time::sleep_until(from.into()).await;
         let wall0 = SystemTime::now();
-        let cpu0 = cpu_ticks(pid);
+        let (cpu0, bcpu0) = (cpu_ticks(pid), cpu_ticks(broker));
         tokio::time::sleep_until(end.into()).await;
         let wall1 = SystemTime::now();
-        let cpu1 = cpu_ticks(pid);
+        let (cpu1, bcpu1) = (cpu_ticks(pid), cpu_ticks(broker));
         let mut total = 0;
         for t in tasks {
             total += t.await.unwrap_or(0);
         }
         let tick_us = 1e6 / 100.0;
-        let cpu = (cpu1.saturating_sub(cpu0)) as f64 * tick_us / total.max(1) as f64;
-        (total, secs, cpu, (wall0, wall1))
+        let per_op = |a: u64, b: u64| b.saturating_sub(a) as f64 * tick_us / total.max(1) as f64;
+        (
+            total,
+            secs,
+            (per_op(cpu0, cpu1), per_op(bcpu0, bcpu1)),
+            (wall0, wall1),
+        )
     })
 }
 
@@ -333,7 +339,7 @@ fn main() {
         .expect("addr")
         .port();
     let url = format!("nats://127.0.0.1:{port}");
-    let _broker = Proc {
+    let broker = Proc {
         child: Command::new(&nats)
             .args(["-js", "-a", "127.0.0.1", "-p", &port.to_string(), "-sd"])
             .arg(dir.join("js"))
@@ -362,19 +368,21 @@ fn main() {
         .expect("tokio");
     let started = Instant::now();
     let load_before = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    // (conns, baseline rate, export rate, baseline cpu, export cpu, export window)
+    // (conns, baseline rate, export rate, baseline cpu, export cpu, export window, broker cpu)
     let mut rows = Vec::new();
     for round in 0..a.rounds.max(1) {
         for &c in &a.conns {
-            let (bn, bs, bcpu, _) = measure(&rt, base_addr, base.child.id(), c, a.secs);
-            let (en, es, ecpu, win) = measure(&rt, exp_addr, exp.child.id(), c, a.secs);
+            let bpid = broker.child.id();
+            let (bn, bs, (bcpu, _), _) = measure(&rt, base_addr, base.child.id(), bpid, c, a.secs);
+            let (en, es, (ecpu, ncpu), win) =
+                measure(&rt, exp_addr, exp.child.id(), bpid, c, a.secs);
             let (br, er) = (bn as f64 / bs, en as f64 / es);
             say(&format!(
                 "round {} at {c} conns: baseline {br:.0} req/s, --export {er:.0} req/s ({:.1}%)",
                 round + 1,
                 100.0 * er / br
             ));
-            rows.push((c, br, er, bcpu, ecpu, win));
+            rows.push((c, br, er, bcpu, ecpu, win, ncpu));
             // Let the export drain before the next window, so each window starts level.
             std::thread::sleep(Duration::from_millis(500));
         }
@@ -398,7 +406,7 @@ fn main() {
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         started.elapsed().as_secs_f64()
     );
-    md.push_str("| conns | baseline req/s | `--export` req/s (ratio) | daemon CPU µs/op base → export | exported records/s | record → JetStream p50 / p99 / max ms | max lag (records) | lag at load stop (records) | caught up after stop |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    md.push_str("| conns | baseline req/s | `--export` req/s (ratio) | daemon CPU µs/op base → export | nats-server CPU µs/record | exported records/s | record → JetStream p50 / p99 / max ms | max lag (records) | lag at load stop (records) | caught up after stop |\n|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for &c in &a.conns {
         let mine: Vec<_> = rows.iter().filter(|r| r.0 == c).collect();
         let ratio = median(mine.iter().map(|r| r.2 / r.1).collect());
@@ -406,9 +414,10 @@ fn main() {
             median(mine.iter().map(|r| r.1).collect()),
             median(mine.iter().map(|r| r.2).collect()),
         );
-        let (bc, ec) = (
+        let (bc, ec, nc) = (
             median(mine.iter().map(|r| r.3).collect()),
             median(mine.iter().map(|r| r.4).collect()),
+            median(mine.iter().map(|r| r.6).collect()),
         );
         let mut exported_rate = Vec::new();
         let mut p50 = Vec::new();
@@ -453,7 +462,7 @@ fn main() {
             drain.push((last - w1).max(0) as f64 / 1000.0);
         }
         md.push_str(&format!(
-            "| {c} | {b:.0} | {e:.0} ({:.1}%) | {bc:.1} → {ec:.1} | {:.0} | {:.1} / {:.1} / {:.1} | {:.0} | {:.0} | {:.0} ms |\n",
+            "| {c} | {b:.0} | {e:.0} ({:.1}%) | {bc:.1} → {ec:.1} | {nc:.1} | {:.0} | {:.1} / {:.1} / {:.1} | {:.0} | {:.0} | {:.0} ms |\n",
             100.0 * ratio,
             median(exported_rate),
             median(p50),
