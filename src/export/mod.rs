@@ -268,7 +268,7 @@ pub fn start(runtime: &Runtime, cfg: ExportConfig) -> Result<ExportHandle, Expor
     let stats = Arc::new(ExportStats::default());
     stats.acked_seq.store(cur.acked_seq, Ordering::Relaxed);
     stats.head_seq.store(head, Ordering::Relaxed);
-    let (tx, rx) = mpsc::channel(cfg.in_flight * 2);
+    let (tx, rx) = mpsc::channel(source::CHANNEL);
     let stop = Arc::new(AtomicBool::new(false));
     let reader = source::spawn(
         cfg.wal_dir.clone(),
@@ -353,7 +353,7 @@ pub async fn export_once(cfg: ExportConfig, bound: Duration) -> Result<ExportOut
     sync_segments(&cfg.wal_dir)?;
     let stats = Arc::new(ExportStats::default());
     stats.acked_seq.store(cur.acked_seq, Ordering::Relaxed);
-    let (tx, rx) = mpsc::channel(cfg.in_flight * 2);
+    let (tx, rx) = mpsc::channel(source::CHANNEL);
     let stop = Arc::new(AtomicBool::new(false));
     let reader = source::spawn(
         cfg.wal_dir.clone(),

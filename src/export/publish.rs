@@ -473,9 +473,12 @@ impl Engine {
     /// Takes one item from the reader.
     fn take(&mut self, item: Option<Item>) {
         match item {
-            Some(Item::Rec(rec)) => {
-                self.stats.head_seq.fetch_max(rec.seq, Ordering::Relaxed);
-                self.pending.push_back(Pending { rec, sent_hw: None });
+            Some(Item::Recs(recs)) => {
+                if let Some(last) = recs.last() {
+                    self.stats.head_seq.fetch_max(last.seq, Ordering::Relaxed);
+                }
+                self.pending
+                    .extend(recs.into_iter().map(|rec| Pending { rec, sent_hw: None }));
             }
             Some(Item::End(head, torn)) => {
                 self.stats.head_seq.fetch_max(head, Ordering::Relaxed);

@@ -18,6 +18,11 @@ use crate::wal::{Reader, Wal};
 
 /// How often the thread looks for new records once it has caught up.
 pub(crate) const POLL: Duration = Duration::from_millis(5);
+/// Records handed over at a time: one wake-up of the publisher per batch, not per record.
+pub(crate) const BATCH: usize = 256;
+/// Batches the channel holds: with the publisher's window, what the export keeps in memory
+/// while the broker is away (the rest waits in the WAL).
+pub(crate) const CHANNEL: usize = 4;
 
 /// One record to publish.
 #[derive(Debug, Clone)]
@@ -33,8 +38,8 @@ pub(crate) struct Rec {
 /// What the thread sends.
 #[derive(Debug)]
 pub(crate) enum Item {
-    /// The next record.
-    Rec(Rec),
+    /// The next records, in order.
+    Recs(Vec<Rec>),
     /// [`Limit::Files`] only: the end of the log, its last seq (and a torn tail's description).
     End(u64, Option<String>),
     /// The log cannot be read any further.
@@ -91,6 +96,7 @@ fn run(
             head.fetch_max(upto, Ordering::Relaxed);
         }
         let mut read_any = false;
+        let mut batch = Vec::new();
         while reader.head_seq() < upto {
             let Some(r) = reader.next_record().map_err(|e| e.to_string())? else {
                 break;
@@ -102,18 +108,26 @@ fn run(
             if matches!(limit, Limit::Files) {
                 head.fetch_max(r.seq.0, Ordering::Relaxed);
             }
-            let rec = Rec {
+            batch.push(Rec {
                 seq: r.seq.0,
                 rtype: r.rtype.as_str(),
                 raw: Bytes::from(r.raw),
-            };
-            // A full channel (the broker is slow or away) holds this thread, not the WAL.
-            if tx.blocking_send(Item::Rec(rec)).is_err() {
-                return Ok(());
+            });
+            if batch.len() >= BATCH {
+                // A full channel (the broker is slow or away) holds this thread, not the WAL.
+                if tx
+                    .blocking_send(Item::Recs(std::mem::take(&mut batch)))
+                    .is_err()
+                {
+                    return Ok(());
+                }
+                if stop.load(Ordering::Relaxed) {
+                    return Ok(());
+                }
             }
-            if stop.load(Ordering::Relaxed) {
-                return Ok(());
-            }
+        }
+        if !batch.is_empty() && tx.blocking_send(Item::Recs(batch)).is_err() {
+            return Ok(());
         }
         if matches!(limit, Limit::Files) {
             let torn = reader.torn_tail().map(|t| t.describe());
