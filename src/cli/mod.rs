@@ -203,7 +203,11 @@ impl ExportTarget {
         wal_dir: &std::path::Path,
         cursor_node: Option<&str>,
     ) -> Result<ExportConfig, ExitCode> {
-        let given = self.node_id.as_deref().or(cursor_node);
+        let given = self
+            .node_id
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .or(cursor_node);
         let node =
             crate::node::NodeId::load_or_create(given, &crate::paths::state_dir().join("node-id"))
                 .map_err(|e| usage(&e))?;

@@ -199,7 +199,8 @@ pub(super) async fn start(args: StartArgs) -> ExitCode {
         Err(e) => return super::usage(&e),
     };
     let wal_dir = args.wal_dir.unwrap_or_else(crate::paths::default_wal_dir);
-    let export = match &args.export {
+    // An empty AUTONOMY_EXPORT (a unit file's `Environment=AUTONOMY_EXPORT=`) means off.
+    let export = match args.export.as_deref().filter(|u| !u.trim().is_empty()) {
         Some(url) => match args.export_target.config(url, &wal_dir, None) {
             Ok(c) => Some(c),
             Err(code) => return code,

@@ -164,7 +164,6 @@ impl Engine {
             let epoch = async {
                 let conn = self.connect().await?;
                 self.reconcile(&conn).await?;
-                self.up();
                 self.pump(&conn).await
             };
             let res = tokio::select! {
@@ -262,7 +261,8 @@ impl Engine {
         self.last_error = Some(f.what);
     }
 
-    /// One line when it is back.
+    /// One line when it is back: once a publish was acknowledged (or there was nothing to
+    /// send), so a broker that takes connections but refuses every publish does not flap.
     fn up(&mut self) {
         self.stats.connected.store(true, Ordering::Relaxed);
         if let Some(t) = self.down_since.take()
@@ -513,6 +513,7 @@ impl Engine {
         let mut ctl = self.control.clone();
         let deadline = until_deadline(self.control.clone());
         tokio::pin!(deadline);
+        let mut confirmed = false;
         loop {
             // Fill the window: pending records not yet sent in this epoch, then new ones.
             while acks.len() < self.cfg.in_flight {
@@ -579,6 +580,10 @@ impl Engine {
                     Ok((seq, ack.sequence))
                 }));
             }
+            if !confirmed && acks.is_empty() {
+                confirmed = true;
+                self.up();
+            }
             if self.done() {
                 return Ok(());
             }
@@ -594,6 +599,10 @@ impl Engine {
                 r = acks.next(), if !acks.is_empty() => {
                     let Some(r) = r else { continue };
                     let (seq, sseq) = r?;
+                    if !confirmed {
+                        confirmed = true;
+                        self.up();
+                    }
                     let Some(front) = self.pending.pop_front() else {
                         return Err(Failure::fatal("an acknowledgement for a record not sent"));
                     };

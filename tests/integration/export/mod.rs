@@ -203,15 +203,15 @@ pub fn stream_messages(url: &str, subject: &str) -> Vec<Got> {
     })
 }
 
-/// Creates the stream beforehand with a short duplicate window, so a test can show that
-/// nothing but the search before sending keeps re-sends out once the window has passed.
-pub fn create_stream(url: &str, dup_window: Duration) {
+/// Creates the stream beforehand (with a short duplicate window, so a test can show that
+/// nothing but the search before sending keeps re-sends out once the window has passed).
+pub fn create_stream(url: &str, dup_window: Duration, subjects: &str) {
     rt().block_on(async {
         let client = async_nats::connect(url).await.expect("connect");
         let js = async_nats::jetstream::new(client);
         js.create_stream(async_nats::jetstream::stream::Config {
             name: STREAM.into(),
-            subjects: vec!["autonomy.audit.>".into()],
+            subjects: vec![subjects.into()],
             duplicate_window: dup_window,
             ..Default::default()
         })

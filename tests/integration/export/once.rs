@@ -121,7 +121,7 @@ fn records_already_in_the_stream_are_not_sent_again_after_the_duplicate_window()
     let broker = Broker::start(bin);
     // JetStream forgets message ids after one second here: only the search of the stream
     // before sending can keep the second export from duplicating.
-    create_stream(&broker.url(), Duration::from_secs(1));
+    create_stream(&broker.url(), Duration::from_secs(1), "autonomy.audit.>");
     let tmp = tempfile::tempdir().unwrap();
     let wal = tmp.path().join("wal");
     some_records(&wal, 20);
@@ -141,4 +141,37 @@ fn records_already_in_the_stream_are_not_sent_again_after_the_duplicate_window()
         n,
         "the cursor is rebuilt"
     );
+}
+
+#[test]
+fn a_stream_that_does_not_take_the_subject_is_one_error_line() {
+    let test = "a_stream_that_does_not_take_the_subject_is_one_error_line";
+    let Some(bin) = nats_server(test) else {
+        return;
+    };
+    let broker = Broker::start(bin);
+    create_stream(&broker.url(), Duration::from_secs(120), "elsewhere.>");
+    let tmp = tempfile::tempdir().unwrap();
+    let wal = tmp.path().join("wal");
+    some_records(&wal, 2);
+    let o = export(
+        &wal,
+        &broker.url(),
+        &["--node-id", "robot-8", "--timeout", "20s"],
+    );
+    assert_eq!(o.code, 1, "{}", o.all());
+    assert_eq!(o.stderr.lines().count(), 1, "{}", o.stderr);
+    assert!(
+        o.stderr.contains(
+            "stream AUTONOMY_AUDIT does not take subject autonomy.audit.robot-8 (its subjects: elsewhere.>)"
+        ),
+        "{}",
+        o.stderr
+    );
+    assert!(cursor(&wal).is_none(), "nothing was acknowledged");
+    // A bad URL or subject is a usage error before anything starts.
+    let o = export(&wal, "http://127.0.0.1:1", &[]);
+    assert_eq!(o.code, 2, "{}", o.all());
+    let o = export(&wal, &broker.url(), &["--export-subject", "autonomy.*"]);
+    assert_eq!(o.code, 2, "{}", o.all());
 }
