@@ -68,6 +68,8 @@ pub fn cli(args: &[&str], env: &[(&str, &str)]) -> Out {
         "AUTONOMY_RUNTIME_URL",
         "AUTONOMY_RUNTIME_TOKEN",
         "AUTONOMY_OPERATOR_TOKEN",
+        "AUTONOMY_NODE_ID",
+        "AUTONOMY_EXPORT",
         "SOURCE_DATE_EPOCH",
     ] {
         cmd.env_remove(k);

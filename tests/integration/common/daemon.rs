@@ -49,6 +49,8 @@ impl Daemon {
             .args(extra)
             .env_remove("AUTONOMY_WAL_DIR")
             .env_remove("AUTONOMY_OPERATOR_TOKEN")
+            .env_remove("AUTONOMY_EXPORT")
+            .env_remove("AUTONOMY_NODE_ID")
             // Beside the WAL: tests never share an agents file or the local operator file.
             .env(
                 "AUTONOMY_AGENTS_FILE",
