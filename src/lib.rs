@@ -11,6 +11,7 @@ pub mod audit;
 pub mod bridge;
 pub mod checkpoint;
 pub mod cli;
+pub mod export;
 pub mod gate;
 pub mod http;
 pub mod identity;

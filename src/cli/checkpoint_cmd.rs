@@ -12,9 +12,14 @@ use crate::checkpoint::task::CheckpointConfig;
 use crate::checkpoint::{self, LogMismatch};
 use crate::node::NodeId;
 
-/// The node id of this machine (made once into the state directory).
-fn node_id() -> Result<NodeId, String> {
-    NodeId::load_or_create(None, &crate::paths::state_dir().join("node-id"))
+/// The node id: `given` (`--node-id`, `AUTONOMY_NODE_ID`), else this machine's (made once into
+/// the state directory); the same id the audit export uses.
+fn node_id(given: Option<&str>) -> Result<NodeId, String> {
+    let given = given
+        .map(str::to_string)
+        .or_else(|| std::env::var("AUTONOMY_NODE_ID").ok())
+        .filter(|s| !s.is_empty());
+    NodeId::load_or_create(given.as_deref(), &crate::paths::state_dir().join("node-id"))
         .map_err(|e| format!("cannot read or make the node id: {e}"))
 }
 
@@ -33,7 +38,7 @@ pub(super) struct KeygenArgs {
 pub(super) fn keygen(a: KeygenArgs) -> ExitCode {
     let name = match a.name {
         Some(n) => n,
-        None => match node_id() {
+        None => match node_id(None) {
             Ok(id) => id.to_string(),
             Err(e) => return super::fail(&e),
         },
@@ -89,7 +94,10 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
 /// The checkpointer's config when the flags ask for checkpoints. Without a node key at the
 /// default place they are off, and one line says so; a `--node-key` that cannot be read is a
 /// usage error.
-pub(super) fn config(a: &CheckpointArgs) -> Result<Option<CheckpointConfig>, ExitCode> {
+pub(super) fn config(
+    a: &CheckpointArgs,
+    node: Option<&str>,
+) -> Result<Option<CheckpointConfig>, ExitCode> {
     if a.checkpoint_every.is_none() && a.checkpoint_interval.is_none() {
         if a.node_key.is_some() {
             return Err(super::usage(
@@ -116,7 +124,7 @@ pub(super) fn config(a: &CheckpointArgs) -> Result<Option<CheckpointConfig>, Exi
     if let Some(w) = warning {
         eprintln!("autonomy: warning: {w}");
     }
-    let origin = node_id().map_err(|e| super::fail(&e))?;
+    let origin = node_id(node).map_err(|e| super::usage(&e))?;
     if signer.name() != origin.as_str() {
         // C2SP: the key's name should be the origin; checking works either way.
         eprintln!(

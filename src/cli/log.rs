@@ -50,8 +50,9 @@ where
 pub fn init() {
     let logs = EnvFilter::try_from_env("AUTONOMY_LOG")
         // ros2-client's own ROS_DISTRO check logs even when the variable is unset; `--ros`
-        // prints its own warning on a real mismatch.
-        .unwrap_or_else(|_| EnvFilter::new("warn,ros2_client::distributions=off"))
+        // prints its own warning on a real mismatch. The audit export says itself, once, when
+        // the broker goes and comes back; the NATS client's reconnect lines would repeat it.
+        .unwrap_or_else(|_| EnvFilter::new("warn,ros2_client::distributions=off,async_nats=off"))
         .add_directive(
             format!("{NOTICE}=off")
                 .parse()

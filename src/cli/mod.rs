@@ -21,6 +21,7 @@ use std::process::ExitCode;
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::bridge::{BridgeConfig, BridgeHandle};
+use crate::export::{ExportConfig, ExportHandle};
 use crate::http::{HttpConfig, HttpServer};
 use crate::ros::{RosConfig, RosHandle};
 use crate::runtime::{FrontEnd, Runtime, RuntimeConfig};
@@ -182,6 +183,51 @@ pub struct BridgeArgs {
     /// searched before the built-in ones; repeatable. AMENT_PREFIX_PATH is searched after them.
     #[arg(long, value_name = "DIR", requires = "bridge")]
     pub msg_path: Vec<PathBuf>,
+}
+
+/// Where audit records go (`runtime start --export` and `wal export --to`).
+#[derive(Args, Debug, Default)]
+pub(crate) struct ExportTarget {
+    /// The subject to publish on [default: autonomy.audit.<node id>].
+    #[arg(long, value_name = "SUBJECT")]
+    pub export_subject: Option<String>,
+    /// The JetStream stream to bind to, created (subjects autonomy.audit.>) when missing.
+    #[arg(long, value_name = "NAME", default_value = crate::export::DEFAULT_STREAM)]
+    pub export_stream: String,
+    /// Replicas of the stream when it is created here (3 on a three-server cluster).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub export_replicas: usize,
+    /// This node's id in message ids (`<node>:<seq>`) [default: generated once into
+    /// $XDG_STATE_HOME/autonomy/node-id].
+    #[arg(long, value_name = "ID", env = "AUTONOMY_NODE_ID")]
+    pub node_id: Option<String>,
+}
+
+impl ExportTarget {
+    /// The export's settings for `url` and the WAL in `wal_dir`; any mistake is a usage error
+    /// line. `cursor_node` (a stopped node's cursor) names the node when no id is given.
+    pub(crate) fn config(
+        &self,
+        url: &str,
+        wal_dir: &std::path::Path,
+        cursor_node: Option<&str>,
+    ) -> Result<ExportConfig, ExitCode> {
+        let given = self
+            .node_id
+            .as_deref()
+            .filter(|s| !s.is_empty())
+            .or(cursor_node);
+        let node =
+            crate::node::NodeId::load_or_create(given, &crate::paths::state_dir().join("node-id"))
+                .map_err(|e| usage(&e))?;
+        let mut c = ExportConfig::new(url, node, wal_dir.to_path_buf()).map_err(|e| usage(&e))?;
+        if let Some(s) = &self.export_subject {
+            c = c.with_subject(s).map_err(|e| usage(&e))?;
+        }
+        c.with_stream(&self.export_stream)
+            .and_then(|c| c.with_replicas(self.export_replicas))
+            .map_err(|e| usage(&e))
+    }
 }
 
 #[derive(Subcommand)]
@@ -354,6 +400,8 @@ pub(crate) struct Services {
     pub ros: Option<RosHandle>,
     /// The topic bridge, when asked for.
     pub bridge: Option<BridgeHandle>,
+    /// The audit export, when asked for.
+    pub export: Option<ExportHandle>,
 }
 
 impl Services {
@@ -382,6 +430,7 @@ impl Services {
             http,
             ros: None,
             bridge: None,
+            export: None,
         };
         if let Some(c) = ros {
             match crate::ros::start(&s.rt, c.clone()) {
@@ -411,8 +460,50 @@ impl Services {
         Ok(s)
     }
 
-    /// Stops the front ends (calls in flight finish), then the runtime.
-    pub(crate) async fn stop(self) -> Result<(), crate::wal::WalError> {
+    /// Starts the audit export (after [`Services::start`]): it follows the WAL from its
+    /// cursor. A cursor of another node or ahead of the log stops everything with one line.
+    pub(crate) async fn start_export(&mut self, c: ExportConfig) -> Result<(), ExitCode> {
+        let line = c.describe();
+        match crate::export::start(&self.rt, c) {
+            Ok(h) => {
+                let lag = h.stats().lag();
+                let from = h
+                    .stats()
+                    .acked_seq
+                    .load(std::sync::atomic::Ordering::Relaxed);
+                self.export = Some(h);
+                eprintln!(
+                    "autonomy: {line}: from seq {} ({lag} record(s) behind)",
+                    from + 1
+                );
+                Ok(())
+            }
+            Err(e) => Err(fail(&format!("cannot start the audit export: {e}"))),
+        }
+    }
+
+    /// Stops the front ends (calls in flight finish), then the runtime, then gives the audit
+    /// export a bounded time to send what is left (the `stopped` record included).
+    pub(crate) async fn stop(mut self) -> Result<(), crate::wal::WalError> {
+        let export = self.export.take();
+        let res = self.stop_runtime().await;
+        if let Some(x) = export {
+            let o = x.finish(crate::export::STOP_FLUSH).await;
+            match &o.error {
+                None => eprintln!(
+                    "autonomy: audit export: every record up to seq {} is in the stream",
+                    o.acked_seq
+                ),
+                Some(e) => eprintln!(
+                    "autonomy: warning: audit export: {} record(s) not in the stream at stop ({e}); they go at the next start, or with `autonomy wal export`",
+                    o.head_seq.saturating_sub(o.acked_seq)
+                ),
+            }
+        }
+        res
+    }
+
+    async fn stop_runtime(self) -> Result<(), crate::wal::WalError> {
         // Calls waiting for a person would hold the stop up to their timeout: deny them now.
         self.rt.gate().approvals().close();
         if let Some(b) = self.bridge {

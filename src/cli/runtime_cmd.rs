@@ -85,6 +85,14 @@ pub(super) struct StartArgs {
     /// Signed checkpoints.
     #[command(flatten)]
     pub checkpoints: super::checkpoint_cmd::CheckpointArgs,
+    /// Publish every WAL record, in order, to NATS JetStream at URL (nats://HOST:PORT; several
+    /// comma-separated for a cluster), deduplicated by Nats-Msg-Id <node>:<seq>; the cursor is
+    /// export.cursor in the WAL directory. The WAL never waits for it (see docs/fleet.md).
+    #[arg(long, value_name = "URL", env = "AUTONOMY_EXPORT")]
+    pub export: Option<String>,
+    /// Where exported records go.
+    #[command(flatten)]
+    pub export_target: super::ExportTarget,
 }
 
 /// The HTTP server's bounds on clients (`docs/http-api.md`, "Limits").
@@ -250,12 +258,23 @@ pub(super) async fn start(args: StartArgs) -> ExitCode {
         Ok(g) => g,
         Err(e) => return super::usage(&e),
     };
-    let checkpoints = match super::checkpoint_cmd::config(&args.checkpoints) {
+    let checkpoints = match super::checkpoint_cmd::config(
+        &args.checkpoints,
+        args.export_target.node_id.as_deref(),
+    ) {
         Ok(c) => c,
         Err(code) => return code,
     };
     let checkpoint_line = checkpoints.as_ref().map(|c| c.describe());
     let wal_dir = args.wal_dir.unwrap_or_else(crate::paths::default_wal_dir);
+    // An empty AUTONOMY_EXPORT (a unit file's `Environment=AUTONOMY_EXPORT=`) means off.
+    let export = match args.export.as_deref().filter(|u| !u.trim().is_empty()) {
+        Some(url) => match args.export_target.config(url, &wal_dir, None) {
+            Ok(c) => Some(c),
+            Err(code) => return code,
+        },
+        None => None,
+    };
     let core = RuntimeConfig {
         policy,
         allowlist,
@@ -278,10 +297,16 @@ pub(super) async fn start(args: StartArgs) -> ExitCode {
         Ok(s) => s,
         Err(e) => return super::fail(&format!("cannot install signal handlers: {e}")),
     };
-    let services = match Services::start(core, http, ros_config, bridge_config).await {
+    let mut services = match Services::start(core, http, ros_config, bridge_config).await {
         Ok(s) => s,
         Err(code) => return code,
     };
+    if let Some(c) = export
+        && let Err(code) = services.start_export(c).await
+    {
+        let _ = services.stop().await;
+        return code;
+    }
     if !loopback {
         eprintln!(
             "autonomy: warning: listening on {} exposes the tool API beyond this machine",

@@ -29,6 +29,39 @@ pub(super) enum WalCmd {
     /// Cut a damaged WAL back to its intact records (saving what is cut beside the segment) so
     /// the runtime starts again. Needs the runtime stopped.
     Repair(RepairArgs),
+    /// Publish a stopped node's records to NATS JetStream, from the export cursor to the end of
+    /// the log (what `runtime start --export` does live); exit 0 once all are acknowledged.
+    Export(ExportArgs),
+    /// Show how far the audit export has got: the cursor, the WAL's head and the lag.
+    ExportStatus(ExportStatusArgs),
+}
+
+/// `autonomy wal export`.
+#[derive(Args, Debug)]
+pub(super) struct ExportArgs {
+    /// NATS JetStream: nats://HOST:PORT (several comma-separated for a cluster).
+    #[arg(long, value_name = "URL")]
+    pub to: String,
+    /// WAL directory [default: $XDG_STATE_HOME/autonomy/wal]
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Give up (exit 1) if not everything is acknowledged within this time.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = super::runtime_cmd::parse_duration)]
+    pub timeout: Duration,
+    /// Where the records go (the node id defaults to the one in the WAL's cursor).
+    #[command(flatten)]
+    pub target: super::ExportTarget,
+}
+
+/// `autonomy wal export-status`.
+#[derive(Args, Debug)]
+pub(super) struct ExportStatusArgs {
+    /// WAL directory [default: $XDG_STATE_HOME/autonomy/wal]
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// One JSON object instead of a line.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `autonomy wal inspect`.
@@ -91,7 +124,94 @@ pub(super) fn run(cmd: WalCmd) -> ExitCode {
         WalCmd::Inspect(a) => inspect(a),
         WalCmd::Verify(a) => verify(a),
         WalCmd::Repair(a) => repair(a),
+        WalCmd::Export(a) => export(a),
+        WalCmd::ExportStatus(a) => export_status(a),
     }
+}
+
+fn export(a: ExportArgs) -> ExitCode {
+    let dir = dir_or_default(a.dir);
+    let cursor_node = match crate::export::cursor::load(&dir) {
+        Ok(c) => c.map(|c| c.node),
+        Err(e) => return super::fail(&e),
+    };
+    let cfg = match a.target.config(&a.to, &dir, cursor_node.as_deref()) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let (stream, subject) = (cfg.stream.clone(), cfg.subject.clone());
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return super::fail(&format!("cannot start the async runtime: {e}")),
+    };
+    let out = match rt.block_on(crate::export::export_once(cfg, a.timeout)) {
+        Ok(o) => o,
+        Err(e) => return super::fail(&e),
+    };
+    if let Some(t) = &out.torn_tail {
+        eprintln!("autonomy: warning: {t}");
+    }
+    match out.error {
+        None if out.acked_seq == out.started_at => {
+            println!(
+                "wal export: OK — nothing new: acked_seq={} head_seq={} lag=0",
+                out.acked_seq, out.head_seq
+            );
+            ExitCode::SUCCESS
+        }
+        None => {
+            println!(
+                "wal export: OK — {} record(s) exported (seq {}..{}) to stream {stream} subject {subject}; acked_seq={} head_seq={} lag=0",
+                out.acked_seq - out.started_at,
+                out.started_at + 1,
+                out.acked_seq,
+                out.acked_seq,
+                out.head_seq
+            );
+            ExitCode::SUCCESS
+        }
+        Some(e) => super::fail(&format!(
+            "wal export: {} of {} record(s) exported, stopped at acked_seq={} with {} left: {e}",
+            out.acked_seq - out.started_at,
+            out.head_seq.saturating_sub(out.started_at),
+            out.acked_seq,
+            out.head_seq.saturating_sub(out.acked_seq)
+        )),
+    }
+}
+
+fn export_status(a: ExportStatusArgs) -> ExitCode {
+    let dir = dir_or_default(a.dir);
+    let s = match crate::export::status(&dir) {
+        Ok(s) => s,
+        Err(e) => return super::fail(&e),
+    };
+    if a.json {
+        return match serde_json::to_string(&s) {
+            Ok(j) => {
+                println!("{j}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => super::fail(&e),
+        };
+    }
+    match &s.cursor {
+        Some(c) => println!(
+            "wal export-status: node={} stream={} subject={} acked_seq={} head_seq={} lag={} updated={}",
+            c.node, c.stream, c.subject, c.acked_seq, s.head_seq, s.lag, c.updated
+        ),
+        None => println!(
+            "wal export-status: never exported (no {}) head_seq={} lag={}",
+            crate::export::CURSOR_FILE,
+            s.head_seq,
+            s.lag
+        ),
+    }
+    ExitCode::SUCCESS
 }
 
 fn repair(a: RepairArgs) -> ExitCode {

@@ -26,6 +26,8 @@ pub use reader::{
 };
 pub use stats::WalStats;
 pub use writer::Wal;
+/// The writer's lock, for what reads a stopped node's WAL and must not run beside a writer.
+pub(crate) use writer::take_lock;
 
 pub use crate::record::{RecordBody, RecordType};
 

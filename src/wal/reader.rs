@@ -275,6 +275,9 @@ pub fn list_segments(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
 }
 
 const CHUNK: usize = 1024 * 1024;
+/// The read size of a reader following a live log: each time new records appear it reads again
+/// from the end of the data, and most of a large chunk there would be preallocated zeros.
+const LIVE_CHUNK: usize = 64 * 1024;
 
 struct Cur {
     path: PathBuf,
@@ -283,6 +286,8 @@ struct Cur {
     offset: u64,
     buf: Vec<u8>,
     buf_off: u64,
+    /// Bytes read at a time (at least the frame asked for).
+    chunk: usize,
 }
 
 impl Cur {
@@ -291,7 +296,7 @@ impl Cur {
         let have = off >= self.buf_off && off + n as u64 <= self.buf_off + self.buf.len() as u64;
         if !have {
             self.buf.clear();
-            self.buf.resize(n.max(CHUNK), 0);
+            self.buf.resize(n.max(self.chunk), 0);
             let mut got = 0;
             while got < self.buf.len() {
                 match self.file.read_at(&mut self.buf[got..], off + got as u64) {
@@ -495,10 +500,12 @@ impl Reader {
         })
     }
 
-    /// For following a live WAL: look at most 1 MiB past the end of the data when deciding
-    /// whether the tail is clean, instead of reading a preallocated segment to its end.
+    /// For following a live WAL: look at most 64 KiB past the end of the data when deciding
+    /// whether the tail is clean, instead of reading a preallocated segment to its end, and read
+    /// in 64 KiB chunks (a follower reads again from the end of the data whenever records are
+    /// added). Call it before the first record.
     pub fn set_live(&mut self, live: bool) {
-        self.tail_limit = live.then_some(CHUNK as u64);
+        self.tail_limit = live.then_some(LIVE_CHUNK as u64);
     }
 
     /// Records read so far.
@@ -657,6 +664,11 @@ impl Reader {
             offset: HEADER_LEN,
             buf: Vec::new(),
             buf_off: 0,
+            chunk: if self.tail_limit.is_some() {
+                LIVE_CHUNK
+            } else {
+                CHUNK
+            },
         });
         Ok(true)
     }

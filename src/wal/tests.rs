@@ -495,6 +495,34 @@ fn live_reader_does_not_mistake_stale_cached_zeros_for_damage() {
 }
 
 #[test]
+fn live_reader_reads_records_larger_than_its_chunk() {
+    let d = tempfile::tempdir().unwrap();
+    let (w, _) = Wal::open(d.path(), opts(8 * 1024 * 1024, Preallocate::ZeroFill)).unwrap();
+    w.append(rec(1)).unwrap();
+    let mut r = Reader::open(d.path()).unwrap();
+    r.set_live(true);
+    assert_eq!(r.next_record().unwrap().unwrap().seq, 1);
+    assert!(r.next_record().unwrap().is_none());
+    // Records of 200 KiB, over the live reader's 64 KiB chunk, among small ones.
+    let big = "x".repeat(200 * 1024);
+    for i in 2..=6 {
+        let x = if i % 2 == 0 {
+            rec(i).with("big", big.as_str())
+        } else {
+            rec(i)
+        };
+        w.append(x).unwrap();
+    }
+    let got: Vec<_> = std::iter::from_fn(|| r.next_record().unwrap())
+        .map(|x| (x.seq.0, x.raw.len() > 200 * 1024))
+        .collect();
+    assert_eq!(
+        got,
+        [(2, true), (3, false), (4, true), (5, false), (6, true)]
+    );
+}
+
+#[test]
 fn wal_is_send_and_sync() {
     fn check<T: Send + Sync + 'static>() {}
     check::<Wal>();

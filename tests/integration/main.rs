@@ -18,6 +18,7 @@
 mod bridge;
 mod checkpoint;
 mod common;
+mod export;
 mod http;
 mod identity;
 mod policy;

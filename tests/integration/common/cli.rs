@@ -70,6 +70,8 @@ pub fn cli(args: &[&str], env: &[(&str, &str)]) -> Out {
         "AUTONOMY_OPERATOR_TOKEN",
         "AUTONOMY_VERIFICATION_KEY",
         "AUTONOMY_VERIFICATION_SCOPE",
+        "AUTONOMY_NODE_ID",
+        "AUTONOMY_EXPORT",
         "SOURCE_DATE_EPOCH",
     ] {
         cmd.env_remove(k);

@@ -51,6 +51,8 @@ impl Daemon {
             .env_remove("AUTONOMY_OPERATOR_TOKEN")
             .env_remove("AUTONOMY_VERIFICATION_KEY")
             .env_remove("AUTONOMY_VERIFICATION_SCOPE")
+            .env_remove("AUTONOMY_EXPORT")
+            .env_remove("AUTONOMY_NODE_ID")
             // Beside the WAL: tests never share an agents file or the local operator file.
             .env(
                 "AUTONOMY_AGENTS_FILE",
