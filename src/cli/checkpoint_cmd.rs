@@ -235,8 +235,31 @@ pub(super) enum AuditCmd {
 pub(super) struct AuditVerifyArgs {
     /// Records, one stored payload per line as `autonomy wal inspect --json` prints them (`-`:
     /// stdin).
-    #[arg(long, value_name = "FILE")]
-    pub from_file: PathBuf,
+    #[arg(
+        long,
+        value_name = "FILE",
+        required_unless_present = "from",
+        conflicts_with = "from"
+    )]
+    pub from_file: Option<PathBuf>,
+    /// The node's exported records in NATS JetStream (nats://HOST:PORT, comma-separated for a
+    /// cluster), as `runtime start --export` published them.
+    #[arg(long, value_name = "URL")]
+    pub from: Option<String>,
+    /// With --from: the node whose records to check (subject autonomy.audit.<ID>).
+    #[arg(long, value_name = "ID", requires = "from", required_unless_present_any = ["from_file", "subject"])]
+    pub node: Option<String>,
+    /// With --from: the subject the node published on, instead of --node.
+    #[arg(
+        long,
+        value_name = "SUBJECT",
+        requires = "from",
+        conflicts_with = "node"
+    )]
+    pub subject: Option<String>,
+    /// With --from: the stream.
+    #[arg(long, value_name = "NAME", default_value = crate::export::DEFAULT_STREAM)]
+    pub stream: String,
     /// The node's public key: a file (node.pub) or the key itself (<name>+<id>+<base64>).
     #[arg(long, value_name = "PUB")]
     pub key: String,
@@ -254,13 +277,16 @@ fn audit_verify(a: AuditVerifyArgs) -> ExitCode {
         Ok(k) => k,
         Err(e) => return super::fail(&e),
     };
-    let input: Box<dyn BufRead> = if a.from_file.as_os_str() == "-" {
+    let Some(from_file) = a.from_file.clone() else {
+        return audit_verify_stream(&a, &key);
+    };
+    let input: Box<dyn BufRead> = if from_file.as_os_str() == "-" {
         Box::new(std::io::stdin().lock())
     } else {
-        match std::fs::File::open(&a.from_file) {
+        match std::fs::File::open(&from_file) {
             Ok(f) => Box::new(std::io::BufReader::new(f)),
             Err(e) => {
-                return super::fail(&format!("cannot read {}: {e}", a.from_file.display()));
+                return super::fail(&format!("cannot read {}: {e}", from_file.display()));
             }
         }
     };
@@ -278,9 +304,41 @@ fn audit_verify(a: AuditVerifyArgs) -> ExitCode {
         .filter(|l| !l.iter().all(u8::is_ascii_whitespace));
     let res = crate::audit::verify_stream(lines, &key);
     if let Some(e) = read_error {
-        return super::fail(&format!("cannot read {}: {e}", a.from_file.display()));
+        return super::fail(&format!("cannot read {}: {e}", from_file.display()));
     }
     audit_report(res, &key)
+}
+
+/// `audit verify --from nats://…`: the node's records as the stream holds them.
+fn audit_verify_stream(a: &AuditVerifyArgs, key: &checkpoint::NoteVerifier) -> ExitCode {
+    let Some(url) = a.from.as_deref() else {
+        return super::usage(&"give --from-file FILE or --from nats://HOST:PORT");
+    };
+    let subject = match (&a.subject, &a.node) {
+        (Some(s), _) => s.clone(),
+        (None, Some(n)) => match NodeId::parse(n) {
+            Ok(id) => format!("{}.{id}", crate::export::SUBJECT_PREFIX),
+            Err(e) => return super::usage(&e),
+        },
+        (None, None) => return super::usage(&"with --from, give --node ID or --subject SUBJECT"),
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return super::fail(&format!("cannot start the async runtime: {e}")),
+    };
+    let fetched = rt.block_on(crate::export::fetch::fetch(
+        url,
+        &a.stream,
+        &subject,
+        std::time::Duration::from_secs(600),
+    ));
+    match fetched {
+        Ok(payloads) => audit_report(crate::audit::verify_stream(payloads.iter(), key), key),
+        Err(e) => super::fail(&e),
+    }
 }
 
 /// Prints the one line `audit verify` ends with, and its exit code.

@@ -19,6 +19,7 @@
 //! ([`export_once`]). See `docs/fleet.md`.
 
 pub mod cursor;
+pub mod fetch;
 mod publish;
 mod source;
 

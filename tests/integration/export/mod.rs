@@ -11,6 +11,7 @@
 
 mod live;
 mod once;
+mod verify;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
