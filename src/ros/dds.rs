@@ -163,7 +163,7 @@ impl Ros2ClientTransport {
 
 /// How long an answer waits for the client's reply reader to be discovered. The rmw servers
 /// wait like this too; past it the answer is sent anyway (and may be lost to that client).
-const REPLY_READER_WAIT: Duration = Duration::from_secs(2);
+const REPLY_READER_WAIT: Duration = Duration::from_secs(10);
 
 /// The client processes whose reply readers on `/autonomy/tool` have been seen: a client that
 /// called once is not looked up again. Bounded: cleared when full.
@@ -208,8 +208,9 @@ impl ReplyReaders {
             if found {
                 if waited {
                     tracing::debug!("{TOOL_SERVICE}: waited for the reply reader of {client:?}");
-                    // Discovery has the reader; let the writer's matching catch up with it.
-                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    // Discovery has the reader; let the writer's matching catch up with it (on a
+                    // loaded machine that takes more than a few milliseconds).
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 if let Ok(mut s) = self.seen.lock() {
                     if s.len() >= Self::MAX_SEEN {
