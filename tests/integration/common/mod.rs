@@ -152,3 +152,27 @@ pub fn venv_python() -> PathBuf {
 
 /// The embedded demo policy's source, for tests that package it.
 pub const DEMO_REGO: &str = include_str!("../../../src/policy/eval/demo.rego");
+
+/// `.venv/bin/python` when it can import `module`. Without it: a failure under `CI=true`, else
+/// one skip line for `test` and `None`.
+pub fn venv_with(module: &str, package: &str, test: &str) -> Option<PathBuf> {
+    let py = repo().join(".venv/bin/python");
+    let ok = py.is_file()
+        && Command::new(&py)
+            .args(["-c", &format!("import {module}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+    if ok {
+        return Some(py);
+    }
+    let how = format!(
+        "{} with PyPI {package} (.ci/run installs it at the version it pins)",
+        py.display()
+    );
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{test} needs {how}; CI=true, so that is a failure"
+    );
+    eprintln!("skipped {test}: it needs {how}");
+    None
+}

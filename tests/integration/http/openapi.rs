@@ -145,30 +145,6 @@ fn the_document_is_served_and_describes_every_route() {
     }
 }
 
-/// `.venv/bin/python` when it can import `module`. Without it: a failure under `CI=true`, else
-/// one skip line for `test` and `None`.
-fn venv_with(module: &str, package: &str, test: &str) -> Option<PathBuf> {
-    let py = repo().join(".venv/bin/python");
-    let ok = py.is_file()
-        && Command::new(&py)
-            .args(["-c", &format!("import {module}")])
-            .output()
-            .is_ok_and(|o| o.status.success());
-    if ok {
-        return Some(py);
-    }
-    let how = format!(
-        "{} with PyPI {package} (.ci/run installs it at the version it pins)",
-        py.display()
-    );
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{test} needs {how}; CI=true, so that is a failure"
-    );
-    eprintln!("skipped {test}: it needs {how}");
-    None
-}
-
 /// Writes the served document to `dir`, for the tools that read files.
 fn document_file(d: &Daemon, dir: &Path) -> PathBuf {
     let (r, _) = fetch_document(d);

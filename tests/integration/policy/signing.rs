@@ -33,30 +33,6 @@ pub(super) fn have_openssl(test: &str) -> bool {
     false
 }
 
-/// `.venv/bin/python` with PyJWT and cryptography. Without it: a failure under `CI=true`, else
-/// one skip line for `test` and `None`.
-fn venv_pyjwt(test: &str) -> Option<PathBuf> {
-    let py = repo().join(".venv/bin/python");
-    let ok = py.is_file()
-        && Command::new(&py)
-            .args(["-c", "import jwt, cryptography"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-    if ok {
-        return Some(py);
-    }
-    let how = format!(
-        "{} with PyPI pyjwt and cryptography (.ci/run installs them at the versions it pins)",
-        py.display()
-    );
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{test} needs {how}; CI=true, so that is a failure"
-    );
-    eprintln!("skipped {test}: it needs {how}");
-    None
-}
-
 /// A key pair made with openssl: (private PKCS#8 PEM, public SPKI PEM).
 #[derive(Clone)]
 pub(super) struct Keys {
@@ -456,7 +432,9 @@ fn bundles_signed_as_opa_build_signs_them_verify() {
     if !have_openssl(test) {
         return;
     }
-    let Some(py) = venv_pyjwt(test) else { return };
+    let Some(py) = venv_with("jwt, cryptography", "pyjwt and cryptography", test) else {
+        return;
+    };
     let t = tempfile::tempdir().unwrap();
     let src = data_src(t.path());
     let wal = t.path().join("wal");
