@@ -1,7 +1,8 @@
 //! The bridge with the real ROS 2 Jazzy at `/opt/ros/jazzy`, on both RMWs: the decoder's golden
 //! vectors are what the real serializers make, and `ros2 topic pub` on the agent domain reaches
-//! `ros2 topic echo` on the robot domain through the gate. Without `/opt/ros/jazzy` each test
-//! prints one skip line, except with `CI=true`, where it fails.
+//! `ros2 topic echo` on the robot domain through the gate; with `on_deny = "publish"` and a
+//! watchdog, a denied or a silent agent makes the zero Twist arrive there. Without
+//! `/opt/ros/jazzy` each test prints one skip line, except with `CI=true`, where it fails.
 
 use std::process::Command;
 
@@ -188,5 +189,152 @@ fn real_ros_pub_and_echo_fastdds() {
 fn real_ros_pub_and_echo_cyclone() {
     if have_ros("real_ros_pub_and_echo_cyclone") {
         real_ros_pub_and_echo(CYCLONE);
+    }
+}
+
+/// A zero Twist as `ros2 topic echo --csv` prints it.
+const ZERO_TWIST: &str = "0.0,0.0,0.0,0.0,0.0,0.0";
+
+/// Deny means stop with the real ROS 2 on both sides (`on_deny = "publish"`, `safe_message = {}`,
+/// `max_silence_ms = 500`): `ros2 topic pub` drives at 0.5 m/s, then stops; `ros2 topic echo` on
+/// the robot domain sees the zero Twist once, however long the silence lasts. Then over-the-limit
+/// Twists (linear.x = 5.0, denied by the demo policy) are each answered with the zero Twist and
+/// never relayed. The WAL has one `bridge.safe_published` for the silence and one
+/// per deny, under that deny's `audit_id`, recorded after it.
+fn real_ros_deny_means_stop(rmw: &str) {
+    let (agent, robot) = domains();
+    let tmp = tempfile::tempdir().unwrap();
+    let wal = tmp.path().join("wal");
+    let logs = tmp.path().join("ros_log");
+    let cfg = write_config(
+        tmp.path(),
+        "[[topic]]\nname = \"/cmd_vel\"\ntype = \"geometry_msgs/msg/Twist\"\non_deny = \"publish\"\nsafe_message = {}\nmax_silence_ms = 500\n",
+    );
+    let mut d = bridge_daemon(&wal, &cfg, agent, robot, &[], |c| {
+        c.env("RMW_IMPLEMENTATION", rmw);
+    });
+    // Reliable, so that every safe message the bridge publishes is counted.
+    let mut echo = ros2(
+        &[
+            "ros2",
+            "topic",
+            "echo",
+            "--no-daemon",
+            "--csv",
+            "--qos-reliability",
+            "reliable",
+            "/cmd_vel",
+            TWIST,
+        ],
+        robot,
+        rmw,
+        &logs,
+    );
+    let zeros = |p: &Proc| p.out.iter().filter(|l| *l == ZERO_TWIST).count();
+
+    // The agent drives, then goes quiet: one stop, about 500 ms later.
+    let mut drive = ros2(
+        &[
+            "ros2",
+            "topic",
+            "pub",
+            "-r",
+            "10",
+            "/cmd_vel",
+            TWIST,
+            "{linear: {x: 0.5}}",
+        ],
+        agent,
+        rmw,
+        &logs,
+    );
+    echo.wait_for("0.5,", Duration::from_secs(60));
+    drive.interrupt(Duration::from_secs(20));
+    echo.wait_for(ZERO_TWIST, Duration::from_secs(10));
+    // Three times the silence: still that one stop.
+    std::thread::sleep(Duration::from_millis(1500));
+    while echo.poll(Duration::ZERO) {}
+    assert_eq!(zeros(&echo), 1, "{rmw}: {:#?}", echo.out);
+
+    // Denied commands, each answered with the stop: until the robot has seen two of those.
+    let mut deny = ros2(
+        &[
+            "ros2",
+            "topic",
+            "pub",
+            "-r",
+            "10",
+            "/cmd_vel",
+            TWIST,
+            "{linear: {x: 5.0}}",
+        ],
+        agent,
+        rmw,
+        &logs,
+    );
+    let stopped = eventually(Duration::from_secs(60), || {
+        while echo.poll(Duration::from_millis(50)) {}
+        zeros(&echo) >= 3
+    });
+    deny.interrupt(Duration::from_secs(20));
+    assert!(stopped, "{rmw}: no stop after a deny: {:#?}", echo.out);
+    std::thread::sleep(Duration::from_millis(500));
+    echo.interrupt(Duration::from_secs(20));
+    let lines = stop(&mut d);
+    let noise: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains(" WARN") || l.contains("ERROR") || l.contains("error:"))
+        .collect();
+    assert!(noise.is_empty(), "{rmw}: {noise:#?}");
+
+    let echoed: Vec<&String> = echo.out.iter().filter(|l| l.contains(',')).collect();
+    assert!(
+        echoed
+            .iter()
+            .all(|l| l.starts_with("0.5,") || *l == ZERO_TWIST),
+        "{rmw}: a denied command reached the robot: {echoed:#?}"
+    );
+    let all = wal_records(&wal);
+    let denies: Vec<&Value> = all
+        .iter()
+        .filter(|r| r["type"] == "decision" && r["params"]["topic"] == "/cmd_vel")
+        .filter(|r| r["params"]["message"]["linear"]["x"].as_f64() == Some(5.0))
+        .collect();
+    assert!(!denies.is_empty(), "{rmw}: no decision about 5.0");
+    assert!(denies.iter().all(|r| r["decision"] == "deny"), "{rmw}");
+    let safe: Vec<&Value> = all
+        .iter()
+        .filter(|r| r["event"] == "bridge.safe_published")
+        .collect();
+    let silence: Vec<&&Value> = safe.iter().filter(|r| r["reason"] == "silence").collect();
+    assert_eq!(silence.len(), 1, "{rmw}: {safe:#?}");
+    assert_eq!(silence[0]["max_silence_ms"], 500);
+    assert_eq!(silence[0]["topic"], "/cmd_vel");
+    let seq = |r: &Value| r["seq"].as_u64().unwrap_or(0);
+    assert!(seq(silence[0]) < seq(denies[0]), "{rmw}: {safe:#?}");
+    let on_deny: Vec<&&Value> = safe.iter().filter(|r| r["reason"] == "deny").collect();
+    assert_eq!(on_deny.len(), denies.len(), "{rmw}: {safe:#?}");
+    for (s, d) in on_deny.iter().zip(&denies) {
+        assert_eq!(s["audit_id"], d["audit_id"], "{rmw}");
+        assert_eq!(s["topic"], "/cmd_vel");
+        assert!(seq(s) > seq(d), "{rmw}: recorded after the decision");
+    }
+    // What the robot saw: the silence's stop and one per deny.
+    assert_eq!(zeros(&echo), 1 + denies.len(), "{rmw}: {echoed:#?}");
+    let (code, v) = wal_verify(&wal);
+    assert_eq!(code, 0, "{v}");
+}
+
+#[test]
+fn real_ros_deny_means_stop_fastdds() {
+    if have_ros("real_ros_deny_means_stop_fastdds") {
+        real_ros_deny_means_stop(FASTDDS);
+    }
+}
+
+#[test]
+fn real_ros_deny_means_stop_cyclone() {
+    if have_ros("real_ros_deny_means_stop_cyclone") {
+        real_ros_deny_means_stop(CYCLONE);
     }
 }
