@@ -20,6 +20,7 @@
 
 pub mod cursor;
 pub mod fetch;
+mod metrics;
 mod publish;
 mod source;
 
@@ -283,6 +284,13 @@ pub fn start(runtime: &Runtime, cfg: ExportConfig) -> Result<ExportHandle, Expor
     let (ctl, ctl_rx) = watch::channel(Control::Run);
     let engine = publish::Engine::new(cfg, cur, rx, ctl_rx, stats.clone(), true);
     let task = tokio::spawn(engine.run());
+    runtime
+        .gate()
+        .metrics()
+        .add_source(Arc::new(metrics::ExportMetrics {
+            stats: stats.clone(),
+            wal: wal.clone(),
+        }));
     Ok(ExportHandle {
         control: ctl,
         task,

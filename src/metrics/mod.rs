@@ -4,7 +4,7 @@
 //! The gate owns one [`Metrics`] and updates it on every call: a decision counter by kind,
 //! source, decision and agent, the policy evaluation time, the calls in flight. Everything else
 //! is read when scraped: the WAL's own [`crate::wal::WalStats`], and whatever a front end
-//! registers as a [`MetricsSource`] (the topic bridge's per-topic counts).
+//! registers as a [`MetricsSource`] (the topic bridge's per-topic counts, the audit export's gauges).
 //!
 //! Hand-rolled atomics rather than the `prometheus-client` crate: its `Family` takes a lock and
 //! hashes an owned label set per lookup (a `String` for the kind and for the agent: two

@@ -10,6 +10,7 @@
 //! skip line elsewhere.
 
 mod live;
+mod metrics;
 mod once;
 mod verify;
 

@@ -133,7 +133,7 @@ fn the_counts_are_exactly_the_calls_made() {
 
 /// `name` on the PATH, or `None` after saying the test is skipped; a failure under `CI=true`,
 /// where `.ci/run` installs it.
-fn tool(name: &str, test: &str) -> Option<PathBuf> {
+pub(crate) fn tool(name: &str, test: &str) -> Option<PathBuf> {
     let found = std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
             .map(|d| d.join(name))
@@ -150,7 +150,7 @@ fn tool(name: &str, test: &str) -> Option<PathBuf> {
 }
 
 /// `promtool check metrics` on `text`: (success, its output).
-fn promtool_check(promtool: &Path, text: &str) -> (bool, String) {
+pub(crate) fn promtool_check(promtool: &Path, text: &str) -> (bool, String) {
     let mut child = Command::new(promtool)
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
@@ -322,7 +322,7 @@ fn a_real_prometheus_scrapes_the_daemon() {
         !rules.is_empty() && rules.iter().all(|r| r["health"] == "ok")
     });
     assert!(all_ok, "{rules:#?}");
-    assert_eq!(rules.len(), 8, "{rules:#?}");
+    assert_eq!(rules.len(), 9, "{rules:#?}");
     let firing: Vec<&Value> = rules.iter().filter(|r| r["state"] == "firing").collect();
     assert!(firing.is_empty(), "{firing:#?}");
 }

@@ -3,5 +3,5 @@
 mod api;
 mod get;
 mod limits;
-mod metrics;
+pub(crate) mod metrics;
 mod openapi;
