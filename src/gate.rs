@@ -11,7 +11,8 @@ use serde_json::{Map, Value};
 use crate::approvals::{Approvals, Resolution};
 use crate::limits::{Limited, Limits};
 use crate::metrics::{self, Metrics};
-use crate::policy::{ActivePolicy, PolicyEvaluator, PolicyInput};
+use crate::policy::patch::{self, PatchTarget, Patched, ToolParams};
+use crate::policy::{ActivePolicy, PolicyEvaluator, PolicyInput, Verdict};
 use crate::record::{
     ApprovalRequested, ApprovalRequestedEvent, DecisionRecord, ErrorCode, ErrorRecord, Layer,
     RecordBody,
@@ -68,10 +69,19 @@ pub enum Outcome {
 /// What a policy in shadow mode would have decided (the call was allowed regardless).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ShadowVerdict {
-    /// Its decision.
+    /// Its decision (`downgrade` when it would have run the call patched).
     pub decision: Decision,
     /// Its reason (for a deny, or for an approval it would have asked).
     pub reason: Option<String>,
+}
+
+/// A call the policy downgraded: it runs (or is published) as patched.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Downgrade {
+    /// The policy's patch: what changed.
+    pub patch: Map<String, Value>,
+    /// The patched call's params (what ran), and the front end's encoding of it.
+    pub patched: Patched,
 }
 
 /// The gate's answer.
@@ -91,6 +101,9 @@ pub struct GateResponse {
     pub shadow: Option<ShadowVerdict>,
     /// The person's (or the clock's) answer, when the policy asked for approval.
     pub approval: Option<Resolution>,
+    /// The policy's patch, when the call ran (or may be acted on) as patched; `decision` is
+    /// then `allow`. Never set in shadow mode (the original runs).
+    pub downgrade: Option<Downgrade>,
 }
 
 impl GateResponse {
@@ -109,6 +122,7 @@ impl GateResponse {
             outcome,
             shadow: None,
             approval: None,
+            downgrade: None,
         }
     }
 }
@@ -328,22 +342,37 @@ impl Gate {
         let verdict = self
             .metrics
             .time_policy_eval(|| policy.evaluate(&self.input(call, None)));
+        let target = ToolParams {
+            tools: &self.tools,
+            kind: &call.kind,
+        };
+        let (verdict, downgrade) = self.settle(&**policy, call, None, verdict, &target);
         let mut shadow = None;
         let mut approval = None;
+        let mut ran_as = None;
         if self.shadow || policy.shadow() {
-            let seen = shadow_verdict(&verdict);
+            let seen = shadow_verdict(&verdict, downgrade.as_ref());
             let mut rec = decision_body(
                 call,
-                verdict.decision,
+                seen.decision,
                 seen.reason.as_deref(),
                 &policy_ref,
                 Layer::Policy,
             );
+            with_downgrade(&mut rec, downgrade.as_ref());
             rec.shadow = Some(true);
             if let Err(e) = self.append(encode(&audit_id, &rec)).await {
                 return wal_unavailable(policy_ref, audit_id, &e);
             }
             shadow = Some(seen);
+        } else if let Some(d) = downgrade {
+            let mut rec =
+                decision_body(call, Decision::Downgrade, None, &policy_ref, Layer::Policy);
+            with_downgrade(&mut rec, Some(&d));
+            if let Err(e) = self.append(encode(&audit_id, &rec)).await {
+                return wal_unavailable(policy_ref, audit_id, &e);
+            }
+            ran_as = Some(d);
         } else if verdict.decision == Decision::Deny {
             let rec = decision_body(
                 call,
@@ -377,9 +406,10 @@ impl Gate {
             }
         }
 
+        // A downgraded call runs as patched; in shadow mode the original runs.
+        let params = ran_as.as_ref().map_or(&call.params, |d| &d.patched.params);
         // Every outcome but a plain success gets a second record under the same audit id.
-        let (outcome, follow_up, reason) = match self.tools.execute(&call.kind, &call.params).await
-        {
+        let (outcome, follow_up, reason) = match self.tools.execute(&call.kind, params).await {
             ToolOutcome::Output(v) => (Outcome::Executed(v), None, None),
             ToolOutcome::DecisionOnly => (Outcome::DecisionOnly, None, None),
             ToolOutcome::RuntimeDeny(reason) => {
@@ -420,8 +450,61 @@ impl Gate {
         GateResponse {
             shadow,
             approval,
+            // A runtime-layer deny after the downgrade answers a plain deny.
+            downgrade: ran_as.filter(|_| decision == Decision::Allow),
             ..GateResponse::new(decision, policy_ref, audit_id, reason, outcome)
         }
+    }
+
+    /// Settles a verdict that offers a patch (a downgrade): applies it to the call through the
+    /// front end's `target` (which checks the patched call still fits), and evaluates the
+    /// patched call again. Only a patched call the policy allows as it is — no approval, and no
+    /// further patch that changes anything — becomes a downgrade; anything else is a deny with
+    /// the reason. So a patch never lets through a call the policy would deny. A patch that
+    /// changes nothing leaves the verdict as it was.
+    fn settle(
+        &self,
+        policy: &dyn PolicyEvaluator,
+        call: &ToolCall,
+        extra: Option<&Map<String, Value>>,
+        mut verdict: Verdict,
+        target: &dyn PatchTarget,
+    ) -> (Verdict, Option<Downgrade>) {
+        let Some(patch) = verdict.patch.take() else {
+            return (verdict, None);
+        };
+        let refuse = |why: String| (Verdict::deny(why), None);
+        let patched = match target.apply(&call.params, &patch) {
+            Ok(p) => p,
+            Err(why) => return refuse(format!("the policy's patch does not fit the call: {why}")),
+        };
+        if patch::same_map(&patched.params, &call.params) {
+            return (verdict, None);
+        }
+        let again = policy.evaluate(&PolicyInput {
+            params: &patched.params,
+            ..self.input(call, extra)
+        });
+        if again.decision == Decision::Deny {
+            let why = again.reason.as_deref().unwrap_or("denied by policy");
+            return refuse(format!("the patched call is denied: {why}"));
+        }
+        if again.approval.is_some() {
+            return refuse(
+                "the patched call asks for approval, which a downgrade does not wait for".into(),
+            );
+        }
+        if let Some(more) = &again.patch {
+            let settled = target
+                .apply(&patched.params, more)
+                .is_ok_and(|p| patch::same_map(&p.params, &patched.params));
+            if !settled {
+                return refuse(
+                    "the policy patches the patched call again: a patch must lead to a call the policy allows as it is".into(),
+                );
+            }
+        }
+        (Verdict::allow(), Some(Downgrade { patch, patched }))
     }
 
     /// Parks a call the policy allowed only with approval: records the request (durable), waits
@@ -539,10 +622,14 @@ impl Gate {
     /// `durability` says when the caller may act on the answer: [`Durability::BeforeActing`]
     /// (the rule everywhere: act only on what [`Pending::durable`] returns) or
     /// [`Durability::Deferred`], the one deliberate relaxation (see there).
+    ///
+    /// A policy's patch applies through `target` (the bridge: to the message, checked against
+    /// its type); see [`Gate::settle`].
     pub async fn decide(
         self: &Arc<Self>,
         call: ToolCall,
         extra: Option<&Map<String, Value>>,
+        target: &dyn PatchTarget,
         durability: Durability,
     ) -> Pending {
         if !self.open.load(Ordering::Acquire) {
@@ -563,9 +650,16 @@ impl Gate {
         let verdict = self
             .metrics
             .time_policy_eval(|| policy.evaluate(&self.input(&call, extra)));
+        let (verdict, downgrade) = self.settle(&**policy, &call, extra, verdict, target);
         let ruling = if self.shadow || policy.shadow() {
             Ruling {
-                shadow: Some(shadow_verdict(&verdict)),
+                shadow: Some(shadow_verdict(&verdict, downgrade.as_ref())),
+                downgrade,
+                ..Ruling::allow()
+            }
+        } else if downgrade.is_some() {
+            Ruling {
+                downgrade,
                 ..Ruling::allow()
             }
         } else if verdict.decision == Decision::Deny {
@@ -614,6 +708,7 @@ impl Gate {
             reason,
             layer,
             shadow,
+            downgrade,
         } = ruling;
         let mut rec = match &shadow {
             // The record says what the policy would have done; the call is allowed.
@@ -628,8 +723,12 @@ impl Gate {
                 r.shadow = Some(true);
                 r
             }
+            None if downgrade.is_some() => {
+                decision_body(&call, Decision::Downgrade, None, &policy_ref, layer)
+            }
             None => decision_body(&call, decision, reason.as_deref(), &policy_ref, layer),
         };
+        with_downgrade(&mut rec, downgrade.as_ref());
         if layer == Layer::Limit {
             rec.params = Some(Cow::Borrowed(&call.params));
         }
@@ -639,11 +738,15 @@ impl Gate {
             (Decision::Deny, Layer::Input) => Outcome::InputRefused,
             (Decision::Deny, Layer::Limit) => Outcome::RateLimited(std::time::Duration::ZERO),
             (Decision::Deny, _) => Outcome::PolicyDenied,
+            (Decision::Downgrade, _) => Outcome::DecisionOnly,
         };
+        // In shadow mode the original is acted on; the record alone tells of the downgrade.
+        let downgrade = downgrade.filter(|_| shadow.is_none());
         let (response, completion) = match queued {
             Ok(fut) => (
                 GateResponse {
                     shadow,
+                    downgrade,
                     ..GateResponse::new(decision, policy_ref, audit_id, reason, outcome)
                 },
                 Some(Box::pin(fut) as futures::future::BoxFuture<'static, _>),
@@ -679,8 +782,12 @@ impl Gate {
 /// an allow) what the policy would have decided, so enforcement's effect stays visible.
 fn metrics_decision(resp: &GateResponse) -> &'static str {
     match &resp.shadow {
-        Some(seen) if seen.decision == Decision::Allow => metrics::SHADOW_ALLOW,
-        Some(_) => metrics::SHADOW_DENY,
+        Some(seen) => match seen.decision {
+            Decision::Allow => metrics::SHADOW_ALLOW,
+            Decision::Deny => metrics::SHADOW_DENY,
+            Decision::Downgrade => metrics::SHADOW_DOWNGRADE,
+        },
+        None if resp.downgrade.is_some() => Decision::Downgrade.as_str(),
         None => resp.decision.as_str(),
     }
 }
@@ -703,6 +810,8 @@ struct Ruling {
     layer: Layer,
     /// Shadow mode: what the policy would have decided (the ruling itself is an allow).
     shadow: Option<ShadowVerdict>,
+    /// The policy downgraded the call (in shadow mode: would have).
+    downgrade: Option<Downgrade>,
 }
 
 impl Ruling {
@@ -712,6 +821,7 @@ impl Ruling {
             reason: None,
             layer: Layer::Policy,
             shadow: None,
+            downgrade: None,
         }
     }
 
@@ -721,13 +831,20 @@ impl Ruling {
             reason: Some(reason),
             layer,
             shadow: None,
+            downgrade: None,
         }
     }
 }
 
 /// What a policy in shadow mode would have decided: its decision, with its reason, or the
-/// approval it would have asked for.
-fn shadow_verdict(v: &crate::policy::Verdict) -> ShadowVerdict {
+/// approval it would have asked for, or the downgrade it would have made.
+fn shadow_verdict(v: &Verdict, downgrade: Option<&Downgrade>) -> ShadowVerdict {
+    if downgrade.is_some() {
+        return ShadowVerdict {
+            decision: Decision::Downgrade,
+            reason: None,
+        };
+    }
     let reason = match (&v.approval, v.decision) {
         (Some(a), Decision::Allow) => Some(match &a.reason {
             Some(r) => format!("would ask for approval: {r}"),
@@ -890,10 +1007,21 @@ fn decision_body<'a>(
         note: None,
         params: matches!(layer, Layer::Policy | Layer::Input | Layer::Limit)
             .then_some(Cow::Borrowed(&call.params)),
+        patch: None,
+        patched: None,
         policy_ref: Cow::Borrowed(policy_ref.as_str()),
         reason: reason.map(Cow::Borrowed),
         shadow: None,
         source: Cow::Borrowed(call.source.as_str()),
+    }
+}
+
+/// Adds a downgrade's patch and patched params to its decision record (`params` stays what was
+/// asked).
+fn with_downgrade<'a>(rec: &mut DecisionRecord<'a>, d: Option<&'a Downgrade>) {
+    if let Some(d) = d {
+        rec.patch = Some(Cow::Borrowed(&d.patch));
+        rec.patched = Some(Cow::Borrowed(&d.patched.params));
     }
 }
 
@@ -922,6 +1050,22 @@ fn error_record(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// Patches `params` as they are, unchecked.
+    struct Params;
+
+    impl PatchTarget for Params {
+        fn apply(
+            &self,
+            params: &Map<String, Value>,
+            patch: &Map<String, Value>,
+        ) -> Result<Patched, String> {
+            Ok(Patched {
+                params: patch::merge(params, patch),
+                encoded: None,
+            })
+        }
+    }
 
     #[test]
     fn the_decision_body_is_encoded_as_the_map_was() {
@@ -1007,13 +1151,17 @@ mod tests {
         let rate: Map<String, Value> = serde_json::from_value(json!({"rate": 3})).unwrap();
         // An allow under BeforeActing: no answer before the record is durable.
         let strict = g
-            .decide(publish(0.5), Some(&rate), Durability::BeforeActing)
+            .decide(publish(0.5), Some(&rate), &Params, Durability::BeforeActing)
             .await;
         assert!(strict.early().is_none());
         // A deny may be acted on (by not acting) at once; so may a Deferred allow.
-        let deny = g.decide(publish(5.0), None, Durability::BeforeActing).await;
+        let deny = g
+            .decide(publish(5.0), None, &Params, Durability::BeforeActing)
+            .await;
         assert_eq!(deny.early().unwrap().decision, Decision::Deny);
-        let deferred = g.decide(publish(0.25), None, Durability::Deferred).await;
+        let deferred = g
+            .decide(publish(0.25), None, &Params, Durability::Deferred)
+            .await;
         assert_eq!(deferred.early().unwrap().decision, Decision::Allow);
         let refused = g
             .refuse_input(publish(0.0), "malformed message: truncated".into())
@@ -1063,7 +1211,9 @@ mod tests {
         g.wal()
             .fail_next_write
             .store(true, std::sync::atomic::Ordering::SeqCst);
-        let p = g.decide(publish(0.5), None, Durability::BeforeActing).await;
+        let p = g
+            .decide(publish(0.5), None, &Params, Durability::BeforeActing)
+            .await;
         assert!(p.early().is_none());
         let r = p.durable().await;
         assert_eq!(r.decision, Decision::Deny);
@@ -1073,7 +1223,9 @@ mod tests {
             r.outcome
         );
         // The log stays failed: the next decision is refused at once.
-        let p = g.decide(publish(0.5), None, Durability::Deferred).await;
+        let p = g
+            .decide(publish(0.5), None, &Params, Durability::Deferred)
+            .await;
         assert_eq!(p.early().unwrap().decision, Decision::Deny);
     }
 
@@ -1110,10 +1262,14 @@ mod tests {
             }),
         );
         g.open();
-        let first = g.decide(publish(0.5), None, Durability::BeforeActing).await;
+        let first = g
+            .decide(publish(0.5), None, &Params, Durability::BeforeActing)
+            .await;
         let first = first.durable().await;
         assert_eq!(first.decision, Decision::Allow);
-        let second = g.decide(publish(0.5), None, Durability::BeforeActing).await;
+        let second = g
+            .decide(publish(0.5), None, &Params, Durability::BeforeActing)
+            .await;
         let second = second.durable().await;
         assert_eq!(second.decision, Decision::Deny);
         assert_eq!(second.reason.as_deref(), Some(RATE_LIMITED));
@@ -1121,7 +1277,7 @@ mod tests {
         // A bridged message cannot wait for a person: an ask is a deny.
         std::thread::sleep(std::time::Duration::from_millis(1100));
         let ask = g
-            .decide(publish(0.95), None, Durability::BeforeActing)
+            .decide(publish(0.95), None, &Params, Durability::BeforeActing)
             .await;
         let ask = ask.durable().await;
         assert_eq!(ask.decision, Decision::Deny);
@@ -1145,5 +1301,251 @@ mod tests {
                 (Decision::Deny, Layer::Policy)
             ]
         );
+    }
+
+    fn gate_with(dir: &std::path::Path, rego: &str, shadow: bool) -> Arc<Gate> {
+        let policy = crate::policy::eval::RegoPolicy::compile(
+            PolicyRef::new("clamp"),
+            &[("p.rego".into(), rego.into())],
+            None,
+        )
+        .unwrap();
+        let (wal, _) = Wal::open(dir, crate::wal::WalOptions::default()).unwrap();
+        let tools = Tools::new(
+            crate::tools::Allowlist::empty(),
+            crate::tools::HttpGetLimits::default(),
+        );
+        let g = Arc::new(
+            Gate::new(
+                Arc::new(ActivePolicy::new(Box::new(policy))),
+                Arc::new(wal),
+                tools,
+            )
+            .with_options(GateOptions {
+                shadow,
+                ..GateOptions::default()
+            }),
+        );
+        g.open();
+        g
+    }
+
+    fn decisions(dir: &std::path::Path) -> Vec<DecisionRecord<'static>> {
+        crate::wal::read_records(dir)
+            .unwrap()
+            .iter()
+            .filter_map(|r| match r.body().unwrap() {
+                crate::record::Body::Decision(d) => Some(d),
+                _ => None,
+            })
+            .collect()
+    }
+
+    const CLAMP: &str = "package autonomy
+default allow := false
+x := input.params.message.linear.x
+allow if x <= 1.0
+reason := \"too fast\" if x > 1.0
+patch := {\"message\": {\"linear\": {\"x\": 1.0}}} if x > 1.0
+";
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_patched_call_the_policy_allows_is_a_downgrade_with_both_values_recorded() {
+        let tmp = tempfile::tempdir().unwrap();
+        let g = gate_with(tmp.path(), CLAMP, false);
+        let r = g
+            .decide(publish(3.0), None, &Params, Durability::BeforeActing)
+            .await
+            .durable()
+            .await;
+        assert_eq!(r.decision, Decision::Allow);
+        assert_eq!(r.outcome, Outcome::DecisionOnly);
+        let d = r.downgrade.expect("a downgrade");
+        // Rego spells 1.0 as 1: the same number.
+        assert!(patch::same(
+            &Value::Object(d.patch),
+            &json!({"message": {"linear": {"x": 1.0}}})
+        ));
+        assert_eq!(d.patched.params["message"]["linear"]["x"], 1.0);
+        // Within the limit: a plain allow.
+        let plain = g
+            .decide(publish(0.5), None, &Params, Durability::BeforeActing)
+            .await
+            .durable()
+            .await;
+        assert_eq!(plain.decision, Decision::Allow);
+        assert!(plain.downgrade.is_none());
+        let recs = decisions(tmp.path());
+        assert_eq!(recs.len(), 2);
+        assert_eq!(recs[0].decision, Decision::Downgrade);
+        assert_eq!(
+            recs[0].params.as_ref().unwrap()["message"]["linear"]["x"],
+            3.0
+        );
+        assert_eq!(
+            recs[0].patched.as_ref().unwrap()["message"]["linear"]["x"],
+            1.0
+        );
+        assert_eq!(
+            recs[0].patched.as_ref().unwrap()["message"]["angular"]["z"],
+            0.0
+        );
+        assert!(patch::same(
+            &Value::Object(recs[0].patch.as_deref().unwrap().clone()),
+            &json!({"message": {"linear": {"x": 1}}})
+        ));
+        assert_eq!(recs[1].decision, Decision::Allow);
+        assert!(recs[1].patched.is_none() && recs[1].patch.is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_patch_never_lets_through_a_call_the_policy_denies() {
+        let tmp = tempfile::tempdir().unwrap();
+        // The patched call is still over the limit: denied, with the policy's reason.
+        let g = gate_with(
+            tmp.path(),
+            &CLAMP.replace("{\"x\": 1.0}", "{\"x\": 2.0}"),
+            false,
+        );
+        let r = g
+            .decide(publish(3.0), None, &Params, Durability::BeforeActing)
+            .await
+            .durable()
+            .await;
+        assert_eq!(r.decision, Decision::Deny);
+        assert_eq!(
+            r.reason.as_deref(),
+            Some("the patched call is denied: too fast")
+        );
+        assert!(r.downgrade.is_none());
+        // A patch that changes nothing leaves the deny as it was.
+        let tmp2 = tempfile::tempdir().unwrap();
+        let g = gate_with(
+            tmp2.path(),
+            &CLAMP.replace("{\"x\": 1.0}", "{\"x\": 3}"),
+            false,
+        );
+        let r = g
+            .decide(publish(3.0), None, &Params, Durability::BeforeActing)
+            .await
+            .durable()
+            .await;
+        assert_eq!(r.reason.as_deref(), Some("too fast"));
+        // A policy that patches every call again never settles: denied.
+        let tmp3 = tempfile::tempdir().unwrap();
+        let g = gate_with(
+            tmp3.path(),
+            "package autonomy\nallow := true\npatch := {\"n\": object.get(input.params, \"n\", 0) + 1}\n",
+            false,
+        );
+        let r = g
+            .decide(publish(0.1), None, &Params, Durability::BeforeActing)
+            .await
+            .durable()
+            .await;
+        assert_eq!(r.decision, Decision::Deny);
+        assert!(
+            r.reason
+                .as_deref()
+                .unwrap()
+                .contains("patches the patched call again"),
+            "{r:?}"
+        );
+        // A patched call that asks for approval is not waited for.
+        let tmp4 = tempfile::tempdir().unwrap();
+        let g = gate_with(tmp4.path(), &format!("{CLAMP}approval if x == 1\n"), false);
+        let r = g
+            .decide(publish(3.0), None, &Params, Durability::BeforeActing)
+            .await
+            .durable()
+            .await;
+        assert_eq!(r.decision, Decision::Deny);
+        assert!(
+            r.reason.as_deref().unwrap().contains("asks for approval"),
+            "{r:?}"
+        );
+        let recs = decisions(tmp.path());
+        assert_eq!(recs[0].decision, Decision::Deny);
+        assert!(recs[0].patched.is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_tool_runs_with_the_patched_params_that_it_must_accept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rego = "package autonomy
+allow := input.params.message == \"ls\"
+patch := {\"message\": \"ls\"} if input.params.message == \"rm -rf /\"
+patch := {\"message\": 7} if input.params.message == \"seven\"
+";
+        let g = gate_with(tmp.path(), rego, false);
+        let echo = |m: &str| ToolCall {
+            kind: ToolKind::parse("tool.echo").unwrap(),
+            params: serde_json::from_value(json!({"message": m})).unwrap(),
+            source: Source::new("http"),
+            agent: Agent::anonymous(),
+        };
+        let r = g.call(echo("rm -rf /")).await;
+        assert_eq!(r.decision, Decision::Allow);
+        assert_eq!(r.outcome, Outcome::Executed(json!("ls")));
+        assert!(r.downgrade.is_some());
+        let r = g.call(echo("seven")).await;
+        assert_eq!(r.decision, Decision::Deny);
+        assert_eq!(
+            r.reason.as_deref(),
+            Some(
+                "the policy's patch does not fit the call: tool.echo: params.message must be a string"
+            )
+        );
+        let recs = decisions(tmp.path());
+        assert_eq!(recs[0].decision, Decision::Downgrade);
+        assert_eq!(recs[0].params.as_ref().unwrap()["message"], "rm -rf /");
+        assert_eq!(recs[0].patched.as_ref().unwrap()["message"], "ls");
+        assert_eq!(recs[1].decision, Decision::Deny);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn in_shadow_mode_the_downgrade_is_recorded_and_the_original_runs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rego = "package autonomy
+allow := input.params.message == \"ls\"
+patch := {\"message\": \"ls\"}
+";
+        let g = gate_with(tmp.path(), rego, true);
+        let r = g
+            .call(ToolCall {
+                kind: ToolKind::parse("tool.echo").unwrap(),
+                params: serde_json::from_value(json!({"message": "rm -rf /"})).unwrap(),
+                source: Source::new("http"),
+                agent: Agent::anonymous(),
+            })
+            .await;
+        assert_eq!(r.outcome, Outcome::Executed(json!("rm -rf /")));
+        assert!(r.downgrade.is_none());
+        assert_eq!(r.shadow.unwrap().decision, Decision::Downgrade);
+        let b = g
+            .decide(publish(3.0), None, &Params, Durability::BeforeActing)
+            .await
+            .durable()
+            .await;
+        assert!(b.downgrade.is_none());
+        assert_eq!(b.shadow.unwrap().decision, Decision::Downgrade);
+        let recs = decisions(tmp.path());
+        for r in &recs {
+            assert_eq!(r.decision, Decision::Downgrade);
+            assert_eq!(r.shadow, Some(true));
+            assert!(r.patched.is_some());
+        }
+        assert_eq!(recs.len(), 2);
+        assert_eq!(metrics_decision_of(&g, "shadow_downgrade"), 2);
+    }
+
+    fn metrics_decision_of(g: &Gate, decision: &str) -> usize {
+        let text = g.metrics().render();
+        text.lines()
+            .filter(|l| {
+                l.starts_with("autonomy_decisions_total")
+                    && l.contains(&format!("decision=\"{decision}\""))
+            })
+            .count()
     }
 }

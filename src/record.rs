@@ -198,7 +198,7 @@ pub struct DecisionRecord<'a> {
     /// `caller-gone`).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub by: Option<Cow<'a, str>>,
-    /// `allow` or `deny`. With `shadow`, what the policy would have decided.
+    /// `allow`, `deny` or `downgrade`. With `shadow`, what the policy would have decided.
     pub decision: crate::types::Decision,
     /// The tool kind.
     pub kind: Cow<'a, str>,
@@ -210,6 +210,14 @@ pub struct DecisionRecord<'a> {
     /// What was asked (the policy-, input- and limit-layer records only).
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub params: Option<Cow<'a, Map<String, Value>>>,
+    /// `decision: downgrade`: the policy's `patch` (a JSON Merge Patch, RFC 7396, over
+    /// `params`, or over `params.message` for a bridged message).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub patch: Option<Cow<'a, Map<String, Value>>>,
+    /// `decision: downgrade`: the params as patched, which is what ran or was published
+    /// (`params` keeps what was asked).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub patched: Option<Cow<'a, Map<String, Value>>>,
     /// The policy that decided.
     pub policy_ref: Cow<'a, str>,
     /// Why it was denied.
@@ -233,6 +241,8 @@ impl RecordBody for DecisionRecord<'_> {
         "layer",
         "note",
         "params",
+        "patch",
+        "patched",
         "policy_ref",
         "reason",
         "shadow",

@@ -124,7 +124,7 @@ impl fmt::Display for Source {
     }
 }
 
-/// Allow or deny.
+/// Allow or deny; in records, also downgrade.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Decision {
@@ -132,14 +132,18 @@ pub enum Decision {
     Allow,
     /// The action must not happen.
     Deny,
+    /// The action proceeds as the policy's `patch` changed it (a decision record's value; the
+    /// caller's answer says `allow` with `downgraded: true`).
+    Downgrade,
 }
 
 impl Decision {
-    /// The wire name (`allow` / `deny`).
+    /// The wire name (`allow` / `deny` / `downgrade`).
     pub fn as_str(self) -> &'static str {
         match self {
             Decision::Allow => "allow",
             Decision::Deny => "deny",
+            Decision::Downgrade => "downgrade",
         }
     }
 }

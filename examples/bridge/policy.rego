@@ -1,7 +1,9 @@
 # Example policy for the topic bridge (`--bridge examples/bridge/bridge.toml --policy
 # examples/bridge/policy.rego`).
-# /cmd_vel: |linear.x| <= 1.0, |angular.z| <= 2.0, and at most 20 messages per second
-# (`input.rate`: the topic's messages in the last second, this one included).
+# /cmd_vel: at most 20 messages per second (`input.rate`: the topic's messages in the last
+# second, this one included); a command faster than |linear.x| <= 1.0, |angular.z| <= 2.0 is
+# not denied but clamped to those limits (a downgrade: `patch`, see docs/policy.md), and the
+# robot gets the clamped command; the decision record holds both.
 # /disable_safety: never. Any other topic: denied. tool.echo and tool.ros2.launch: allowed
 # (so `autonomy run --bridge … ros2.launch …` can start the stack); anything else denied.
 package autonomy
@@ -37,11 +39,28 @@ allow if {
 	within_rate
 }
 
+clamp(v, limit) := max([0 - limit, min([v, limit])])
+
+# Over the limits, but otherwise fine: the same command, clamped. The patched message is within
+# the limits, so the policy allows it as it is, which is what makes this a downgrade.
+patch := {
+	"linear": {"x": clamp(m.linear.x, 1.0)},
+	"angular": {"z": clamp(m.angular.z, 2.0)},
+} if {
+	cmd_vel
+	within_rate
+	m := input.params.message
+	is_number(m.linear.x)
+	is_number(m.angular.z)
+	not within_limits
+}
+
 reason := sprintf("/cmd_vel: %v messages in the last second, at most %v", [input.rate, max_rate]) if {
 	cmd_vel
 	not within_rate
 }
 
+# Said only when the command cannot be clamped (a speed that is not a number).
 reason := "/cmd_vel: |linear.x| must be <= 1.0 and |angular.z| <= 2.0" if {
 	cmd_vel
 	within_rate

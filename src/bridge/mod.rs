@@ -3,7 +3,8 @@
 //!
 //! Per agent → robot message: decode (CDR → JSON, [`cdr`]) → [`Gate::decide`] as
 //! `tool.ros2.topic.publish` with params `{topic, type, message}` and `input.rate` → the
-//! record is queued in the WAL → republish the original bytes on the robot side if allowed:
+//! record is queued in the WAL → republish the original bytes on the robot side if allowed (the
+//! patched message's, re-encoded, if the policy downgraded it: [`patch`]):
 //! after the record is durable (`strict`), or at once with the record durable within the
 //! topic's window (`batched`, [`Durability::Deferred`]). A message that does not decode is
 //! refused at the gate ([`Gate::refuse_input`]), recorded as malformed. A gate or WAL failure
@@ -28,6 +29,7 @@ pub mod config;
 pub mod dds;
 mod metrics;
 pub mod msgdef;
+mod patch;
 pub mod rate;
 
 use std::collections::VecDeque;
@@ -631,8 +633,14 @@ impl Relay {
                 let params = self.params(Some(("message", Value::Object(message))));
                 let mut extra = Map::with_capacity(1);
                 extra.insert("rate".into(), Value::from(rate));
+                let target = patch::MessagePatch {
+                    set: &self.set,
+                    type_id: self.type_id,
+                    type_name: &self.topic.type_name,
+                    wchar: self.wchar,
+                };
                 self.gate
-                    .decide(self.call(params), Some(&extra), mode)
+                    .decide(self.call(params), Some(&extra), &target, mode)
                     .await
             }
             Err((params, reason)) => self.gate.refuse_input(self.call(params), reason).await,
@@ -675,6 +683,10 @@ impl Relay {
                         .is_some_and(|resp| resp.decision == Decision::Allow);
                     if allowed_now && let Some(w) = window {
                         wait_window(&progress, &mut early, w).await;
+                        let s = match p.early() {
+                            Some(resp) => relayed(resp, s),
+                            None => s,
+                        };
                         me.publish(s).await;
                         early.push_back((index, Instant::now()));
                         InFlight {
@@ -754,7 +766,7 @@ impl Relay {
             match &resp.outcome {
                 Outcome::DecisionOnly => {
                     if let Some(s) = f.sample {
-                        self.publish(s).await;
+                        self.publish(relayed(&resp, s)).await;
                     }
                 }
                 Outcome::WalUnavailable(e) => {
@@ -875,6 +887,22 @@ impl Relay {
             source: SOURCE.as_str().to_string(),
         };
         let _ = self.decisions.try_send(m);
+    }
+}
+
+/// What to republish for an allowed message: the sample as it came, or, when the policy
+/// downgraded it, the patched message's encoding.
+fn relayed(resp: &GateResponse, s: RawSample) -> RawSample {
+    match resp
+        .downgrade
+        .as_ref()
+        .and_then(|d| d.patched.encoded.as_ref())
+    {
+        Some(bytes) => RawSample {
+            repr: CDR_LE,
+            data: dds::Bytes::from(bytes.clone()),
+        },
+        None => s,
     }
 }
 

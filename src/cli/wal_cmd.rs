@@ -332,7 +332,7 @@ fn shadow_differs(r: &StoredRecord) -> bool {
         return false;
     };
     d.shadow == Some(true)
-        && (d.decision == crate::types::Decision::Deny
+        && (d.decision != crate::types::Decision::Allow
             || d.reason
                 .as_deref()
                 .is_some_and(|w| w.starts_with("would ask for approval")))

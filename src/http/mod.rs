@@ -599,10 +599,16 @@ struct ToolAnswer<'a> {
     approval: Option<Value>,
     audit_id: &'a str,
     decision: &'a str,
+    /// `true` when the call ran as the policy's patch changed it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    downgraded: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     error: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     output: Option<&'a Value>,
+    /// A downgrade's patch: what changed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch: Option<&'a Map<String, Value>>,
     policy_ref: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<&'a str>,
@@ -651,8 +657,10 @@ fn render(r: GateResponse, agent: &Agent) -> Response {
         shadow,
         audit_id: r.audit_id.as_str(),
         decision: r.decision.as_str(),
+        downgraded: r.downgrade.is_some().then_some(true),
         error: err,
         output,
+        patch: r.downgrade.as_ref().map(|d| &d.patch),
         policy_ref: r.policy_ref.as_str(),
         reason: r.reason.as_deref(),
     };
@@ -732,6 +740,7 @@ mod tests {
                 outcome: outcome.clone(),
                 shadow: None,
                 approval: None,
+                downgrade: None,
             };
             let mut want = Map::new();
             want.insert("decision".into(), decision.as_str().into());

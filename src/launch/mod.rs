@@ -170,11 +170,19 @@ pub async fn run(
         })
         .await;
     let audit_id = resp.audit_id.clone();
-    if resp.decision == Decision::Deny {
+    // `autonomy run` launches what its command line says; it cannot launch a call the policy
+    // changed, so a downgrade stops it like a deny (fail closed).
+    if resp.decision == Decision::Deny || resp.downgrade.is_some() {
         let reason = resp
             .reason
             .clone()
-            .unwrap_or_else(|| "denied".to_string())
+            .unwrap_or_else(|| {
+                if resp.downgrade.is_some() {
+                    "the policy downgraded the launch (a patch), and autonomy run launches only what it was asked".to_string()
+                } else {
+                    "denied".to_string()
+                }
+            })
             .replace(['\n', '\r'], " ");
         if let Outcome::WalUnavailable(e) = &resp.outcome {
             tracing::error!(target: crate::NOTICE, "the WAL cannot record the launch decision: {e}");

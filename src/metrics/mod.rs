@@ -58,9 +58,19 @@ pub const SHADOW_ALLOW: &str = "shadow_allow";
 /// The `decision` of a call allowed in shadow mode that the policy would have denied.
 pub const SHADOW_DENY: &str = "shadow_deny";
 
+/// The `decision` of a call allowed in shadow mode that the policy would have downgraded.
+pub const SHADOW_DOWNGRADE: &str = "shadow_downgrade";
+
 /// The decisions (`decision` label); any other is [`OTHER`]. A new decision value gets its own
-/// series by being added here.
-pub const DECISIONS: &[&str] = &["allow", "deny", SHADOW_ALLOW, SHADOW_DENY];
+/// series by being added here. `downgrade`: a call that ran as the policy's patch changed it.
+pub const DECISIONS: &[&str] = &[
+    "allow",
+    "deny",
+    "downgrade",
+    SHADOW_ALLOW,
+    SHADOW_DENY,
+    SHADOW_DOWNGRADE,
+];
 
 /// Something rendered into `GET /metrics` at scrape time besides the gate's own metrics.
 pub trait MetricsSource: Send + Sync {

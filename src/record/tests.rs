@@ -39,6 +39,8 @@ fn decision_records() {
         kind: Cow::Borrowed("tool.http_get"),
         layer: Layer::Policy,
         params: Some(Cow::Borrowed(&params)),
+        patch: None,
+        patched: None,
         policy_ref: Cow::Borrowed("embedded:demo"),
         reason: None,
         source: Cow::Borrowed("http"),
@@ -55,6 +57,8 @@ fn decision_records() {
             kind: Cow::Owned("tool.http_get".into()),
             layer: Layer::Policy,
             params: Some(Cow::Owned(params.clone())),
+            patch: None,
+            patched: None,
             policy_ref: Cow::Owned("embedded:demo".into()),
             reason: None,
             source: Cow::Owned("http".into()),
@@ -69,6 +73,8 @@ fn decision_records() {
         kind: Cow::Borrowed("tool.http_get"),
         layer: Layer::Runtime,
         params: None,
+        patch: None,
+        patched: None,
         policy_ref: Cow::Borrowed("b@1.0.0"),
         reason: Some(Cow::Borrowed("endpoint x:80 is not in the allowlist")),
         source: Cow::Borrowed("ros2"),
@@ -77,6 +83,36 @@ fn decision_records() {
         &runtime_deny,
         r#"{"decision":"deny","kind":"tool.http_get","layer":"runtime","policy_ref":"b@1.0.0","reason":"endpoint x:80 is not in the allowlist","source":"ros2"}"#,
         Body::Decision(runtime_deny.clone()),
+    );
+    // A downgrade: what was asked, the policy's patch, and what ran, under one record.
+    let asked: Map<String, Value> = serde_json::from_str(
+        r#"{"message":{"angular":{"z":0.0},"linear":{"x":3.0}},"topic":"/cmd_vel"}"#,
+    )
+    .unwrap();
+    let patch: Map<String, Value> = serde_json::from_str(r#"{"linear":{"x":1.0}}"#).unwrap();
+    let ran: Map<String, Value> = serde_json::from_str(
+        r#"{"message":{"angular":{"z":0.0},"linear":{"x":1.0}},"topic":"/cmd_vel"}"#,
+    )
+    .unwrap();
+    let downgrade = DecisionRecord {
+        agent: Some(Cow::Borrowed("bridge:/cmd_vel")),
+        by: None,
+        note: None,
+        shadow: None,
+        decision: Decision::Downgrade,
+        kind: Cow::Borrowed("tool.ros2.topic.publish"),
+        layer: Layer::Policy,
+        params: Some(Cow::Owned(asked)),
+        patch: Some(Cow::Owned(patch)),
+        patched: Some(Cow::Owned(ran)),
+        policy_ref: Cow::Borrowed("clamp"),
+        reason: None,
+        source: Cow::Borrowed("bridge"),
+    };
+    golden(
+        &downgrade,
+        r#"{"agent":"bridge:/cmd_vel","decision":"downgrade","kind":"tool.ros2.topic.publish","layer":"policy","params":{"message":{"angular":{"z":0.0},"linear":{"x":3.0}},"topic":"/cmd_vel"},"patch":{"linear":{"x":1.0}},"patched":{"message":{"angular":{"z":0.0},"linear":{"x":1.0}},"topic":"/cmd_vel"},"policy_ref":"clamp","source":"bridge"}"#,
+        Body::Decision(downgrade.clone()),
     );
 }
 
@@ -449,6 +485,8 @@ fn bridge_records() {
         kind: Cow::Borrowed("tool.ros2.topic.publish"),
         layer: Layer::Input,
         params: Some(Cow::Borrowed(&params)),
+        patch: None,
+        patched: None,
         policy_ref: Cow::Borrowed("embedded:ros2-bridge-demo"),
         reason: Some(Cow::Borrowed("malformed message: truncated")),
         source: Cow::Borrowed("bridge"),
@@ -465,6 +503,8 @@ fn bridge_records() {
             kind: Cow::Owned("tool.ros2.topic.publish".into()),
             layer: Layer::Input,
             params: Some(Cow::Owned(params.clone())),
+            patch: None,
+            patched: None,
             policy_ref: Cow::Owned("embedded:ros2-bridge-demo".into()),
             reason: Some(Cow::Owned("malformed message: truncated".into())),
             source: Cow::Owned("bridge".into()),
@@ -483,6 +523,8 @@ fn identity_shadow_and_approval_records() {
         layer: Layer::Policy,
         note: None,
         params: Some(Cow::Owned(params.clone())),
+        patch: None,
+        patched: None,
         policy_ref: Cow::Borrowed("embedded:demo"),
         reason: Some(Cow::Borrowed("no")),
         shadow: Some(true),
@@ -501,6 +543,8 @@ fn identity_shadow_and_approval_records() {
         layer: Layer::Approval,
         note: Some(Cow::Borrowed("looks fine")),
         params: None,
+        patch: None,
+        patched: None,
         policy_ref: Cow::Borrowed("embedded:demo"),
         reason: None,
         shadow: None,

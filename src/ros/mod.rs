@@ -318,8 +318,15 @@ pub fn reason_text(r: &GateResponse) -> String {
 
 /// Maps a gate answer to the service response (as `http::render` does for HTTP).
 pub fn response_from(r: GateResponse) -> ToolResponse {
-    let output_json = match &r.outcome {
-        Outcome::Executed(v) => v.to_string(),
+    let output_json = match (&r.outcome, &r.downgrade) {
+        (Outcome::Executed(v), _) => v.to_string(),
+        // A decision-only call the caller acts on: it must act on the patched params.
+        (Outcome::DecisionOnly, Some(d)) => serde_json::json!({
+            "downgraded": true,
+            "patch": d.patch,
+            "params": d.patched.params,
+        })
+        .to_string(),
         _ => String::new(),
     };
     ToolResponse {

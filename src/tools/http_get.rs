@@ -199,7 +199,7 @@ fn incomplete_utf8_tail(b: &[u8]) -> usize {
 }
 
 /// `params.endpoint` as an absolute http/https URL without userinfo.
-fn parse_endpoint(params: &Map<String, Value>) -> Result<url::Url, String> {
+pub(crate) fn parse_endpoint(params: &Map<String, Value>) -> Result<url::Url, String> {
     let v = params
         .get("endpoint")
         .ok_or("tool.http_get: params.endpoint is required")?;

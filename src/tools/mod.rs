@@ -48,6 +48,19 @@ impl Tools {
         }
     }
 
+    /// Whether this kind's tool accepts `params` (without running it): what a downgrade's
+    /// patched params must pass. Kinds without a built-in tool accept any params.
+    pub fn check(&self, kind: &ToolKind, params: &Map<String, Value>) -> Result<(), String> {
+        match kind.as_str() {
+            "tool.echo" => match echo(params) {
+                ToolOutcome::BadParams(e) => Err(e),
+                _ => Ok(()),
+            },
+            "tool.http_get" => http_get::parse_endpoint(params).map(|_| ()),
+            _ => Ok(()),
+        }
+    }
+
     /// The `http_get` allowlist in force.
     pub fn allowlist(&self) -> &Allowlist {
         self.http_get.allowlist()

@@ -1,4 +1,5 @@
-//! Policy evaluation: one evaluator decides allow or deny for every tool call.
+//! Policy evaluation: one evaluator decides allow or deny for every tool call (and may offer a
+//! patched call instead: [`Verdict::patch`]).
 //!
 //! Rego policies are compiled and checked here ([`rego`]: entry point, [`deps`]: recursion and
 //! nesting depth against the stack budget) and evaluated by the interpreter, or by the VM where
@@ -148,6 +149,10 @@ pub struct Verdict {
     /// On an allow: the policy's `approval` rule is true, so a person must approve the call
     /// before it runs (with the policy's `approval_reason`, if it gave one).
     pub approval: Option<Approval>,
+    /// The policy's `patch` rule, when it is defined: the call it would take instead (a JSON
+    /// Merge Patch over the params, or a bridged message). Set on an allow and on a deny alike;
+    /// the gate decides whether the patched call may run ([`crate::gate`]).
+    pub patch: Option<Map<String, Value>>,
 }
 
 /// A policy's request for a person's approval ("ask").
@@ -164,6 +169,7 @@ impl Verdict {
             decision: Decision::Allow,
             reason: None,
             approval: None,
+            patch: None,
         }
     }
 
@@ -173,6 +179,7 @@ impl Verdict {
             decision: Decision::Deny,
             reason: Some(reason.into()),
             approval: None,
+            patch: None,
         }
     }
 }

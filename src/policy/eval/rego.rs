@@ -20,6 +20,8 @@ pub const REASON_RULE: &str = "data.autonomy.reason";
 pub const APPROVAL_RULE: &str = "data.autonomy.approval";
 /// The optional rule that says why approval is asked.
 pub const APPROVAL_REASON_RULE: &str = "data.autonomy.approval_reason";
+/// The optional rule that offers a modified call (a downgrade): a JSON Merge Patch object.
+pub const PATCH_RULE: &str = "data.autonomy.patch";
 /// Default per-evaluation time limit.
 pub const DEFAULT_EVAL_LIMIT: Duration = Duration::from_millis(50);
 
@@ -55,6 +57,9 @@ pub struct RegoPolicy {
     has_reason: bool,
     /// Whether the policy has an `approval` rule (then every allow also evaluates it).
     has_approval: bool,
+    /// Whether the policy has a `patch` rule (then every call also evaluates it); without one a
+    /// call costs what it did before downgrades existed.
+    has_patch: bool,
     pool: Pool<Engine>,
     /// The VM fast path for `allow`, or why this policy has none.
     fast: Result<FastAllow, NoFastPath>,
@@ -158,11 +163,14 @@ impl RegoPolicy {
             super::quiet::compile(|| engine.compile_with_entrypoint(&REASON_RULE.into())).is_ok();
         let has_approval =
             super::quiet::compile(|| engine.compile_with_entrypoint(&APPROVAL_RULE.into())).is_ok();
+        let has_patch =
+            super::quiet::compile(|| engine.compile_with_entrypoint(&PATCH_RULE.into())).is_ok();
         Ok(RegoPolicy {
             policy_ref,
             template: engine,
             has_reason,
             has_approval,
+            has_patch,
             pool: Pool::new(),
             fast,
             deps,
@@ -229,7 +237,10 @@ impl RegoPolicy {
             }
         };
         match allow {
-            regorus::Value::Bool(true) => self.approval_in(engine),
+            regorus::Value::Bool(true) => {
+                let v = self.approval_in(engine);
+                self.patch_in(engine, v)
+            }
             regorus::Value::Bool(false) => {
                 let reason = if self.has_reason {
                     match engine.eval_rule(REASON_RULE.to_string()) {
@@ -239,7 +250,10 @@ impl RegoPolicy {
                 } else {
                     None
                 };
-                Verdict::deny(reason.unwrap_or_else(|| "denied by policy".to_string()))
+                let v = Verdict::deny(reason.unwrap_or_else(|| "denied by policy".to_string()));
+                // A deny may offer a patch too (the clamp: over the limit, so not allowed as
+                // asked); the gate runs the patched call only if the policy allows it as is.
+                self.patch_in(engine, v)
             }
             regorus::Value::Undefined => {
                 Verdict::deny("policy result undefined: data.autonomy.allow has no value")
@@ -279,6 +293,38 @@ impl RegoPolicy {
     }
 }
 
+impl RegoPolicy {
+    /// `v` with the policy's `patch`, when it has the rule and the rule is defined. A patch that
+    /// is not an object, or a rule that fails, denies (fail closed: the policy asked for a change
+    /// that cannot be made).
+    fn patch_in(&self, engine: &mut Engine, v: Verdict) -> Verdict {
+        if !self.has_patch {
+            return v;
+        }
+        match engine.eval_rule(PATCH_RULE.to_string()) {
+            Ok(regorus::Value::Undefined) => v,
+            Ok(p @ regorus::Value::Object(_)) => match serde_json::to_value(&p) {
+                Ok(serde_json::Value::Object(patch)) => Verdict {
+                    patch: Some(patch),
+                    ..v
+                },
+                _ => Verdict::deny("policy result `patch` cannot be read as JSON"),
+            },
+            Ok(other) => Verdict::deny(format!(
+                "policy result is not an object: data.autonomy.patch = {}",
+                one_line(
+                    &other.to_json_str().unwrap_or_else(|_| "?".into()),
+                    MAX_CHARS
+                )
+            )),
+            Err(e) => Verdict::deny(format!(
+                "policy evaluation failed (patch rule): {}",
+                one_line(&e.to_string(), MAX_CHARS)
+            )),
+        }
+    }
+}
+
 impl PolicyEvaluator for RegoPolicy {
     fn evaluate(&self, input: &PolicyInput<'_>) -> Verdict {
         let input = input.to_rego();
@@ -307,12 +353,13 @@ impl RegoPolicy {
             Err(_) => FastResult::Unsure,
         };
         if fast == FastResult::True {
-            if !self.has_approval {
+            if !self.has_approval && !self.has_patch {
                 return Verdict::allow();
             }
             let mut engine = self.pool.take().unwrap_or_else(|| self.template.clone());
             engine.set_input(input);
             let v = self.approval_in(&mut engine);
+            let v = self.patch_in(&mut engine, v);
             self.pool.put(engine);
             return v;
         }
@@ -489,6 +536,83 @@ mod tests {
         assert!(v.reason.unwrap().contains("policy evaluation failed"));
         // Undefined without an error still takes `not` as OPA does.
         assert_eq!(eval("{}").decision, Decision::Allow);
+    }
+
+    fn decide_params(p: &RegoPolicy, params: serde_json::Value) -> Verdict {
+        let k = ToolKind::parse("tool.echo").unwrap();
+        let params = params.as_object().unwrap().clone();
+        p.evaluate(&PolicyInput {
+            kind: &k,
+            params: &params,
+            source: Source::new("http"),
+            agent: &crate::types::Agent::anonymous(),
+            allowed_domains: &[],
+            extra: None,
+        })
+    }
+
+    #[test]
+    fn the_patch_rule_is_read_on_allow_and_on_deny() {
+        // `allow` on the VM fast path and through the interpreter alike.
+        let src = "package autonomy\ndefault allow := false\nallow if input.params.n <= 3\nreason := \"too many\" if input.params.n > 3\npatch := {\"n\": 3} if input.params.n > 2\n";
+        let p = RegoPolicy::compile(PolicyRef::new("t"), &[("p.rego".into(), src.into())], None)
+            .unwrap();
+        assert!(p.has_patch);
+        let over = decide_params(&p, serde_json::json!({"n": 9}));
+        assert_eq!(over.decision, Decision::Deny);
+        assert_eq!(over.reason.as_deref(), Some("too many"));
+        assert_eq!(
+            over.patch.map(serde_json::Value::Object),
+            Some(serde_json::json!({"n": 3}))
+        );
+        let at = decide_params(&p, serde_json::json!({"n": 3}));
+        assert_eq!(at.decision, Decision::Allow);
+        assert_eq!(
+            at.patch.map(serde_json::Value::Object),
+            Some(serde_json::json!({"n": 3}))
+        );
+        let under = decide_params(&p, serde_json::json!({"n": 1}));
+        assert_eq!(under, Verdict::allow());
+        let interpreted = p.evaluate_interpreted(&PolicyInput {
+            kind: &ToolKind::parse("tool.echo").unwrap(),
+            params: serde_json::json!({"n": 9}).as_object().unwrap(),
+            source: Source::new("http"),
+            agent: &crate::types::Agent::anonymous(),
+            allowed_domains: &[],
+            extra: None,
+        });
+        assert_eq!(
+            interpreted.patch.map(serde_json::Value::Object),
+            Some(serde_json::json!({"n": 3}))
+        );
+    }
+
+    #[test]
+    fn a_patch_that_is_not_an_object_denies() {
+        for (rule, want) in [
+            (
+                "patch := 3",
+                "policy result is not an object: data.autonomy.patch = 3",
+            ),
+            (
+                "patch := x if { x := {\"n\": to_number(input.params.s)} }",
+                "policy evaluation failed (patch rule)",
+            ),
+        ] {
+            let src = format!("package autonomy\nallow := true\n{rule}\n");
+            let p =
+                RegoPolicy::compile(PolicyRef::new("t"), &[("p.rego".into(), src)], None).unwrap();
+            let v = decide_params(&p, serde_json::json!({"s": "x"}));
+            assert_eq!(v.decision, Decision::Deny, "{rule}");
+            assert!(v.reason.as_deref().unwrap().contains(want), "{rule}: {v:?}");
+        }
+    }
+
+    #[test]
+    fn without_a_patch_rule_nothing_is_evaluated_for_it() {
+        let p = demo_policy().unwrap();
+        assert!(!p.has_patch);
+        assert_eq!(decide(&p, "tool.echo"), Verdict::allow());
     }
 
     #[test]

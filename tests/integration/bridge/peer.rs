@@ -646,3 +646,91 @@ allow if {
         assert_eq!(r["params"]["type"], want);
     }
 }
+
+/// Downgrades with the example policy (examples/bridge/policy.rego clamps |linear.x| to 1.0 and
+/// |angular.z| to 2.0): an over-limit Twist reaches the robot clamped, not dropped, in order
+/// with the rest, on a `batched` topic (republished at once); the WAL holds one `downgrade`
+/// record per clamped message with the speed asked and the speed published; a speed that
+/// cannot be clamped (NaN) and /disable_safety are still denied.
+#[test]
+fn over_limit_commands_reach_the_robot_clamped_with_both_values_in_the_wal() {
+    let (agent, robot) = domains();
+    let tmp = tempfile::tempdir().unwrap();
+    let wal = tmp.path().join("wal");
+    let cfg = write_config(
+        tmp.path(),
+        "[[topic]]\nname = \"/cmd_vel\"\ntype = \"geometry_msgs/msg/Twist\"\naudit = \"batched\"\nbatch_window_ms = 10\n\n[[topic]]\nname = \"/disable_safety\"\ntype = \"std_msgs/msg/Bool\"\n",
+    );
+    let policy = repo().join("examples/bridge/policy.rego");
+    let mut d = bridge_daemon(&wal, &cfg, agent, robot, &["--policy", p(&policy)], |_| {});
+    let plan = json!([
+        ["twist", "/cmd_vel", 3.0, 0.0],
+        ["twist", "/cmd_vel", 0.5, 2.5],
+        ["twist", "/cmd_vel", "NaN", 0.0],
+        ["bool", "/disable_safety", true],
+        ["twist", "/cmd_vel", -7.0, -9.0],
+        ["twist", "/cmd_vel", 0.25, 0.5],
+    ]);
+    let p = peer(agent, robot, &plan, 4, 0, &[]);
+    let got: Vec<(f64, f64)> = events(&p, "robot")
+        .iter()
+        .filter(|e| e["topic"] == "/cmd_vel")
+        .map(|e| (e["x"].as_f64().unwrap(), e["z"].as_f64().unwrap()))
+        .collect();
+    assert_eq!(
+        got,
+        [(1.0, 0.0), (0.5, 2.0), (-1.0, -2.0), (0.25, 0.5)],
+        "{:#?}",
+        p.out
+    );
+    let told: Vec<String> = events(&p, "decision")
+        .iter()
+        .map(|e| e["reason"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        told,
+        [
+            "/cmd_vel: |linear.x| must be <= 1.0 and |angular.z| <= 2.0",
+            "safety topics are never bridged"
+        ]
+    );
+    stop(&mut d);
+
+    let recs = bridged_decisions(&wal);
+    let summary: Vec<(String, Value, Value)> = recs
+        .iter()
+        .map(|r| {
+            (
+                r["decision"].as_str().unwrap().to_string(),
+                r["params"]["message"]["linear"]["x"].clone(),
+                r["patched"]["message"]["linear"]["x"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            ("downgrade".into(), json!(3.0), json!(1.0)),
+            ("downgrade".into(), json!(0.5), json!(0.5)),
+            ("deny".into(), json!("NaN"), Value::Null),
+            ("deny".into(), Value::Null, Value::Null),
+            ("downgrade".into(), json!(-7.0), json!(-1.0)),
+            ("allow".into(), json!(0.25), Value::Null),
+        ]
+    );
+    // One record per message, with both values under its audit id; the patch says what changed
+    // and the patched message has every field, as published.
+    let second = &recs[1];
+    assert_eq!(second["params"]["message"]["angular"]["z"], 2.5);
+    assert_eq!(second["patched"]["message"]["angular"]["z"], 2.0);
+    assert_eq!(
+        second["patched"]["message"],
+        json!({"linear": {"x": 0.5, "y": 0.0, "z": 0.0}, "angular": {"x": 0.0, "y": 0.0, "z": 2.0}})
+    );
+    assert_eq!(second["patched"]["topic"], "/cmd_vel");
+    assert_eq!(second["patch"]["angular"]["z"], 2.0);
+    let id = second["audit_id"].as_str().unwrap();
+    assert_eq!(records_for(&wal, id).len(), 1);
+    let (code, v) = wal_verify(&wal);
+    assert_eq!(code, 0, "{v}");
+}

@@ -338,3 +338,97 @@ fn real_ros_deny_means_stop_cyclone() {
         real_ros_deny_means_stop(CYCLONE);
     }
 }
+
+/// A downgrade through the real ROS 2: with the example policy (it clamps |linear.x| to 1.0),
+/// `ros2 topic pub` of `linear.x: 3.0` on the agent domain reaches `ros2 topic echo` on the
+/// robot domain as `1.0`, and each message's decision record holds both values.
+fn real_ros_clamped(rmw: &str) {
+    let (agent, robot) = domains();
+    let tmp = tempfile::tempdir().unwrap();
+    let wal = tmp.path().join("wal");
+    let logs = tmp.path().join("ros_log");
+    let cfg = write_config(
+        tmp.path(),
+        "[[topic]]\nname = \"/cmd_vel\"\ntype = \"geometry_msgs/msg/Twist\"\n",
+    );
+    let policy = repo().join("examples/bridge/policy.rego");
+    let mut d = bridge_daemon(&wal, &cfg, agent, robot, &["--policy", p(&policy)], |c| {
+        c.env("RMW_IMPLEMENTATION", rmw);
+    });
+    let mut echo = ros2(
+        &[
+            "ros2",
+            "topic",
+            "echo",
+            "--no-daemon",
+            "--field",
+            "linear",
+            "/cmd_vel",
+            "geometry_msgs/msg/Twist",
+        ],
+        robot,
+        rmw,
+        &logs,
+    );
+    let mut fast = ros2(
+        &[
+            "ros2",
+            "topic",
+            "pub",
+            "-r",
+            "10",
+            "/cmd_vel",
+            "geometry_msgs/msg/Twist",
+            "{linear: {x: 3.0, y: 0.5}}",
+        ],
+        agent,
+        rmw,
+        &logs,
+    );
+    echo.wait_for("x: 1.0", Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(1));
+    fast.interrupt(Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(500));
+    echo.interrupt(Duration::from_secs(20));
+    let lines = stop(&mut d);
+    let noise: Vec<&String> = lines
+        .iter()
+        .filter(|l| l.contains(" WARN") || l.contains("ERROR") || l.contains("error:"))
+        .collect();
+    assert!(noise.is_empty(), "{rmw}: {noise:#?}");
+    // Every echoed command is the clamped one, the other fields as published.
+    let xs: Vec<&String> = echo.out.iter().filter(|l| l.starts_with("x:")).collect();
+    assert!(!xs.is_empty(), "{rmw}: {:#?}", echo.out);
+    assert!(xs.iter().all(|l| *l == "x: 1.0"), "{rmw}: {:#?}", echo.out);
+    let ys: Vec<&String> = echo.out.iter().filter(|l| l.starts_with("y:")).collect();
+    assert!(ys.iter().all(|l| *l == "y: 0.5"), "{rmw}: {:#?}", echo.out);
+
+    let recs = bridged_decisions(&wal);
+    assert!(!recs.is_empty(), "{rmw}");
+    for r in &recs {
+        assert_eq!(r["decision"], "downgrade", "{rmw}: {r}");
+        assert_eq!(r["params"]["message"]["linear"]["x"], 3.0, "{rmw}: {r}");
+        assert_eq!(r["patched"]["message"]["linear"]["x"], 1.0, "{rmw}: {r}");
+        assert_eq!(r["patched"]["message"]["linear"]["y"], 0.5, "{rmw}: {r}");
+    }
+    assert!(
+        recs.len() >= xs.len(),
+        "{} records, {} echoed",
+        recs.len(),
+        xs.len()
+    );
+}
+
+#[test]
+fn real_ros_clamped_fastdds() {
+    if have_ros("real_ros_clamped_fastdds") {
+        real_ros_clamped(FASTDDS);
+    }
+}
+
+#[test]
+fn real_ros_clamped_cyclone() {
+    if have_ros("real_ros_clamped_cyclone") {
+        real_ros_clamped(CYCLONE);
+    }
+}
