@@ -768,6 +768,10 @@ impl Relay {
                     if let Some(s) = f.sample {
                         self.publish(relayed(&resp, s)).await;
                     }
+                    // The agent learns that what reached the robot is not what it sent.
+                    if resp.downgrade.is_some() {
+                        self.tell(&resp);
+                    }
                 }
                 Outcome::WalUnavailable(e) => {
                     let n = Counters::add(&self.counters.failed);
@@ -875,7 +879,8 @@ impl Relay {
         }
     }
 
-    /// Publishes a message that was not relayed on the agent side's `/autonomy/decisions`.
+    /// Publishes a message that was not relayed, or was relayed downgraded, on the agent side's
+    /// `/autonomy/decisions`.
     fn tell(&self, resp: &GateResponse) {
         let m = DecisionMsg {
             stamp: crate::ros::Time::now(),

@@ -300,7 +300,9 @@ pub fn parse_request(req: &ToolRequest) -> Result<ToolCall, String> {
     })
 }
 
-/// The reason text for an answer: the gate's reason, and `error: …` when the call failed.
+/// The reason text for an answer: the gate's reason, and `error: …` when the call failed; for a
+/// downgrade, `downgraded: patch {…}` (what changed: the ROS messages have no field of their own
+/// for it).
 pub fn reason_text(r: &GateResponse) -> String {
     let err = match &r.outcome {
         Outcome::BadParams(e) | Outcome::UpstreamFailed(e) | Outcome::WalUnavailable(e) => {
@@ -308,7 +310,11 @@ pub fn reason_text(r: &GateResponse) -> String {
         }
         _ => None,
     };
-    match (r.reason.as_deref(), err) {
+    let downgraded = r
+        .downgrade
+        .as_ref()
+        .map(|d| format!("downgraded: patch {}", Value::Object(d.patch.clone())));
+    match (r.reason.as_deref().or(downgraded.as_deref()), err) {
         (Some(why), Some(e)) => format!("{why} (error: {e})"),
         (Some(why), None) => why.to_string(),
         (None, Some(e)) => format!("error: {e}"),
@@ -562,6 +568,40 @@ pub fn start_with(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_downgrade_answers_allow_with_the_patch() {
+        let patch: Map<String, Value> = serde_json::from_str(r#"{"speed":1}"#).unwrap();
+        let params: Map<String, Value> =
+            serde_json::from_str(r#"{"speed":1,"heading":90}"#).unwrap();
+        let r = GateResponse {
+            downgrade: Some(crate::gate::Downgrade {
+                patch,
+                patched: crate::policy::patch::Patched {
+                    params,
+                    encoded: None,
+                },
+            }),
+            ..GateResponse {
+                decision: crate::types::Decision::Allow,
+                policy_ref: crate::types::PolicyRef::new("p"),
+                audit_id: crate::types::AuditId::from_string("id".into()),
+                reason: None,
+                outcome: Outcome::DecisionOnly,
+                shadow: None,
+                approval: None,
+                downgrade: None,
+            }
+        };
+        let a = response_from(r);
+        assert_eq!(a.decision, "allow");
+        assert_eq!(a.reason, r#"downgraded: patch {"speed":1}"#);
+        let out: Value = serde_json::from_str(&a.output_json).unwrap();
+        assert_eq!(
+            out,
+            serde_json::json!({"downgraded": true, "patch": {"speed": 1}, "params": {"speed": 1, "heading": 90}})
+        );
+    }
 
     fn timing(settle_ms: u64, grace_ms: u64) -> MarkerTiming {
         MarkerTiming {

@@ -683,17 +683,44 @@ fn over_limit_commands_reach_the_robot_clamped_with_both_values_in_the_wal() {
         "{:#?}",
         p.out
     );
-    // Told in each topic's order; the two topics' messages may interleave.
-    let mut told: Vec<String> = events(&p, "decision")
+    // The agent is told of each message dropped and each one clamped (decision allow, the patch
+    // in the reason); the two topics' messages may interleave.
+    let mut told: Vec<(String, String)> = events(&p, "decision")
         .iter()
-        .map(|e| e["reason"].as_str().unwrap().to_string())
+        .map(|e| {
+            (
+                e["decision"].as_str().unwrap().to_string(),
+                e["reason"].as_str().unwrap().to_string(),
+            )
+        })
         .collect();
     told.sort();
+    assert_eq!(told.len(), 5, "{told:#?}");
     assert_eq!(
-        told,
+        told[0],
+        (
+            "allow".to_string(),
+            r#"downgraded: patch {"angular":{"z":-2},"linear":{"x":-1}}"#.to_string()
+        ),
+        "{told:#?}"
+    );
+    for t in &told[..3] {
+        assert!(
+            t.0 == "allow" && t.1.starts_with("downgraded: patch {"),
+            "{told:#?}"
+        );
+    }
+    assert_eq!(
+        told[3..],
         [
-            "/cmd_vel: |linear.x| must be <= 1.0 and |angular.z| <= 2.0",
-            "safety topics are never bridged"
+            (
+                "deny".to_string(),
+                "/cmd_vel: |linear.x| must be <= 1.0 and |angular.z| <= 2.0".to_string()
+            ),
+            (
+                "deny".to_string(),
+                "safety topics are never bridged".to_string()
+            ),
         ]
     );
     stop(&mut d);
