@@ -8,6 +8,7 @@
 pub mod deps;
 pub mod fast;
 mod quiet;
+pub mod reason;
 pub mod rego;
 
 use std::sync::Arc;

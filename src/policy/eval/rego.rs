@@ -8,6 +8,7 @@ use regorus::utils::limits::ExecutionTimerConfig;
 
 use super::deps::{self, Deps, DepsError};
 use super::fast::{FastAllow, FastResult, NoFastPath};
+use super::reason::{Key, NoMemo, ReasonMemo};
 use super::{PolicyEvaluator, PolicyInput, Pool, Verdict};
 use crate::policy::message::{MAX_CHARS, one_line};
 use crate::types::PolicyRef;
@@ -22,6 +23,10 @@ pub const APPROVAL_RULE: &str = "data.autonomy.approval";
 pub const APPROVAL_REASON_RULE: &str = "data.autonomy.approval_reason";
 /// The optional rule that offers a modified call (a downgrade): a JSON Merge Patch object.
 pub const PATCH_RULE: &str = "data.autonomy.patch";
+/// The reason of a deny whose policy gives none.
+pub const DEFAULT_REASON: &str = "denied by policy";
+/// Set to `off` to evaluate every deny's reason (no [`ReasonMemo`]).
+pub const MEMO_ENV: &str = "AUTONOMY_REASON_MEMO";
 /// Default per-evaluation time limit.
 pub const DEFAULT_EVAL_LIMIT: Duration = Duration::from_millis(50);
 
@@ -63,6 +68,8 @@ pub struct RegoPolicy {
     pool: Pool<Engine>,
     /// The VM fast path for `allow`, or why this policy has none.
     fast: Result<FastAllow, NoFastPath>,
+    /// The deny reasons already evaluated, or why they are evaluated every time.
+    memo: Result<ReasonMemo, NoMemo>,
     /// How deep evaluating it may go.
     deps: Deps,
     /// Only watching: see [`PolicyEvaluator::shadow`].
@@ -165,6 +172,14 @@ impl RegoPolicy {
             super::quiet::compile(|| engine.compile_with_entrypoint(&APPROVAL_RULE.into())).is_ok();
         let has_patch =
             super::quiet::compile(|| engine.compile_with_entrypoint(&PATCH_RULE.into())).is_ok();
+        let memo = if std::env::var(MEMO_ENV).is_ok_and(|v| v.eq_ignore_ascii_case("off")) {
+            Err(NoMemo::Off)
+        } else {
+            ReasonMemo::new(engine.get_modules())
+        };
+        if let Err(why) = &memo {
+            tracing::debug!("policy {policy_ref}: deny reasons are evaluated every time: {why}");
+        }
         Ok(RegoPolicy {
             policy_ref,
             template: engine,
@@ -173,6 +188,7 @@ impl RegoPolicy {
             has_patch,
             pool: Pool::new(),
             fast,
+            memo,
             deps,
             shadow: false,
             limits: None,
@@ -201,10 +217,21 @@ impl RegoPolicy {
         self.fast.as_ref().map(|_| ())
     }
 
-    /// The interpreter's verdict alone, for checking the fast path against it.
+    /// Whether deny reasons are remembered; `Err` says why not.
+    pub fn reason_memo(&self) -> Result<(), &NoMemo> {
+        self.memo.as_ref().map(|_| ())
+    }
+
+    /// The interpreter's verdict alone (no VM, no remembered reason), for checking the fast
+    /// paths against it.
     #[cfg(test)]
     pub(crate) fn evaluate_interpreted(&self, input: &PolicyInput<'_>) -> Verdict {
-        self.interpret(input.to_rego(), false)
+        on_stack(self.deps, || {
+            let mut engine = self.pool.take().unwrap_or_else(|| self.template.clone());
+            let v = self.eval_in(&mut engine, input.to_rego(), false, None);
+            self.pool.put(engine);
+            v
+        })
     }
 
     /// [`RegoPolicy::eval_in`] on a pooled engine.
@@ -213,15 +240,25 @@ impl RegoPolicy {
     }
 
     fn interpret_here(&self, input: regorus::Value, known_false: bool) -> Verdict {
+        let key = match &self.memo {
+            Ok(memo) if self.has_reason => memo.key(&input),
+            _ => None,
+        };
         let mut engine = self.pool.take().unwrap_or_else(|| self.template.clone());
-        let v = self.eval_in(&mut engine, input, known_false);
+        let v = self.eval_in(&mut engine, input, known_false, key);
         self.pool.put(engine);
         v
     }
 
     /// The interpreter's verdict; `known_false` when the VM has already found `allow` false
-    /// (then only the reason is evaluated here).
-    fn eval_in(&self, engine: &mut Engine, input: regorus::Value, known_false: bool) -> Verdict {
+    /// (then only the reason is evaluated here). `key`: this input's key in the reason memo.
+    fn eval_in(
+        &self,
+        engine: &mut Engine,
+        input: regorus::Value,
+        known_false: bool,
+        key: Option<Key>,
+    ) -> Verdict {
         engine.set_input(input);
         let allow = if known_false {
             regorus::Value::Bool(false)
@@ -243,14 +280,11 @@ impl RegoPolicy {
             }
             regorus::Value::Bool(false) => {
                 let reason = if self.has_reason {
-                    match engine.eval_rule(REASON_RULE.to_string()) {
-                        Ok(regorus::Value::String(s)) => Some(s.to_string()),
-                        _ => None,
-                    }
+                    self.reason_in(engine, key)
                 } else {
                     None
                 };
-                let v = Verdict::deny(reason.unwrap_or_else(|| "denied by policy".to_string()));
+                let v = Verdict::deny(reason.unwrap_or_else(|| DEFAULT_REASON.to_string()));
                 // A deny may offer a patch too (the clamp: over the limit, so not allowed as
                 // asked); the gate runs the patched call only if the policy allows it as is.
                 self.patch_in(engine, v)
@@ -267,6 +301,30 @@ impl RegoPolicy {
 }
 
 impl RegoPolicy {
+    /// The `reason` of a denied call: remembered for `key`, or evaluated (and then remembered
+    /// when it evaluated without an error). `None`: no string, so the default reason.
+    fn reason_in(&self, engine: &mut Engine, key: Option<Key>) -> Option<String> {
+        let memo = self.memo.as_ref().ok();
+        if let (Some(memo), Some(key)) = (memo, &key)
+            && let Some(r) = memo.get(key)
+        {
+            return r;
+        }
+        match engine.eval_rule(REASON_RULE.to_string()) {
+            Ok(v) => {
+                let r = match v {
+                    regorus::Value::String(s) => Some(s.to_string()),
+                    _ => None,
+                };
+                if let (Some(memo), Some(key)) = (memo, key) {
+                    memo.put(key, r.clone());
+                }
+                r
+            }
+            Err(_) => None,
+        }
+    }
+
     /// The verdict on an allowed call: an allow, or an allow that asks for approval when the
     /// `approval` rule is true. An error in that rule denies (fail closed).
     fn approval_in(&self, engine: &mut Engine) -> Verdict {
@@ -352,6 +410,19 @@ impl RegoPolicy {
             Ok(fast) => fast.eval(input.clone()),
             Err(_) => FastResult::Unsure,
         };
+        if fast == FastResult::False && !self.has_patch {
+            // A deny without a patch to offer: its reason is all that is left to find, often
+            // without an engine.
+            if !self.has_reason {
+                return Verdict::deny(DEFAULT_REASON);
+            }
+            if let Ok(memo) = &self.memo
+                && let Some(key) = memo.key(&input)
+                && let Some(r) = memo.get(&key)
+            {
+                return Verdict::deny(r.unwrap_or_else(|| DEFAULT_REASON.to_string()));
+            }
+        }
         if fast == FastResult::True {
             if !self.has_approval && !self.has_patch {
                 return Verdict::allow();
