@@ -3,12 +3,14 @@
 //! Not a test. `cargo build --release && cargo run --release -p autonomy-bench --bin autonomy-bench -- [--secs N]
 //! [--out FILE]`:
 //!
-//! * policy evaluation p50/p99 of the embedded demo policy, in-process (allow and deny input);
+//! * policy evaluation p50/p99 of the embedded demo policy and of the example policies
+//!   (`examples/policies/`), in-process (allow and deny input);
 //! * the raw `fdatasync` floor of the disk the WAL is on (256-byte appends, zero-filled file);
 //! * the real daemon (`autonomy runtime start --demo`) on loopback, driven by a closed-loop
 //!   HTTP/1.1 keep-alive client in this process: `GET /health` and `POST /v1/tool` (`tool.echo`)
-//!   at 1, 16 and 64 connections, with `--wal-sync fsync` and with `--wal-sync none`, plus
-//!   `--rounds` back-to-back `/health`, `/v1/tool` pairs at 64 for target (c);
+//!   at 1, 16 and 64 connections, with `--wal-sync fsync` and with `--wal-sync none`, a deny
+//!   (`tool.shell`) with fsync, plus `--rounds` rounds at 64 connections of `/health`, allow,
+//!   deny and allow without fsync back to back, with this client and with `wrk` (SPEC §9);
 //!
 //! then prints a Markdown table (also written to `--out`) and the speed targets (`docs/benchmarks.md`) with PASS/MISS.
 //! HTTP rows also give the CPU time per request, read from `/proc` over the measured window: the
@@ -74,8 +76,9 @@ struct Args {
     /// Worker threads of the load generator's tokio runtime.
     #[arg(long, default_value_t = 1)]
     client_threads: usize,
-    /// Extra rounds for target (c): `GET /health` and `POST /v1/tool` alternately at the top
-    /// connection count on the fsync daemon; the verdict takes the median ratio.
+    /// Side-by-side rounds at the top connection count: `GET /health`, allow, deny (fsync) and
+    /// allow (none) back to back, with this client and with `wrk`; the verdicts take the
+    /// median ratio of the rounds.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
     /// Measure only what identity and metrics cost per call: `/v1/tool` with auth off and
@@ -1150,14 +1153,23 @@ fn main() {
             let ratios: Vec<f64> = rounds[ci].iter().map(|r| r[num].0 / r[den].0).collect();
             let m = median(ratios.clone());
             all &= m >= bar;
+            // The same ratio from the daemon's CPU per request (den's over num's): what the
+            // throughput ratio would be if the daemon's CPU were the only limit.
+            let cpu = median(
+                rounds[ci]
+                    .iter()
+                    .filter_map(|r| Some(r[den].1? / r[num].1?))
+                    .collect(),
+            );
             parts.push(format!(
-                "{client} client median {} ({})",
+                "{client} client median {} ({}), from the daemon's CPU per request {}",
                 pct(m),
                 ratios
                     .iter()
                     .map(|&x| pct(x))
                     .collect::<Vec<_>>()
-                    .join(", ")
+                    .join(", "),
+                pct(cpu)
             ));
         }
         md.push_str(&format!(
