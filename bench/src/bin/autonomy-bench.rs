@@ -300,6 +300,10 @@ fn example_cases(name: &str) -> Vec<(String, String, Map<String, Value>, Decisio
     out
 }
 
+/// One side-by-side round with one client: per load (`/health`, allow, deny, allow without
+/// fsync), req/s and the daemon's CPU µs per request.
+type Round = [(f64, Option<f64>); 4];
+
 /// The example policies the evaluation phase measures besides the demo.
 const EXAMPLES: [&str; 3] = ["argument-checks", "http-allowlist", "ros-launch-allowlist"];
 
@@ -996,7 +1000,7 @@ fn main() {
         ("allow, none", &noned, Target::Tool),
     ];
     // rounds[client][round][load]: (req/s, daemon CPU µs/op).
-    let mut rounds: Vec<Vec<[(f64, Option<f64>); 4]>> = vec![Vec::new(), Vec::new()];
+    let mut rounds: Vec<Vec<Round>> = vec![Vec::new(), Vec::new()];
     for i in 0..a.rounds.max(1) {
         for (ci, client) in ["own", "wrk"].into_iter().enumerate() {
             let mut round = [(f64::NAN, None); 4];

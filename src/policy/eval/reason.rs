@@ -460,6 +460,14 @@ mod tests {
                 true,
             ),
             (
+                "a deny that offers a patch",
+                p(
+                    "default allow := false\nreason := \"too loud\"\npatch := {\"message\": \"hi\"} if input.params.message == \"my password\"",
+                ),
+                None,
+                true,
+            ),
+            (
                 "the whole input",
                 p("default allow := false\nreason := sprintf(\"%v\", [count(input)])"),
                 None,
