@@ -66,6 +66,10 @@ pub(super) struct StartArgs {
     /// Rotate WAL segments at this size in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024 * 1024)]
     pub wal_segment_bytes: u64,
+    /// WAL flushes: `overlap` (the next write is written and fdatasync'd while the last one's
+    /// fdatasync runs) or `one` (one at a time). Either way an answer waits for its record on disk.
+    #[arg(long, value_name = "MODE", default_value = "overlap", value_parser = parse_flushes)]
+    pub wal_flushes: Flushes,
     /// Bounds on HTTP clients.
     #[command(flatten)]
     pub http: HttpArgs,
@@ -158,6 +162,24 @@ pub(super) fn parse_sync(s: &str) -> Result<SyncMode, String> {
         "fsync" => Ok(SyncMode::Fsync),
         "none" => Ok(SyncMode::None),
         _ => Err(format!("unknown WAL sync mode {s:?}: use fsync or none")),
+    }
+}
+
+/// How the WAL's flushes may run (`--wal-flushes`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Flushes {
+    /// Two at once: the next write's fdatasync starts while the last one's runs.
+    Overlap,
+    /// One at a time.
+    One,
+}
+
+/// Parses `--wal-flushes`.
+pub(super) fn parse_flushes(s: &str) -> Result<Flushes, String> {
+    match s {
+        "overlap" => Ok(Flushes::Overlap),
+        "one" => Ok(Flushes::One),
+        _ => Err(format!("unknown WAL flush mode {s:?}: use overlap or one")),
     }
 }
 
@@ -282,6 +304,7 @@ pub(super) async fn start(args: StartArgs) -> ExitCode {
         wal_options: WalOptions {
             segment_bytes: args.wal_segment_bytes,
             sync: args.wal_sync,
+            overlap_syncs: args.wal_flushes == Flushes::Overlap,
             ..WalOptions::default()
         },
         policy_watch: resolved.watch,

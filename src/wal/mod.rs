@@ -140,6 +140,10 @@ pub struct WalOptions {
     pub sync: SyncMode,
     /// Reserve `segment_bytes` when a segment is created (see `docs/benchmarks.md`).
     pub preallocate: Preallocate,
+    /// Let the next write start, and its `fdatasync` run, while the previous write's
+    /// `fdatasync` is still running (two in flight at most; `docs/wal.md`, *Overlapping
+    /// flushes*). `false`: one flush at a time.
+    pub overlap_syncs: bool,
 }
 
 impl Default for WalOptions {
@@ -148,6 +152,7 @@ impl Default for WalOptions {
             segment_bytes: 64 * 1024 * 1024,
             sync: SyncMode::Fsync,
             preallocate: Preallocate::default(),
+            overlap_syncs: true,
         }
     }
 }

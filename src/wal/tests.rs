@@ -22,6 +22,7 @@ fn opts(segment_bytes: u64, pre: Preallocate) -> WalOptions {
         segment_bytes,
         sync: SyncMode::Fsync,
         preallocate: pre,
+        ..WalOptions::default()
     }
 }
 
@@ -282,6 +283,7 @@ fn async_and_sync_appends_mix() {
                     segment_bytes: 256 * 1024,
                     sync,
                     preallocate: Preallocate::Fallocate,
+                    ..WalOptions::default()
                 },
             )
             .unwrap();
@@ -1002,4 +1004,197 @@ fn the_torn_tail_window_ends_where_the_last_possible_write_ends() {
         "{e}"
     );
     assert!(Wal::open(d.path(), WalOptions::default()).is_err());
+}
+
+/// Flush steps seen by [`Wal::hook`], in order: (step, seq).
+type Steps = Arc<std::sync::Mutex<Vec<(String, u64)>>>;
+
+/// Records every flush step; holds the fdatasync of the write ending at seq `hold` until
+/// `release` is sent (or 20 s pass).
+fn record_steps(w: &Wal, hold: Option<(u64, std::sync::mpsc::Receiver<()>)>) -> Steps {
+    let steps: Steps = Arc::default();
+    let (s, held) = (steps.clone(), std::sync::Mutex::new(hold));
+    let hook: super::writer::TestHook = Arc::new(move |step: &str, seq: u64| {
+        s.lock().unwrap().push((step.to_string(), seq));
+        if step == "sync" {
+            let mut h = held.lock().unwrap();
+            if h.as_ref().is_some_and(|(at, _)| *at == seq)
+                && let Some((_, rx)) = h.take()
+            {
+                drop(h);
+                let _ = rx.recv_timeout(Duration::from_secs(20));
+            }
+        }
+    });
+    *w.hook.lock().unwrap() = Some(hook);
+    steps
+}
+
+fn saw(steps: &Steps, step: &str, seq: u64) -> bool {
+    steps
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|(s, q)| s == step && *q == seq)
+}
+
+fn index(steps: &Steps, step: &str, seq: u64) -> usize {
+    let v = steps.lock().unwrap();
+    v.iter()
+        .position(|(s, q)| s == step && *q == seq)
+        .unwrap_or_else(|| panic!("no {step} {seq} in {v:?}"))
+}
+
+/// Seq 1's fdatasync is held; seq 2 is appended meanwhile. Returns the two appends' threads.
+#[allow(clippy::type_complexity)]
+fn hold_the_first_sync(
+    overlap: bool,
+) -> (
+    tempfile::TempDir,
+    Arc<Wal>,
+    Steps,
+    std::sync::mpsc::Sender<()>,
+    std::thread::JoinHandle<Result<Seq, WalError>>,
+    std::thread::JoinHandle<Result<Seq, WalError>>,
+) {
+    let d = tempfile::tempdir().unwrap();
+    let o = WalOptions {
+        overlap_syncs: overlap,
+        ..opts(1 << 20, Preallocate::ZeroFill)
+    };
+    let w = Arc::new(Wal::open(d.path(), o).unwrap().0);
+    let (release, rx) = std::sync::mpsc::channel();
+    let steps = record_steps(&w, Some((1, rx)));
+    let a = {
+        let w = w.clone();
+        std::thread::spawn(move || w.append(rec(1)))
+    };
+    wait_for("seq 1's fdatasync to start", 10, || saw(&steps, "sync", 1));
+    let b = {
+        let w = w.clone();
+        std::thread::spawn(move || w.append(rec(2)))
+    };
+    (d, w, steps, release, a, b)
+}
+
+#[test]
+fn the_next_write_is_synced_while_the_last_ones_fdatasync_runs() {
+    with_timeout(60, || {
+        let (_d, w, steps, release, a, b) = hold_the_first_sync(true);
+        // Seq 2 is written and fdatasync'd while seq 1's fdatasync has not returned...
+        wait_for("seq 2's fdatasync to end", 10, || saw(&steps, "synced", 2));
+        assert!(!saw(&steps, "synced", 1));
+        // ...but neither is durable before seq 1's fdatasync has returned: never out of order.
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(w.head().0, Seq(0));
+        assert!(!a.is_finished() && !b.is_finished());
+        release.send(()).unwrap();
+        assert_eq!(a.join().unwrap().unwrap(), Seq(1));
+        assert_eq!(b.join().unwrap().unwrap(), Seq(2));
+        assert!(index(&steps, "synced", 1) < index(&steps, "durable", 1));
+        assert!(index(&steps, "durable", 1) < index(&steps, "durable", 2));
+        assert_eq!(w.head().0, Seq(2));
+        w.close().unwrap();
+    });
+}
+
+#[test]
+fn without_overlap_the_next_write_waits_for_the_last_fdatasync() {
+    with_timeout(60, || {
+        let (_d, w, steps, release, a, b) = hold_the_first_sync(false);
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(!saw(&steps, "written", 2), "{:?}", steps.lock().unwrap());
+        release.send(()).unwrap();
+        assert_eq!(a.join().unwrap().unwrap(), Seq(1));
+        assert_eq!(b.join().unwrap().unwrap(), Seq(2));
+        assert!(index(&steps, "durable", 1) < index(&steps, "written", 2));
+        w.close().unwrap();
+    });
+}
+
+#[test]
+fn a_failed_fdatasync_fails_the_write_that_overlapped_it() {
+    with_timeout(60, || {
+        let (d, w, steps, release, a, b) = hold_the_first_sync(true);
+        wait_for("seq 2's fdatasync to end", 10, || saw(&steps, "synced", 2));
+        // Seq 1's fdatasync fails after seq 2's succeeded: seq 2 must not be reported durable
+        // (its fdatasync's success says nothing of seq 1's bytes' writeback).
+        w.fail_next_sync.store(true, Ordering::SeqCst);
+        release.send(()).unwrap();
+        let ea = a.join().unwrap().unwrap_err();
+        let eb = b.join().unwrap().unwrap_err();
+        assert!(ea.to_string().contains("injected fault"), "{ea}");
+        assert!(matches!(eb, WalError::Poisoned(_)), "{eb}");
+        assert!(!saw(&steps, "durable", 1) && !saw(&steps, "durable", 2));
+        assert_eq!(w.head().0, Seq(0));
+        let e = w.append(rec(3)).unwrap_err();
+        assert!(matches!(e, WalError::Poisoned(_)), "{e}");
+        assert_eq!(w.stats().write_errors, 1);
+        drop(w);
+        // Recovery is unchanged: both records reached the file and are kept (never answered).
+        let (_, r) = Wal::open(d.path(), opts(1 << 20, Preallocate::ZeroFill)).unwrap();
+        assert_eq!(r.records, 2);
+    });
+}
+
+#[test]
+fn overlapping_flushes_report_durability_in_order_and_rotate_only_when_synced() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().to_path_buf();
+    with_timeout(120, move || {
+        // Small segments: many rotations under 8 concurrent appenders.
+        let w = Arc::new(
+            Wal::open(&dir, opts(16 * 1024, Preallocate::Off))
+                .unwrap()
+                .0,
+        );
+        let steps = record_steps(&w, None);
+        let threads: Vec<_> = (0..8u64)
+            .map(|t| {
+                let w = w.clone();
+                std::thread::spawn(move || {
+                    for i in 0..60 {
+                        let s = w.append(rec(t * 1000 + i)).unwrap();
+                        // Returned only once it is durable.
+                        assert!(w.head().0 >= s);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let v = steps.lock().unwrap().clone();
+        let (mut durable, mut overlapped, mut in_sync) = (0u64, 0, 0i32);
+        for (i, (step, seq)) in v.iter().enumerate() {
+            match step.as_str() {
+                "sync" => {
+                    in_sync += 1;
+                    if in_sync > 1 {
+                        overlapped += 1;
+                    }
+                    // Its bytes were written before its fdatasync started.
+                    assert!(v[..i].contains(&("written".to_string(), *seq)));
+                }
+                "synced" => in_sync -= 1,
+                "durable" => {
+                    // In seq order, and only after its own fdatasync returned.
+                    assert!(*seq > durable, "durable {seq} after {durable}");
+                    assert!(v[..i].contains(&("synced".to_string(), *seq)));
+                    durable = *seq;
+                }
+                "rotate" => {
+                    // Every record before the new segment is durable before it is opened.
+                    assert_eq!(*seq, durable + 1, "{:?}", &v[..=i]);
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(durable, 480);
+        assert!(v.iter().filter(|(s, _)| s == "rotate").count() > 3);
+        eprintln!("{overlapped} of the fdatasyncs started while another ran");
+        w.close().unwrap();
+        let rep = verify(&dir).unwrap();
+        assert_eq!(rep.records, 480);
+    });
 }

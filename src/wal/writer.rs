@@ -35,8 +35,22 @@ struct Inner {
     buf: Vec<u8>,
     /// Seq of the first frame in `buf`.
     buf_first: u64,
-    /// A leader is writing.
-    flushing: bool,
+    /// The last seq taken out of `buf` by a leader (written, or being written).
+    taken: u64,
+    /// Threads that lead a flush (take frames, write, fdatasync, publish): at most
+    /// [`Wal::max_leaders`]. An appender whose records no leader has taken becomes one while
+    /// there is room; a leader goes on until the queue is empty.
+    leaders: usize,
+    /// A leader is taking a batch and writing it (one at a time, so batches land in seq order).
+    writing: bool,
+    /// Bytes written (or being written) whose fdatasync has not been published yet. The next
+    /// write may only start while these and its own stay within `MAX_BATCH_BYTES`, so at a
+    /// power cut what is not known to be on disk still fits the torn-tail window.
+    unsynced_bytes: u64,
+    /// Writes handed to fdatasync so far (each gets the next number when it is written).
+    issued: u64,
+    /// Writes whose fdatasync has been published, in issue order (always `<= issued`).
+    published: u64,
     /// Everything up to here is on disk (fdatasync'd in `SyncMode::Fsync`).
     durable_seq: u64,
     /// Hash of record `durable_seq`.
@@ -109,9 +123,10 @@ enum WriteError {
     RecordBytes(WalError),
 }
 
-/// The open segment; only the current leader touches it.
+/// The open segment; only the leader that is writing touches it (a leader that is syncing
+/// holds its own handle to the file).
 struct SegIo {
-    file: File,
+    file: Arc<File>,
     path: PathBuf,
     offset: u64,
     /// The last rotation failed, so the next write rotates whatever its size: it then goes to the
@@ -135,7 +150,19 @@ pub struct Wal {
     _lock: Flock<File>,
     #[cfg(test)]
     pub(crate) fail_next_write: std::sync::atomic::AtomicBool,
+    /// The next fdatasync of record bytes fails (after its bytes were written).
+    #[cfg(test)]
+    pub(crate) fail_next_sync: std::sync::atomic::AtomicBool,
+    /// Called at each step of a flush with the step and the last seq of its write: `written`,
+    /// `sync` (about to fdatasync; may block to hold the sync), `synced`, `durable` (under the
+    /// lock: must not block); and `rotate` with the first seq of the next segment.
+    #[cfg(test)]
+    pub(crate) hook: Mutex<Option<TestHook>>,
 }
+
+/// See [`Wal::hook`].
+#[cfg(test)]
+pub(crate) type TestHook = Arc<dyn Fn(&str, u64) + Send + Sync>;
 
 fn io_err(context: String) -> impl FnOnce(std::io::Error) -> WalError {
     move |source| WalError::Io { context, source }
@@ -165,7 +192,7 @@ fn create_segment(dir: &Path, first_seq: u64, opts: &WalOptions) -> std::io::Res
     let file = new_segment_file(&path, opts, false)?;
     fsync_dir(dir)?;
     Ok(SegIo {
-        file,
+        file: Arc::new(file),
         path,
         offset: HEADER_LEN,
         rotate_pending: false,
@@ -391,7 +418,7 @@ impl Wal {
                     .open(&path)
                     .map_err(io_err(format!("cannot open {}", path.display())))?;
                 SegIo {
-                    file,
+                    file: Arc::new(file),
                     path,
                     offset,
                     rotate_pending: false,
@@ -417,7 +444,12 @@ impl Wal {
                 prev: prev.clone(),
                 buf: Vec::new(),
                 buf_first: next_seq,
-                flushing: false,
+                taken: next_seq - 1,
+                leaders: 0,
+                writing: false,
+                unsynced_bytes: 0,
+                issued: 0,
+                published: 0,
                 durable_seq: next_seq - 1,
                 durable_hash: prev,
                 failed: None,
@@ -438,6 +470,10 @@ impl Wal {
             _lock: lock,
             #[cfg(test)]
             fail_next_write: std::sync::atomic::AtomicBool::new(false),
+            #[cfg(test)]
+            fail_next_sync: std::sync::atomic::AtomicBool::new(false),
+            #[cfg(test)]
+            hook: Mutex::new(None),
         };
         if let Ok(io) = wal.io.lock()
             && io.offset > wal.opts.segment_bytes / 2
@@ -550,26 +586,36 @@ impl Wal {
                 let e = Err(WalError::Poisoned(f.clone()));
                 return leave(&mut g, epoch, mine, e);
             }
-            if g.flushing {
+            if g.taken >= mine || g.leaders >= self.max_leaders() {
+                // A leader has this caller's records, or will take them when it goes on.
                 g = self.sleep(g)?;
                 continue;
             }
-            // Become the leader: write and sync everything queued, for all. How it went for
-            // this caller's records is read from the state, like a follower does.
-            g.flushing = true;
+            // Become a leader: write and sync everything queued, for all. How it went for this
+            // caller's records is read from the state, like a follower does.
+            g.leaders += 1;
             drop(g);
-            let _ = self.flush();
+            if let Ok(done) = self.flush() {
+                complete(done);
+            }
             g = self.lock_inner()?;
         }
+    }
+
+    /// How many leaders may flush at once: two when syncs overlap (one writing or syncing while
+    /// the other's fdatasync runs), else one.
+    fn max_leaders(&self) -> usize {
+        if self.opts.overlap_syncs { 2 } else { 1 }
     }
 
     /// Appends one record from async code; resolves with its seq once it is durable.
     ///
     /// Group commit without a thread per caller: the record is queued under a short lock, and
-    /// the caller awaits a completion. When no flush is running, this caller starts one on
+    /// the caller awaits a completion. When there is room for another leader (none runs, or
+    /// with overlapping syncs one whose fdatasync is running), this caller starts one on
     /// tokio's blocking pool, which writes and fdatasyncs everything queued, completes those
     /// appenders, and repeats while more is queued (so one flush covers every append that
-    /// arrived during the previous fdatasync). In `SyncMode::None` the write (page cache only)
+    /// arrived meanwhile). In `SyncMode::None` the write (page cache only)
     /// is done inline instead. Must be called inside a tokio runtime.
     pub async fn append_async(self: &Arc<Self>, rec: NewRecord) -> Result<Seq, WalError> {
         let called = Instant::now();
@@ -579,13 +625,16 @@ impl Wal {
             let mut g = self.lock_inner()?;
             let mine = enqueue(&mut g, &prepared)?;
             g.waiters.push((mine, tx));
-            let start = !g.flushing;
-            g.flushing = true;
+            let start = g.leaders < self.max_leaders();
+            let alone = g.leaders == 0;
+            if start {
+                g.leaders += 1;
+            }
             // Low load: the last batch was a single record and nobody else is waiting now. Never
             // on a runtime with one worker: blocking it for the fdatasync would stop every
             // other request meanwhile, so each batch would again hold one record (measured:
             // 5.7K instead of 48K req/s at 64 connections).
-            let inline = start
+            let inline = alone
                 && g.last_batch <= 1
                 && g.waiters.len() == 1
                 && tokio::runtime::Handle::current().metrics().num_workers() > 1;
@@ -598,8 +647,11 @@ impl Wal {
                 // appender at a time), where it saves two thread handoffs (to a pool thread and
                 // back) on the path of the answer; blocking this worker for one fdatasync
                 // delays nobody then. Whatever queued up meanwhile goes to the pool.
-                if let Ok(true) = self.flush_step() {
-                    self.spawn_flush();
+                if let Ok((more, done)) = self.flush_step() {
+                    complete(done);
+                    if more {
+                        self.spawn_flush();
+                    }
                 }
             } else {
                 self.spawn_flush();
@@ -632,8 +684,10 @@ impl Wal {
             let mut g = self.lock_inner()?;
             let mine = enqueue(&mut g, &prepared)?;
             g.waiters.push((mine, tx));
-            let start = !g.flushing;
-            g.flushing = true;
+            let start = g.leaders < self.max_leaders();
+            if start {
+                g.leaders += 1;
+            }
             (mine, start)
         };
         if start {
@@ -649,72 +703,143 @@ impl Wal {
         })
     }
 
-    /// Flushes on tokio's blocking pool until the queue is empty (the caller has set `flushing`).
+    /// Leads a flush on tokio's blocking pool (the caller has counted it in `leaders`).
     fn spawn_flush(self: &Arc<Self>) {
         let wal = self.clone();
         // Detached: the flush completes the waiters, this handle is not needed.
         drop(tokio::task::spawn_blocking(move || {
-            let _ = wal.flush();
+            let done = wal.flush();
+            // The log is let go before the last appenders hear back, so one that then closes
+            // and drops its handle really closes it (and frees the directory lock).
+            drop(wal);
+            if let Ok(done) = done {
+                complete(done);
+            }
         }));
     }
 
-    /// The caller has set `flushing`: writes and syncs what is queued, completes its appenders,
-    /// and repeats until the queue is empty, which clears `flushing`. A failed write or fsync of
-    /// record bytes poisons the WAL; a failure that wrote nothing drops what was queued.
-    fn flush(&self) -> Result<(), WalError> {
-        while self.flush_step()? {}
-        Ok(())
+    /// The caller has counted itself in `leaders`: flushes batches until the queue is empty,
+    /// when it no longer leads, and returns the async appenders of the last batch for the
+    /// caller to complete. A failed write or fsync of record bytes poisons the WAL; a failure
+    /// that wrote nothing drops what was queued.
+    fn flush(&self) -> Result<Vec<(u64, Waiter)>, WalError> {
+        loop {
+            let (more, done) = self.flush_step()?;
+            if !more {
+                return Ok(done);
+            }
+            complete(done);
+        }
     }
 
-    /// The caller has set `flushing`: writes and syncs one batch (everything queued now) and
-    /// completes its appenders. Returns `true` when more was queued meanwhile (`flushing` stays
-    /// set: the caller must go on), `false` when the queue is empty (`flushing` cleared).
-    fn flush_step(&self) -> Result<bool, WalError> {
+    /// The caller leads (is counted in `leaders`): waits for its turn to write, takes one batch
+    /// (everything queued, within the bound), writes it, fdatasyncs it (while the other leader's
+    /// fdatasync may still run) and publishes it once every earlier write is published, then
+    /// wakes its blocking appenders. Returns its async appenders for the caller to complete,
+    /// and `true` when more was queued meanwhile (it still leads: the caller must go on),
+    /// `false` when it no longer leads (the queue was empty, or the WAL failed).
+    fn flush_step(&self) -> Result<(bool, Vec<(u64, Waiter)>), WalError> {
         let mut g = self.lock_inner()?;
-        if g.buf.is_empty() || g.failed.is_some() {
-            g.flushing = false;
-            self.wake(&g);
-            return Ok(false);
-        }
-        let batch = take_batch(&mut g);
-        drop(g);
-        let res = self.write_out(&batch.bytes, batch.first);
-        let mut g = self.lock_inner()?;
-        match res {
-            Ok(()) => {
-                g.durable_seq = batch.last;
-                g.durable_hash = batch.last_hash;
-                g.last_batch = (batch.last + 1 - batch.first) as usize;
-                g.max_batch = g.max_batch.max(g.last_batch);
-                let recovered = g.failing.take();
-                let done = take_done(&mut g.waiters, batch.last);
-                let more = !g.buf.is_empty();
-                if !more {
-                    g.flushing = false;
-                }
+        // One writer at a time, so batches land in seq order; and the bytes not yet published
+        // stay within the torn-tail bound.
+        loop {
+            if g.buf.is_empty() || g.failed.is_some() {
+                g.leaders -= 1;
                 self.wake(&g);
-                drop(g);
-                self.stats
-                    .batch(batch.last + 1 - batch.first, batch.bytes.len() as u64);
-                for (_, w) in done {
-                    let _ = w.send(Ok(()));
-                }
-                if let Some((first, n)) = recovered {
-                    tracing::warn!(
-                        "WAL writes again: appends are durable again after {n} failed attempt(s) that wrote nothing (the first: {first})"
-                    );
-                }
-                Ok(more)
+                return Ok((false, Vec::new()));
             }
-            Err(WriteError::NothingWritten(e)) => {
+            if !g.writing && next_fits(&g) {
+                break;
+            }
+            g = self.sleep(g)?;
+        }
+        let limit = MAX_BATCH_BYTES - g.unsynced_bytes;
+        let batch = take_batch(&mut g, limit);
+        let len = batch.bytes.len() as u64;
+        g.taken = batch.last;
+        g.writing = true;
+        g.unsynced_bytes += len;
+        drop(g);
+        let written = self.write_out(&batch.bytes, batch.first);
+        let mut g = self.lock_inner()?;
+        g.writing = false;
+        let (file, path) = match written {
+            Ok(w) => w,
+            Err(e) => {
+                g.unsynced_bytes -= len;
+                return self.fail(g, &batch, e);
+            }
+        };
+        g.issued += 1;
+        let ticket = g.issued;
+        // The other leader (or an appender that becomes one) may write the next batch now.
+        self.wake(&g);
+        drop(g);
+        self.hook("written", batch.last);
+        let synced = self.sync(&file, &path, batch.last);
+        let mut g = self.lock_inner()?;
+        if let Err(e) = synced {
+            return self.fail(g, &batch, WriteError::RecordBytes(e));
+        }
+        // Publish in issue order: an earlier write's fdatasync may still be running, and only
+        // its success says its records are on disk (an fdatasync reports a writeback error to
+        // one caller only, so this one's success does not prove the earlier write's).
+        while g.failed.is_none() && g.published + 1 != ticket {
+            g = self.sleep(g)?;
+        }
+        if let Some(f) = &g.failed {
+            // An earlier write failed: this one's records are not reported durable either.
+            let e = WalError::Poisoned(f.clone());
+            g.leaders -= 1;
+            self.wake(&g);
+            return Err(e);
+        }
+        g.published = ticket;
+        g.unsynced_bytes -= len;
+        g.durable_seq = batch.last;
+        g.durable_hash = batch.last_hash;
+        self.hook("durable", batch.last);
+        g.last_batch = (batch.last + 1 - batch.first) as usize;
+        g.max_batch = g.max_batch.max(g.last_batch);
+        let recovered = g.failing.take();
+        let done = take_done(&mut g.waiters, batch.last);
+        let more = !g.buf.is_empty();
+        if !more {
+            g.leaders -= 1;
+        }
+        self.wake(&g);
+        drop(g);
+        self.stats
+            .batch(batch.last + 1 - batch.first, batch.bytes.len() as u64);
+        if let Some((first, n)) = recovered {
+            tracing::warn!(
+                "WAL writes again: appends are durable again after {n} failed attempt(s) that wrote nothing (the first: {first})"
+            );
+        }
+        Ok((more, done))
+    }
+
+    /// A leader's write of `batch` failed: drops the queue (nothing written) or poisons the WAL
+    /// (record bytes), tells every waiting appender, and stops leading.
+    fn fail(
+        &self,
+        mut g: MutexGuard<'_, Inner>,
+        batch: &Batch,
+        err: WriteError,
+    ) -> Result<(bool, Vec<(u64, Waiter)>), WalError> {
+        g.leaders -= 1;
+        match err {
+            WriteError::NothingWritten(e) => {
                 let msg = e.to_string();
-                // No byte of this batch reached the file. Its records, and any queued since
-                // (they are chained on them), are dropped and their seqs given out again, so the
-                // log on disk stays contiguous; every appender among them is told it failed.
+                // No byte of this batch reached the file, and every earlier write was published
+                // before the rotation was tried. Its records, and any queued since (they are
+                // chained on them), are dropped and their seqs given out again, so the log on
+                // disk stays contiguous; every appender among them is told it failed.
                 debug_assert_eq!(batch.first, g.durable_seq + 1);
                 g.buf.clear();
                 g.next_seq = batch.first;
                 g.buf_first = batch.first;
+                g.taken = batch.first - 1;
                 g.prev = g.durable_hash.clone();
                 if g.blocking > 0 {
                     let d = Discard {
@@ -736,7 +861,6 @@ impl Wal {
                         true
                     }
                 };
-                g.flushing = false;
                 let all = std::mem::take(&mut g.waiters);
                 self.wake(&g);
                 drop(g);
@@ -751,27 +875,82 @@ impl Wal {
                 }
                 Err(WalError::Unavailable(msg))
             }
-            Err(WriteError::RecordBytes(e)) => {
+            WriteError::RecordBytes(e) => {
                 let msg = e.to_string();
-                g.failed = Some(msg.clone());
-                g.flushing = false;
+                // The first failure latches; a later one (the other leader's) adds nothing.
+                let first = g.failed.is_none();
+                if first {
+                    g.failed = Some(msg.clone());
+                }
                 let all = std::mem::take(&mut g.waiters);
                 self.wake(&g);
                 drop(g);
-                self.stats.write_error(true);
+                if first {
+                    self.stats.write_error(true);
+                    tracing::error!(
+                        "WAL failed: {msg}; every append is refused until the runtime is restarted"
+                    );
+                }
                 for (_, w) in all {
                     let _ = w.send(Err(Failure::Latched(msg.clone())));
                 }
-                tracing::error!(
-                    "WAL failed: {msg}; every append is refused until the runtime is restarted"
-                );
                 Err(e)
             }
         }
     }
 
-    /// Leader only: rotate if needed, write the frames, fdatasync.
-    fn write_out(&self, buf: &[u8], first_seq: u64) -> Result<(), WriteError> {
+    /// Calls the test hook, if one is set (see [`Wal::hook`]); nothing outside tests.
+    #[inline]
+    fn hook(&self, _step: &str, _last: u64) {
+        #[cfg(test)]
+        {
+            let h = self.hook.lock().ok().and_then(|h| h.clone());
+            if let Some(f) = h {
+                f(_step, _last);
+            }
+        }
+    }
+
+    /// A leader's fdatasync of the write that ends with seq `last` (nothing in
+    /// `SyncMode::None`). Runs outside every lock: the next write may go on meanwhile.
+    fn sync(&self, file: &File, path: &Path, last: u64) -> Result<(), WalError> {
+        if self.opts.sync != SyncMode::Fsync {
+            return Ok(());
+        }
+        self.hook("sync", last);
+        let failed = |source| WalError::Io {
+            context: format!("WAL fdatasync of {} failed", path.display()),
+            source,
+        };
+        #[cfg(test)]
+        if self
+            .fail_next_sync
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            return Err(failed(std::io::Error::other("injected fault")));
+        }
+        let t = Instant::now();
+        file.sync_data().map_err(failed)?;
+        self.stats.fsync(t.elapsed());
+        self.hook("synced", last);
+        Ok(())
+    }
+
+    /// Leader only, while writing: waits until every earlier write's fdatasync is published.
+    fn wait_published(&self) -> Result<(), WalError> {
+        let mut g = self.lock_inner()?;
+        while g.failed.is_none() && g.published != g.issued {
+            g = self.sleep(g)?;
+        }
+        match &g.failed {
+            Some(f) => Err(WalError::Poisoned(f.clone())),
+            None => Ok(()),
+        }
+    }
+
+    /// Leader only, while writing: rotates if needed, writes the frames, and returns the
+    /// segment's file (and path) for the fdatasync.
+    fn write_out(&self, buf: &[u8], first_seq: u64) -> Result<(Arc<File>, PathBuf), WriteError> {
         let written = |ctx: String| {
             move |source| {
                 WriteError::RecordBytes(WalError::Io {
@@ -796,6 +975,12 @@ impl Wal {
         if io.rotate_pending
             || (io.offset > HEADER_LEN && io.offset + buf.len() as u64 > self.opts.segment_bytes)
         {
+            // The old segment is complete on disk before a record goes into the next one: the
+            // other leader's fdatasync of it, if one runs, is waited for (a failure of it is a
+            // failure of this write too). Only the writing leader uses `io`, so holding it here
+            // blocks nobody else.
+            self.wait_published().map_err(WriteError::RecordBytes)?;
+            self.hook("rotate", first_seq);
             if self.opts.sync == SyncMode::None {
                 // Leave the old segment complete on disk before the chain moves on.
                 let t = Instant::now();
@@ -835,15 +1020,7 @@ impl Wal {
         if off <= half && io.offset > half {
             self.prepare_spare();
         }
-        if self.opts.sync == SyncMode::Fsync {
-            let t = Instant::now();
-            io.file.sync_data().map_err(written(format!(
-                "WAL fdatasync of {} failed",
-                io.path.display()
-            )))?;
-            self.stats.fsync(t.elapsed());
-        }
-        Ok(())
+        Ok((io.file.clone(), io.path.clone()))
     }
 
     /// Starts preparing a spare segment in the background unless one is ready or on its way.
@@ -930,7 +1107,7 @@ impl Wal {
             // at its new name (see `create_segment`).
             fsync_dir(&self.dir)?;
             return Ok(SegIo {
-                file,
+                file: Arc::new(file),
                 path,
                 offset: HEADER_LEN,
                 rotate_pending: false,
@@ -943,7 +1120,7 @@ impl Wal {
     pub fn close(&self) -> Result<(), WalError> {
         let mut g = self.lock_inner()?;
         g.closed = true;
-        while g.failed.is_none() && (g.flushing || !g.buf.is_empty()) {
+        while g.failed.is_none() && (g.leaders > 0 || !g.buf.is_empty()) {
             g = self.sleep(g)?;
         }
         if let Some(f) = &g.failed {
@@ -1048,11 +1225,25 @@ struct Batch {
     last_hash: String,
 }
 
-/// Under the lock: takes the queued frames up to `MAX_BATCH_BYTES` (whole frames, at least one)
-/// for one write. Recovery's torn-tail rule relies on this bound.
-fn take_batch(g: &mut Inner) -> Batch {
+/// Length of the first frame queued (the queue is not empty).
+fn first_frame_len(buf: &[u8]) -> u64 {
+    let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]);
+    FRAME_HEADER_LEN + u64::from(len)
+}
+
+/// Under the lock: the first queued frame can be written now without the bytes not yet
+/// published going over `MAX_BATCH_BYTES` (always, when none are in flight).
+fn next_fits(g: &Inner) -> bool {
+    g.unsynced_bytes == 0 || g.unsynced_bytes + first_frame_len(&g.buf) <= MAX_BATCH_BYTES
+}
+
+/// Under the lock: takes the queued frames up to `limit` bytes (whole frames, at least one) for
+/// one write. `limit` is `MAX_BATCH_BYTES` less the bytes of the write whose fdatasync may
+/// still run: recovery's torn-tail rule relies on every byte not known to be on disk lying
+/// within `MAX_BATCH_BYTES` of the first of them.
+fn take_batch(g: &mut Inner, limit: u64) -> Batch {
     let first = g.buf_first;
-    if g.buf.len() as u64 <= MAX_BATCH_BYTES {
+    if g.buf.len() as u64 <= limit {
         return Batch {
             bytes: std::mem::take(&mut g.buf),
             first,
@@ -1060,13 +1251,13 @@ fn take_batch(g: &mut Inner) -> Batch {
             last_hash: g.prev.clone(),
         };
     }
-    // The queue holds whole frames, and more than the bound, so a frame ends before it runs out.
+    // The queue holds whole frames, and more than the limit, so a frame ends before it runs out.
     let (mut end, mut n, mut last_payload) = (0usize, 0u64, 0..0);
     loop {
         let h = &g.buf[end..end + FRAME_HEADER_LEN as usize];
         let len = u32::from_le_bytes([h[0], h[1], h[2], h[3]]) as usize;
         let next = end + FRAME_HEADER_LEN as usize + len;
-        if n > 0 && next as u64 > MAX_BATCH_BYTES {
+        if n > 0 && next as u64 > limit {
             break;
         }
         last_payload = end + FRAME_HEADER_LEN as usize..next;
@@ -1082,6 +1273,13 @@ fn take_batch(g: &mut Inner) -> Batch {
         first,
         last: first + n - 1,
         last_hash,
+    }
+}
+
+/// Tells async appenders that their records are durable.
+fn complete(done: Vec<(u64, Waiter)>) {
+    for (_, w) in done {
+        let _ = w.send(Ok(()));
     }
 }
 

@@ -65,6 +65,9 @@ struct Args {
     /// the bridge's guarantees).
     #[arg(long, default_value = "fsync")]
     wal_sync: String,
+    /// The daemons' `--wal-flushes` (`overlap` or `one`).
+    #[arg(long, default_value = "overlap")]
+    wal_flushes: String,
     /// The first of five DDS domains: the baseline's, then agent and robot for strict, then for
     /// batched (the default 228–232 is apart from the test suite's 1–225).
     #[arg(long, default_value_t = 228)]
@@ -370,6 +373,8 @@ fn daemon(args: &Args, dir: &Path_, mode: &str, agent: u16, robot: u16) -> Daemo
             &agent.to_string(),
             "--wal-sync",
             &args.wal_sync,
+            "--wal-flushes",
+            &args.wal_flushes,
         ])
         .env("ROS_DOMAIN_ID", robot.to_string())
         .env_remove("RMW_IMPLEMENTATION")

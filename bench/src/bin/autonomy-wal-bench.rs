@@ -32,6 +32,20 @@ struct Args {
     /// Segment size for the WAL runs.
     #[arg(long, default_value_t = 64 * 1024 * 1024)]
     segment_bytes: u64,
+    /// Only the record→durable comparison (`--paced-rates`, `--saturate`): one flush at a time
+    /// against overlapping flushes, interleaved in rounds.
+    #[arg(long)]
+    durable_only: bool,
+    /// Records per second submitted (as the bridge does) for the record→durable comparison.
+    #[arg(long, value_delimiter = ',', default_value = "100,1000")]
+    paced_rates: Vec<u64>,
+    /// Concurrent async appenders, each submitting its next record once the last is durable
+    /// (saturation), for the record→durable comparison; 0: none.
+    #[arg(long, default_value_t = 16)]
+    saturate: usize,
+    /// Rounds of the record→durable comparison (each round runs both modes, alternating).
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
 }
 
 struct Row {
@@ -93,6 +107,7 @@ fn wal_run(dir: &Path, secs: f64, threads: usize, pre: Preallocate, seg: u64) ->
             segment_bytes: seg,
             sync: SyncMode::Fsync,
             preallocate: pre,
+            ..WalOptions::default()
         },
     )
     .expect("open WAL");
@@ -106,12 +121,7 @@ fn wal_run(dir: &Path, secs: f64, threads: usize, pre: Preallocate, seg: u64) ->
             let mut lat = Vec::new();
             while Instant::now() < end {
                 // About 256 bytes of payload in all, like one decision record.
-                let r = NewRecord::new(RecordType::Decision, Some(AuditId::new()))
-                    .with("kind", "tool.http_get")
-                    .with("decision", "allow")
-                    .with("layer", "policy")
-                    .with("policy_ref", "embedded:demo")
-                    .with("source", "http");
+                let r = decision();
                 let t = Instant::now();
                 w.append(r).expect("append");
                 lat.push(t.elapsed().as_nanos() as u64);
@@ -134,6 +144,140 @@ fn wal_run(dir: &Path, secs: f64, threads: usize, pre: Preallocate, seg: u64) ->
     }
 }
 
+/// A decision record of about 256 bytes of payload.
+fn decision() -> NewRecord {
+    NewRecord::new(RecordType::Decision, Some(AuditId::new()))
+        .with("kind", "tool.http_get")
+        .with("decision", "allow")
+        .with("layer", "policy")
+        .with("policy_ref", "embedded:demo")
+        .with("source", "http")
+}
+
+/// Record→durable latencies (ns) with `Wal::submit` on a 2-worker runtime (the daemon's on this
+/// VM): at `rate` records/s for `secs`, or with `rate` 0, `saturate` appenders back to back.
+/// Also the WAL's own fdatasync count and mean (µs).
+fn durable_run(
+    dir: &Path,
+    secs: f64,
+    rate: u64,
+    saturate: usize,
+    overlap: bool,
+) -> (Vec<u64>, u64, f64) {
+    let wdir = dir.join(format!("durable-{rate}-{overlap}"));
+    let opts = WalOptions {
+        overlap_syncs: overlap,
+        ..WalOptions::default()
+    };
+    let wal = Arc::new(Wal::open(&wdir, opts).expect("open WAL").0);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    let lat = rt.block_on(async {
+        let lat = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let start = tokio::time::Instant::now();
+        let end = start + Duration::from_secs_f64(secs);
+        let mut tasks = Vec::new();
+        if rate > 0 {
+            let n = (secs * rate as f64) as u64;
+            for i in 0..n {
+                tokio::time::sleep_until(start + Duration::from_nanos(i * 1_000_000_000 / rate))
+                    .await;
+                let t = Instant::now();
+                let done = wal.submit(decision()).expect("submit");
+                let lat = lat.clone();
+                tasks.push(tokio::spawn(async move {
+                    done.await.expect("durable");
+                    if let Ok(mut l) = lat.lock() {
+                        l.push(t.elapsed().as_nanos() as u64);
+                    }
+                }));
+            }
+        } else {
+            for _ in 0..saturate {
+                let (wal, lat) = (wal.clone(), lat.clone());
+                tasks.push(tokio::spawn(async move {
+                    while tokio::time::Instant::now() < end {
+                        let t = Instant::now();
+                        wal.submit(decision())
+                            .expect("submit")
+                            .await
+                            .expect("durable");
+                        if let Ok(mut l) = lat.lock() {
+                            l.push(t.elapsed().as_nanos() as u64);
+                        }
+                    }
+                }));
+            }
+        }
+        for t in tasks {
+            t.await.expect("task");
+        }
+        std::mem::take(&mut *lat.lock().expect("latencies"))
+    });
+    drop(rt);
+    let s = wal.stats();
+    let fsync_mean = s.fsync_ns.sum as f64 / s.fsync_ns.count.max(1) as f64 / 1000.0;
+    drop(wal);
+    let _ = std::fs::remove_dir_all(&wdir);
+    (lat, s.fsync_ns.count, fsync_mean)
+}
+
+/// Record→durable, one flush at a time against overlapping flushes: the two modes alternate
+/// within each round, so load from other work hits both alike.
+fn durable_compare(dir: &Path, a: &Args) {
+    println!(
+        "| load | flushes | records | p50 µs | p99 µs | p99.9 µs | max µs | fdatasyncs | fdatasync mean µs |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    let mut loads: Vec<u64> = a.paced_rates.clone();
+    if a.saturate > 0 {
+        loads.push(0);
+    }
+    for &rate in &loads {
+        let mut all = [Vec::new(), Vec::new()];
+        let mut syncs = [(0u64, 0.0f64); 2];
+        for round in 0..a.rounds {
+            // Alternate which mode goes first.
+            for k in 0..2 {
+                let overlap = (k + round) % 2 == 1;
+                let (lat, n, mean) = durable_run(dir, a.secs, rate, a.saturate, overlap);
+                let i = usize::from(overlap);
+                all[i].extend(lat);
+                syncs[i].1 = (syncs[i].1 * syncs[i].0 as f64 + mean * n as f64)
+                    / (syncs[i].0 + n).max(1) as f64;
+                syncs[i].0 += n;
+            }
+        }
+        for (i, lat) in all.iter_mut().enumerate() {
+            lat.sort_unstable();
+            let load = if rate > 0 {
+                format!("{rate} records/s")
+            } else {
+                format!("saturated, {} appenders", a.saturate)
+            };
+            println!(
+                "| {load} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {:.0} |",
+                if i == 1 {
+                    "overlapping"
+                } else {
+                    "one at a time"
+                },
+                lat.len(),
+                pct(lat, 0.50),
+                pct(lat, 0.99),
+                pct(lat, 0.999),
+                pct(lat, 1.0),
+                syncs[i].0,
+                syncs[i].1
+            );
+            let _ = std::io::stdout().flush();
+        }
+    }
+}
+
 fn main() {
     let a = Args::parse();
     let parent = a
@@ -148,6 +292,10 @@ fn main() {
         .expect("temp dir");
     let dir = tmp.path();
     eprintln!("autonomy-wal-bench: scratch dir {}", dir.display());
+    if a.durable_only {
+        durable_compare(dir, &a);
+        return;
+    }
     println!("| measurement | ops/s | p50 µs | p99 µs | ops |");
     println!("|---|---:|---:|---:|---:|");
     let modes = [

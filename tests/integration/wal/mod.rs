@@ -26,6 +26,7 @@ fn opts(segment_bytes: u64, preallocate: Preallocate) -> WalOptions {
         segment_bytes,
         sync: SyncMode::Fsync,
         preallocate,
+        ..WalOptions::default()
     }
 }
 
