@@ -12,7 +12,7 @@ use crate::approvals::{Approvals, Resolution};
 use crate::limits::{Limited, Limits};
 use crate::metrics::{self, Metrics};
 use crate::policy::patch::{self, PatchTarget, Patched, ToolParams};
-use crate::policy::{ActivePolicy, PolicyEvaluator, PolicyInput, Verdict};
+use crate::policy::{ActivePolicy, PolicyEvaluator, PolicyInput, RuleRef, Verdict};
 use crate::record::{
     ApprovalRequested, ApprovalRequestedEvent, DecisionRecord, ErrorCode, ErrorRecord, Layer,
     RecordBody,
@@ -104,6 +104,9 @@ pub struct GateResponse {
     /// The policy's patch, when the call ran (or may be acted on) as patched; `decision` is
     /// then `allow`. Never set in shadow mode (the original runs).
     pub downgrade: Option<Downgrade>,
+    /// The policy rule definitions that decided (empty when another layer decided, or the
+    /// policy named none).
+    pub rules: Vec<Arc<RuleRef>>,
 }
 
 impl GateResponse {
@@ -123,6 +126,7 @@ impl GateResponse {
             shadow: None,
             approval: None,
             downgrade: None,
+            rules: Vec::new(),
         }
     }
 }
@@ -361,6 +365,7 @@ impl Gate {
             );
             with_downgrade(&mut rec, downgrade.as_ref());
             rec.shadow = Some(true);
+            rec.rules = Cow::Borrowed(&verdict.rules);
             if let Err(e) = self.append(encode(&audit_id, &rec)).await {
                 return wal_unavailable(policy_ref, audit_id, &e);
             }
@@ -374,23 +379,27 @@ impl Gate {
             }
             ran_as = Some(d);
         } else if verdict.decision == Decision::Deny {
-            let rec = decision_body(
+            let mut rec = decision_body(
                 call,
                 Decision::Deny,
                 verdict.reason.as_deref(),
                 &policy_ref,
                 Layer::Policy,
             );
+            rec.rules = Cow::Borrowed(&verdict.rules);
             if let Err(e) = self.append(encode(&audit_id, &rec)).await {
                 return wal_unavailable(policy_ref, audit_id, &e);
             }
-            return GateResponse::new(
-                Decision::Deny,
-                policy_ref,
-                audit_id,
-                verdict.reason,
-                Outcome::PolicyDenied,
-            );
+            return GateResponse {
+                rules: verdict.rules,
+                ..GateResponse::new(
+                    Decision::Deny,
+                    policy_ref,
+                    audit_id,
+                    verdict.reason,
+                    Outcome::PolicyDenied,
+                )
+            };
         } else if let Some(ask) = &verdict.approval {
             match self
                 .ask(&audit_id, call, ask.reason.as_deref(), &policy_ref)
@@ -400,7 +409,8 @@ impl Gate {
                 Err(resp) => return *resp,
             }
         } else {
-            let rec = decision_body(call, Decision::Allow, None, &policy_ref, Layer::Policy);
+            let mut rec = decision_body(call, Decision::Allow, None, &policy_ref, Layer::Policy);
+            rec.rules = Cow::Borrowed(&verdict.rules);
             if let Err(e) = self.append(encode(&audit_id, &rec)).await {
                 return wal_unavailable(policy_ref, audit_id, &e);
             }
@@ -447,11 +457,18 @@ impl Gate {
         } else {
             Decision::Allow
         };
+        // A runtime-layer refusal is not the policy's decision: its answer names no rules.
+        let rules = if outcome == Outcome::RuntimeDenied {
+            Vec::new()
+        } else {
+            verdict.rules
+        };
         GateResponse {
             shadow,
             approval,
             // A runtime-layer deny after the downgrade answers a plain deny.
             downgrade: ran_as.filter(|_| decision == Decision::Allow),
+            rules,
             ..GateResponse::new(decision, policy_ref, audit_id, reason, outcome)
         }
     }
@@ -473,10 +490,24 @@ impl Gate {
         let Some(patch) = verdict.patch.take() else {
             return (verdict, None);
         };
-        let refuse = |why: String| (Verdict::deny(why), None);
+        // A refusal here names the rules that asked for the patch (or refused the patched call).
+        let refuse = |why: String, rules: Vec<Arc<RuleRef>>| {
+            (
+                Verdict {
+                    rules,
+                    ..Verdict::deny(why)
+                },
+                None,
+            )
+        };
         let patched = match target.apply(&call.params, &patch) {
             Ok(p) => p,
-            Err(why) => return refuse(format!("the policy's patch does not fit the call: {why}")),
+            Err(why) => {
+                return refuse(
+                    format!("the policy's patch does not fit the call: {why}"),
+                    verdict.rules,
+                );
+            }
         };
         if patch::same_map(&patched.params, &call.params) {
             return (verdict, None);
@@ -487,11 +518,12 @@ impl Gate {
         });
         if again.decision == Decision::Deny {
             let why = again.reason.as_deref().unwrap_or("denied by policy");
-            return refuse(format!("the patched call is denied: {why}"));
+            return refuse(format!("the patched call is denied: {why}"), again.rules);
         }
         if again.approval.is_some() {
             return refuse(
                 "the patched call asks for approval, which a downgrade does not wait for".into(),
+                again.rules,
             );
         }
         if let Some(more) = &again.patch {
@@ -501,10 +533,25 @@ impl Gate {
             if !settled {
                 return refuse(
                     "the policy patches the patched call again: a patch must lead to a call the policy allows as it is".into(),
+                    again.rules,
                 );
             }
         }
-        (Verdict::allow(), Some(Downgrade { patch, patched }))
+        // A downgrade names the rules that decided the call as asked, then those that allowed
+        // the patched call.
+        let mut rules = verdict.rules;
+        for r in again.rules {
+            if !rules.contains(&r) {
+                rules.push(r);
+            }
+        }
+        (
+            Verdict {
+                rules,
+                ..Verdict::allow()
+            },
+            Some(Downgrade { patch, patched }),
+        )
     }
 
     /// Parks a call the policy allowed only with approval: records the request (durable), waits
@@ -676,6 +723,10 @@ impl Gate {
         } else {
             Ruling::allow()
         };
+        let ruling = Ruling {
+            rules: verdict.rules,
+            ..ruling
+        };
         self.pend(call, ruling, policy_ref, durability)
     }
 
@@ -709,6 +760,7 @@ impl Gate {
             layer,
             shadow,
             downgrade,
+            rules,
         } = ruling;
         let mut rec = match &shadow {
             // The record says what the policy would have done; the call is allowed.
@@ -732,6 +784,7 @@ impl Gate {
         if layer == Layer::Limit {
             rec.params = Some(Cow::Borrowed(&call.params));
         }
+        rec.rules = Cow::Borrowed(&rules);
         let queued = encode(&audit_id, &rec).and_then(|rec| self.wal.submit(rec));
         let outcome = match (decision, layer) {
             (Decision::Allow, _) => Outcome::DecisionOnly,
@@ -747,6 +800,7 @@ impl Gate {
                 GateResponse {
                     shadow,
                     downgrade,
+                    rules,
                     ..GateResponse::new(decision, policy_ref, audit_id, reason, outcome)
                 },
                 Some(Box::pin(fut) as futures::future::BoxFuture<'static, _>),
@@ -812,6 +866,8 @@ struct Ruling {
     shadow: Option<ShadowVerdict>,
     /// The policy downgraded the call (in shadow mode: would have).
     downgrade: Option<Downgrade>,
+    /// The policy rule definitions that decided (layer `policy` only).
+    rules: Vec<Arc<RuleRef>>,
 }
 
 impl Ruling {
@@ -822,6 +878,7 @@ impl Ruling {
             layer: Layer::Policy,
             shadow: None,
             downgrade: None,
+            rules: Vec::new(),
         }
     }
 
@@ -832,6 +889,7 @@ impl Ruling {
             layer,
             shadow: None,
             downgrade: None,
+            rules: Vec::new(),
         }
     }
 }
@@ -1011,6 +1069,7 @@ fn decision_body<'a>(
         patched: None,
         policy_ref: Cow::Borrowed(policy_ref.as_str()),
         reason: reason.map(Cow::Borrowed),
+        rules: Cow::Borrowed(&[]),
         shadow: None,
         source: Cow::Borrowed(call.source.as_str()),
     }

@@ -10,9 +10,12 @@
 //! golden test. Nothing outside this module lists record types.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+
+use crate::policy::RuleRef;
 
 /// The kinds of record the log holds (the payload's `type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -223,6 +226,10 @@ pub struct DecisionRecord<'a> {
     /// Why it was denied.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub reason: Option<Cow<'a, str>>,
+    /// Layer `policy`: the policy rule definitions that decided (package, rule, file, line,
+    /// METADATA id). Absent when the policy named none, and in the other layers' records.
+    #[serde(skip_serializing_if = "<[_]>::is_empty", default)]
+    pub rules: Cow<'a, [Arc<RuleRef>]>,
     /// `true` when the policy only watched (shadow mode): the call was allowed whatever
     /// `decision` says.
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -245,6 +252,7 @@ impl RecordBody for DecisionRecord<'_> {
         "patched",
         "policy_ref",
         "reason",
+        "rules",
         "shadow",
         "source",
     ];

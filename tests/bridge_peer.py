@@ -90,6 +90,7 @@ class Decision_(IdlStruct, typename="autonomy_msgs::msg::dds_::Decision_"):
     reason: str
     policy_ref: str
     source: str
+    rules_json: str
 
 
 _raw = {}
@@ -256,7 +257,8 @@ def main():
         out(event="robot", **{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in g.items()})
     for d in decs:
         out(event="decision", audit_id=d.audit_id, kind=d.kind, decision=d.decision,
-            reason=d.reason, policy_ref=d.policy_ref, source=d.source)
+            reason=d.reason, policy_ref=d.policy_ref, source=d.source,
+            rules=json.loads(d.rules_json))
     for f in feeds:
         out(event="feed", data=f)
     out(event="done")

@@ -58,6 +58,7 @@ class Decision_(IdlStruct, typename="autonomy_msgs::msg::dds_::Decision_"):
     reason: str
     policy_ref: str
     source: str
+    rules_json: str
 
 
 # rmw_cyclonedds: the request header {uint64 client_id; int64 seq} flattened ahead of the fields.
@@ -78,6 +79,7 @@ class Tool_Response_(IdlStruct, typename="autonomy_msgs::srv::dds_::Tool_Respons
     reason: str
     policy_ref: str
     audit_id: str
+    rules_json: str
 
 
 def discovery_types(gid_len):
@@ -172,6 +174,7 @@ def tool(args):
             reason=reply.reason,
             policy_ref=reply.policy_ref,
             audit_id=reply.audit_id,
+            rules=json.loads(reply.rules_json),
         )
 
     if args.http:
@@ -196,6 +199,7 @@ def tool(args):
             reason=d.reason,
             policy_ref=d.policy_ref,
             source=d.source,
+            rules=json.loads(d.rules_json),
         )
 
     deadline = time.monotonic() + 20

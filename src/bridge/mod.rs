@@ -890,6 +890,7 @@ impl Relay {
             reason: crate::ros::reason_text(resp),
             policy_ref: resp.policy_ref.as_str().to_string(),
             source: SOURCE.as_str().to_string(),
+            rules_json: crate::ros::rules_json(&resp.rules),
         };
         let _ = self.decisions.try_send(m);
     }

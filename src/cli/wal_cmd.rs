@@ -352,10 +352,11 @@ impl Filter {
 
 /// The compact summary column: the fields people look for first.
 fn summary(r: &StoredRecord) -> String {
-    const KEYS: [&str; 13] = [
+    const KEYS: [&str; 14] = [
         "kind",
         "decision",
         "shadow",
+        "rules",
         "agent",
         "by",
         "reason",
@@ -373,6 +374,7 @@ fn summary(r: &StoredRecord) -> String {
             if let Some(v) = o.get(k) {
                 let s = match v {
                     serde_json::Value::String(s) => s.clone(),
+                    serde_json::Value::Array(rules) if k == "rules" => rules_summary(rules),
                     other => other.to_string(),
                 };
                 parts.push(format!("{k}={s}"));
@@ -384,6 +386,28 @@ fn summary(r: &StoredRecord) -> String {
         s = s.chars().take(157).collect::<String>() + "...";
     }
     s
+}
+
+/// A decision's policy rules, compactly: `DEMO-1@demo.rego:8,allow@policy.rego:12` (the
+/// METADATA id where the rule has one, else its name).
+fn rules_summary(rules: &[serde_json::Value]) -> String {
+    let one = |r: &serde_json::Value| {
+        let name = r
+            .get("id")
+            .or_else(|| r.get("rule"))
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("?");
+        let file = r
+            .get("file")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("?");
+        let line = r
+            .get("line")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0);
+        format!("{name}@{file}:{line}")
+    };
+    rules.iter().map(one).collect::<Vec<_>>().join(",")
 }
 
 fn print_record(out: &mut impl Write, r: &StoredRecord, json: bool) -> std::io::Result<()> {

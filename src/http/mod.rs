@@ -612,6 +612,8 @@ struct ToolAnswer<'a> {
     policy_ref: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<&'a str>,
+    #[serde(skip_serializing_if = "<[_]>::is_empty")]
+    rules: &'a [std::sync::Arc<crate::policy::RuleRef>],
     #[serde(skip_serializing_if = "Option::is_none")]
     shadow: Option<Value>,
 }
@@ -663,6 +665,7 @@ fn render(r: GateResponse, agent: &Agent) -> Response {
         patch: r.downgrade.as_ref().map(|d| &d.patch),
         policy_ref: r.policy_ref.as_str(),
         reason: r.reason.as_deref(),
+        rules: &r.rules,
     };
     let mut resp = Response::new(Body::from(serde_json::to_vec(&body).unwrap_or_default()));
     *resp.status_mut() = status;
@@ -741,6 +744,7 @@ mod tests {
                 shadow: None,
                 approval: None,
                 downgrade: None,
+                rules: Vec::new(),
             };
             let mut want = Map::new();
             want.insert("decision".into(), decision.as_str().into());

@@ -18,5 +18,5 @@ pub mod patch;
 
 pub use eval::{
     ActivePolicy, DEMO_REGO, DenyAll, PolicyEvaluator, PolicyInput, RegoPolicy, RegoPolicyError,
-    Verdict, demo_policy,
+    RuleRef, Verdict, demo_policy,
 };

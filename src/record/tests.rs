@@ -34,6 +34,7 @@ fn decision_records() {
         agent: None,
         by: None,
         note: None,
+        rules: Cow::Borrowed(&[]),
         shadow: None,
         decision: Decision::Allow,
         kind: Cow::Borrowed("tool.http_get"),
@@ -52,6 +53,7 @@ fn decision_records() {
             agent: None,
             by: None,
             note: None,
+            rules: Cow::Borrowed(&[]),
             shadow: None,
             decision: Decision::Allow,
             kind: Cow::Owned("tool.http_get".into()),
@@ -68,6 +70,7 @@ fn decision_records() {
         agent: None,
         by: None,
         note: None,
+        rules: Cow::Borrowed(&[]),
         shadow: None,
         decision: Decision::Deny,
         kind: Cow::Borrowed("tool.http_get"),
@@ -107,6 +110,7 @@ fn decision_records() {
         patched: Some(Cow::Owned(ran)),
         policy_ref: Cow::Borrowed("clamp"),
         reason: None,
+        rules: Cow::Borrowed(&[]),
         source: Cow::Borrowed("bridge"),
     };
     golden(
@@ -480,6 +484,7 @@ fn bridge_records() {
         agent: None,
         by: None,
         note: None,
+        rules: Cow::Borrowed(&[]),
         shadow: None,
         decision: Decision::Deny,
         kind: Cow::Borrowed("tool.ros2.topic.publish"),
@@ -498,6 +503,7 @@ fn bridge_records() {
             agent: None,
             by: None,
             note: None,
+            rules: Cow::Borrowed(&[]),
             shadow: None,
             decision: Decision::Deny,
             kind: Cow::Owned("tool.ros2.topic.publish".into()),
@@ -527,6 +533,7 @@ fn identity_shadow_and_approval_records() {
         patched: None,
         policy_ref: Cow::Borrowed("embedded:demo"),
         reason: Some(Cow::Borrowed("no")),
+        rules: Cow::Borrowed(&[]),
         shadow: Some(true),
         source: Cow::Borrowed("http"),
     };
@@ -547,6 +554,7 @@ fn identity_shadow_and_approval_records() {
         patched: None,
         policy_ref: Cow::Borrowed("embedded:demo"),
         reason: None,
+        rules: Cow::Borrowed(&[]),
         shadow: None,
         source: Cow::Borrowed("http"),
     };
@@ -562,6 +570,7 @@ fn identity_shadow_and_approval_records() {
         agent: Some(Cow::Borrowed("anonymous")),
         by: None,
         note: None,
+        rules: Cow::Borrowed(&[]),
         shadow: None,
         ..approved.clone()
     };
@@ -626,4 +635,60 @@ fn checkpoint_records() {
         .sign(&signer)
         .unwrap();
     assert_eq!(made, cp);
+}
+
+#[test]
+fn decision_record_with_rules() {
+    let rules = vec![
+        std::sync::Arc::new(crate::policy::RuleRef {
+            package: "autonomy".into(),
+            rule: "reason".into(),
+            file: "policy.rego".into(),
+            line: 14,
+            id: Some("SAFETY-3.2".into()),
+        }),
+        std::sync::Arc::new(crate::policy::RuleRef {
+            package: "autonomy".into(),
+            rule: "allow".into(),
+            file: "ros/extra.rego".into(),
+            line: 3,
+            id: None,
+        }),
+    ];
+    let deny = DecisionRecord {
+        agent: Some(Cow::Borrowed("anonymous")),
+        by: None,
+        decision: Decision::Deny,
+        kind: Cow::Borrowed("tool.shell"),
+        layer: Layer::Policy,
+        note: None,
+        params: None,
+        patch: None,
+        patched: None,
+        policy_ref: Cow::Borrowed("b@1.0.0 sha256:ab"),
+        reason: Some(Cow::Borrowed("no")),
+        rules: Cow::Borrowed(&rules),
+        shadow: None,
+        source: Cow::Borrowed("http"),
+    };
+    golden(
+        &deny,
+        r#"{"agent":"anonymous","decision":"deny","kind":"tool.shell","layer":"policy","policy_ref":"b@1.0.0 sha256:ab","reason":"no","rules":[{"package":"autonomy","rule":"reason","file":"policy.rego","line":14,"id":"SAFETY-3.2"},{"package":"autonomy","rule":"allow","file":"ros/extra.rego","line":3}],"source":"http"}"#,
+        Body::Decision(DecisionRecord {
+            agent: Some(Cow::Owned("anonymous".into())),
+            by: None,
+            decision: Decision::Deny,
+            kind: Cow::Owned("tool.shell".into()),
+            layer: Layer::Policy,
+            note: None,
+            params: None,
+            patch: None,
+            patched: None,
+            policy_ref: Cow::Owned("b@1.0.0 sha256:ab".into()),
+            reason: Some(Cow::Owned("no".into())),
+            rules: Cow::Owned(rules.clone()),
+            shadow: None,
+            source: Cow::Owned("http".into()),
+        }),
+    );
 }

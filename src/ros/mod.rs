@@ -266,6 +266,7 @@ impl ToolService {
                 reason,
                 policy_ref: self.gate.policy().get().policy_ref().as_str().to_string(),
                 audit_id: String::new(),
+                rules_json: rules_json(&[]),
             },
         }
     }
@@ -341,7 +342,14 @@ pub fn response_from(r: GateResponse) -> ToolResponse {
         reason: reason_text(&r),
         policy_ref: r.policy_ref.as_str().to_string(),
         audit_id: r.audit_id.as_str().to_string(),
+        rules_json: rules_json(&r.rules),
     }
+}
+
+/// The rules field of the service answer and the decision message: the policy rules that
+/// decided, as a JSON array text (`[]` when none), as the HTTP answer's `rules` holds them.
+pub fn rules_json(rules: &[Arc<crate::policy::RuleRef>]) -> String {
+    serde_json::to_string(rules).unwrap_or_else(|_| "[]".into())
 }
 
 /// The decision message for a gate answer.
@@ -354,6 +362,7 @@ pub fn decision_msg(call: &ToolCall, r: &GateResponse) -> DecisionMsg {
         reason: reason_text(r),
         policy_ref: r.policy_ref.as_str().to_string(),
         source: call.source.as_str().to_string(),
+        rules_json: rules_json(&r.rules),
     }
 }
 
@@ -591,6 +600,7 @@ mod tests {
                 shadow: None,
                 approval: None,
                 downgrade: None,
+                rules: Vec::new(),
             }
         };
         let a = response_from(r);

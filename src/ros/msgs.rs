@@ -47,6 +47,8 @@ pub struct DecisionMsg {
     pub policy_ref: String,
     /// The front end: `http`, `ros2` or `launch`.
     pub source: String,
+    /// The policy rules that decided, as a JSON array text (`[]` when none).
+    pub rules_json: String,
 }
 
 /// `autonomy_msgs/srv/Tool` request.
@@ -71,6 +73,8 @@ pub struct ToolResponse {
     pub policy_ref: String,
     /// The audit id (empty for a malformed request, which is answered but not recorded).
     pub audit_id: String,
+    /// The policy rules that decided, as a JSON array text (`[]` when none).
+    pub rules_json: String,
 }
 
 impl ros2_client::Message for DecisionMsg {}
@@ -126,7 +130,8 @@ mod tests {
             decision: "allow".into(), // 4+6 = 10, pad 2
             reason: "".into(),        // 4+1 = 5, pad 3
             policy_ref: "p".into(),   // 4+2 = 6, pad 2
-            source: "ros2".into(),    // 4+5 = 9, no trailing pad
+            source: "ros2".into(),    // 4+5 = 9, pad 3
+            rules_json: "[]".into(),  // 4+3 = 7, no trailing pad
         };
         #[rustfmt::skip]
         let expected: Vec<u8> = [
@@ -138,7 +143,8 @@ mod tests {
             vec![6, 0, 0, 0], b"allow\0".to_vec(), vec![0, 0],
             vec![1, 0, 0, 0, 0], vec![0, 0, 0],
             vec![2, 0, 0, 0, b'p', 0], vec![0, 0],
-            vec![5, 0, 0, 0], b"ros2\0".to_vec(),
+            vec![5, 0, 0, 0], b"ros2\0".to_vec(), vec![0, 0, 0],
+            vec![3, 0, 0, 0], b"[]\0".to_vec(),
         ]
         .concat();
         assert_eq!(wire(&m), expected);
@@ -161,6 +167,7 @@ mod tests {
             reason: "no".into(),
             policy_ref: "embedded:demo".into(),
             audit_id: "a".into(),
+            rules_json: "[]".into(),
         };
         let expected = [
             vec![0, 1, 0, 0],
@@ -172,7 +179,9 @@ mod tests {
             vec![0],
             s("embedded:demo"), // 18 → pad 2
             vec![0, 0],
-            s("a"),
+            s("a"), // 6 → pad 2
+            vec![0, 0],
+            s("[]"),
         ]
         .concat();
         assert_eq!(wire(&resp), expected);

@@ -87,6 +87,7 @@ pub fn decision_to_rcl(m: &DecisionMsg) -> Decision {
         reason: ros_text(&m.reason),
         policy_ref: ros_text(&m.policy_ref),
         source: ros_text(&m.source),
+        rules_json: ros_text(&m.rules_json),
     }
 }
 
@@ -98,6 +99,7 @@ pub fn response_to_rcl(r: &ToolResponse) -> Tool::Response {
         reason: ros_text(&r.reason),
         policy_ref: ros_text(&r.policy_ref),
         audit_id: ros_text(&r.audit_id),
+        rules_json: ros_text(&r.rules_json),
     }
 }
 

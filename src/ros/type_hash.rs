@@ -438,11 +438,11 @@ mod tests {
         ),
         (
             "autonomy_msgs/msg/Decision",
-            "RIHS01_b8dfa7d6a040aa2055c14f8a4ea046a0f70772969bde6ada6cdbbb39404a31cd",
+            "RIHS01_fdc1021f6c27ca456db241d87ddc717357cc27d8dc3ca592e2ace9bc2145c530",
         ),
         (
             "autonomy_msgs/srv/Tool",
-            "RIHS01_11499ce1192e164fca2070c533bd240a1fbf870f0009369472aa2a7c20ede759",
+            "RIHS01_931d0ae4a1f9ccf420d1bcad73691dec92a1e24141ca54210da709a7f5d94e32",
         ),
         (
             "autonomy_msgs/srv/Tool_Request",
@@ -450,11 +450,11 @@ mod tests {
         ),
         (
             "autonomy_msgs/srv/Tool_Response",
-            "RIHS01_707ae0a02d15e1dacdf90716cef456bda7c5db5ddcce8d33725603de91f5d23a",
+            "RIHS01_4bb855a066a04c79fb8b6062f8244535d41fa99f33308911f8df73df6af19bee",
         ),
         (
             "autonomy_msgs/srv/Tool_Event",
-            "RIHS01_f2d02bc0802845502415384a9dd8b62c3dfc3b0d99b56ab128b4aea3ebd2c28e",
+            "RIHS01_6d6a7a48c6feed35cac94a3b32bbdd85245df241c4fe686b129bb1d12a87f47b",
         ),
         (
             "service_msgs/msg/ServiceEventInfo",

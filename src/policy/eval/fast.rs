@@ -103,19 +103,21 @@ impl FastAllow {
 
     /// What the VM makes of `allow` for this input.
     pub fn eval(&self, input: regorus::Value) -> FastResult {
+        match self.eval_value(input) {
+            Some(regorus::Value::Bool(true)) => FastResult::True,
+            Some(regorus::Value::Bool(false)) => FastResult::False,
+            _ => FastResult::Unsure,
+        }
+    }
+
+    /// The entry rule's value for this input; `None` on any error.
+    pub fn eval_value(&self, input: regorus::Value) -> Option<regorus::Value> {
         let mut vm = match self.pool.take() {
             Some(vm) => vm,
-            None => match self.new_vm() {
-                Ok(vm) => vm,
-                Err(_) => return FastResult::Unsure,
-            },
+            None => self.new_vm().ok()?,
         };
         vm.set_input(input);
-        let r = match vm.execute() {
-            Ok(regorus::Value::Bool(true)) => FastResult::True,
-            Ok(regorus::Value::Bool(false)) => FastResult::False,
-            _ => FastResult::Unsure,
-        };
+        let r = vm.execute().ok();
         self.pool.put(vm);
         r
     }

@@ -7,15 +7,19 @@
 
 pub mod deps;
 pub mod fast;
+pub mod provenance;
 mod quiet;
 pub mod reason;
 pub mod rego;
+#[cfg(test)]
+mod timing;
 
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use serde_json::{Map, Value};
 
+pub use provenance::RuleRef;
 pub use rego::{RegoPolicy, RegoPolicyError};
 
 use crate::types::{Decision, PolicyRef, Source, ToolKind};
@@ -154,6 +158,9 @@ pub struct Verdict {
     /// Merge Patch over the params, or a bridged message). Set on an allow and on a deny alike;
     /// the gate decides whether the patched call may run ([`crate::gate`]).
     pub patch: Option<Map<String, Value>>,
+    /// The policy rule definitions that decided (see [`provenance`]); empty when the policy
+    /// names none (an evaluation error, or a policy that is not Rego).
+    pub rules: Vec<Arc<RuleRef>>,
 }
 
 /// A policy's request for a person's approval ("ask").
@@ -171,6 +178,7 @@ impl Verdict {
             reason: None,
             approval: None,
             patch: None,
+            rules: Vec::new(),
         }
     }
 
@@ -181,6 +189,7 @@ impl Verdict {
             reason: Some(reason.into()),
             approval: None,
             patch: None,
+            rules: Vec::new(),
         }
     }
 }

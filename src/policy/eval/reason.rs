@@ -73,8 +73,17 @@ enum Part {
 pub struct ReasonMemo {
     /// The input paths the policy reads, each below `input`.
     paths: Vec<Vec<regorus::Value>>,
-    /// Key → the interpreter's `reason` (`None`: not a string, so the default reason).
-    seen: Mutex<HashMap<Vec<Part>, Option<String>>>,
+    /// Key → the interpreter's explanation of the deny.
+    seen: Mutex<HashMap<Vec<Part>, Explained>>,
+}
+
+/// What a deny's evaluation found: the same for every input with the same key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Explained {
+    /// The `reason` (`None`: not a string, so the default reason).
+    pub reason: Option<String>,
+    /// The rule definitions behind the deny (see [`super::provenance`]).
+    pub rules: Vec<std::sync::Arc<super::provenance::RuleRef>>,
 }
 
 impl ReasonMemo {
@@ -117,18 +126,18 @@ impl ReasonMemo {
         Some(Key(key))
     }
 
-    /// The reason remembered for `key`: `Some(r)` on a hit (`r` is the interpreter's answer).
-    pub fn get(&self, key: &Key) -> Option<Option<String>> {
+    /// The explanation remembered for `key`: `Some(e)` on a hit (`e` is the interpreter's answer).
+    pub fn get(&self, key: &Key) -> Option<Explained> {
         self.seen.lock().ok()?.get(&key.0).cloned()
     }
 
     /// Remembers the interpreter's error-free answer for `key`.
-    pub fn put(&self, key: Key, reason: Option<String>) {
+    pub fn put(&self, key: Key, explained: Explained) {
         if let Ok(mut seen) = self.seen.lock() {
             if seen.len() >= MAX_ENTRIES {
                 seen.clear();
             }
-            seen.insert(key.0, reason);
+            seen.insert(key.0, explained);
         }
     }
 
@@ -643,7 +652,13 @@ mod tests {
             let k = memo
                 .key(&regorus::Value::from(json!({"kind": format!("tool.k{i}")})))
                 .unwrap();
-            memo.put(k, Some(i.to_string()));
+            memo.put(
+                k,
+                Explained {
+                    reason: Some(i.to_string()),
+                    rules: Vec::new(),
+                },
+            );
             assert!(memo.seen.lock().unwrap().len() <= MAX_ENTRIES);
         }
     }

@@ -1,14 +1,18 @@
 //! Rego policies evaluated in-process with regorus.
 
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::Duration;
 
 use regorus::Engine;
 use regorus::utils::limits::ExecutionTimerConfig;
 
 use super::deps::{self, Deps, DepsError};
-use super::fast::{FastAllow, FastResult, NoFastPath};
-use super::reason::{Key, NoMemo, ReasonMemo};
+use super::fast::{FastAllow, NoFastPath};
+use super::provenance::{
+    ALLOW_WITH_RULES, APPROVAL_RULES, DENY_WHY, Deciding, Plan, Provenance, RuleRef,
+};
+use super::reason::{Explained, Key, NoMemo, ReasonMemo};
 use super::{PolicyEvaluator, PolicyInput, Pool, Verdict};
 use crate::policy::message::{MAX_CHARS, one_line};
 use crate::types::PolicyRef;
@@ -66,12 +70,15 @@ pub struct RegoPolicy {
     /// call costs what it did before downgrades existed.
     has_patch: bool,
     pool: Pool<Engine>,
-    /// The VM fast path for `allow`, or why this policy has none.
-    fast: Result<FastAllow, NoFastPath>,
-    /// The deny reasons already evaluated, or why they are evaluated every time.
+    /// The VM fast path for `allow` (`true`: for [`ALLOW_WITH_RULES`], so with the rules
+    /// behind it), or why this policy has none.
+    fast: Result<(FastAllow, bool), NoFastPath>,
+    /// The deny explanations already evaluated, or why they are evaluated every time.
     memo: Result<ReasonMemo, NoMemo>,
     /// How deep evaluating it may go.
     deps: Deps,
+    /// Its deciding rules' definitions, to name those behind each verdict.
+    provenance: Provenance,
     /// Only watching: see [`PolicyEvaluator::shadow`].
     shadow: bool,
     /// Its rate limits, if it came with any.
@@ -95,6 +102,25 @@ impl RegoPolicy {
         data: Option<serde_json::Value>,
         limit: Duration,
     ) -> Result<Self, RegoPolicyError> {
+        Self::compile_inner(policy_ref, modules, data, limit, true)
+    }
+
+    /// As [`RegoPolicy::compile`], naming no rules: what evaluation costs without provenance.
+    #[cfg(test)]
+    pub(crate) fn compile_without_provenance(
+        policy_ref: PolicyRef,
+        modules: &[(String, String)],
+    ) -> Result<Self, RegoPolicyError> {
+        Self::compile_inner(policy_ref, modules, None, DEFAULT_EVAL_LIMIT, false)
+    }
+
+    fn compile_inner(
+        policy_ref: PolicyRef,
+        modules: &[(String, String)],
+        data: Option<serde_json::Value>,
+        limit: Duration,
+        provenance: bool,
+    ) -> Result<Self, RegoPolicyError> {
         let mut engine = Engine::new();
         engine.set_rego_v0(false);
         engine.set_strict_builtin_errors(true);
@@ -110,8 +136,13 @@ impl RegoPolicy {
         // Before anything walks the rules recursively (compiling does): recursion and depths
         // beyond the stack budget are refused here, with one line.
         let deps = deps::check(engine.get_modules())?;
+        let (engine, deps, provenance) = if provenance {
+            with_provenance(engine, deps, modules)
+        } else {
+            (engine, deps, Provenance::default())
+        };
         on_stack(deps, || {
-            Self::compiled(policy_ref, engine, data, limit, deps)
+            Self::compiled(policy_ref, engine, data, limit, deps, provenance)
         })
     }
 
@@ -122,6 +153,7 @@ impl RegoPolicy {
         data: Option<serde_json::Value>,
         limit: Duration,
         deps: Deps,
+        provenance: Provenance,
     ) -> Result<Self, RegoPolicyError> {
         let data = data.map(regorus::Value::from);
         if let Some(d) = &data {
@@ -159,7 +191,16 @@ impl RegoPolicy {
                 );
             }
         };
-        let fast = FastAllow::new(&compiled, ALLOW_RULE, data, timer);
+        // Where `allow` has the VM fast path, the rules behind it come from the same run.
+        let fast_rules = provenance.tracks(Deciding::Allow).then(|| {
+            super::quiet::compile(|| engine.compile_with_entrypoint(&ALLOW_WITH_RULES.into()))
+                .ok()
+                .and_then(|c| FastAllow::new(&c, ALLOW_WITH_RULES, data.clone(), timer).ok())
+        });
+        let fast = match fast_rules.flatten() {
+            Some(f) => Ok((f, true)),
+            None => FastAllow::new(&compiled, ALLOW_RULE, data, timer).map(|f| (f, false)),
+        };
         match &fast {
             Ok(_) => tracing::debug!("policy {policy_ref}: allow runs on the regorus VM"),
             Err(why) => {
@@ -190,6 +231,7 @@ impl RegoPolicy {
             fast,
             memo,
             deps,
+            provenance,
             shadow: false,
             limits: None,
         })
@@ -260,10 +302,10 @@ impl RegoPolicy {
         key: Option<Key>,
     ) -> Verdict {
         engine.set_input(input);
-        let allow = if known_false {
-            regorus::Value::Bool(false)
+        let (allow, rules) = if known_false {
+            (regorus::Value::Bool(false), None)
         } else {
-            match engine.eval_rule(ALLOW_RULE.to_string()) {
+            match self.allow_in(engine) {
                 Ok(v) => v,
                 Err(e) => {
                     return Verdict::deny(format!(
@@ -275,16 +317,20 @@ impl RegoPolicy {
         };
         match allow {
             regorus::Value::Bool(true) => {
-                let v = self.approval_in(engine);
+                // Without the definitions' results only an untracked `allow` (a default
+                // alone) can be named.
+                let rules = rules.unwrap_or_else(|| {
+                    if self.provenance.tracks(Deciding::Allow) {
+                        Vec::new()
+                    } else {
+                        self.provenance.allowed_by(&regorus::Value::Undefined)
+                    }
+                });
+                let v = self.approval_in(engine, rules);
                 self.patch_in(engine, v)
             }
             regorus::Value::Bool(false) => {
-                let reason = if self.has_reason {
-                    self.reason_in(engine, key)
-                } else {
-                    None
-                };
-                let v = Verdict::deny(reason.unwrap_or_else(|| DEFAULT_REASON.to_string()));
+                let v = self.deny_in(engine, key);
                 // A deny may offer a patch too (the clamp: over the limit, so not allowed as
                 // asked); the gate runs the patched call only if the policy allows it as is.
                 self.patch_in(engine, v)
@@ -301,35 +347,84 @@ impl RegoPolicy {
 }
 
 impl RegoPolicy {
-    /// The `reason` of a denied call: remembered for `key`, or evaluated (and then remembered
-    /// when it evaluated without an error). `None`: no string, so the default reason.
-    fn reason_in(&self, engine: &mut Engine, key: Option<Key>) -> Option<String> {
-        let memo = self.memo.as_ref().ok();
-        if let (Some(memo), Some(key)) = (memo, &key)
-            && let Some(r) = memo.get(key)
+    /// `allow`, with the rules behind it when they are tracked (`None`: not tracked, or the
+    /// combined rule failed where `allow` alone may not: then `allow` alone decides); `Err`:
+    /// why evaluating `allow` failed.
+    #[allow(clippy::type_complexity)]
+    fn allow_in(
+        &self,
+        engine: &mut Engine,
+    ) -> Result<(regorus::Value, Option<Vec<Arc<RuleRef>>>), String> {
+        if self.provenance.tracks(Deciding::Allow)
+            && let Ok(regorus::Value::Array(pair)) = engine.eval_rule(ALLOW_WITH_RULES.to_string())
+            && let (Some(allow), Some(set)) = (pair.first(), pair.get(1))
         {
-            return r;
+            let rules = match allow {
+                regorus::Value::Bool(true) => Some(self.provenance.allowed_by(set)),
+                _ => None,
+            };
+            return Ok((allow.clone(), rules));
         }
-        match engine.eval_rule(REASON_RULE.to_string()) {
-            Ok(v) => {
-                let r = match v {
-                    regorus::Value::String(s) => Some(s.to_string()),
-                    _ => None,
-                };
-                if let (Some(memo), Some(key)) = (memo, key) {
-                    memo.put(key, r.clone());
-                }
-                r
-            }
-            Err(_) => None,
-        }
+        engine
+            .eval_rule(ALLOW_RULE.to_string())
+            .map(|v| (v, None))
+            .map_err(|e| e.to_string())
     }
 
+    /// The verdict on a call `allow` denied: its reason and the rules behind it, remembered for
+    /// `key` or evaluated (and then remembered when they evaluated without an error).
+    fn deny_in(&self, engine: &mut Engine, key: Option<Key>) -> Verdict {
+        let memo = self.memo.as_ref().ok();
+        if let (Some(memo), Some(key)) = (memo, &key)
+            && let Some(e) = memo.get(key)
+        {
+            return e.into_verdict();
+        }
+        let (reason, rules, clean) = if self.provenance.explains_denies()
+            && let Ok(why) = engine.eval_rule(DENY_WHY.to_string())
+        {
+            let (reason, rules) = self.provenance.denied_by(&why);
+            (reason, rules, true)
+        } else {
+            let (reason, clean) = if self.has_reason {
+                match engine.eval_rule(REASON_RULE.to_string()) {
+                    Ok(regorus::Value::String(s)) => (Some(s.to_string()), true),
+                    Ok(_) => (None, true),
+                    Err(_) => (None, false),
+                }
+            } else {
+                (None, true)
+            };
+            let rules = self.provenance.denied_by(&regorus::Value::Undefined).1;
+            (reason, rules, clean)
+        };
+        let e = Explained { reason, rules };
+        if clean && let (Some(memo), Some(key)) = (memo, key) {
+            memo.put(key, e.clone());
+        }
+        e.into_verdict()
+    }
+}
+
+impl Explained {
+    /// The deny it explains.
+    fn into_verdict(self) -> Verdict {
+        Verdict {
+            rules: self.rules,
+            ..Verdict::deny(self.reason.unwrap_or_else(|| DEFAULT_REASON.to_string()))
+        }
+    }
+}
+
+impl RegoPolicy {
     /// The verdict on an allowed call: an allow, or an allow that asks for approval when the
     /// `approval` rule is true. An error in that rule denies (fail closed).
-    fn approval_in(&self, engine: &mut Engine) -> Verdict {
+    fn approval_in(&self, engine: &mut Engine, mut rules: Vec<Arc<RuleRef>>) -> Verdict {
         if !self.has_approval {
-            return Verdict::allow();
+            return Verdict {
+                rules,
+                ..Verdict::allow()
+            };
         }
         match engine.eval_rule(APPROVAL_RULE.to_string()) {
             Ok(regorus::Value::Bool(true)) => {
@@ -337,12 +432,21 @@ impl RegoPolicy {
                     Ok(regorus::Value::String(s)) => Some(s.to_string()),
                     _ => None,
                 };
+                if self.provenance.tracks(Deciding::Approval)
+                    && let Ok(set) = engine.eval_rule(APPROVAL_RULES.to_string())
+                {
+                    rules.extend(self.provenance.approval_by(&set));
+                }
                 Verdict {
                     approval: Some(super::Approval { reason }),
+                    rules,
                     ..Verdict::allow()
                 }
             }
-            Ok(_) => Verdict::allow(),
+            Ok(_) => Verdict {
+                rules,
+                ..Verdict::allow()
+            },
             Err(e) => Verdict::deny(format!(
                 "policy evaluation failed (approval rule): {}",
                 one_line(&e.to_string(), MAX_CHARS)
@@ -406,36 +510,118 @@ impl RegoPolicy {
     /// Both engines, on a stack deep enough for this policy (see [`on_stack`]).
     fn evaluate_rego(&self, input: regorus::Value) -> Verdict {
         // Cheap: a regorus value's clone shares its maps.
-        let fast = match &self.fast {
-            Ok(fast) => fast.eval(input.clone()),
-            Err(_) => FastResult::Unsure,
+        let (allowed, known_false) = match &self.fast {
+            Ok((fast, with_rules)) => self.fast_allow(fast, *with_rules, input.clone()),
+            Err(_) => (None, false),
         };
-        if fast == FastResult::False && !self.has_patch {
-            // A deny without a patch to offer: its reason is all that is left to find, often
-            // without an engine.
-            if !self.has_reason {
-                return Verdict::deny(DEFAULT_REASON);
-            }
+        if known_false && !self.has_patch {
+            // A deny without a patch to offer: its explanation may be remembered, and then no
+            // engine is needed.
             if let Ok(memo) = &self.memo
+                && self.has_reason
                 && let Some(key) = memo.key(&input)
-                && let Some(r) = memo.get(&key)
+                && let Some(e) = memo.get(&key)
             {
-                return Verdict::deny(r.unwrap_or_else(|| DEFAULT_REASON.to_string()));
+                return e.into_verdict();
             }
         }
-        if fast == FastResult::True {
+        if let Some(rules) = allowed {
             if !self.has_approval && !self.has_patch {
-                return Verdict::allow();
+                return Verdict {
+                    rules,
+                    ..Verdict::allow()
+                };
             }
             let mut engine = self.pool.take().unwrap_or_else(|| self.template.clone());
             engine.set_input(input);
-            let v = self.approval_in(&mut engine);
+            let v = self.approval_in(&mut engine, rules);
             let v = self.patch_in(&mut engine, v);
             self.pool.put(engine);
             return v;
         }
-        self.interpret(input, fast == FastResult::False)
+        self.interpret(input, known_false)
     }
+
+    /// The VM's answer: `(Some(rules), _)` allowed by those rules, `(None, true)` denied
+    /// (`allow` is false), `(None, false)` unsure (the interpreter decides).
+    fn fast_allow(
+        &self,
+        fast: &FastAllow,
+        with_rules: bool,
+        input: regorus::Value,
+    ) -> (Option<Vec<Arc<RuleRef>>>, bool) {
+        let v = fast.eval_value(input);
+        let (allow, set) = match (&v, with_rules) {
+            (Some(regorus::Value::Array(pair)), true) => (pair.first(), pair.get(1)),
+            // `allow` is tracked but only `allow` alone runs on the VM: the interpreter
+            // decides, so the rules behind an allow are named.
+            (Some(regorus::Value::Bool(true)), false)
+                if self.provenance.tracks(Deciding::Allow) =>
+            {
+                (None, None)
+            }
+            (Some(v), false) => (Some(v), None),
+            _ => (None, None),
+        };
+        match allow {
+            Some(regorus::Value::Bool(true)) => (
+                Some(
+                    self.provenance
+                        .allowed_by(set.unwrap_or(&regorus::Value::Undefined)),
+                ),
+                false,
+            ),
+            Some(regorus::Value::Bool(false)) => (None, true),
+            _ => (None, false),
+        }
+    }
+}
+
+/// `engine` with the deciding rules' twins added (see [`super::provenance`]), when it has any.
+/// Provenance is never a reason to refuse a policy: if the twins do not compile, the policy is
+/// used as written, naming no rules (with a warning).
+fn with_provenance(
+    mut engine: Engine,
+    deps: Deps,
+    modules: &[(String, String)],
+) -> (Engine, Deps, Provenance) {
+    let plan = Plan::new(engine.get_modules());
+    if plan.module.is_none() {
+        return (engine, deps, plan.provenance);
+    }
+    match twin_engine(plan, modules) {
+        Ok(twin) => twin,
+        Err(e) => {
+            tracing::warn!("rule provenance is off for this policy: {e}");
+            (engine, deps, Provenance::default())
+        }
+    }
+}
+
+/// A second engine from the same sources with `plan`'s twins appended, and its depths.
+fn twin_engine(
+    plan: Plan,
+    modules: &[(String, String)],
+) -> Result<(Engine, Deps, Provenance), String> {
+    let mut twin = Engine::new();
+    twin.set_rego_v0(false);
+    twin.set_strict_builtin_errors(true);
+    for (file, src) in modules {
+        let mut src = src.clone();
+        for (f, extra) in &plan.appended {
+            if f == file {
+                src.push_str(extra);
+            }
+        }
+        twin.add_policy(file.clone(), src)
+            .map_err(|e| format!("{file}: {e}"))?;
+    }
+    if let Some((file, src)) = &plan.module {
+        twin.add_policy(file.clone(), src.clone())
+            .map_err(|e| format!("{file}: {e}"))?;
+    }
+    let deps = deps::check(twin.get_modules()).map_err(|e| e.to_string())?;
+    Ok((twin, deps, plan.provenance))
 }
 
 /// Runs `f` where at least the stack `deps` needs is free: inline when the calling thread has
@@ -515,6 +701,25 @@ mod tests {
         assert_eq!(json["agent"], "anonymous");
         assert_eq!(json.as_object().unwrap().len(), 6);
         assert_eq!(input.to_rego(), regorus::Value::from(json));
+    }
+
+    #[test]
+    fn the_twins_of_the_shipped_policies_compile() {
+        for (file, src) in [
+            ("demo.rego", crate::policy::eval::DEMO_REGO),
+            ("bridge_demo.rego", crate::policy::eval::BRIDGE_DEMO_REGO),
+        ] {
+            let modules = [(file.to_string(), src.to_string())];
+            let mut engine = Engine::new();
+            engine.set_rego_v0(false);
+            engine.add_policy(file.into(), src.into()).unwrap();
+            let plan = Plan::new(engine.get_modules());
+            let module = plan.module.clone();
+            let appended = plan.appended.clone();
+            if let Err(e) = twin_engine(plan, &modules) {
+                panic!("{e}\n{appended:?}\n{module:?}");
+            }
+        }
     }
 
     #[test]

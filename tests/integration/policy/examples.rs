@@ -3,7 +3,8 @@
 //! params}, decision, reason?}`). Each policy is built with `policy build`, served by a daemon
 //! (`runtime start --policy BUNDLE`), and every case is sent to `POST /v1/tool`; the policy's
 //! decision and reason, as recorded in the WAL, must be the case's exactly, and a denied call
-//! must have been answered 403 with that reason.
+//! must have been answered 403 with that reason. The rules that decided (their METADATA ids, in
+//! `rules`) must be the case's, in the record and in the answer alike.
 
 use std::path::PathBuf;
 
@@ -24,6 +25,8 @@ struct Case {
     decision: Decision,
     /// The policy's reason, exactly: required for a deny, absent for an allow.
     reason: Option<String>,
+    /// The METADATA ids of the rule definitions that decided, in order.
+    rules: Vec<String>,
 }
 
 /// The `POST /v1/tool` body of a case.
@@ -142,6 +145,18 @@ fn every_example_policy_decides_its_cases() {
                     "{name}: {:?}: denied, but answered {status} {answer}",
                     c.name
                 ));
+            } else if rule_ids(&rec["rules"]) != c.rules || rule_ids(&answer["rules"]) != c.rules {
+                failures.push(format!(
+                    "{name}: {:?}: want rules {:?}, recorded {}, answered {}",
+                    c.name, c.rules, rec["rules"], answer["rules"]
+                ));
+            } else if let Some(bad) = rec["rules"].as_array().into_iter().flatten().find(|r| {
+                r["package"] != "autonomy" || r["file"] != "policy.rego" || !r["line"].is_u64()
+            }) {
+                failures.push(format!(
+                    "{name}: {:?}: rule {bad} is not where it should be",
+                    c.name
+                ));
             }
         }
     }
@@ -151,4 +166,14 @@ fn every_example_policy_decides_its_cases() {
         failures.len(),
         failures.join("\n")
     );
+}
+
+/// The ids of a `rules` array (`-` for a rule without one).
+fn rule_ids(rules: &Value) -> Vec<String> {
+    rules
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| r["id"].as_str().unwrap_or("-").to_string())
+        .collect()
 }

@@ -8,6 +8,7 @@ mod errors;
 mod examples;
 mod hostile;
 mod oci;
+mod provenance;
 mod rollout;
 mod signing;
 mod store;

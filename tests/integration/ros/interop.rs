@@ -158,6 +158,12 @@ fn tool_service_decisions_and_discovery_with_a_cyclone_peer() {
         echo["seq"], 1,
         "the Cyclone request header is echoed unchanged"
     );
+    // The demo policy's rule that allowed it, by METADATA id, file and line.
+    assert_eq!(
+        echo["rules"],
+        serde_json::json!([{"package": "autonomy", "rule": "allow", "file": "demo.rego", "line": 12, "id": "DEMO-ECHO"}]),
+        "{echo}"
+    );
     let shell = &replies[1];
     assert_eq!(shell["decision"], "deny");
     assert!(
@@ -168,6 +174,8 @@ fn tool_service_decisions_and_discovery_with_a_cyclone_peer() {
         "{shell}"
     );
     assert_eq!(shell["output_json"], "");
+    assert_eq!(shell["rules"][0]["id"], "DEMO-SHELL", "{shell}");
+    assert_eq!(shell["rules"][0]["rule"], "reason", "{shell}");
     let unknown = &replies[2];
     assert_eq!(unknown["decision"], "deny");
     assert!(
@@ -192,6 +200,7 @@ fn tool_service_decisions_and_discovery_with_a_cyclone_peer() {
             r["audit_id"], "",
             "malformed requests are not recorded: {r}"
         );
+        assert_eq!(r["rules"], serde_json::json!([]), "no rule decided: {r}");
         assert_eq!(r["policy_ref"], "embedded:demo");
     }
     let empty = &replies[6];
@@ -218,6 +227,7 @@ fn tool_service_decisions_and_discovery_with_a_cyclone_peer() {
         assert_eq!(m["decision"], r["decision"]);
         assert_eq!(m["kind"], r["kind"]);
         assert_eq!(m["reason"], r["reason"]);
+        assert_eq!(m["rules"], r["rules"], "{m}");
         assert_eq!(m["policy_ref"], "embedded:demo");
         assert!(m["stamp_sec"].as_i64().unwrap() > 1_600_000_000, "{m}");
     }
@@ -455,6 +465,7 @@ fn ros_msgs_match_the_rust_types() {
             ("string", "reason"),
             ("string", "policy_ref"),
             ("string", "source"),
+            ("string", "rules_json"),
         ])]
     );
     assert_eq!(
@@ -467,6 +478,7 @@ fn ros_msgs_match_the_rust_types() {
                 ("string", "reason"),
                 ("string", "policy_ref"),
                 ("string", "audit_id"),
+                ("string", "rules_json"),
             ]),
         ]
     );

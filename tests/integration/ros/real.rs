@@ -274,9 +274,9 @@ fn build_workspace() -> Result<PathBuf, String> {
     Ok(ws)
 }
 
-/// `(decision, output_json, reason, audit_id)` from `ros2 service call` output, whose response
-/// line is a Python repr: `autonomy_msgs.srv.Tool_Response(decision='allow', …)`.
-fn parse_response(out: &str) -> (String, String, String, String) {
+/// `(decision, output_json, reason, audit_id, rules_json)` from `ros2 service call` output,
+/// whose response line is a Python repr: `autonomy_msgs.srv.Tool_Response(decision='allow', …)`.
+fn parse_response(out: &str) -> (String, String, String, String, String) {
     let line = out
         .lines()
         .find(|l| l.contains("Tool_Response("))
@@ -305,10 +305,15 @@ fn parse_response(out: &str) -> (String, String, String, String) {
         field("output_json"),
         field("reason"),
         field("audit_id"),
+        field("rules_json"),
     )
 }
 
-fn call_tool(env: &RosEnv, kind: &str, params_json: &str) -> (String, String, String, String) {
+fn call_tool(
+    env: &RosEnv,
+    kind: &str,
+    params_json: &str,
+) -> (String, String, String, String, String) {
     // YAML flow mapping; params_json as a single-quoted YAML string.
     let req = format!(
         "{{kind: '{kind}', params_json: '{}'}}",
@@ -460,15 +465,24 @@ fn graph_service_and_decisions(rmw: &'static str, build: Build) {
         "the node serves no parameter services: {services}"
     );
 
-    let (decision, output, reason, allow_id) = call_tool(&env, "tool.echo", r#"{"message": "hi"}"#);
+    let (decision, output, reason, allow_id, rules) =
+        call_tool(&env, "tool.echo", r#"{"message": "hi"}"#);
     assert_eq!(
         (decision.as_str(), output.as_str(), reason.as_str()),
         ("allow", "\"hi\"", "")
     );
-    let (decision, output, reason, deny_id) = call_tool(&env, "tool.shell", r#"{"command": "id"}"#);
+    // The demo policy's rule that allowed it, with its METADATA id, as JSON text.
+    let rules: Value = serde_json::from_str(&rules).unwrap_or_else(|e| panic!("{rules}: {e}"));
+    assert_eq!(rules[0]["id"], "DEMO-ECHO", "{rules}");
+    assert_eq!(rules[0]["file"], "demo.rego", "{rules}");
+    let (decision, output, reason, deny_id, rules) =
+        call_tool(&env, "tool.shell", r#"{"command": "id"}"#);
     assert_eq!((decision.as_str(), output.as_str()), ("deny", ""));
     assert!(reason.contains("always blocked by policy"), "{reason}");
-    let (decision, _, reason, bad_id) = call_tool(&env, "tool.echo", "not json");
+    let rules: Value = serde_json::from_str(&rules).unwrap_or_else(|e| panic!("{rules}: {e}"));
+    assert_eq!(rules[0]["id"], "DEMO-SHELL", "{rules}");
+    let (decision, _, reason, bad_id, rules) = call_tool(&env, "tool.echo", "not json");
+    assert_eq!(rules, "[]", "a malformed request is decided by no rule");
     assert_eq!(decision, "deny");
     assert!(
         reason.starts_with("malformed request:") && reason.contains("not valid JSON"),
@@ -862,7 +876,7 @@ fn repo_launch_file(rmw: &'static str, build: Build) {
     let mut launch = Proc::spawn(env.command(&argv), "ros2 launch autonomy.launch.py");
     launch.wait_for("listening on http://", Duration::from_secs(60));
 
-    let (decision, output, _, id) = call_tool(&env, "tool.echo", r#"{"message": "via launch"}"#);
+    let (decision, output, _, id, _) = call_tool(&env, "tool.echo", r#"{"message": "via launch"}"#);
     assert_eq!(
         (decision.as_str(), output.as_str()),
         ("allow", "\"via launch\"")
