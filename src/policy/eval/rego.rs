@@ -848,7 +848,10 @@ mod tests {
             Some(serde_json::json!({"n": 3}))
         );
         let under = decide_params(&p, serde_json::json!({"n": 1}));
-        assert_eq!(under, Verdict::allow());
+        assert_eq!((under.decision, under.patch), (Decision::Allow, None));
+        // The allow names its definition (line 3), patch or not.
+        assert_eq!(under.rules.len(), 1, "{:?}", under.rules);
+        assert_eq!(under.rules[0].line, 3);
         let interpreted = p.evaluate_interpreted(&PolicyInput {
             kind: &ToolKind::parse("tool.echo").unwrap(),
             params: serde_json::json!({"n": 9}).as_object().unwrap(),
@@ -888,7 +891,11 @@ mod tests {
     fn without_a_patch_rule_nothing_is_evaluated_for_it() {
         let p = demo_policy().unwrap();
         assert!(!p.has_patch);
-        assert_eq!(decide(&p, "tool.echo"), Verdict::allow());
+        let v = decide(&p, "tool.echo");
+        assert_eq!(
+            (v.decision, v.patch, v.approval),
+            (Decision::Allow, None, None)
+        );
     }
 
     #[test]
