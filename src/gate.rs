@@ -1426,6 +1426,10 @@ patch := {\"message\": {\"linear\": {\"x\": 1.0}}} if x > 1.0
             &json!({"message": {"linear": {"x": 1.0}}})
         ));
         assert_eq!(d.patched.params["message"]["linear"]["x"], 1.0);
+        // Named: the `reason` that refused 3.0 (line 5), then the `allow` that let 1.0 through
+        // (line 4).
+        let lines: Vec<(&str, u32)> = r.rules.iter().map(|x| (&*x.rule, x.line)).collect();
+        assert_eq!(lines, [("reason", 5), ("allow", 4)]);
         // Within the limit: a plain allow.
         let plain = g
             .decide(publish(0.5), None, &Params, Durability::BeforeActing)
@@ -1437,6 +1441,7 @@ patch := {\"message\": {\"linear\": {\"x\": 1.0}}} if x > 1.0
         let recs = decisions(tmp.path());
         assert_eq!(recs.len(), 2);
         assert_eq!(recs[0].decision, Decision::Downgrade);
+        assert_eq!(recs[0].rules.as_ref(), r.rules.as_slice());
         assert_eq!(
             recs[0].params.as_ref().unwrap()["message"]["linear"]["x"],
             3.0
@@ -1477,6 +1482,9 @@ patch := {\"message\": {\"linear\": {\"x\": 1.0}}} if x > 1.0
             Some("the patched call is denied: too fast")
         );
         assert!(r.downgrade.is_none());
+        // Named: the `reason` that refused the patched call.
+        let lines: Vec<(&str, u32)> = r.rules.iter().map(|x| (&*x.rule, x.line)).collect();
+        assert_eq!(lines, [("reason", 5)]);
         // A patch that changes nothing leaves the deny as it was.
         let tmp2 = tempfile::tempdir().unwrap();
         let g = gate_with(
