@@ -641,9 +641,10 @@ mod tests {
     use crate::types::{Source, ToolKind};
     use serde_json::Map;
 
-    fn decide(p: &RegoPolicy, kind: &str) -> Verdict {
+    /// `p`'s verdict on an HTTP call of `kind` with `params` (a JSON object).
+    fn decide_call(p: &RegoPolicy, kind: &str, params: serde_json::Value) -> Verdict {
         let k = ToolKind::parse(kind).unwrap();
-        let params = Map::new();
+        let params = params.as_object().unwrap().clone();
         p.evaluate(&PolicyInput {
             kind: &k,
             params: &params,
@@ -652,6 +653,10 @@ mod tests {
             allowed_domains: &[],
             extra: None,
         })
+    }
+
+    fn decide(p: &RegoPolicy, kind: &str) -> Verdict {
+        decide_call(p, kind, serde_json::json!({}))
     }
 
     #[test]
@@ -815,16 +820,7 @@ mod tests {
     }
 
     fn decide_params(p: &RegoPolicy, params: serde_json::Value) -> Verdict {
-        let k = ToolKind::parse("tool.echo").unwrap();
-        let params = params.as_object().unwrap().clone();
-        p.evaluate(&PolicyInput {
-            kind: &k,
-            params: &params,
-            source: Source::new("http"),
-            agent: &crate::types::Agent::anonymous(),
-            allowed_domains: &[],
-            extra: None,
-        })
+        decide_call(p, "tool.echo", params)
     }
 
     #[test]
