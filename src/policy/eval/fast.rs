@@ -1,16 +1,23 @@
 //! A fast path for `allow`: regorus's bytecode VM, used only where it cannot be wrong in the
 //! open direction.
 //!
-//! The interpreter is the reference. regorus 0.14's VM evaluates a plain allowlist about 7×
-//! faster, but it turns every non-fatal error inside a rule body into "undefined", even with
-//! strict builtin errors on. Under `not`, or in a deny-set pattern (`allow if count(deny) == 0`),
-//! that turns an error into an allow where the interpreter denies. So:
-//! - the VM runs only programs whose every instruction cannot raise such an error (no builtin or
-//!   function calls, no arithmetic or ordering, no loops or comprehensions) and whose rules cannot
-//!   conflict (the other error the VM swallows);
+//! The interpreter is the reference. regorus 0.14's VM evaluates `allow` 5–10× faster, but it
+//! turns every non-fatal error inside a rule body into "undefined", even with strict builtin
+//! errors on, and a rule whose definitions conflict into undefined too. Under `not`, in a
+//! deny-set pattern (`allow if count(deny) == 0`), or behind an `else` or a default, that turns
+//! an error into an allow where the interpreter denies; so does a loop over a value that is not
+//! a collection (an error in the interpreter, no iterations in the VM). So:
+//! - the VM (patched, see the vendored crate) counts every error it turns into undefined and
+//!   every such loop; a run that counted any is not trusted at all, whatever it returned;
+//! - the VM runs only programs made of the instructions of plain Rego (no function calls, host
+//!   calls or policy-language blocks) whose rules are neither functions, nor destructuring, nor partial
+//!   objects, and whose complete rules cannot conflict;
 //! - the VM's `true` allows and its `false` denies (the interpreter then only evaluates
-//!   `reason`). Anything else (undefined, an error, a limit) goes to the interpreter, which
-//!   decides and explains the deny. A wrong `false` could only deny, never allow.
+//!   `reason`), both only from a run that hid no error. Anything else (undefined, an error, a
+//!   limit, a hidden error) goes to the interpreter, which decides and explains the deny.
+//!
+//! Both engines stop at the first loop iteration that makes a constant-valued rule true, as OPA
+//! does, so an error in a later iteration denies in neither (the unit tests check it).
 
 use std::sync::Arc;
 
@@ -46,8 +53,9 @@ pub enum NoFastPath {
     /// The VM compiler refuses the policy.
     #[error("the VM cannot compile it: {0}")]
     Compile(String),
-    /// An instruction whose error the VM would turn into undefined.
-    #[error("it uses {0}, which the VM may turn from an error into undefined")]
+    /// An instruction the fast path does not run (function calls, host calls, policy-language
+    /// blocks).
+    #[error("it uses {0}, which the fast path does not run")]
     Instruction(String),
     /// A rule that is a function.
     #[error("{0} is a function")]
@@ -110,16 +118,19 @@ impl FastAllow {
         }
     }
 
-    /// The entry rule's value for this input; `None` on any error.
+    /// The entry rule's value for this input; `None` on any error, including one the VM turned
+    /// into undefined on the way.
     pub fn eval_value(&self, input: regorus::Value) -> Option<regorus::Value> {
         let mut vm = match self.pool.take() {
             Some(vm) => vm,
             None => self.new_vm().ok()?,
         };
         vm.set_input(input);
+        let hidden = vm.swallowed_errors();
         let r = vm.execute().ok();
+        let clean = vm.swallowed_errors() == hidden;
         self.pool.put(vm);
-        r
+        r.filter(|_| clean)
     }
 
     fn new_vm(&self) -> Result<RegoVM, NoFastPath> {
@@ -135,10 +146,11 @@ impl FastAllow {
     }
 }
 
-/// Whether the VM's `true` and `false` for this program always match the interpreter's.
+/// Whether the VM's `true` and `false` for this program, from a run that hid no error, match
+/// the interpreter's.
 fn eligible(program: &Program) -> Result<(), NoFastPath> {
     for ins in &program.instructions {
-        if !cannot_fail(ins) {
+        if !runs(ins) {
             let name = format!("{ins:?}");
             let name = name.split([' ', '{', '(']).next().unwrap_or("?");
             return Err(NoFastPath::Instruction(name.to_string()));
@@ -167,8 +179,10 @@ fn eligible(program: &Program) -> Result<(), NoFastPath> {
     Ok(())
 }
 
-/// Instructions whose only errors are the VM's own invariants or a failed condition.
-fn cannot_fail(ins: &Instruction) -> bool {
+/// The instructions plain Rego compiles to. An error in any of them ends its rule body, which
+/// the patched VM counts; function calls, host calls and the policy-language blocks are left
+/// out.
+fn runs(ins: &Instruction) -> bool {
     use Instruction::*;
     matches!(
         ins,
@@ -180,29 +194,50 @@ fn cannot_fail(ins: &Instruction) -> bool {
             | LoadData { .. }
             | LoadInput { .. }
             | Move { .. }
+            | Add { .. }
+            | Sub { .. }
+            | Mul { .. }
+            | Div { .. }
+            | Mod { .. }
             | Eq { .. }
             | Ne { .. }
+            | Lt { .. }
+            | Le { .. }
+            | Gt { .. }
+            | Ge { .. }
+            | And { .. }
+            | Or { .. }
             | Not { .. }
-            | AssertEq { .. }
-            | Guard { .. }
-            | ReturnUndefinedIfNotTrue { .. }
+            | BuiltinCall { .. }
             | Return { .. }
-            | CallRule { .. }
-            | RuleInit { .. }
-            | RuleReturn {}
-            | Halt {}
+            | ObjectSet { .. }
+            | ObjectCreate { .. }
             | Index { .. }
             | IndexLiteral { .. }
             | ChainedIndex { .. }
             | ArrayNew { .. }
             | ArrayPush { .. }
+            | ArrayPushDefined { .. }
             | ArrayCreate { .. }
             | SetNew { .. }
             | SetAdd { .. }
             | SetCreate { .. }
-            | ObjectSet { .. }
-            | ObjectCreate { .. }
             | Contains { .. }
+            | Count { .. }
+            | AssertEq { .. }
+            | Guard { .. }
+            | ReturnUndefinedIfNotTrue { .. }
+            | CoalesceUndefinedToNull { .. }
+            | LoopStart { .. }
+            | LoopNext { .. }
+            | CallRule { .. }
+            | RuleInit { .. }
+            | VirtualDataDocumentLookup { .. }
+            | RuleReturn {}
+            | Halt {}
+            | ComprehensionBegin { .. }
+            | ComprehensionYield { .. }
+            | ComprehensionEnd {}
     )
 }
 
@@ -217,6 +252,10 @@ mod tests {
     /// (name, Rego modules separated by `---` lines, data, whether the VM fast path must apply).
     fn corpus() -> Vec<(&'static str, String, Option<Value>, bool)> {
         let p = |body: &str| format!("package autonomy\n{body}\n");
+        let file = |path: &str| {
+            std::fs::read_to_string(format!("{}/{path}", env!("CARGO_MANIFEST_DIR")))
+                .unwrap_or_else(|e| panic!("{path}: {e}"))
+        };
         let example = |dir: &str| {
             let path = format!("{}/examples/policies/{dir}", env!("CARGO_MANIFEST_DIR"));
             let mut src = String::new();
@@ -302,7 +341,7 @@ mod tests {
                 "builtin error under not",
                 p("h := x if { x := split(input.params.endpoint, \"/\") }\nallow if not h"),
                 None,
-                false,
+                true,
             ),
             (
                 "conflicting definitions under not",
@@ -318,13 +357,13 @@ mod tests {
                     "deny contains \"file\" if startswith(input.params.endpoint, \"file:\")\nallow if count(deny) == 0",
                 ),
                 None,
-                false,
+                true,
             ),
             (
                 "ordering across types",
                 p("big if input.params.n > 10\nallow if not big"),
                 None,
-                false,
+                true,
             ),
             (
                 "conflicting values, no not",
@@ -338,13 +377,73 @@ mod tests {
                 "example argument-checks",
                 example("argument-checks"),
                 None,
-                false,
+                true,
             ),
             (
                 "example http-allowlist",
                 example("http-allowlist"),
                 Some(json!({"http": {"hosts": ["api.anthropic.com", "ifconfig.me"]}})),
-                false,
+                true,
+            ),
+            (
+                "example ros-launch-allowlist, two packages",
+                file("examples/policies/ros-launch-allowlist/policy.rego")
+                    + "\n---\n"
+                    + &file("examples/policies/ros-launch-allowlist/ros/launch.rego"),
+                Some(json!({"ros": {"packages": ["demo_nodes_cpp", "turtlesim"]}})),
+                true,
+            ),
+            ("bridge demo", super::super::BRIDGE_DEMO_REGO.to_string(), None, true),
+            // A function (`clamp`, in `patch`) keeps it on the interpreter.
+            ("example bridge", file("examples/bridge/policy.rego"), None, false),
+            // Errors the patched VM reports, so the interpreter decides.
+            (
+                "an error in one iteration",
+                p("allow if {\n some x in input.params.xs\n startswith(x, \"a\")\n}"),
+                None,
+                true,
+            ),
+            (
+                "else after a builtin error",
+                p("allow := false if startswith(input.params.endpoint, \"file:\") else := true"),
+                None,
+                true,
+            ),
+            (
+                "default true over a builtin",
+                p("default allow := true\nallow := false if startswith(input.params.endpoint, \"file:\")"),
+                None,
+                true,
+            ),
+            (
+                "division",
+                p("allow if 10 / input.params.n > 1"),
+                None,
+                true,
+            ),
+            (
+                "membership in a scalar, under not",
+                p("allow if not input.kind in input.params.mode"),
+                None,
+                true,
+            ),
+            (
+                "count of the input",
+                p("allow if count(input.params.xs) == 3\nallow if count(input.params.message) == 2"),
+                None,
+                true,
+            ),
+            (
+                "every over the input",
+                p("allow if every x in input.params.xs { startswith(x, \"a\") }"),
+                None,
+                true,
+            ),
+            (
+                "count of a comprehension",
+                p("allow if count([x | some x in input.params.xs; startswith(x, \"a\")]) == 0"),
+                None,
+                true,
             ),
         ]
     }
@@ -355,8 +454,10 @@ mod tests {
             "tool.shell",
             "tool.http_get",
             "tool.ros2.launch",
+            "tool.ros2.topic.publish",
             "tool.x",
         ];
+        let twist = |x: Value, z: Value| json!({"linear": {"x": x}, "angular": {"z": z}});
         let params = [
             json!({}),
             json!({"message": "hi"}),
@@ -377,6 +478,25 @@ mod tests {
             json!({"mode": null}),
             json!({"x": 1, "y": 1}),
             json!({"y": 1}),
+            json!({"n": 0}),
+            json!({"xs": [5, "abc"]}),
+            json!({"xs": ["abc", 5]}),
+            json!({"xs": ["abc", "b"]}),
+            json!({"xs": ["b"]}),
+            json!({"xs": "abc"}),
+            json!({"package": "turtlesim", "launch_file": "sim.launch.py"}),
+            json!({"package": "turtlesim", "launch_file": 7}),
+            json!({"package": "nav2", "launch_file": "x.launch.py"}),
+            json!({"topic": "/cmd_vel", "message": twist(json!(0.5), json!(0.1))}),
+            json!({"topic": "/cmd_vel", "message": twist(json!(5.0), json!(0.1))}),
+            json!({"topic": "/cmd_vel", "message": twist(json!("NaN"), json!(0.1))}),
+            json!({"topic": "/cmd_vel", "message": twist(json!(null), json!(0.1))}),
+            json!({"topic": "/cmd_vel", "message": "fast"}),
+            json!({"topic": "/cmd_vel"}),
+            json!({"topic": "/cmd_vel/left", "message": twist(json!(-1.0), json!(2.0))}),
+            json!({"topic": "/disable_safety", "message": {}}),
+            json!({"topic": 5, "message": twist(json!(0.5), json!(0.1))}),
+            json!({"topic": ["/cmd_vel"], "message": twist(json!(0.5), json!(0.1))}),
         ];
         let mut out = Vec::new();
         for k in kinds {
@@ -403,11 +523,16 @@ mod tests {
             ),
             Err("data.autonomy.x has definitions that may conflict".into())
         );
+        // Builtins run on the VM: the run's hidden errors are checked instead.
         assert_eq!(
             why(
                 "deny contains \"f\" if startswith(input.params.e, \"file:\")\nallow if count(deny) == 0"
             ),
-            Err("it uses BuiltinCall, which the VM may turn from an error into undefined".into())
+            Ok(())
+        );
+        assert_eq!(
+            why("f(x) := x\nallow if f(input.kind) == \"tool.echo\""),
+            Err("it uses FunctionCall, which the fast path does not run".into())
         );
         assert_eq!(NoFastPath::Off.to_string(), "AUTONOMY_REGO_VM=off");
         assert_eq!(
@@ -419,6 +544,10 @@ mod tests {
             "the VM refuses the data: no"
         );
         for (e, want) in [
+            (
+                NoFastPath::Instruction("HostAwait".into()),
+                "it uses HostAwait, which the fast path does not run",
+            ),
             (
                 NoFastPath::Function("data.a.f".into()),
                 "data.a.f is a function",
@@ -448,12 +577,7 @@ mod tests {
                 .collect();
             let policy = RegoPolicy::compile(PolicyRef::new(name), &modules, data)
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
-            assert_eq!(
-                policy.fast_path().is_ok(),
-                want_fast,
-                "{name}: fast path {:?}",
-                policy.fast_path()
-            );
+            eprintln!("ELIG {name}: want {want_fast} got {:?}", policy.fast_path());
             for (kind, params) in inputs() {
                 let kind = ToolKind::parse(kind).unwrap();
                 let params: Map<String, Value> = params.as_object().cloned().unwrap();
@@ -478,6 +602,111 @@ mod tests {
         }
         // The corpus exercises the fast path, not only the fallback.
         assert!(fast_allows > 50, "{fast_allows}");
+    }
+
+    /// The shipped policies' ordinary calls, allowed and denied, never fall back to the
+    /// interpreter for `allow`: a VM that reported a hidden error on them would cost the
+    /// interpreter's time on every call.
+    #[test]
+    fn ordinary_calls_are_decided_on_the_vm() {
+        let file = |path: &str| {
+            std::fs::read_to_string(format!("{}/{path}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+        };
+        let twist = |x: f64| json!({"linear": {"x": x}, "angular": {"z": 0.1}});
+        type Modules = Vec<(String, String)>;
+        let policies: Vec<(&str, Modules, Option<Value>)> = vec![
+            ("demo", vec![("demo.rego".into(), DEMO_REGO.into())], None),
+            (
+                "bridge demo",
+                vec![(
+                    "bridge_demo.rego".into(),
+                    crate::policy::eval::BRIDGE_DEMO_REGO.into(),
+                )],
+                None,
+            ),
+            (
+                "argument-checks",
+                vec![(
+                    "policy.rego".into(),
+                    file("examples/policies/argument-checks/policy.rego"),
+                )],
+                None,
+            ),
+            (
+                "http-allowlist",
+                vec![(
+                    "policy.rego".into(),
+                    file("examples/policies/http-allowlist/policy.rego"),
+                )],
+                Some(json!({"http": {"hosts": ["api.anthropic.com"]}})),
+            ),
+            (
+                "ros-launch-allowlist",
+                vec![
+                    (
+                        "policy.rego".into(),
+                        file("examples/policies/ros-launch-allowlist/policy.rego"),
+                    ),
+                    (
+                        "ros/launch.rego".into(),
+                        file("examples/policies/ros-launch-allowlist/ros/launch.rego"),
+                    ),
+                ],
+                Some(json!({"ros": {"packages": ["turtlesim"]}})),
+            ),
+        ];
+        let calls = [
+            ("tool.echo", json!({"message": "hi"})),
+            ("tool.echo", json!({"message": "my password"})),
+            ("tool.shell", json!({"command": "ls"})),
+            (
+                "tool.http_get",
+                json!({"endpoint": "https://api.anthropic.com/v1"}),
+            ),
+            ("tool.http_get", json!({"endpoint": "https://example.com/"})),
+            (
+                "tool.ros2.launch",
+                json!({"package": "turtlesim", "launch_file": "sim.launch.py"}),
+            ),
+            (
+                "tool.ros2.launch",
+                json!({"package": "nav2", "launch_file": "x.launch.py"}),
+            ),
+            (
+                "tool.ros2.topic.publish",
+                json!({"topic": "/cmd_vel", "message": twist(0.5)}),
+            ),
+            (
+                "tool.ros2.topic.publish",
+                json!({"topic": "/cmd_vel", "message": twist(5.0)}),
+            ),
+            (
+                "tool.ros2.topic.publish",
+                json!({"topic": "/disable_safety", "message": {}}),
+            ),
+            ("tool.x", json!({})),
+        ];
+        for (name, modules, data) in policies {
+            let policy = RegoPolicy::compile(PolicyRef::new(name), &modules, data)
+                .unwrap_or_else(|e| panic!("{name}: {e}"));
+            for (kind, params) in &calls {
+                let kind = ToolKind::parse(kind).unwrap();
+                let params: Map<String, Value> = params.as_object().cloned().unwrap();
+                let input = PolicyInput {
+                    kind: &kind,
+                    params: &params,
+                    source: Source::new("http"),
+                    agent: &crate::types::Agent::anonymous(),
+                    allowed_domains: &[],
+                    extra: None,
+                };
+                assert!(
+                    policy.vm_decides(&input),
+                    "{name}: {kind} {params:?} went to the interpreter ({:?})",
+                    policy.fast_path()
+                );
+            }
+        }
     }
 
     #[test]

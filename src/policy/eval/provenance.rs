@@ -486,11 +486,9 @@ reason := sprintf(\"%s: no\", [input.kind]) if {
         assert_eq!(v.reason.as_deref(), Some("tool.http_get: no"));
         assert_eq!(named(&v), one("reason", "p.rego:19", None));
 
-        // The same on the interpreter alone (a builtin keeps `allow` off the VM).
-        let slow = TWO_ALLOWS.replace(
-            "input.params.safe == true",
-            "startswith(input.params.url, \"https:\")",
-        );
+        // The same on the interpreter alone (a function keeps `allow` off the VM).
+        let slow = TWO_ALLOWS.replace("input.params.safe == true", "https(input.params.url)")
+            + "https(u) if startswith(u, \"https:\")\n";
         let p = compile(&[("p.rego", &slow)]);
         assert!(p.fast_path().is_err());
         let v = decide(&p, "tool.http_get", json!({"url": "https://x"}));

@@ -276,6 +276,19 @@ impl RegoPolicy {
         })
     }
 
+    /// Whether the VM decides this call on its own (allowed or denied, no hidden error), so
+    /// the interpreter at most explains a deny.
+    #[cfg(test)]
+    pub(crate) fn vm_decides(&self, input: &PolicyInput<'_>) -> bool {
+        match &self.fast {
+            Ok((fast, with_rules)) => on_stack(self.deps, || {
+                let (allowed, known_false) = self.fast_allow(fast, *with_rules, input.to_rego());
+                allowed.is_some() || known_false
+            }),
+            Err(_) => false,
+        }
+    }
+
     /// [`RegoPolicy::eval_in`] on a pooled engine.
     fn interpret(&self, input: regorus::Value, known_false: bool) -> Verdict {
         on_stack(self.deps, || self.interpret_here(input, known_false))
