@@ -8,7 +8,7 @@ use regorus::Engine;
 use regorus::utils::limits::ExecutionTimerConfig;
 
 use super::deps::{self, Deps, DepsError};
-use super::fast::{FastAllow, NoFastPath};
+use super::fast::{FastRule, NoFastPath};
 use super::provenance::{
     ALLOW_WITH_RULES, APPROVAL_RULES, DENY_WHY, Deciding, Plan, Provenance, RuleRef,
 };
@@ -72,7 +72,9 @@ pub struct RegoPolicy {
     pool: Pool<Engine>,
     /// The VM fast path for `allow` (`true`: for [`ALLOW_WITH_RULES`], so with the rules
     /// behind it), or why this policy has none.
-    fast: Result<(FastAllow, bool), NoFastPath>,
+    fast: Result<(FastRule, bool), NoFastPath>,
+    /// The VM fast path for a deny's explanation ([`DENY_WHY`]), where it has one.
+    fast_why: Option<FastRule>,
     /// The deny explanations already evaluated, or why they are evaluated every time.
     memo: Result<ReasonMemo, NoMemo>,
     /// How deep evaluating it may go.
@@ -195,11 +197,11 @@ impl RegoPolicy {
         let fast_rules = provenance.tracks(Deciding::Allow).then(|| {
             super::quiet::compile(|| engine.compile_with_entrypoint(&ALLOW_WITH_RULES.into()))
                 .ok()
-                .and_then(|c| FastAllow::new(&c, ALLOW_WITH_RULES, data.clone(), timer).ok())
+                .and_then(|c| FastRule::new(&c, ALLOW_WITH_RULES, data.clone(), timer).ok())
         });
         let fast = match fast_rules.flatten() {
             Some(f) => Ok((f, true)),
-            None => FastAllow::new(&compiled, ALLOW_RULE, data, timer).map(|f| (f, false)),
+            None => FastRule::new(&compiled, ALLOW_RULE, data.clone(), timer).map(|f| (f, false)),
         };
         match &fast {
             Ok(_) => tracing::debug!("policy {policy_ref}: allow runs on the regorus VM"),
@@ -207,6 +209,15 @@ impl RegoPolicy {
                 tracing::debug!("policy {policy_ref}: allow runs on the interpreter: {why}")
             }
         }
+        // A deny's reason and rules on the VM too, where `allow` is there.
+        let fast_why = match &fast {
+            Ok(_) if provenance.explains_denies() => {
+                super::quiet::compile(|| engine.compile_with_entrypoint(&DENY_WHY.into()))
+                    .ok()
+                    .and_then(|c| FastRule::new(&c, DENY_WHY, data.clone(), timer).ok())
+            }
+            _ => None,
+        };
         let has_reason =
             super::quiet::compile(|| engine.compile_with_entrypoint(&REASON_RULE.into())).is_ok();
         let has_approval =
@@ -229,6 +240,7 @@ impl RegoPolicy {
             has_patch,
             pool: Pool::new(),
             fast,
+            fast_why,
             memo,
             deps,
             provenance,
@@ -287,6 +299,14 @@ impl RegoPolicy {
             }),
             Err(_) => false,
         }
+    }
+
+    /// Whether the VM explains this call's deny on its own (no hidden error).
+    #[cfg(test)]
+    pub(crate) fn vm_explains(&self, input: &PolicyInput<'_>) -> bool {
+        self.fast_why
+            .as_ref()
+            .is_some_and(|f| on_stack(self.deps, || f.eval_value(input.to_rego()).is_some()))
     }
 
     /// [`RegoPolicy::eval_in`] on a pooled engine.
@@ -530,11 +550,24 @@ impl RegoPolicy {
         if known_false && !self.has_patch {
             // A deny without a patch to offer: its explanation may be remembered, and then no
             // engine is needed.
-            if let Ok(memo) = &self.memo
-                && self.has_reason
-                && let Some(key) = memo.key(&input)
-                && let Some(e) = memo.get(&key)
+            let memo = self.memo.as_ref().ok().filter(|_| self.has_reason);
+            let key = memo.and_then(|m| m.key(&input));
+            if let (Some(memo), Some(key)) = (memo, &key)
+                && let Some(e) = memo.get(key)
             {
+                return e.into_verdict();
+            }
+            // Or the VM explains it, from a run that hid no error.
+            if let Some(why) = self
+                .fast_why
+                .as_ref()
+                .and_then(|f| f.eval_value(input.clone()))
+            {
+                let (reason, rules) = self.provenance.denied_by(&why);
+                let e = Explained { reason, rules };
+                if let (Some(memo), Some(key)) = (memo, key) {
+                    memo.put(key, e.clone());
+                }
                 return e.into_verdict();
             }
         }
@@ -559,7 +592,7 @@ impl RegoPolicy {
     /// (`allow` is false), `(None, false)` unsure (the interpreter decides).
     fn fast_allow(
         &self,
-        fast: &FastAllow,
+        fast: &FastRule,
         with_rules: bool,
         input: regorus::Value,
     ) -> (Option<Vec<Arc<RuleRef>>>, bool) {
