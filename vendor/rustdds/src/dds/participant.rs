@@ -1369,11 +1369,15 @@ impl DomainParticipantInner {
     // Adding readers. Capacities match the previous mio-extras channels.
     let (sender_add_reader, receiver_add_reader) =
       wake_channel::<ReaderIngredients>(100, &dp_waker);
-    let (sender_remove_reader, receiver_remove_reader) = wake_channel::<GUID>(4, &dp_waker);
+    // PATCH(autonomy): 64, not 4: a participant going away removes a dozen built-in endpoints
+    // at once, and each removal waits only 20 ms for room; on a loaded machine the event loop
+    // drained 4 too slowly and every lost removal logged an error at shutdown.
+    let (sender_remove_reader, receiver_remove_reader) = wake_channel::<GUID>(64, &dp_waker);
 
     // Writers
     let (add_writer_sender, add_writer_receiver) = wake_channel::<WriterIngredients>(10, &dp_waker);
-    let (remove_writer_sender, remove_writer_receiver) = wake_channel::<GUID>(4, &dp_waker);
+    // PATCH(autonomy): 64, as for readers.
+    let (remove_writer_sender, remove_writer_receiver) = wake_channel::<GUID>(64, &dp_waker);
     let (reader_ready, reader_ready_rx) = ready_channel(&dp_waker);
     let (writer_ready, writer_ready_rx) = ready_channel(&dp_waker);
 
