@@ -561,11 +561,11 @@ reason := sprintf(\"%s: no\", [input.kind]) if {
 
     /// A deny set: the definitions that added to it, with the reason's.
     #[test]
-    #[ignore = "known gap: a deny-set policy names no rules yet (its deny explanation fails and falls back)"]
     fn deny_sets_name_their_definitions() {
         let p = compile(&[(
             "p.rego",
             "package autonomy
+default allow := false
 deny contains \"shell\" if input.kind == \"tool.shell\"
 deny contains \"secret\" if contains(input.params.m, \"password\")
 deny contains \"never\" if false
@@ -578,14 +578,14 @@ reason := concat(\", \", deny) if count(deny) > 0
         assert_eq!(
             named(&v),
             vec![
-                ("deny".into(), "p.rego:2".into(), None),
                 ("deny".into(), "p.rego:3".into(), None),
-                ("reason".into(), "p.rego:6".into(), None),
+                ("deny".into(), "p.rego:4".into(), None),
+                ("reason".into(), "p.rego:7".into(), None),
             ]
         );
         assert_eq!(
             named(&decide(&p, "tool.echo", json!({"m": "hi"}))),
-            one("allow", "p.rego:5", None)
+            one("allow", "p.rego:6", None)
         );
     }
 
