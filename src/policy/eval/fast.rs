@@ -1,5 +1,5 @@
-//! A fast path for `allow`: regorus's bytecode VM, used only where it cannot be wrong in the
-//! open direction.
+//! A fast path for `allow` and for a deny's explanation: regorus's bytecode VM, used only where
+//! it cannot be wrong in the open direction.
 //!
 //! The interpreter is the reference. regorus 0.14's VM evaluates `allow` 5–10× faster, but it
 //! turns every non-fatal error inside a rule body into "undefined", even with strict builtin
@@ -10,11 +10,11 @@
 //! - the VM (patched, see the vendored crate) counts every error it turns into undefined and
 //!   every such loop; a run that counted any is not trusted at all, whatever it returned;
 //! - the VM runs only programs made of the instructions of plain Rego (no function calls, host
-//!   calls or policy-language blocks) whose rules are neither functions, nor destructuring, nor partial
-//!   objects;
-//! - the VM's `true` allows and its `false` denies (the interpreter then only evaluates
-//!   `reason`), both only from a run that hid no error. Anything else (undefined, an error, a
-//!   limit, a hidden error) goes to the interpreter, which decides and explains the deny.
+//!   calls or policy-language blocks) whose rules are neither functions, nor destructuring,
+//!   nor partial objects;
+//! - the VM's `true` allows and its `false` denies, and it explains that deny (reason and
+//!   rules), each only from a run that hid no error. Anything else (undefined, an error, a
+//!   limit, a hidden error) goes to the interpreter, which decides or explains instead.
 //!
 //! Both engines stop at the first loop iteration that makes a constant-valued rule true, as OPA
 //! does, so an error in a later iteration denies in neither (the unit tests check it).
