@@ -245,6 +245,20 @@ mod tests {
 
     const SLOW: std::time::Duration = std::time::Duration::from_secs(30);
 
+    /// `f` on the input of an anonymous HTTP call of `kind` with `params`.
+    fn with_call<R>(kind: &str, params: &Value, f: impl FnOnce(&PolicyInput<'_>) -> R) -> R {
+        let kind = ToolKind::parse(kind).unwrap();
+        let params: Map<String, Value> = params.as_object().cloned().unwrap();
+        f(&PolicyInput {
+            kind: &kind,
+            params: &params,
+            source: Source::new("http"),
+            agent: &crate::types::Agent::anonymous(),
+            allowed_domains: &[],
+            extra: None,
+        })
+    }
+
     /// (name, Rego modules separated by `---` lines, data, whether the VM fast path must apply).
     fn corpus() -> Vec<(&'static str, String, Option<Value>, bool)> {
         let p = |body: &str| format!("package autonomy\n{body}\n");
@@ -330,7 +344,7 @@ mod tests {
                 "rules across packages",
                 "package autonomy\nimport data.lib\nallow if lib.ok\n---\npackage lib\nok if input.kind == \"tool.http_get\"\nok if input.params.a == true\n".to_string(),
                 None,
-                false,
+                true,
             ),
             // The VM would allow these where the interpreter fails the evaluation (deny).
             (
@@ -390,8 +404,8 @@ mod tests {
                 true,
             ),
             ("bridge demo", super::super::BRIDGE_DEMO_REGO.to_string(), None, true),
-            // A function (`clamp`, in `patch`) keeps it on the interpreter.
-            ("example bridge", file("examples/bridge/policy.rego"), None, false),
+            // Its function (`clamp`) is only in `patch`, which the interpreter evaluates.
+            ("example bridge", file("examples/bridge/policy.rego"), None, true),
             // Errors the patched VM reports, so the interpreter decides.
             (
                 "an error in one iteration",
@@ -576,23 +590,19 @@ mod tests {
             // 50 ms, and a limit would make the engines differ by timing, not by meaning.
             let policy = RegoPolicy::compile_with_limit(PolicyRef::new(name), &modules, data, SLOW)
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
-            eprintln!("ELIG {name}: want {want_fast} got {:?}", policy.fast_path());
+            assert_eq!(
+                policy.fast_path().is_ok(),
+                want_fast,
+                "{name}: fast path {:?}",
+                policy.fast_path()
+            );
             for (kind, params) in inputs() {
-                let kind = ToolKind::parse(kind).unwrap();
-                let params: Map<String, Value> = params.as_object().cloned().unwrap();
-                let input = PolicyInput {
-                    kind: &kind,
-                    params: &params,
-                    source: Source::new("http"),
-                    agent: &crate::types::Agent::anonymous(),
-                    allowed_domains: &[],
-                    extra: None,
-                };
-                let both = policy.evaluate(&input);
-                let reference = policy.evaluate_interpreted(&input);
+                let (both, reference) = with_call(kind, &params, |input| {
+                    (policy.evaluate(input), policy.evaluate_interpreted(input))
+                });
                 assert_eq!(
                     both, reference,
-                    "{name}: kind {kind} params {params:?}: with the VM {both:?}, interpreter {reference:?}"
+                    "{name}: kind {kind} params {params}: with the VM {both:?}, interpreter {reference:?}"
                 );
                 if want_fast && both.decision == crate::types::Decision::Allow {
                     fast_allows += 1;
@@ -691,27 +701,19 @@ mod tests {
             let policy = RegoPolicy::compile_with_limit(PolicyRef::new(name), &modules, data, SLOW)
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
             for (kind, params) in &calls {
-                let kind = ToolKind::parse(kind).unwrap();
-                let params: Map<String, Value> = params.as_object().cloned().unwrap();
-                let input = PolicyInput {
-                    kind: &kind,
-                    params: &params,
-                    source: Source::new("http"),
-                    agent: &crate::types::Agent::anonymous(),
-                    allowed_domains: &[],
-                    extra: None,
-                };
-                assert!(
-                    policy.vm_decides(&input),
-                    "{name}: {kind} {params:?} went to the interpreter ({:?})",
-                    policy.fast_path()
-                );
-                if policy.evaluate(&input).decision == crate::types::Decision::Deny {
+                with_call(kind, params, |input| {
                     assert!(
-                        policy.vm_explains(&input),
-                        "{name}: the deny of {kind} {params:?} was explained by the interpreter"
+                        policy.vm_decides(input),
+                        "{name}: {kind} {params} went to the interpreter ({:?})",
+                        policy.fast_path()
                     );
-                }
+                    if policy.evaluate(input).decision == crate::types::Decision::Deny {
+                        assert!(
+                            policy.vm_explains(input),
+                            "{name}: the deny of {kind} {params} was explained by the interpreter"
+                        );
+                    }
+                });
             }
         }
     }
@@ -741,16 +743,7 @@ mod tests {
                 None,
             )
             .unwrap();
-            let kind = ToolKind::parse("tool.echo").unwrap();
-            let params: Map<String, Value> = params.as_object().cloned().unwrap();
-            let v = policy.evaluate(&PolicyInput {
-                kind: &kind,
-                params: &params,
-                source: Source::new("http"),
-                agent: &crate::types::Agent::anonymous(),
-                allowed_domains: &[],
-                extra: None,
-            });
+            let v = with_call("tool.echo", &params, |input| policy.evaluate(input));
             assert_eq!(v.decision, crate::types::Decision::Deny, "{name}: {v:?}");
             // And the VM alone would have allowed it: the reason the fast path is gated.
             let mut engine = regorus::Engine::new();
