@@ -239,25 +239,11 @@ fn runs(ins: &Instruction) -> bool {
 mod tests {
     use super::*;
     use crate::policy::eval::rego::RegoPolicy;
-    use crate::policy::eval::{DEMO_REGO, PolicyEvaluator, PolicyInput};
-    use crate::types::{PolicyRef, Source, ToolKind};
-    use serde_json::{Map, Value, json};
+    use crate::policy::eval::{DEMO_REGO, PolicyEvaluator, with_call};
+    use crate::types::PolicyRef;
+    use serde_json::{Value, json};
 
     const SLOW: std::time::Duration = std::time::Duration::from_secs(30);
-
-    /// `f` on the input of an anonymous HTTP call of `kind` with `params`.
-    fn with_call<R>(kind: &str, params: &Value, f: impl FnOnce(&PolicyInput<'_>) -> R) -> R {
-        let kind = ToolKind::parse(kind).unwrap();
-        let params: Map<String, Value> = params.as_object().cloned().unwrap();
-        f(&PolicyInput {
-            kind: &kind,
-            params: &params,
-            source: Source::new("http"),
-            agent: &crate::types::Agent::anonymous(),
-            allowed_domains: &[],
-            extra: None,
-        })
-    }
 
     /// (name, Rego modules separated by `---` lines, data, whether the VM fast path must apply).
     fn corpus() -> Vec<(&'static str, String, Option<Value>, bool)> {

@@ -284,3 +284,22 @@ impl ActivePolicy {
         self.current.store(Arc::new(p));
     }
 }
+
+/// `f` on the input of an anonymous HTTP call of `kind` with `params`, for tests.
+#[cfg(test)]
+pub(crate) fn with_call<R>(
+    kind: &str,
+    params: &serde_json::Value,
+    f: impl FnOnce(&PolicyInput<'_>) -> R,
+) -> R {
+    let kind = ToolKind::parse(kind).unwrap();
+    let params = params.as_object().cloned().unwrap();
+    f(&PolicyInput {
+        kind: &kind,
+        params: &params,
+        source: Source::new("http"),
+        agent: &crate::types::Agent::anonymous(),
+        allowed_domains: &[],
+        extra: None,
+    })
+}

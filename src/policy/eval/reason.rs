@@ -361,9 +361,9 @@ fn flatten<'a>(e: &'a Expr, dynamic: &mut Vec<&'a Expr>) -> Option<(&'a str, Vec
 mod tests {
     use super::*;
     use crate::policy::eval::rego::RegoPolicy;
-    use crate::policy::eval::{DEMO_REGO, PolicyEvaluator, PolicyInput};
-    use crate::types::{Decision, PolicyRef, Source, ToolKind};
-    use serde_json::{Map, Value, json};
+    use crate::policy::eval::{DEMO_REGO, PolicyEvaluator, with_call};
+    use crate::types::{Decision, PolicyRef};
+    use serde_json::{Value, json};
 
     fn compile(src: &str, data: Option<Value>) -> RegoPolicy {
         let modules: Vec<(String, String)> = src
@@ -551,18 +551,9 @@ mod tests {
             // Two passes: the second finds every error-free reason of the first remembered.
             for pass in 0..2 {
                 for (kind, params) in inputs() {
-                    let kind = ToolKind::parse(kind).unwrap();
-                    let params: Map<String, Value> = params.as_object().cloned().unwrap();
-                    let input = PolicyInput {
-                        kind: &kind,
-                        params: &params,
-                        source: Source::new("http"),
-                        agent: &crate::types::Agent::anonymous(),
-                        allowed_domains: &[],
-                        extra: None,
-                    };
-                    let got = policy.evaluate(&input);
-                    let reference = policy.evaluate_interpreted(&input);
+                    let (got, reference) = with_call(kind, &params, |input| {
+                        (policy.evaluate(input), policy.evaluate_interpreted(input))
+                    });
                     assert_eq!(
                         got, reference,
                         "{name}, pass {pass}: kind {kind} params {params:?}"
