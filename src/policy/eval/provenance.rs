@@ -397,25 +397,18 @@ mod tests {
     use super::*;
     use crate::policy::eval::{
         PolicyEvaluator, PolicyInput, RegoPolicy, Verdict, bridge_demo_policy, demo_policy,
+        with_call,
     };
     use crate::types::{Agent, Decision, PolicyRef, Source, ToolKind};
     use serde_json::{Map, Value, json};
 
     fn decide(p: &RegoPolicy, kind: &str, params: Value) -> Verdict {
-        let kind = ToolKind::parse(kind).unwrap();
-        let params: Map<String, Value> = params.as_object().cloned().unwrap();
-        let input = PolicyInput {
-            kind: &kind,
-            params: &params,
-            source: Source::new("http"),
-            agent: &Agent::anonymous(),
-            allowed_domains: &[],
-            extra: None,
-        };
-        let v = p.evaluate(&input);
-        // The VM and the interpreter name the same rules.
-        assert_eq!(v, p.evaluate_interpreted(&input));
-        v
+        with_call(kind, &params, |input| {
+            let v = p.evaluate(input);
+            // The VM and the interpreter name the same rules.
+            assert_eq!(v, p.evaluate_interpreted(input));
+            v
+        })
     }
 
     /// `(rule, file:line, id)` of each rule behind a verdict.

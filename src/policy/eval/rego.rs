@@ -689,16 +689,7 @@ mod tests {
 
     /// `p`'s verdict on an HTTP call of `kind` with `params` (a JSON object).
     fn decide_call(p: &RegoPolicy, kind: &str, params: serde_json::Value) -> Verdict {
-        let k = ToolKind::parse(kind).unwrap();
-        let params = params.as_object().unwrap().clone();
-        p.evaluate(&PolicyInput {
-            kind: &k,
-            params: &params,
-            source: Source::new("http"),
-            agent: &crate::types::Agent::anonymous(),
-            allowed_domains: &[],
-            extra: None,
-        })
+        super::super::with_call(kind, &params, |input| p.evaluate(input))
     }
 
     fn decide(p: &RegoPolicy, kind: &str) -> Verdict {
