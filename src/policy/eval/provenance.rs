@@ -6,9 +6,9 @@
 //! same module (same package and imports, so every name resolves as in the original; the
 //! original lines keep their numbers). A synthetic module gathers the twins that gave a value
 //! into one partial set per rule (`__autonomy_rules_allow contains [n, value]`), and pairs each
-//! decision with its set (`__autonomy_allow_rules := [allow, __autonomy_rules_allow]`), so the
-//! decision and the rules behind it come from one evaluation: on the VM where `allow` runs there,
-//! with the interpreter otherwise. Only the definitions of the rule that decided are ever
+//! decision with its set (`__autonomy_allow_rules := [true, __autonomy_rules_allow]` for an
+//! allow, `[allow]` otherwise), so the decision and the rules behind it come from one
+//! evaluation: on the VM where `allow` runs there, with the interpreter otherwise. Only the definitions of the rule that decided are ever
 //! evaluated twice, and only their bodies (the rules they use are evaluated once per call).
 
 use std::sync::Arc;
@@ -241,8 +241,12 @@ impl Provenance {
             ));
         }
         if self.tracks(Deciding::Allow) {
+            // The twins run only for an allow: a deny's rules come from its explanation, so
+            // evaluating them on every deny would be wasted work. The two definitions never
+            // both hold, and an undefined `allow` leaves the pair undefined, as before.
             src.push_str(&format!(
-                "\n{SYNTHETIC_PREFIX}allow_rules := [allow, {SYNTHETIC_PREFIX}rules_allow]\n"
+                "\n{SYNTHETIC_PREFIX}allow_rules := [true, {SYNTHETIC_PREFIX}rules_allow] if allow == true\n\
+                 {SYNTHETIC_PREFIX}allow_rules := [allow] if allow != true\n"
             ));
         }
         if self.has_reason {

@@ -390,10 +390,11 @@ impl RegoPolicy {
     ) -> Result<(regorus::Value, Option<Vec<Arc<RuleRef>>>), String> {
         if self.provenance.tracks(Deciding::Allow)
             && let Ok(regorus::Value::Array(pair)) = engine.eval_rule(ALLOW_WITH_RULES.to_string())
-            && let (Some(allow), Some(set)) = (pair.first(), pair.get(1))
+            && let Some(allow) = pair.first()
         {
-            let rules = match allow {
-                regorus::Value::Bool(true) => Some(self.provenance.allowed_by(set)),
+            // `[true, set]` for an allow, `[allow]` for anything else.
+            let rules = match (allow, pair.get(1)) {
+                (regorus::Value::Bool(true), Some(set)) => Some(self.provenance.allowed_by(set)),
                 _ => None,
             };
             return Ok((allow.clone(), rules));
