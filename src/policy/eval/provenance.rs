@@ -8,8 +8,9 @@
 //! into one partial set per rule (`__autonomy_rules_allow contains [n, value]`), and pairs each
 //! decision with its set (`__autonomy_allow_rules := [true, __autonomy_rules_allow]` for an
 //! allow, `[allow]` otherwise), so the decision and the rules behind it come from one
-//! evaluation: on the VM where `allow` runs there, with the interpreter otherwise. Only the definitions of the rule that decided are ever
-//! evaluated twice, and only their bodies (the rules they use are evaluated once per call).
+//! evaluation: on the VM where `allow` runs there, with the interpreter otherwise. Only the
+//! definitions of the rule that decided are ever evaluated twice, and only their bodies (the rules
+//! they use are evaluated once per call).
 
 use std::sync::Arc;
 
