@@ -697,6 +697,32 @@ mod tests {
         decide_call(p, kind, serde_json::json!({}))
     }
 
+    /// The `allow` twins run only for an allow: a deny's pair is `[false]`, so a flood of denied
+    /// calls does not pay for naming allow rules it never shows.
+    #[test]
+    fn a_deny_evaluates_no_allow_twins() {
+        let modules = vec![("demo.rego".to_string(), super::super::DEMO_REGO.to_string())];
+        let mut plain = Engine::new();
+        plain.set_rego_v0(false);
+        plain
+            .add_policy(modules[0].0.clone(), modules[0].1.clone())
+            .unwrap();
+        let (mut twin, _, _) = twin_engine(Plan::new(plain.get_modules()), &modules).unwrap();
+        let pair = |engine: &mut Engine, kind: &str| {
+            engine.set_input(regorus::Value::from(serde_json::json!({"kind": kind})));
+            engine.eval_rule(ALLOW_WITH_RULES.to_string()).unwrap()
+        };
+        assert_eq!(
+            pair(&mut twin, "tool.shell"),
+            regorus::Value::from(vec![regorus::Value::Bool(false)])
+        );
+        let allowed = pair(&mut twin, "tool.echo");
+        let allowed = allowed.as_array().unwrap();
+        assert_eq!(allowed.len(), 2);
+        assert_eq!(allowed[0], regorus::Value::Bool(true));
+        assert_eq!(allowed[1].as_set().unwrap().len(), 1);
+    }
+
     #[test]
     fn rego_input_equals_the_json_input() {
         let k = ToolKind::parse("tool.http_get").unwrap();
