@@ -438,14 +438,24 @@ fn graph_service_and_decisions(rmw: &'static str, build: Build) {
         )
     };
 
+    // Discovery gets 2 s per try instead of the CLI's 0.5 s: a loaded machine (the whole suite
+    // running) can take longer than that to see a Fast DDS participant.
     env.run_until(
-        &["ros2", "node", "list", "--no-daemon"],
+        &["ros2", "node", "list", "--no-daemon", "--spin-time", "2"],
         "/autonomy",
         5,
         Duration::from_secs(30),
     );
     let topics = env.run_until(
-        &["ros2", "topic", "list", "-t", "--no-daemon"],
+        &[
+            "ros2",
+            "topic",
+            "list",
+            "-t",
+            "--no-daemon",
+            "--spin-time",
+            "2",
+        ],
         "/autonomy/decisions [autonomy_msgs/msg/Decision]",
         5,
         Duration::from_secs(30),
@@ -455,7 +465,15 @@ fn graph_service_and_decisions(rmw: &'static str, build: Build) {
         "{topics}"
     );
     let services = env.run_until(
-        &["ros2", "service", "list", "-t", "--no-daemon"],
+        &[
+            "ros2",
+            "service",
+            "list",
+            "-t",
+            "--no-daemon",
+            "--spin-time",
+            "2",
+        ],
         "/autonomy/tool [autonomy_msgs/srv/Tool]",
         5,
         Duration::from_secs(30),
