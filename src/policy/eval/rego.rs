@@ -432,12 +432,16 @@ impl RegoPolicy {
             let rules = self.provenance.denied_by(&regorus::Value::Undefined).1;
             (reason, rules, clean)
         };
-        let e = Explained { reason, rules };
-        if clean && let (Some(memo), Some(key)) = (memo, key) {
-            memo.put(key, e.clone());
-        }
-        e.into_verdict()
+        remembered(Explained { reason, rules }, memo.filter(|_| clean), key)
     }
+}
+
+/// The deny `e` explains, after keeping `e` in `memo` under `key` when there are both.
+fn remembered(e: Explained, memo: Option<&ReasonMemo>, key: Option<Key>) -> Verdict {
+    if let (Some(memo), Some(key)) = (memo, key) {
+        memo.put(key, e.clone());
+    }
+    e.into_verdict()
 }
 
 impl Explained {
@@ -565,11 +569,7 @@ impl RegoPolicy {
                 .and_then(|f| f.eval_value(input.clone()))
             {
                 let (reason, rules) = self.provenance.denied_by(&why);
-                let e = Explained { reason, rules };
-                if let (Some(memo), Some(key)) = (memo, key) {
-                    memo.put(key, e.clone());
-                }
-                return e.into_verdict();
+                return remembered(Explained { reason, rules }, memo, key);
             }
         }
         if let Some(rules) = allowed {
