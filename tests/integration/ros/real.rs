@@ -364,7 +364,11 @@ fn start_runtime(env: &RosEnv, build: &Build, wal: &Path) -> (Proc, SocketAddr) 
 
 /// The RIHS01 hash `ros2 topic info -v` shows for the publisher of `topic` on node `/autonomy`.
 fn advertised_hash(env: &RosEnv, topic: &str) -> String {
-    for _ in 0..5 {
+    // `topic info` has no `--spin-time`: each try discovers for 0.5 s, which a loaded machine
+    // can miss with Fast DDS, so tries go on until a deadline rather than a count.
+    let end = Instant::now() + Duration::from_secs(40);
+    let mut last = String::new();
+    while Instant::now() < end {
         let (_, out, err) = env.run(
             &["ros2", "topic", "info", "-v", "--no-daemon", topic],
             Duration::from_secs(30),
@@ -381,10 +385,11 @@ fn advertised_hash(env: &RosEnv, topic: &str) -> String {
                 return h.to_string();
             }
         }
+        last = out;
         std::thread::sleep(Duration::from_millis(500));
     }
     panic!(
-        "ros2 topic info -v {topic} shows no publisher on /autonomy ({})",
+        "ros2 topic info -v {topic} shows no publisher on /autonomy ({}) in 40 s; last output:\n{last}",
         env.rmw
     );
 }
