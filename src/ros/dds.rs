@@ -165,6 +165,10 @@ impl Ros2ClientTransport {
 /// wait like this too; past it the answer is sent anyway (and may be lost to that client).
 const REPLY_READER_WAIT: Duration = Duration::from_secs(10);
 
+/// How long a client's first answer waits after discovery has its reply reader, for our reply
+/// writer to match it.
+const MATCH_GRACE: Duration = Duration::from_millis(50);
+
 /// The client processes whose reply readers on `/autonomy/tool` have been seen: a client that
 /// called once is not looked up again. Bounded: cleared when full.
 ///
@@ -208,10 +212,14 @@ impl ReplyReaders {
             if found {
                 if waited {
                     tracing::debug!("{TOOL_SERVICE}: waited for the reply reader of {client:?}");
-                    // Discovery has the reader; let the writer's matching catch up with it (on a
-                    // loaded machine that takes more than a few milliseconds).
-                    tokio::time::sleep(Duration::from_millis(50)).await;
                 }
+                // Discovery has the reader, but our reply writer matches it a little later (in
+                // the participant's event loop; on a loaded machine more than a few
+                // milliseconds), and a volatile writer never sends a reader what it wrote
+                // before their match: the client would wait forever. So a client's first answer
+                // gives the match time, also when discovery had the reader already (seen: a
+                // malformed request, answered at once, lost this way on a loaded machine).
+                tokio::time::sleep(MATCH_GRACE).await;
                 if let Ok(mut s) = self.seen.lock() {
                     if s.len() >= Self::MAX_SEEN {
                         s.clear();
