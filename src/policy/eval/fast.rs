@@ -77,7 +77,20 @@ pub struct FastRule {
     program: Arc<Program>,
     data: Option<regorus::Value>,
     timer: ExecutionTimerConfig,
+    /// The rule (an index into the program's rules) whose definitions that give a value each
+    /// run records, evaluating all of them.
+    tracked: Option<u16>,
     pool: Pool<RegoVM>,
+}
+
+/// Where one definition of a tracked rule is: its module's file name and the line of the first
+/// instruction of its body (a line inside the definition's text).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DefinitionAt {
+    /// The module's file name, as loaded.
+    pub file: String,
+    /// 1-based.
+    pub line: u32,
 }
 
 impl FastRule {
@@ -99,12 +112,67 @@ impl FastRule {
             program,
             data,
             timer,
+            tracked: None,
             pool: Pool::new(),
         };
         // Fail at load, not per call, if the data cannot be given to a VM.
         let vm = fast.new_vm()?;
         fast.pool.put(vm);
         Ok(fast)
+    }
+
+    /// Where each definition of `rule` (`data.autonomy.allow`) is, by the VM's definition index,
+    /// and the rule's index for [`FastRule::track`]; `None` when the program has no such rule
+    /// or does not say where every definition is.
+    pub fn definitions(&self, rule: &str) -> Option<(u16, Vec<DefinitionAt>)> {
+        let (index, info) = self
+            .program
+            .rule_infos
+            .iter()
+            .enumerate()
+            .find(|(_, r)| r.name == rule)?;
+        let mut at = Vec::new();
+        for bodies in info.definitions.iter() {
+            let pc = usize::try_from(*bodies.first()?).ok()?;
+            let span = self.program.get_instruction_span(pc)?;
+            at.push(DefinitionAt {
+                file: span.get_source_name(&self.program.sources)?.to_string(),
+                line: u32::try_from(span.line).ok()?,
+            });
+        }
+        Some((u16::try_from(index).ok()?, at))
+    }
+
+    /// Records on every run which definitions of rule `index` give a value (evaluating all of
+    /// them): see [`FastRule::eval_tracked`].
+    pub fn track(&mut self, index: u16) {
+        self.tracked = Some(index);
+        // The VMs made so far do not track.
+        while self.pool.take().is_some() {}
+    }
+
+    /// The entry rule's value for this input, with what `f` makes of it and of the tracked
+    /// rule's definitions (VM indices, in evaluation order) that gave a value; `None` on any
+    /// error, including one the VM turned into undefined on the way.
+    pub fn eval_tracked<R>(
+        &self,
+        input: regorus::Value,
+        f: impl FnOnce(&regorus::Value, &[usize]) -> R,
+    ) -> Option<(regorus::Value, R)> {
+        let mut vm = match self.pool.take() {
+            Some(vm) => vm,
+            None => self.new_vm().ok()?,
+        };
+        vm.set_input(input);
+        let hidden = vm.swallowed_errors();
+        let r = vm.execute().ok();
+        let clean = vm.swallowed_errors() == hidden;
+        let r = r.filter(|_| clean).map(|v| {
+            let made = f(&v, vm.tracked_definitions());
+            (v, made)
+        });
+        self.pool.put(vm);
+        r
     }
 
     /// What the VM makes of `allow` for this input.
@@ -119,16 +187,7 @@ impl FastRule {
     /// The entry rule's value for this input; `None` on any error, including one the VM turned
     /// into undefined on the way.
     pub fn eval_value(&self, input: regorus::Value) -> Option<regorus::Value> {
-        let mut vm = match self.pool.take() {
-            Some(vm) => vm,
-            None => self.new_vm().ok()?,
-        };
-        vm.set_input(input);
-        let hidden = vm.swallowed_errors();
-        let r = vm.execute().ok();
-        let clean = vm.swallowed_errors() == hidden;
-        self.pool.put(vm);
-        r.filter(|_| clean)
+        self.eval_tracked(input, |_, _| ()).map(|(v, ())| v)
     }
 
     fn new_vm(&self) -> Result<RegoVM, NoFastPath> {
@@ -136,6 +195,7 @@ impl FastRule {
         vm.load_program(self.program.clone());
         vm.set_strict_builtin_errors(true);
         vm.set_execution_timer_config(Some(self.timer));
+        vm.track_rule_definitions(self.tracked);
         if let Some(d) = &self.data {
             vm.set_data(d.clone())
                 .map_err(|e| NoFastPath::Data(one_line(&e.to_string(), MAX_CHARS)))?;
@@ -564,7 +624,7 @@ mod tests {
 
     #[test]
     fn the_fast_path_never_allows_what_the_interpreter_denies() {
-        let mut fast_allows = 0;
+        let (mut fast_allows, mut recorded) = (0, 0);
         for (name, src, data, want_fast) in corpus() {
             // Modules are separated by `---` lines.
             let modules: Vec<(String, String)> = src
@@ -582,6 +642,9 @@ mod tests {
                 "{name}: fast path {:?}",
                 policy.fast_path()
             );
+            if want_fast {
+                recorded += usize::from(policy.allow_rules_recorded());
+            }
             for (kind, params) in inputs() {
                 let (both, reference) = with_call(kind, &params, |input| {
                     (policy.evaluate(input), policy.evaluate_interpreted(input))
@@ -595,8 +658,10 @@ mod tests {
                 }
             }
         }
-        // The corpus exercises the fast path, not only the fallback.
+        // The corpus exercises the fast path, not only the fallback, and names an allow's
+        // rules from the VM's own run.
         assert!(fast_allows > 50, "{fast_allows}");
+        assert!(recorded > 10, "{recorded}");
     }
 
     /// The shipped policies' ordinary calls, allowed and denied, are decided and explained on
@@ -686,6 +751,8 @@ mod tests {
             // 50 ms, and a limit would make the engines differ by timing, not by meaning.
             let policy = RegoPolicy::compile_with_limit(PolicyRef::new(name), &modules, data, SLOW)
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
+            // And the rules behind an allow come from the same VM run, not a second one.
+            assert!(policy.allow_rules_recorded(), "{name}");
             for (kind, params) in &calls {
                 with_call(kind, params, |input| {
                     assert!(

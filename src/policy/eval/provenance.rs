@@ -8,7 +8,9 @@
 //! into one partial set per rule (`__autonomy_rules_allow contains [n, value]`), and pairs each
 //! decision with its set (`__autonomy_allow_rules := [true, __autonomy_rules_allow]` for an
 //! allow, `[allow]` otherwise), so the decision and the rules behind it come from one
-//! evaluation: on the VM where `allow` runs there, with the interpreter otherwise. Only the
+//! evaluation, with the interpreter. Where `allow` runs on the VM its twins are not needed: the
+//! patched VM evaluates every `allow` definition once and records which held, and
+//! [`Provenance::allow_definitions`] matches them to these by where their bodies start. Only the
 //! definitions of the rule that decided are ever evaluated twice, and only their bodies (the rules
 //! they use are evaluated once per call).
 
@@ -304,6 +306,53 @@ impl Provenance {
         out
     }
 
+    /// For each definition of `allow` as the VM numbers them (where each is, see
+    /// [`FastRule::tracking`](super::fast::FastRule::tracking)), the tracked definition it is:
+    /// the `allow` definition of the same file that starts last at or before that line. `None`
+    /// unless that pairs every VM definition with a different tracked one and leaves none out.
+    pub fn allow_definitions(&self, at: &[super::fast::DefinitionAt]) -> Option<Vec<usize>> {
+        let allows: Vec<(usize, &RuleRef)> = self
+            .defs
+            .iter()
+            .enumerate()
+            .filter(|(_, d)| d.rule == Deciding::Allow)
+            .map(|(n, d)| (n, d.at.as_ref()))
+            .collect();
+        if allows.len() != at.len() {
+            return None;
+        }
+        let mut out = Vec::with_capacity(at.len());
+        for a in at {
+            let (n, _) = allows
+                .iter()
+                .filter(|(_, r)| r.file == a.file && r.line <= a.line)
+                .max_by_key(|(_, r)| r.line)?;
+            if out.contains(n) {
+                return None;
+            }
+            out.push(*n);
+        }
+        Some(out)
+    }
+
+    /// The rules behind an allow from the tracked definitions that gave it (indices as
+    /// [`Provenance::allow_definitions`] returns them), in source order; else the default.
+    pub fn allowed_by_definitions(&self, defs: impl Iterator<Item = usize>) -> Vec<Arc<RuleRef>> {
+        let mut ns: Vec<usize> = defs.collect();
+        ns.sort_unstable();
+        ns.dedup();
+        let mut out: Vec<Arc<RuleRef>> = ns
+            .into_iter()
+            .filter_map(|n| self.defs.get(n))
+            .filter(|d| d.rule == Deciding::Allow)
+            .map(|d| d.at.clone())
+            .collect();
+        if out.is_empty() {
+            out.extend(self.default_allow.clone());
+        }
+        out
+    }
+
     /// The rules behind an approval request: the `approval` definitions that gave `true`.
     pub fn approval_by(&self, set: &regorus::Value) -> Vec<Arc<RuleRef>> {
         let mut out = Vec::new();
@@ -497,6 +546,52 @@ reason := sprintf(\"%s: no\", [input.kind]) if {
         assert_eq!(named(&v), one("reason", "p.rego:17", Some("SHELL")));
     }
 
+    /// Every `allow` definition that holds is named, also those after the first (which the VM
+    /// would skip without recording), across files, from multi-line bodies.
+    #[test]
+    fn every_allow_definition_that_holds_is_named_from_one_vm_run() {
+        let a = "package autonomy
+default allow := false
+
+# METADATA
+# custom: {id: A-KIND}
+allow if {
+	input.kind == \"tool.echo\"
+}
+
+allow if input.params.n > 0
+";
+        let b = "package autonomy
+
+allow if {
+	# a comment first
+	input.params.ok == true
+}
+";
+        let p = compile(&[("a.rego", a), ("b.rego", b)]);
+        assert!(p.allow_rules_recorded(), "{:?}", p.fast_path());
+        let v = decide(&p, "tool.echo", json!({"n": 1, "ok": true}));
+        assert_eq!(v.decision, Decision::Allow);
+        assert_eq!(
+            named(&v),
+            vec![
+                ("allow".into(), "a.rego:6".into(), Some("A-KIND".into())),
+                ("allow".into(), "a.rego:10".into(), None),
+                ("allow".into(), "b.rego:3".into(), None),
+            ]
+        );
+        let v = decide(&p, "tool.shell", json!({"ok": true}));
+        assert_eq!(named(&v), one("allow", "b.rego:3", None));
+        assert_eq!(
+            named(&decide(&p, "tool.echo", json!({}))),
+            one("allow", "a.rego:6", Some("A-KIND"))
+        );
+        // Nothing holds: the default denies and is named.
+        let v = decide(&p, "tool.shell", json!({}));
+        assert_eq!(v.decision, Decision::Deny);
+        assert_eq!(named(&v), one("allow", "a.rego:2", None));
+    }
+
     #[test]
     fn defaults_deny_sets_else_and_approval() {
         // No reason: a deny names the default; an allow from `default allow := true` too.
@@ -592,6 +687,7 @@ reason := concat(\", \", deny) if count(deny) > 0
         let ids =
             |v: &Verdict| -> Vec<String> { v.rules.iter().filter_map(|r| r.id.clone()).collect() };
         let demo = demo_policy().unwrap();
+        assert!(demo.allow_rules_recorded());
         for (kind, want) in [
             ("tool.echo", "DEMO-ECHO"),
             ("tool.http_get", "DEMO-HTTP"),
@@ -604,6 +700,7 @@ reason := concat(\", \", deny) if count(deny) > 0
             assert_eq!(v.rules[0].file, "demo.rego");
         }
         let bridge = bridge_demo_policy().unwrap();
+        assert!(bridge.allow_rules_recorded());
         let publish = "tool.ros2.topic.publish";
         let twist = |x: f64| json!({"topic": "/cmd_vel", "message": {"linear": {"x": x}, "angular": {"z": 0.0}}});
         for (kind, params, want) in [
@@ -626,6 +723,7 @@ reason := concat(\", \", deny) if count(deny) > 0
         let file = format!("{}/examples/bridge/policy.rego", env!("CARGO_MANIFEST_DIR"));
         let src = std::fs::read_to_string(&file).unwrap();
         let example = compile(&[("policy.rego", &src)]);
+        assert!(example.allow_rules_recorded());
         let kind = ToolKind::parse(publish).unwrap();
         for (rate, params, want) in [
             (5, twist(0.5), "BRIDGE-CMD-VEL"),

@@ -70,9 +70,9 @@ pub struct RegoPolicy {
     /// call costs what it did before downgrades existed.
     has_patch: bool,
     pool: Pool<Engine>,
-    /// The VM fast path for `allow` (`true`: for [`ALLOW_WITH_RULES`], so with the rules
-    /// behind it), or why this policy has none.
-    fast: Result<(FastRule, bool), NoFastPath>,
+    /// The VM fast path for `allow` and how it names the rules behind an allow, or why this
+    /// policy has none.
+    fast: Result<(FastRule, AllowRules), NoFastPath>,
     /// The VM fast path for a deny's explanation ([`DENY_WHY`]), where it has one.
     fast_why: Option<FastRule>,
     /// The deny explanations already evaluated, or why they are evaluated every time.
@@ -193,15 +193,33 @@ impl RegoPolicy {
                 );
             }
         };
-        // Where `allow` has the VM fast path, the rules behind it come from the same run.
-        let fast_rules = provenance.tracks(Deciding::Allow).then(|| {
-            super::quiet::compile(|| engine.compile_with_entrypoint(&ALLOW_WITH_RULES.into()))
-                .ok()
-                .and_then(|c| FastRule::new(&c, ALLOW_WITH_RULES, data.clone(), timer).ok())
+        // Where `allow` has the VM fast path, the rules behind it come from the same run: the
+        // VM records which of its definitions held, or else evaluates the twins' pair.
+        let fast = FastRule::new(&compiled, ALLOW_RULE, data.clone(), timer).map(|mut f| {
+            if !provenance.tracks(Deciding::Allow) {
+                return (f, AllowRules::Untracked);
+            }
+            let found = f.definitions(ALLOW_RULE).and_then(|(index, at)| {
+                provenance.allow_definitions(&at).map(|defs| (index, defs))
+            });
+            match found {
+                Some((index, defs)) => {
+                    f.track(index);
+                    (f, AllowRules::Recorded(defs))
+                }
+                None => (f, AllowRules::Unnamed),
+            }
         });
-        let fast = match fast_rules.flatten() {
-            Some(f) => Ok((f, true)),
-            None => FastRule::new(&compiled, ALLOW_RULE, data.clone(), timer).map(|f| (f, false)),
+        let pair = matches!(fast, Ok((_, AllowRules::Unnamed)))
+            .then(|| {
+                super::quiet::compile(|| engine.compile_with_entrypoint(&ALLOW_WITH_RULES.into()))
+                    .ok()
+                    .and_then(|c| FastRule::new(&c, ALLOW_WITH_RULES, data.clone(), timer).ok())
+            })
+            .flatten();
+        let fast = match pair {
+            Some(f) => Ok((f, AllowRules::Pair)),
+            None => fast,
         };
         match &fast {
             Ok(_) => tracing::debug!("policy {policy_ref}: allow runs on the regorus VM"),
@@ -271,6 +289,13 @@ impl RegoPolicy {
         self.fast.as_ref().map(|_| ())
     }
 
+    /// Whether the VM names the rules behind an allow from the definitions it recorded (not
+    /// from the twins' pair, nor leaving it to the interpreter).
+    #[cfg(test)]
+    pub(crate) fn allow_rules_recorded(&self) -> bool {
+        matches!(self.fast, Ok((_, AllowRules::Recorded(_))))
+    }
+
     /// Whether deny reasons are remembered; `Err` says why not.
     pub fn reason_memo(&self) -> Result<(), &NoMemo> {
         self.memo.as_ref().map(|_| ())
@@ -293,8 +318,8 @@ impl RegoPolicy {
     #[cfg(test)]
     pub(crate) fn vm_decides(&self, input: &PolicyInput<'_>) -> bool {
         match &self.fast {
-            Ok((fast, with_rules)) => on_stack(self.deps, || {
-                let (allowed, known_false) = self.fast_allow(fast, *with_rules, input.to_rego());
+            Ok((fast, how)) => on_stack(self.deps, || {
+                let (allowed, known_false) = self.fast_allow(fast, how, input.to_rego());
                 allowed.is_some() || known_false
             }),
             Err(_) => false,
@@ -549,7 +574,7 @@ impl RegoPolicy {
     fn evaluate_rego(&self, input: regorus::Value) -> Verdict {
         // Cheap: a regorus value's clone shares its maps.
         let (allowed, known_false) = match &self.fast {
-            Ok((fast, with_rules)) => self.fast_allow(fast, *with_rules, input.clone()),
+            Ok((fast, how)) => self.fast_allow(fast, how, input.clone()),
             Err(_) => (None, false),
         };
         if known_false && !self.has_patch {
@@ -594,34 +619,68 @@ impl RegoPolicy {
     fn fast_allow(
         &self,
         fast: &FastRule,
-        with_rules: bool,
+        how: &AllowRules,
         input: regorus::Value,
     ) -> (Option<Vec<Arc<RuleRef>>>, bool) {
-        let v = fast.eval_value(input);
-        let (allow, set) = match (&v, with_rules) {
-            (Some(regorus::Value::Array(pair)), true) => (pair.first(), pair.get(1)),
-            // `allow` is tracked but only `allow` alone runs on the VM: the interpreter
-            // decides, so the rules behind an allow are named.
-            (Some(regorus::Value::Bool(true)), false)
-                if self.provenance.tracks(Deciding::Allow) =>
-            {
-                (None, None)
+        let (allow, rules) = match how {
+            AllowRules::Recorded(defs) => {
+                let named = fast.eval_tracked(input, |v, held| {
+                    (*v == regorus::Value::Bool(true)).then(|| {
+                        self.provenance.allowed_by_definitions(
+                            held.iter().filter_map(|d| defs.get(*d).copied()),
+                        )
+                    })
+                });
+                match named {
+                    Some((v, rules)) => (v, rules),
+                    None => return (None, false),
+                }
             }
-            (Some(v), false) => (Some(v), None),
-            _ => (None, None),
+            AllowRules::Pair => match fast.eval_value(input) {
+                Some(regorus::Value::Array(pair)) => match (pair.first(), pair.get(1)) {
+                    (Some(regorus::Value::Bool(true)), set) => (
+                        regorus::Value::Bool(true),
+                        Some(
+                            self.provenance
+                                .allowed_by(set.unwrap_or(&regorus::Value::Undefined)),
+                        ),
+                    ),
+                    (Some(v), _) => (v.clone(), None),
+                    _ => return (None, false),
+                },
+                _ => return (None, false),
+            },
+            AllowRules::Untracked | AllowRules::Unnamed => match fast.eval_value(input) {
+                Some(v) => (v, None),
+                None => return (None, false),
+            },
         };
-        match allow {
-            Some(regorus::Value::Bool(true)) => (
-                Some(
-                    self.provenance
-                        .allowed_by(set.unwrap_or(&regorus::Value::Undefined)),
-                ),
+        match (allow, rules, how) {
+            (regorus::Value::Bool(true), Some(rules), _) => (Some(rules), false),
+            (regorus::Value::Bool(true), None, AllowRules::Untracked) => (
+                Some(self.provenance.allowed_by(&regorus::Value::Undefined)),
                 false,
             ),
-            Some(regorus::Value::Bool(false)) => (None, true),
+            (regorus::Value::Bool(false), _, _) => (None, true),
+            // `allow` is tracked but the VM cannot name its rules (`Unnamed`): the interpreter
+            // decides an allow, so the rules behind it are named. Anything else is unsure.
             _ => (None, false),
         }
     }
+}
+
+/// How the VM fast path names the rules behind an allow.
+#[derive(Debug)]
+enum AllowRules {
+    /// `allow` has no definitions to name (at most its default).
+    Untracked,
+    /// The VM records which definitions of `allow` held; entry `d` is the tracked definition
+    /// (see [`Provenance::allow_definitions`]) of the VM's definition `d`.
+    Recorded(Vec<usize>),
+    /// The VM evaluates [`ALLOW_WITH_RULES`], the twins' pair.
+    Pair,
+    /// The VM cannot name them: it decides denies, the interpreter allows.
+    Unnamed,
 }
 
 /// `engine` with the deciding rules' twins added (see [`super::provenance`]), when it has any.

@@ -117,6 +117,11 @@ pub struct RegoVM {
     /// rules whose definitions conflicted, since the VM was created.
     pub(super) swallowed_errors: usize,
 
+    /// PATCH(autonomy): the rule whose successful definitions are recorded (all of them are
+    /// evaluated: no early exit), and those definitions' indices in the last run.
+    pub(super) tracked_rule: Option<u16>,
+    pub(super) tracked_definitions: Vec<usize>,
+
     /// Explicit execution stack used when running in suspendable mode
     pub(super) execution_stack: ExecutionStack,
 
@@ -267,6 +272,8 @@ impl RegoVM {
             evaluated: Value::new_object(), // Initialize evaluation cache
             cache_hits: 0,                  // Initialize cache hit counter
             swallowed_errors: 0,            // PATCH(autonomy)
+            tracked_rule: None,             // PATCH(autonomy)
+            tracked_definitions: Vec::new(), // PATCH(autonomy)
             execution_stack: ExecutionStack::new(),
             execution_state: ExecutionState::Ready,
             breakpoints: BreakpointSet::new(),
@@ -423,6 +430,20 @@ impl RegoVM {
     /// that compares it before and after `execute` knows whether the result hides an error.
     pub const fn swallowed_errors(&self) -> usize {
         self.swallowed_errors
+    }
+
+    /// PATCH(autonomy): records which definitions of the rule `rule_index` (an index into the
+    /// program's `rule_infos`) give a value, evaluating all of them (no early exit on the first
+    /// success), in run-to-completion mode. `None` stops recording.
+    pub fn track_rule_definitions(&mut self, rule_index: Option<u16>) {
+        self.tracked_rule = rule_index;
+        self.tracked_definitions.clear();
+    }
+
+    /// PATCH(autonomy): the definitions of the tracked rule that gave a value in the last run,
+    /// in evaluation order.
+    pub fn tracked_definitions(&self) -> &[usize] {
+        &self.tracked_definitions
     }
 
     pub const fn set_execution_mode(&mut self, mode: ExecutionMode) {

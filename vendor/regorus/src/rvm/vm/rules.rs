@@ -67,6 +67,9 @@ impl RegoVM {
         let mut rule_failed_due_to_inconsistency = false;
         let is_function_call = rule_info.function_info.is_some();
         let result_reg = rule_info.result_reg;
+        // PATCH(autonomy): a tracked rule records its definitions that give a value.
+        let tracked = self.tracked_rule.is_some()
+            && self.call_rule_stack.last().map(|c| c.rule_index) == self.tracked_rule;
 
         let num_registers = usize::from(rule_info.num_registers);
         let mut register_window = self.new_register_window();
@@ -145,11 +148,17 @@ impl RegoVM {
                                         self.set_register(result_reg, Value::Undefined)?;
                                         break;
                                     }
+                                    if tracked {
+                                        self.tracked_definitions.push(def_idx); // PATCH(autonomy)
+                                    }
                                 } else {
                                     first_successful_result = Some(current_result.clone());
+                                    if tracked {
+                                        self.tracked_definitions.push(def_idx); // PATCH(autonomy)
+                                    }
                                     // All definitions produce the same static value;
                                     // no need to verify consistency with the rest.
-                                    if rule_info.early_exit_on_first_success {
+                                    if rule_info.early_exit_on_first_success && !tracked {
                                         break 'outer;
                                     }
                                 }

@@ -34,6 +34,7 @@ impl RegoVM {
         self.execution_stack.clear();
         self.return_to_pools();
         self.rule_cache.clear();
+        self.tracked_definitions.clear(); // PATCH(autonomy)
         self.registers.clear();
         self.builtins_cache.clear();
         self.cached_builtin_args.clear();
