@@ -99,7 +99,12 @@ fn eval_latency() {
             Decision::Deny,
         ),
     ];
+    // AUTONOMY_TIMING_ONLY=<part of a row's name> measures only those rows (for a profiler).
+    let only = std::env::var("AUTONOMY_TIMING_ONLY").unwrap_or_default();
     for (name, p, kind, params, want) in cases {
+        if !name.contains(only.as_str()) {
+            continue;
+        }
         let without = if std::ptr::eq(p, &demo) {
             &demo_plain
         } else {
@@ -116,6 +121,96 @@ fn eval_latency() {
             a99.min(c99),
             b50.min(d50),
             b99.min(d99)
+        );
+    }
+}
+
+/// The example policy in `examples/policies/<dir>` (its `.rego` files, and its `data.json`
+/// files each mounted at its directory), compiled as the node loads it.
+fn example(dir: &str, files: &[&str], data: Value) -> RegoPolicy {
+    let root = format!("{}/examples/policies/{dir}", env!("CARGO_MANIFEST_DIR"));
+    let modules: Vec<(String, String)> = files
+        .iter()
+        .map(|f| {
+            let src = std::fs::read_to_string(format!("{root}/{f}"))
+                .unwrap_or_else(|e| panic!("{root}/{f}: {e}"));
+            (f.to_string(), src)
+        })
+        .collect();
+    RegoPolicy::compile(crate::types::PolicyRef::new(dir), &modules, Some(data))
+        .unwrap_or_else(|e| panic!("{dir}: {e}"))
+}
+
+#[test]
+#[ignore = "a measurement, not a check: run in release with --ignored --nocapture"]
+fn example_eval_latency() {
+    let args = example("argument-checks", &["policy.rego"], json!({}));
+    let http = example(
+        "http-allowlist",
+        &["policy.rego"],
+        json!({"http": {"hosts": ["api.anthropic.com", "ifconfig.me"]}}),
+    );
+    let launch = example(
+        "ros-launch-allowlist",
+        &["policy.rego", "ros/launch.rego"],
+        json!({"ros": {"packages": ["demo_nodes_cpp", "turtlesim"]}}),
+    );
+    let n = 200_000;
+    let cases = [
+        (
+            "args allow",
+            &args,
+            "tool.echo",
+            json!({"message": "hello"}),
+            Decision::Allow,
+        ),
+        (
+            "args deny long",
+            &args,
+            "tool.echo",
+            json!({"message": "x".repeat(65)}),
+            Decision::Deny,
+        ),
+        (
+            "http allow",
+            &http,
+            "tool.http_get",
+            json!({"endpoint": "https://api.anthropic.com/v1/messages"}),
+            Decision::Allow,
+        ),
+        (
+            "http deny host",
+            &http,
+            "tool.http_get",
+            json!({"endpoint": "https://example.com/"}),
+            Decision::Deny,
+        ),
+        (
+            "launch allow",
+            &launch,
+            "tool.ros2.launch",
+            json!({"package": "turtlesim", "launch_file": "multisim.launch.py", "arguments": []}),
+            Decision::Allow,
+        ),
+        (
+            "launch deny package",
+            &launch,
+            "tool.ros2.launch",
+            json!({"package": "evil_pkg", "launch_file": "x.launch.py"}),
+            Decision::Deny,
+        ),
+    ];
+    let only = std::env::var("AUTONOMY_TIMING_ONLY").unwrap_or_default();
+    for (name, p, kind, params, want) in cases {
+        if !name.contains(only.as_str()) {
+            continue;
+        }
+        let (a50, a99) = percentiles(p, kind, params.clone(), want, n);
+        let (b50, b99) = percentiles(p, kind, params, want, n);
+        println!(
+            "{name:22} p50 {:6.2} p99 {:6.2} µs",
+            a50.min(b50),
+            a99.min(b99)
         );
     }
 }
