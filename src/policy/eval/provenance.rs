@@ -307,7 +307,7 @@ impl Provenance {
     }
 
     /// For each definition of `allow` as the VM numbers them (where each is, see
-    /// [`FastRule::tracking`](super::fast::FastRule::tracking)), the tracked definition it is:
+    /// [`FastRule::definitions`](super::fast::FastRule::definitions)), the tracked definition it is:
     /// the `allow` definition of the same file that starts last at or before that line. `None`
     /// unless that pairs every VM definition with a different tracked one and leaves none out.
     pub fn allow_definitions(&self, at: &[super::fast::DefinitionAt]) -> Option<Vec<usize>> {
