@@ -286,7 +286,6 @@ fn runs(ins: &Instruction) -> bool {
             | LoopNext { .. }
             | CallRule { .. }
             | RuleInit { .. }
-            | VirtualDataDocumentLookup { .. }
             | RuleReturn {}
             | Halt {}
             | ComprehensionBegin { .. }
@@ -304,6 +303,9 @@ mod tests {
     use serde_json::{Value, json};
 
     const SLOW: std::time::Duration = std::time::Duration::from_secs(30);
+
+    /// A package whose `bad` rule raises an error when `input.params.endpoint` is not a string.
+    const LIB: &str = "package lib\nok if input.params.a == true\nobj := {\"k\": \"tool.http_get\"}\nbad if startswith(input.params.endpoint, \"x\")";
 
     /// (name, Rego modules separated by `---` lines, data, whether the VM fast path must apply).
     fn corpus() -> Vec<(&'static str, String, Option<Value>, bool)> {
@@ -391,6 +393,27 @@ mod tests {
                 "package autonomy\nimport data.lib\nallow if lib.ok\n---\npackage lib\nok if input.kind == \"tool.http_get\"\nok if input.params.a == true\n".to_string(),
                 None,
                 true,
+            ),
+            // An imported name followed by a rule's name is that rule alone, on both
+            // engines; the whole imported document (or a dynamic key into it) evaluates
+            // every rule of the package, the one that errors on `endpoint: 7` included.
+            (
+                "an import names one rule",
+                format!("package autonomy\nimport data.lib as l\nimport data.nested\nallow if l.ok\nallow if l.obj.k == input.kind\nallow if nested.inner.r\n---\n{LIB}\n---\npackage nested.inner\nr if input.params.n == 11\n"),
+                None,
+                true,
+            ),
+            (
+                "a whole imported document",
+                format!("package autonomy\nimport data.lib\nallow if count(lib) > 2\n---\n{LIB}\n"),
+                None,
+                false,
+            ),
+            (
+                "a dynamic key into an import",
+                format!("package autonomy\nimport data.lib\nallow if lib[input.params.mode]\nallow if lib[\"ok\"]\n---\n{LIB}\n"),
+                None,
+                false,
             ),
             // The VM would allow these where the interpreter fails the evaluation (deny).
             (
@@ -769,6 +792,54 @@ mod tests {
                 });
             }
         }
+    }
+
+    /// `import data.lib` then `lib.ok` is `data.lib.ok` alone, as in OPA: an error in another
+    /// rule of `lib` does not fail it, on either engine.
+    #[test]
+    fn an_imported_rule_is_evaluated_alone() {
+        let src = "package autonomy\nimport data.lib\nallow if lib.ok\n";
+        let policy = RegoPolicy::compile(
+            PolicyRef::new("import"),
+            &[
+                ("p.rego".into(), src.into()),
+                ("lib.rego".into(), LIB.into()),
+            ],
+            None,
+        )
+        .unwrap();
+        assert_eq!(policy.fast_path(), Ok(()));
+        // `bad` raises a type error on this input; `ok` holds.
+        let params = json!({"a": true, "endpoint": 7});
+        with_call("tool.echo", &params, |input| {
+            assert!(policy.vm_decides(input));
+            assert_eq!(
+                policy.evaluate(input).decision,
+                crate::types::Decision::Allow
+            );
+            assert_eq!(
+                policy.evaluate_interpreted(input).decision,
+                crate::types::Decision::Allow
+            );
+        });
+        // The whole document still holds the error, and denies.
+        let whole = RegoPolicy::compile(
+            PolicyRef::new("whole"),
+            &[
+                (
+                    "p.rego".into(),
+                    "package autonomy\nimport data.lib\nallow if lib.ok\nallow if count(lib) > 9\n"
+                        .into(),
+                ),
+                ("lib.rego".into(), LIB.into()),
+            ],
+            None,
+        )
+        .unwrap();
+        let v = with_call("tool.echo", &json!({"endpoint": 7}), |input| {
+            whole.evaluate(input)
+        });
+        assert_eq!(v.decision, crate::types::Decision::Deny, "{v:?}");
     }
 
     #[test]

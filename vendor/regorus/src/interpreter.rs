@@ -3341,6 +3341,81 @@ impl Interpreter {
         Ok(false)
     }
 
+    /// Look up `data` followed by `fields`, evaluating the rule at the longest
+    /// prefix of the path (and the modules under it) first.
+    fn lookup_data(&mut self, fields: &[&str]) -> Result<Value> {
+        if self.is_processed(fields)? {
+            return Ok(Self::get_value_chained(self.data.clone(), fields));
+        }
+
+        // If "data" is used in a query, without any fields, then evaluate all the modules.
+        if fields.is_empty() && self.active_rules.is_empty() {
+            for module in self.compiled_policy.modules.clone().iter() {
+                for rule in &module.policy {
+                    self.eval_rule(module, rule)?;
+                }
+            }
+        }
+
+        // With modifiers may be used to specify part of a module that that not yet been
+        // evaluated. Therefore ensure that module is evaluated first.
+        let requested_path: Vec<String> = core::iter::once("data".to_string())
+            .chain(fields.iter().map(|field| (*field).to_string()))
+            .collect();
+        self.ensure_module_evaluated(&requested_path)?;
+
+        for i in (1..=fields.len()).rev() {
+            let prefix = fields.iter().take(i).copied().collect::<Vec<_>>();
+            let prefix_components = core::iter::once("data")
+                .chain(prefix.iter().copied())
+                .collect::<Vec<_>>();
+            let prefix_path = format_string_path(&prefix_components)?;
+            if self.compiled_policy.rules.contains_key(&prefix_path)
+                || self
+                    .compiled_policy
+                    .default_rules
+                    .contains_key(&prefix_path)
+            {
+                self.ensure_rule_evaluated(prefix_path)?;
+                break;
+            }
+        }
+
+        Ok(Self::get_value_chained(self.data.clone(), fields))
+    }
+
+    /// PATCH(autonomy): the `data` fields of an import's target followed by `fields`,
+    /// when the target is a static `data` path and a rule exists at that path plus at least
+    /// one of `fields`; `None` otherwise (the whole imported document is evaluated).
+    fn imported_rule_path(&self, import: &ExprRef, fields: &[&str]) -> Option<Vec<String>> {
+        if fields.is_empty() {
+            return None;
+        }
+        let components = get_rule_path_components(import).ok()?;
+        let mut full = Vec::with_capacity(components.len() + fields.len());
+        for (i, component) in components.into_iter().enumerate() {
+            match component {
+                PathComponent::String(s) if i == 0 && s == "data" => {}
+                PathComponent::String(s) if i > 0 => full.push(s),
+                _ => return None,
+            }
+        }
+        let import_len = full.len();
+        full.extend(fields.iter().map(|f| (*f).to_string()));
+        for end in (import_len + 1..=full.len()).rev() {
+            let path = core::iter::once("data")
+                .chain(full[..end].iter().map(String::as_str))
+                .collect::<Vec<_>>();
+            let path = format_string_path(&path).ok()?;
+            if self.compiled_policy.rules.contains_key(&path)
+                || self.compiled_policy.default_rules.contains_key(&path)
+            {
+                return Some(full);
+            }
+        }
+        None
+    }
+
     fn lookup_var(&mut self, span: &Span, fields: &[&str], no_error: bool) -> Result<Value> {
         let name = span.source_str();
 
@@ -3364,44 +3439,7 @@ impl Interpreter {
 
         // Ensure that rules are evaluated
         if name.text() == "data" {
-            if self.is_processed(fields)? {
-                return Ok(Self::get_value_chained(self.data.clone(), fields));
-            }
-
-            // If "data" is used in a query, without any fields, then evaluate all the modules.
-            if fields.is_empty() && self.active_rules.is_empty() {
-                for module in self.compiled_policy.modules.clone().iter() {
-                    for rule in &module.policy {
-                        self.eval_rule(module, rule)?;
-                    }
-                }
-            }
-
-            // With modifiers may be used to specify part of a module that that not yet been
-            // evaluated. Therefore ensure that module is evaluated first.
-            let requested_path: Vec<String> = core::iter::once("data".to_string())
-                .chain(fields.iter().map(|field| (*field).to_string()))
-                .collect();
-            self.ensure_module_evaluated(&requested_path)?;
-
-            for i in (1..=fields.len()).rev() {
-                let prefix = fields.iter().take(i).copied().collect::<Vec<_>>();
-                let prefix_components = core::iter::once("data")
-                    .chain(prefix.iter().copied())
-                    .collect::<Vec<_>>();
-                let prefix_path = format_string_path(&prefix_components)?;
-                if self.compiled_policy.rules.contains_key(&prefix_path)
-                    || self
-                        .compiled_policy
-                        .default_rules
-                        .contains_key(&prefix_path)
-                {
-                    self.ensure_rule_evaluated(prefix_path)?;
-                    break;
-                }
-            }
-
-            Ok(Self::get_value_chained(self.data.clone(), fields))
+            self.lookup_data(fields)
         } else if !self.compiled_policy.modules.is_empty() {
             let module = self.current_module()?;
             let mut module_var_path =
@@ -3455,6 +3493,15 @@ impl Interpreter {
 
             if !found {
                 if let Some(imported_var) = self.compiled_policy.imports.get(&rule_path).cloned() {
+                    // PATCH(autonomy): when the imported path and the static fields after it
+                    // name a rule (or a value inside one), evaluate that rule alone, as the
+                    // same reference written in full (`data.a.b.r`) is, and as OPA does.
+                    // Evaluating the whole imported document first ran every sibling rule,
+                    // and an error in any of them failed a reference that does not read it.
+                    if let Some(full) = self.imported_rule_path(&imported_var, fields) {
+                        let full: Vec<&str> = full.iter().map(String::as_str).collect();
+                        return self.lookup_data(&full);
+                    }
                     return Ok(Self::get_value_chained(
                         self.eval_expr(&imported_var)?,
                         fields,

@@ -334,6 +334,13 @@ impl<'a> Compiler<'a> {
         let import_key =
             append_path_component(&self.current_package, root).map_err(CompilerError::from)?;
         if let Some(import_expr) = self.policy.inner.imports.get(&import_key) {
+            // PATCH(autonomy): when the import's `data` path and the static fields after it
+            // name a rule, compile the reference as that path written in full (a direct
+            // rule call), matching the interpreter: the imported document as a whole is a
+            // virtual lookup that evaluates every rule of the package.
+            if let Some(full) = self.imported_rule_chain(import_expr, chain) {
+                return self.compile_data_chain(&full, span);
+            }
             let import_reg =
                 self.compile_rego_expr_with_span(import_expr, import_expr.span(), false)?;
             if chain.components.is_empty() {
@@ -347,6 +354,44 @@ impl<'a> Compiler<'a> {
             name: root.to_string(),
         }
         .at(span))
+    }
+
+    /// PATCH(autonomy): `data.<import fields>.<chain>` when the import's target is a static
+    /// `data` path and a rule exists at it plus at least one static field of `chain`.
+    fn imported_rule_chain(
+        &self,
+        import_expr: &ExprRef,
+        chain: &ReferenceChain,
+    ) -> Option<ReferenceChain> {
+        let target = parse_reference_chain(import_expr).ok()?;
+        if !matches!(&target.root, ReferenceRoot::Variable(root) if root == "data") {
+            return None;
+        }
+        if !target
+            .components
+            .iter()
+            .all(|c| matches!(c, AccessComponent::Field(_)))
+        {
+            return None;
+        }
+        let import_len = target.components.len();
+        let mut components = target.components;
+        components.extend(chain.components.iter().cloned());
+        let full = ReferenceChain {
+            root: ReferenceRoot::Variable("data".to_string()),
+            components,
+        };
+        let prefix = full.get_static_prefix()?;
+        // prefix[0] is "data": a rule must sit deeper than the imported path itself.
+        for end in (import_len + 2..=prefix.len()).rev() {
+            let path = format_string_path(&prefix[..end]).ok()?;
+            if self.policy.inner.rules.contains_key(&path)
+                || self.policy.inner.default_rules.contains_key(&path)
+            {
+                return Some(full);
+            }
+        }
+        None
     }
 
     /// Compile chain access using appropriate instructions based on chain length and complexity
