@@ -3341,8 +3341,9 @@ impl Interpreter {
         Ok(false)
     }
 
-    /// Look up `data` followed by `fields`, evaluating the rule at the longest
-    /// prefix of the path (and the modules under it) first.
+    /// PATCH(autonomy): the `data` branch of `lookup_var`, moved here unchanged so that a
+    /// reference through an import can take it too. Looks up `data` followed by `fields`,
+    /// evaluating the rule at the longest prefix of the path (and the modules under it) first.
     fn lookup_data(&mut self, fields: &[&str]) -> Result<Value> {
         if self.is_processed(fields)? {
             return Ok(Self::get_value_chained(self.data.clone(), fields));
