@@ -327,6 +327,29 @@ mod tests {
         vec![
             ("demo", DEMO_REGO.to_string(), None, true),
             (
+                "bridge demo",
+                crate::policy::eval::BRIDGE_DEMO_REGO.to_string(),
+                None,
+                true,
+            ),
+            (
+                "reasons: shared, conflicting, not a string, failing; allow := false",
+                p(concat!(
+                    "default allow := false\n",
+                    "allow if input.kind == \"tool.echo\"\n",
+                    "allow := false if input.kind == \"tool.shell\"\n",
+                    "allow := false if input.params.mode == \"unsafe\"\n",
+                    "reason := \"shell\" if input.kind == \"tool.shell\"\n",
+                    "reason := \"shell\" if startswith(input.kind, \"tool.sh\")\n",
+                    "reason := \"a and b\" if {\n input.params.a == true\n input.params.b == true\n}\n",
+                    "reason := \"just a\" if input.params.a == true\n",
+                    "reason := 7 if input.kind == \"tool.x\"\n",
+                    "reason := sprintf(\"n is %d\", input.params.n) if input.kind == \"tool.http_get\"",
+                )),
+                None,
+                true,
+            ),
+            (
                 "kind in a set",
                 p(
                     "default allow := false\nallow if input.kind in {\"tool.echo\", \"tool.http_get\"}",
@@ -647,7 +670,7 @@ mod tests {
 
     #[test]
     fn the_fast_path_never_allows_what_the_interpreter_denies() {
-        let (mut fast_allows, mut recorded) = (0, 0);
+        let (mut fast_allows, mut recorded, mut reasons) = (0, 0, 0);
         for (name, src, data, want_fast) in corpus() {
             // Modules are separated by `---` lines.
             let modules: Vec<(String, String)> = src
@@ -667,6 +690,7 @@ mod tests {
             );
             if want_fast {
                 recorded += usize::from(policy.allow_rules_recorded());
+                reasons += usize::from(policy.reason_rules_recorded());
             }
             for (kind, params) in inputs() {
                 let (both, reference) = with_call(kind, &params, |input| {
@@ -685,6 +709,8 @@ mod tests {
         // rules from the VM's own run.
         assert!(fast_allows > 50, "{fast_allows}");
         assert!(recorded > 10, "{recorded}");
+        // And a deny's reason and rules from one run of `reason` on the VM.
+        assert!(reasons >= 6, "{reasons}");
     }
 
     /// The shipped policies' ordinary calls, allowed and denied, are decided and explained on
@@ -776,6 +802,8 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{name}: {e}"));
             // And the rules behind an allow come from the same VM run, not a second one.
             assert!(policy.allow_rules_recorded(), "{name}");
+            // And a deny's reason and rules from one run of `reason`, not from the twins.
+            assert!(policy.reason_rules_recorded(), "{name}");
             for (kind, params) in &calls {
                 with_call(kind, params, |input| {
                     assert!(

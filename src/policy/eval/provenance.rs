@@ -10,7 +10,7 @@
 //! allow, `[allow]` otherwise), so the decision and the rules behind it come from one
 //! evaluation, with the interpreter. Where `allow` runs on the VM its twins are not needed: the
 //! patched VM evaluates every `allow` definition once and records which held, and
-//! [`Provenance::allow_definitions`] matches them to these by where their bodies start. Only the
+//! [`Provenance::definitions_of`] matches them to these by where their bodies start. Only the
 //! definitions of the rule that decided are ever evaluated twice, and only their bodies (the rules
 //! they use are evaluated once per call).
 
@@ -306,24 +306,28 @@ impl Provenance {
         out
     }
 
-    /// For each definition of `allow` as the VM numbers them (where each is, see
+    /// For each definition of `rule` as the VM numbers them (where each is, see
     /// [`FastRule::definitions`](super::fast::FastRule::definitions)), the tracked definition it is:
-    /// the `allow` definition of the same file that starts last at or before that line. `None`
+    /// the definition of `rule` in the same file that starts last at or before that line. `None`
     /// unless that pairs every VM definition with a different tracked one and leaves none out.
-    pub fn allow_definitions(&self, at: &[super::fast::DefinitionAt]) -> Option<Vec<usize>> {
-        let allows: Vec<(usize, &RuleRef)> = self
+    pub fn definitions_of(
+        &self,
+        rule: Deciding,
+        at: &[super::fast::DefinitionAt],
+    ) -> Option<Vec<usize>> {
+        let defs: Vec<(usize, &RuleRef)> = self
             .defs
             .iter()
             .enumerate()
-            .filter(|(_, d)| d.rule == Deciding::Allow)
+            .filter(|(_, d)| d.rule == rule)
             .map(|(n, d)| (n, d.at.as_ref()))
             .collect();
-        if allows.len() != at.len() {
+        if defs.len() != at.len() {
             return None;
         }
         let mut out = Vec::with_capacity(at.len());
         for a in at {
-            let (n, _) = allows
+            let (n, _) = defs
                 .iter()
                 .filter(|(_, r)| r.file == a.file && r.line <= a.line)
                 .max_by_key(|(_, r)| r.line)?;
@@ -336,7 +340,7 @@ impl Provenance {
     }
 
     /// The rules behind an allow from the tracked definitions that gave it (indices as
-    /// [`Provenance::allow_definitions`] returns them), in source order; else the default.
+    /// [`Provenance::definitions_of`] returns them), in source order; else the default.
     pub fn allowed_by_definitions(&self, defs: impl Iterator<Item = usize>) -> Vec<Arc<RuleRef>> {
         let mut ns: Vec<usize> = defs.collect();
         ns.sort_unstable();
@@ -347,6 +351,36 @@ impl Provenance {
             .filter(|d| d.rule == Deciding::Allow)
             .map(|d| d.at.clone())
             .collect();
+        if out.is_empty() {
+            out.extend(self.default_allow.clone());
+        }
+        out
+    }
+
+    /// The rules behind a deny from the definitions the VM recorded (indices as
+    /// [`Provenance::definitions_of`] returns them): the `allow` definitions that gave `false`
+    /// and the `reason` definitions that gave the reason (the caller passes those only when the
+    /// reason is a string), in source order; else the default `allow`. What
+    /// [`Provenance::denied_by`] gives for a policy without a tracked `deny`.
+    pub fn denied_by_definitions(
+        &self,
+        allow_false: impl Iterator<Item = usize>,
+        reason: impl Iterator<Item = usize>,
+    ) -> Vec<Arc<RuleRef>> {
+        let pick = |rule: Deciding| {
+            move |n: usize| {
+                self.defs
+                    .get(n)
+                    .filter(|d| d.rule == rule)
+                    .map(|d| d.at.clone())
+            }
+        };
+        let mut out: Vec<Arc<RuleRef>> = allow_false
+            .filter_map(pick(Deciding::Allow))
+            .chain(reason.filter_map(pick(Deciding::Reason)))
+            .collect();
+        out.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
+        out.dedup();
         if out.is_empty() {
             out.extend(self.default_allow.clone());
         }

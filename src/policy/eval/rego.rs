@@ -75,6 +75,11 @@ pub struct RegoPolicy {
     fast: Result<(FastRule, AllowRules), NoFastPath>,
     /// The VM fast path for a deny's explanation ([`DENY_WHY`]), where it has one.
     fast_why: Option<FastRule>,
+    /// A deny's explanation from one VM run of `reason` that records which of its definitions
+    /// gave it (entry `d`: the tracked definition of the VM's definition `d`), with the `allow`
+    /// definitions the `allow` run recorded; where `allow`'s rules are recorded too and no
+    /// `deny` rule is tracked. Takes the place of [`DENY_WHY`]'s twins.
+    fast_reason: Option<(FastRule, Vec<usize>)>,
     /// The deny explanations already evaluated, or why they are evaluated every time.
     memo: Result<ReasonMemo, NoMemo>,
     /// How deep evaluating it may go.
@@ -200,7 +205,9 @@ impl RegoPolicy {
                 return (f, AllowRules::Untracked);
             }
             let found = f.definitions(ALLOW_RULE).and_then(|(index, at)| {
-                provenance.allow_definitions(&at).map(|defs| (index, defs))
+                provenance
+                    .definitions_of(Deciding::Allow, &at)
+                    .map(|defs| (index, defs))
             });
             match found {
                 Some((index, defs)) => {
@@ -238,6 +245,26 @@ impl RegoPolicy {
         };
         let has_reason =
             super::quiet::compile(|| engine.compile_with_entrypoint(&REASON_RULE.into())).is_ok();
+        let fast_reason = match &fast {
+            Ok((_, AllowRules::Recorded(_)))
+                if has_reason && !provenance.tracks(Deciding::Deny) =>
+            {
+                super::quiet::compile(|| engine.compile_with_entrypoint(&REASON_RULE.into()))
+                    .ok()
+                    .and_then(|c| FastRule::new(&c, REASON_RULE, data.clone(), timer).ok())
+                    .and_then(|mut f| {
+                        if !provenance.tracks(Deciding::Reason) {
+                            // A default alone: it names no rule.
+                            return Some((f, Vec::new()));
+                        }
+                        let (index, at) = f.definitions(REASON_RULE)?;
+                        let defs = provenance.definitions_of(Deciding::Reason, &at)?;
+                        f.track(index);
+                        Some((f, defs))
+                    })
+            }
+            _ => None,
+        };
         let has_approval =
             super::quiet::compile(|| engine.compile_with_entrypoint(&APPROVAL_RULE.into())).is_ok();
         let has_patch =
@@ -259,6 +286,7 @@ impl RegoPolicy {
             pool: Pool::new(),
             fast,
             fast_why,
+            fast_reason,
             memo,
             deps,
             provenance,
@@ -319,8 +347,8 @@ impl RegoPolicy {
     pub(crate) fn vm_decides(&self, input: &PolicyInput<'_>) -> bool {
         match &self.fast {
             Ok((fast, how)) => on_stack(self.deps, || {
-                let (allowed, known_false) = self.fast_allow(fast, how, input.to_rego());
-                allowed.is_some() || known_false
+                let (allowed, denied) = self.fast_allow(fast, how, input.to_rego());
+                allowed.is_some() || denied.is_some()
             }),
             Err(_) => false,
         }
@@ -329,9 +357,19 @@ impl RegoPolicy {
     /// Whether the VM explains this call's deny on its own (no hidden error).
     #[cfg(test)]
     pub(crate) fn vm_explains(&self, input: &PolicyInput<'_>) -> bool {
-        self.fast_why
+        let vm = self
+            .fast_reason
             .as_ref()
-            .is_some_and(|f| on_stack(self.deps, || f.eval_value(input.to_rego()).is_some()))
+            .map(|(f, _)| f)
+            .or(self.fast_why.as_ref());
+        vm.is_some_and(|f| on_stack(self.deps, || f.eval_value(input.to_rego()).is_some()))
+    }
+
+    /// Whether a deny is explained by one VM run of `reason` that records its rules (not by
+    /// the twins of [`DENY_WHY`]).
+    #[cfg(test)]
+    pub(crate) fn reason_rules_recorded(&self) -> bool {
+        self.fast_reason.is_some()
     }
 
     /// [`RegoPolicy::eval_in`] on a pooled engine.
@@ -573,11 +611,14 @@ impl RegoPolicy {
     /// Both engines, on a stack deep enough for this policy (see [`on_stack`]).
     fn evaluate_rego(&self, input: regorus::Value) -> Verdict {
         // Cheap: a regorus value's clone shares its maps.
-        let (allowed, known_false) = match &self.fast {
+        let (allowed, denied) = match &self.fast {
             Ok((fast, how)) => self.fast_allow(fast, how, input.clone()),
-            Err(_) => (None, false),
+            Err(_) => (None, None),
         };
-        if known_false && !self.has_patch {
+        let known_false = denied.is_some();
+        if let Some(allow_false) = denied
+            && !self.has_patch
+        {
             // A deny without a patch to offer: its explanation may be remembered, and then no
             // engine is needed.
             let memo = self.memo.as_ref().ok().filter(|_| self.has_reason);
@@ -587,7 +628,29 @@ impl RegoPolicy {
             {
                 return e.into_verdict();
             }
-            // Or the VM explains it, from a run that hid no error.
+            // Or the VM explains it, from a run that hid no error: `reason` with its rules
+            // recorded, or else the twins.
+            if let Some((fast, defs)) = &self.fast_reason
+                && let Some((_, (reason, rules))) = fast.eval_tracked(input.clone(), |v, held| {
+                    let reason = match v {
+                        regorus::Value::String(s) => Some(s.to_string()),
+                        _ => None,
+                    };
+                    // A definition that gave a value gave this one (two values conflict, an
+                    // error, and then the run is not trusted); it names the deny only when the
+                    // reason is a string, as with the twins.
+                    let held = held
+                        .iter()
+                        .filter(|_| reason.is_some())
+                        .filter_map(|d| defs.get(*d).copied());
+                    let rules = self
+                        .provenance
+                        .denied_by_definitions(allow_false.iter().copied(), held);
+                    (reason, rules)
+                })
+            {
+                return remembered(Explained { reason, rules }, memo, key);
+            }
             if let Some(why) = self
                 .fast_why
                 .as_ref()
@@ -614,26 +677,36 @@ impl RegoPolicy {
         self.interpret(input, known_false)
     }
 
-    /// The VM's answer: `(Some(rules), _)` allowed by those rules, `(None, true)` denied
-    /// (`allow` is false), `(None, false)` unsure (the interpreter decides).
+    /// The VM's answer: `(Some(rules), None)` allowed by those rules, `(None, Some(defs))`
+    /// denied (`allow` is false; `defs`: the tracked `allow` definitions that gave it, when the
+    /// VM records them), `(None, None)` unsure (the interpreter decides).
+    #[allow(clippy::type_complexity)]
     fn fast_allow(
         &self,
         fast: &FastRule,
         how: &AllowRules,
         input: regorus::Value,
-    ) -> (Option<Vec<Arc<RuleRef>>>, bool) {
+    ) -> (Option<Vec<Arc<RuleRef>>>, Option<Vec<usize>>) {
+        let mut held_false = Vec::new();
         let (allow, rules) = match how {
             AllowRules::Recorded(defs) => {
                 let named = fast.eval_tracked(input, |v, held| {
-                    (*v == regorus::Value::Bool(true)).then(|| {
-                        self.provenance.allowed_by_definitions(
-                            held.iter().filter_map(|d| defs.get(*d).copied()),
+                    let held = held.iter().filter_map(|d| defs.get(*d).copied());
+                    if *v == regorus::Value::Bool(true) {
+                        (
+                            Some(self.provenance.allowed_by_definitions(held)),
+                            Vec::new(),
                         )
-                    })
+                    } else {
+                        (None, held.collect())
+                    }
                 });
                 match named {
-                    Some((v, rules)) => (v, rules),
-                    None => return (None, false),
+                    Some((v, (rules, held))) => {
+                        held_false = held;
+                        (v, rules)
+                    }
+                    None => return (None, None),
                 }
             }
             AllowRules::Pair => match fast.eval_value(input) {
@@ -646,25 +719,25 @@ impl RegoPolicy {
                         ),
                     ),
                     (Some(v), _) => (v.clone(), None),
-                    _ => return (None, false),
+                    _ => return (None, None),
                 },
-                _ => return (None, false),
+                _ => return (None, None),
             },
             AllowRules::Untracked | AllowRules::Unnamed => match fast.eval_value(input) {
                 Some(v) => (v, None),
-                None => return (None, false),
+                None => return (None, None),
             },
         };
         match (allow, rules, how) {
-            (regorus::Value::Bool(true), Some(rules), _) => (Some(rules), false),
+            (regorus::Value::Bool(true), Some(rules), _) => (Some(rules), None),
             (regorus::Value::Bool(true), None, AllowRules::Untracked) => (
                 Some(self.provenance.allowed_by(&regorus::Value::Undefined)),
-                false,
+                None,
             ),
-            (regorus::Value::Bool(false), _, _) => (None, true),
+            (regorus::Value::Bool(false), _, _) => (None, Some(held_false)),
             // `allow` is tracked but the VM cannot name its rules (`Unnamed`): the interpreter
             // decides an allow, so the rules behind it are named. Anything else is unsure.
-            _ => (None, false),
+            _ => (None, None),
         }
     }
 }
@@ -675,7 +748,7 @@ enum AllowRules {
     /// `allow` has no definitions to name (at most its default).
     Untracked,
     /// The VM records which definitions of `allow` held; entry `d` is the tracked definition
-    /// (see [`Provenance::allow_definitions`]) of the VM's definition `d`.
+    /// (see [`Provenance::definitions_of`]) of the VM's definition `d`.
     Recorded(Vec<usize>),
     /// The VM evaluates [`ALLOW_WITH_RULES`], the twins' pair.
     Pair,
