@@ -131,20 +131,12 @@ impl Row {
 
     /// Percentile in µs.
     fn p(&self, q: f64) -> f64 {
-        if self.lat.is_empty() {
-            return f64::NAN;
-        }
-        let i = ((self.lat.len() as f64 - 1.0) * q).round() as usize;
-        self.lat[i] as f64 / 1000.0
+        percentile_us(&self.lat, q)
     }
 
     /// Percentile of [`Row::floor`] in µs.
     fn floor_p(&self, q: f64) -> f64 {
-        if self.floor.is_empty() {
-            return f64::NAN;
-        }
-        let i = ((self.floor.len() as f64 - 1.0) * q).round() as usize;
-        self.floor[i] as f64 / 1000.0
+        percentile_us(&self.floor, q)
     }
 
     fn rate(&self) -> f64 {
@@ -173,6 +165,15 @@ impl Row {
             self.errors
         )
     }
+}
+
+/// Percentile `q` of sorted nanoseconds, in µs (NaN when there are none).
+fn percentile_us(sorted: &[u64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * q).round() as usize;
+    sorted[i] as f64 / 1000.0
 }
 
 /// The host's own tail beside each evaluation row (Markdown).
@@ -291,6 +292,7 @@ fn spin(n: u64) -> u64 {
     x
 }
 
+/// The median of `v` (sorted in place), 1 µs when empty.
 fn median_ns(v: &mut [u64]) -> u64 {
     v.sort_unstable();
     v.get(v.len() / 2).copied().unwrap_or(1_000)
@@ -1055,7 +1057,7 @@ fn main() {
             loadavg(),
             std::thread::available_parallelism().map_or(0, |n| n.get()),
         );
-        md.push_str(&host_floor_table(&rows));
+        md.push_str(host_floor_table(&rows).trim_start());
         md.push('\n');
         md.push_str(&target_a(&rows));
         println!("{md}");
