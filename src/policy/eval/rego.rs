@@ -243,15 +243,13 @@ impl RegoPolicy {
             }
             _ => None,
         };
-        let has_reason =
-            super::quiet::compile(|| engine.compile_with_entrypoint(&REASON_RULE.into())).is_ok();
-        let fast_reason = match &fast {
-            Ok((_, AllowRules::Recorded(_)))
-                if has_reason && !provenance.tracks(Deciding::Deny) =>
-            {
-                super::quiet::compile(|| engine.compile_with_entrypoint(&REASON_RULE.into()))
+        let reason =
+            super::quiet::compile(|| engine.compile_with_entrypoint(&REASON_RULE.into())).ok();
+        let has_reason = reason.is_some();
+        let fast_reason = match (&fast, &reason) {
+            (Ok((_, AllowRules::Recorded(_))), Some(c)) if !provenance.tracks(Deciding::Deny) => {
+                FastRule::new(c, REASON_RULE, data.clone(), timer)
                     .ok()
-                    .and_then(|c| FastRule::new(&c, REASON_RULE, data.clone(), timer).ok())
                     .and_then(|mut f| {
                         if !provenance.tracks(Deciding::Reason) {
                             // A default alone: it names no rule.
