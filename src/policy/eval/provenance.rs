@@ -375,16 +375,11 @@ impl Provenance {
                     .map(|d| d.at.clone())
             }
         };
-        let mut out: Vec<Arc<RuleRef>> = allow_false
+        let out = allow_false
             .filter_map(pick(Deciding::Allow))
             .chain(reason.filter_map(pick(Deciding::Reason)))
             .collect();
-        out.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
-        out.dedup();
-        if out.is_empty() {
-            out.extend(self.default_allow.clone());
-        }
-        out
+        self.deny_rules(out)
     }
 
     /// The rules behind an approval request: the `approval` definitions that gave `true`.
@@ -433,12 +428,17 @@ impl Provenance {
                 );
             }
         }
+        (reason.map(|s| s.to_string()), self.deny_rules(out))
+    }
+
+    /// A deny's rules as named: in source order, each once; the default `allow` when none.
+    fn deny_rules(&self, mut out: Vec<Arc<RuleRef>>) -> Vec<Arc<RuleRef>> {
         out.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
         out.dedup();
         if out.is_empty() {
             out.extend(self.default_allow.clone());
         }
-        (reason.map(|s| s.to_string()), out)
+        out
     }
 }
 
