@@ -10,7 +10,8 @@
 //!   HTTP/1.1 keep-alive client in this process: `GET /health` and `POST /v1/tool` (`tool.echo`)
 //!   at 1, 16 and 64 connections, with `--wal-sync fsync` and with `--wal-sync none`, a deny
 //!   (`tool.shell`) with fsync, plus `--rounds` rounds at 64 connections of `/health`, allow,
-//!   deny and allow without fsync back to back, with this client and with `wrk` (SPEC §9);
+//!   deny, allow without fsync and a POST refused at parsing (the ceiling for any POST) back to
+//!   back, with this client and with `wrk` (SPEC §9);
 //!
 //! then prints a Markdown table (also written to `--out`) and the speed targets (`docs/benchmarks.md`) with PASS/MISS.
 //! HTTP rows also give the CPU time per request, read from `/proc` over the measured window: the
@@ -50,6 +51,9 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 const TOOL_BODY: &str = r#"{"kind":"tool.echo","params":{"message":"hello"}}"#;
 /// The `tool.shell` request body: the demo policy denies it, with its reason.
 const DENY_BODY: &str = r#"{"kind":"tool.shell","params":{"command":"ls"}}"#;
+/// `TOOL_BODY` without its last brace: answered 400 at parsing, before the policy and the WAL.
+/// What this server does for it is the least any `POST /v1/tool` costs (the ceiling for (c)).
+const UNPARSABLE_BODY: &str = r#"{"kind":"tool.echo","params":{"message":"hello"}"#;
 /// The daemon's default `http_get` allowlist, which the evaluator sees as `allowed_domains`.
 const ALLOWED: &str = "api.anthropic.com,ifconfig.me";
 
@@ -401,8 +405,8 @@ fn example_cases(name: &str) -> Vec<(String, String, Map<String, Value>, Decisio
 }
 
 /// One side-by-side round with one client: per load (`/health`, allow, deny, allow without
-/// fsync), req/s and the daemon's CPU µs per request.
-type Round = [(f64, Option<f64>); 4];
+/// fsync, a POST refused at parsing), req/s and the daemon's CPU µs per request.
+type Round = [(f64, Option<f64>); 5];
 
 /// The example policies the evaluation phase measures besides the demo.
 const EXAMPLES: [&str; 3] = ["argument-checks", "http-allowlist", "ros-launch-allowlist"];
@@ -551,6 +555,8 @@ enum Target {
     Deny,
     /// `POST /v1/tool` with `Authorization: Bearer` and the token in [`TOKEN`].
     ToolBearer,
+    /// `POST /v1/tool` whose body is not JSON: a 400 before the policy and the WAL.
+    Unparsable,
 }
 
 /// The bearer token of the `--identity` phases (an agent added for the run).
@@ -574,6 +580,11 @@ impl Target {
                 .uri("/v1/tool")
                 .header(header::CONTENT_TYPE, "application/json")
                 .body(Full::new(Bytes::from_static(DENY_BODY.as_bytes()))),
+            Target::Unparsable => b
+                .method(Method::POST)
+                .uri("/v1/tool")
+                .header(header::CONTENT_TYPE, "application/json")
+                .body(Full::new(Bytes::from_static(UNPARSABLE_BODY.as_bytes()))),
             Target::ToolBearer => b
                 .method(Method::POST)
                 .uri("/v1/tool")
@@ -648,6 +659,13 @@ async fn sanity(addr: SocketAddr, t: Target) {
                 && v["reason"] == "tool.shell is always blocked by policy",
             "{status} {v}"
         ),
+        Target::Unparsable => assert!(
+            status == StatusCode::BAD_REQUEST
+                && v["error"]
+                    .as_str()
+                    .is_some_and(|e| e.starts_with("the body is not valid JSON")),
+            "{status} {v}"
+        ),
     }
 }
 
@@ -656,6 +674,7 @@ impl Target {
     fn ok_status(self) -> StatusCode {
         match self {
             Target::Deny => StatusCode::FORBIDDEN,
+            Target::Unparsable => StatusCode::BAD_REQUEST,
             _ => StatusCode::OK,
         }
     }
@@ -765,6 +784,7 @@ fn wrk_run(
         Target::Health => ("/health", None),
         Target::Tool => ("/v1/tool", Some(TOOL_BODY)),
         Target::Deny => ("/v1/tool", Some(DENY_BODY)),
+        Target::Unparsable => ("/v1/tool", Some(UNPARSABLE_BODY)),
         Target::ToolBearer => return Err("wrk does not send bearer tokens here".into()),
     };
     let r = w.run(
@@ -774,7 +794,7 @@ fn wrk_run(
         secs,
         daemon.child.id(),
     )?;
-    let wrong = if t == Target::Deny {
+    let wrong = if matches!(t, Target::Deny | Target::Unparsable) {
         r.requests - r.non2xx.min(r.requests)
     } else {
         r.non2xx
@@ -1100,6 +1120,7 @@ fn main() {
         (&fsyncd, Target::Tool),
         (&fsyncd, Target::Deny),
         (&noned, Target::Tool),
+        (&fsyncd, Target::Unparsable),
     ] {
         rt.block_on(sanity(d.addr, t));
     }
@@ -1109,18 +1130,19 @@ fn main() {
             "no `wrk` (and it could not be installed): the rounds use this benchmark's client only",
         );
     }
-    // The four loads of a round, in the order they run.
-    let loads: [(&str, &Daemon, Target); 4] = [
+    // The five loads of a round, in the order they run.
+    let loads: [(&str, &Daemon, Target); 5] = [
         ("`GET /health`", &fsyncd, Target::Health),
         ("allow, fsync", &fsyncd, Target::Tool),
         ("deny, fsync", &fsyncd, Target::Deny),
         ("allow, none", &noned, Target::Tool),
+        ("POST refused at parsing", &fsyncd, Target::Unparsable),
     ];
     // rounds[client][round][load]: (req/s, daemon CPU µs/op).
     let mut rounds: Vec<Vec<Round>> = vec![Vec::new(), Vec::new()];
     for i in 0..a.rounds.max(1) {
         for (ci, client) in ["own", "wrk"].into_iter().enumerate() {
-            let mut round = [(f64::NAN, None); 4];
+            let mut round = [(f64::NAN, None); 5];
             for (k, (_, d, t)) in loads.iter().enumerate() {
                 round[k] = if ci == 0 {
                     let r = measure(&rt, d, *t, top, warm, a.secs, String::new());
@@ -1141,12 +1163,13 @@ fn main() {
                 continue;
             }
             say(&format!(
-                "round {} ({client} client, {top} conns): /health {:.0}, allow {:.0}, deny {:.0}, allow none {:.0} req/s",
+                "round {} ({client} client, {top} conns): /health {:.0}, allow {:.0}, deny {:.0}, allow none {:.0}, refused at parsing {:.0} req/s",
                 i + 1,
                 round[0].0,
                 round[1].0,
                 round[2].0,
-                round[3].0
+                round[3].0,
+                round[4].0
             ));
             rounds[ci].push(round);
         }
@@ -1169,6 +1192,7 @@ fn main() {
                     Target::Tool | Target::ToolBearer => {
                         format!("`POST /v1/tool` echo, `--wal-sync {sync}`")
                     }
+                    Target::Unparsable => "`POST /v1/tool` refused at parsing".to_string(),
                 };
                 let r = measure(&rt, d, t, c, warm, a.secs, what);
                 show(&r);
@@ -1203,10 +1227,10 @@ fn main() {
     }
 
     md.push_str(&format!(
-        "\nSide by side at {top} connections, both daemons up, each round running the four loads back to back with each client (`own`: this benchmark's hyper client; `wrk`: `wrk -t2 -c{top}`). req/s, and in brackets the daemon's CPU µs per request.\n\n"
+        "\nSide by side at {top} connections, both daemons up, each round running the five loads back to back with each client (`own`: this benchmark's hyper client; `wrk`: `wrk -t2 -c{top}`). req/s, and in brackets the daemon's CPU µs per request. `refused` is a `POST /v1/tool` whose body is not JSON, answered 400 before the policy and the WAL: the most any POST can reach on this server, so `refused / health` is the ceiling for allow / health.\n\n"
     ));
-    md.push_str("| round | client | `/health` | allow, fsync | deny, fsync | allow, none | allow / health | deny / allow | fsync / none |\n");
-    md.push_str("|---:|---|---:|---:|---:|---:|---:|---:|---:|\n");
+    md.push_str("| round | client | `/health` | allow, fsync | deny, fsync | allow, none | refused | allow / health | deny / allow | fsync / none | refused / health |\n");
+    md.push_str("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     let cell = |(r, c): (f64, Option<f64>)| {
         format!(
             "{r:.0} ({})",
@@ -1217,15 +1241,17 @@ fn main() {
     for (ci, client) in ["own", "wrk"].into_iter().enumerate() {
         for (i, r) in rounds[ci].iter().enumerate() {
             md.push_str(&format!(
-                "| {} | {client} | {} | {} | {} | {} | {} | {} | {} |\n",
+                "| {} | {client} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
                 i + 1,
                 cell(r[0]),
                 cell(r[1]),
                 cell(r[2]),
                 cell(r[3]),
+                cell(r[4]),
                 pct(r[1].0 / r[0].0),
                 pct(r[2].0 / r[1].0),
                 pct(r[1].0 / r[3].0),
+                pct(r[4].0 / r[0].0),
             ));
         }
     }
@@ -1279,8 +1305,15 @@ fn main() {
                     .filter_map(|r| Some(r[den].1? / r[num].1?))
                     .collect(),
             );
+            // Beside allow / health, the ceiling: a POST that stops at parsing, same rounds.
+            let ceiling = if (num, den) == (1, 0) {
+                let c = median(rounds[ci].iter().map(|r| r[4].0 / r[0].0).collect());
+                format!(" (a POST refused at parsing: {})", pct(c))
+            } else {
+                String::new()
+            };
             parts.push(format!(
-                "{client} client median {} ({}), from the daemon's CPU per request {}",
+                "{client} client median {}{ceiling} ({}), from the daemon's CPU per request {}",
                 pct(m),
                 ratios
                     .iter()
