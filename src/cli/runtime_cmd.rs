@@ -70,6 +70,11 @@ pub(super) struct StartArgs {
     /// fdatasync runs) or `one` (one at a time). Either way an answer waits for its record on disk.
     #[arg(long, value_name = "MODE", default_value = "overlap", value_parser = parse_flushes)]
     pub wal_flushes: Flushes,
+    /// With `--wal-flushes overlap`: how long the running fdatasync is waited for before the
+    /// next write starts beside it (0 = at once). A shorter fdatasync is waited for, so under
+    /// load more records share one.
+    #[arg(long, value_name = "DURATION", default_value = "1ms", value_parser = parse_overlap_after)]
+    pub wal_overlap_after: Duration,
     /// Bounds on HTTP clients.
     #[command(flatten)]
     pub http: HttpArgs,
@@ -181,6 +186,19 @@ pub(super) fn parse_flushes(s: &str) -> Result<Flushes, String> {
         "one" => Ok(Flushes::One),
         _ => Err(format!("unknown WAL flush mode {s:?}: use overlap or one")),
     }
+}
+
+/// Parses `--wal-overlap-after`: 0 to 1 s.
+pub(super) fn parse_overlap_after(s: &str) -> Result<Duration, String> {
+    let d = match s.trim() {
+        "0" => Duration::ZERO,
+        t => humantime::parse_duration(t)
+            .map_err(|e| format!("{s:?} is not a duration such as 1ms or 500us: {e}"))?,
+    };
+    if d > Duration::from_secs(1) {
+        return Err(format!("{s:?} is out of range: use 0 to 1s"));
+    }
+    Ok(d)
 }
 
 /// Runs the daemon until SIGINT/SIGTERM.
@@ -305,6 +323,7 @@ pub(super) async fn start(args: StartArgs) -> ExitCode {
             segment_bytes: args.wal_segment_bytes,
             sync: args.wal_sync,
             overlap_syncs: args.wal_flushes == Flushes::Overlap,
+            overlap_after: args.wal_overlap_after,
             ..WalOptions::default()
         },
         policy_watch: resolved.watch,

@@ -1057,9 +1057,26 @@ fn hold_the_first_sync(
     std::thread::JoinHandle<Result<Seq, WalError>>,
     std::thread::JoinHandle<Result<Seq, WalError>>,
 ) {
+    hold_the_first_sync_for(overlap, crate::wal::DEFAULT_OVERLAP_AFTER)
+}
+
+/// [`hold_the_first_sync`] with the given `overlap_after`.
+#[allow(clippy::type_complexity)]
+fn hold_the_first_sync_for(
+    overlap: bool,
+    overlap_after: Duration,
+) -> (
+    tempfile::TempDir,
+    Arc<Wal>,
+    Steps,
+    std::sync::mpsc::Sender<()>,
+    std::thread::JoinHandle<Result<Seq, WalError>>,
+    std::thread::JoinHandle<Result<Seq, WalError>>,
+) {
     let d = tempfile::tempdir().unwrap();
     let o = WalOptions {
         overlap_syncs: overlap,
+        overlap_after,
         ..opts(1 << 20, Preallocate::ZeroFill)
     };
     let w = Arc::new(Wal::open(d.path(), o).unwrap().0);
@@ -1094,6 +1111,81 @@ fn the_next_write_is_synced_while_the_last_ones_fdatasync_runs() {
         assert!(index(&steps, "synced", 1) < index(&steps, "durable", 1));
         assert!(index(&steps, "durable", 1) < index(&steps, "durable", 2));
         assert_eq!(w.head().0, Seq(2));
+        w.close().unwrap();
+    });
+}
+
+#[test]
+fn a_fast_fdatasync_is_waited_for_and_a_slow_one_overlapped() {
+    with_timeout(60, || {
+        // Overlap after 400 ms: until then seq 2 waits for seq 1's fdatasync (a fast one would
+        // have ended and taken seq 2 into the next batch); after it, seq 2 goes out beside it.
+        let (_d, w, steps, release, a, b) =
+            hold_the_first_sync_for(true, Duration::from_millis(400));
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(!saw(&steps, "written", 2), "{:?}", steps.lock().unwrap());
+        wait_for("seq 2's fdatasync to end", 10, || saw(&steps, "synced", 2));
+        assert!(!saw(&steps, "synced", 1));
+        assert_eq!(w.head().0, Seq(0));
+        release.send(()).unwrap();
+        assert_eq!(a.join().unwrap().unwrap(), Seq(1));
+        assert_eq!(b.join().unwrap().unwrap(), Seq(2));
+        assert!(index(&steps, "durable", 1) < index(&steps, "durable", 2));
+        w.close().unwrap();
+    });
+}
+
+#[test]
+fn an_async_append_behind_a_slow_fdatasync_is_written_beside_it() {
+    with_timeout(60, || {
+        let d = tempfile::tempdir().unwrap();
+        let o = WalOptions {
+            overlap_syncs: true,
+            overlap_after: Duration::from_millis(300),
+            ..opts(1 << 20, Preallocate::ZeroFill)
+        };
+        let w = Arc::new(Wal::open(d.path(), o).unwrap().0);
+        let (release, rx) = std::sync::mpsc::channel();
+        let steps = record_steps(&w, Some((1, rx)));
+        let a = {
+            let w = w.clone();
+            std::thread::spawn(move || w.append(rec(1)))
+        };
+        wait_for("seq 1's fdatasync to start", 10, || saw(&steps, "sync", 1));
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let b = {
+            let w = w.clone();
+            rt.spawn(async move { w.append_async(rec(2)).await })
+        };
+        // No leader for seq 2 while seq 1's fdatasync may still be a fast one...
+        std::thread::sleep(Duration::from_millis(150));
+        assert!(!saw(&steps, "written", 2), "{:?}", steps.lock().unwrap());
+        // ...and one beside it once that fdatasync has run for 300 ms.
+        wait_for("seq 2's fdatasync to end", 10, || saw(&steps, "synced", 2));
+        assert!(!saw(&steps, "synced", 1));
+        release.send(()).unwrap();
+        assert_eq!(a.join().unwrap().unwrap(), Seq(1));
+        assert_eq!(rt.block_on(b).unwrap().unwrap(), Seq(2));
+        assert!(index(&steps, "durable", 1) < index(&steps, "durable", 2));
+        w.close().unwrap();
+    });
+}
+
+#[test]
+fn a_fdatasync_that_ends_before_the_overlap_takes_what_queued_into_one_batch() {
+    with_timeout(60, || {
+        let (_d, w, steps, release, a, b) = hold_the_first_sync_for(true, Duration::from_secs(30));
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(!saw(&steps, "written", 2), "{:?}", steps.lock().unwrap());
+        release.send(()).unwrap();
+        assert_eq!(a.join().unwrap().unwrap(), Seq(1));
+        assert_eq!(b.join().unwrap().unwrap(), Seq(2));
+        // Written only once seq 1 was durable, as with one flush at a time.
+        assert!(index(&steps, "durable", 1) < index(&steps, "written", 2));
         w.close().unwrap();
     });
 }

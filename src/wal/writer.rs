@@ -49,6 +49,11 @@ struct Inner {
     unsynced_bytes: u64,
     /// Writes handed to fdatasync so far (each gets the next number when it is written).
     issued: u64,
+    /// When the last write was handed to fdatasync.
+    issued_at: Instant,
+    /// The write (its number in `issued`) for whose fdatasync a timer will start a second
+    /// leader once it has run for `overlap_after`, if records still wait then; 0: none.
+    overlap_armed: u64,
     /// Writes whose fdatasync has been published, in issue order (always `<= issued`).
     published: u64,
     /// Everything up to here is on disk (fdatasync'd in `SyncMode::Fsync`).
@@ -91,6 +96,17 @@ struct Discard {
     why: String,
     /// Blocking appenders of that epoch that have not read it yet.
     readers: usize,
+}
+
+/// What an appender whose records are queued does about leading a flush.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lead {
+    /// Lead one now.
+    Now,
+    /// Leave them to the running leader.
+    No,
+    /// Start a second leader at this time if write `.0`'s fdatasync is still running then.
+    At(u64, Instant),
 }
 
 /// Why an append did not become durable (what an async appender is told).
@@ -449,6 +465,8 @@ impl Wal {
                 writing: false,
                 unsynced_bytes: 0,
                 issued: 0,
+                issued_at: Instant::now(),
+                overlap_armed: 0,
                 published: 0,
                 durable_seq: next_seq - 1,
                 durable_hash: prev,
@@ -538,6 +556,105 @@ impl Wal {
         Ok(g)
     }
 
+    /// [`Wal::sleep`], but no later than `until`.
+    fn sleep_until<'a>(
+        &self,
+        mut g: MutexGuard<'a, Inner>,
+        until: Instant,
+    ) -> Result<MutexGuard<'a, Inner>, WalError> {
+        g.sleepers += 1;
+        let (mut g, _) = self
+            .cv
+            .wait_timeout(g, until.saturating_duration_since(Instant::now()))
+            .map_err(|_| WalError::Poisoned("a thread panicked while appending".into()))?;
+        g.sleepers -= 1;
+        Ok(g)
+    }
+
+    /// A leader free to write while the last write's fdatasync still runs: until when it waits
+    /// for that fdatasync instead (`None`: write now). A fast fdatasync is waited for, so what
+    /// queues meanwhile goes out in one batch and one fdatasync instead of two; only one that
+    /// has run for `overlap_after` (a slow disk) gets the next write beside it.
+    fn overlap_wait(&self, g: &Inner) -> Option<Instant> {
+        if g.published == g.issued {
+            return None;
+        }
+        let until = g.issued_at + self.opts.overlap_after;
+        (Instant::now() < until).then_some(until)
+    }
+
+    /// Whether an appender whose records are queued and not taken should lead a flush now
+    /// ([`Lead::Now`]), leave them to the running leader ([`Lead::No`]), or start a second leader
+    /// beside it if its fdatasync is still running at the time given ([`Lead::At`]). A leader
+    /// takes everything queued when it goes on, so a second one only pays off beside a slow
+    /// fdatasync; starting it at once would cost a thread wake-up per batch and halve the
+    /// batches (see `overlap_after`).
+    fn may_lead(&self, g: &Inner) -> Lead {
+        if g.leaders == 0 {
+            return Lead::Now;
+        }
+        if g.leaders >= self.max_leaders() {
+            return Lead::No;
+        }
+        if self.opts.sync == SyncMode::None {
+            // No fdatasync to wait for: a second leader writes (to the page cache) as soon as
+            // the first has.
+            return Lead::Now;
+        }
+        if g.published == g.issued {
+            // The one leading is writing, and will take these next.
+            return Lead::No;
+        }
+        match self.overlap_wait(g) {
+            None => Lead::Now,
+            Some(until) => Lead::At(g.issued, until),
+        }
+    }
+
+    /// [`Wal::may_lead`] for an async appender: counts it in `leaders` when it leads now, and
+    /// asks for one timer per slow-fdatasync candidate (the first appender to queue behind it).
+    fn lead(&self, g: &mut Inner) -> Lead {
+        match self.may_lead(g) {
+            Lead::Now => {
+                g.leaders += 1;
+                Lead::Now
+            }
+            Lead::At(ticket, until) if g.overlap_armed != ticket => {
+                g.overlap_armed = ticket;
+                Lead::At(ticket, until)
+            }
+            _ => Lead::No,
+        }
+    }
+
+    /// At `until`: if write `ticket`'s fdatasync is still running and records wait that no
+    /// leader has taken, starts a second leader to write them beside it.
+    fn overlap_timer(self: &Arc<Self>, ticket: u64, until: Instant) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let wal = self.clone();
+        rt.spawn(async move {
+            tokio::time::sleep_until(until.into()).await;
+            let start = match wal.lock_inner() {
+                Ok(mut g) => {
+                    let go = g.published < ticket
+                        && !g.buf.is_empty()
+                        && g.failed.is_none()
+                        && g.leaders < wal.max_leaders();
+                    if go {
+                        g.leaders += 1;
+                    }
+                    go
+                }
+                Err(_) => false,
+            };
+            if start {
+                wal.spawn_flush();
+            }
+        });
+    }
+
     /// Wakes the sleepers, if any (the caller holds the lock, so none can be between its
     /// check and its wait).
     fn wake(&self, g: &Inner) {
@@ -586,10 +703,23 @@ impl Wal {
                 let e = Err(WalError::Poisoned(f.clone()));
                 return leave(&mut g, epoch, mine, e);
             }
-            if g.taken >= mine || g.leaders >= self.max_leaders() {
-                // A leader has this caller's records, or will take them when it goes on.
+            if g.taken >= mine {
+                // A leader has this caller's records.
                 g = self.sleep(g)?;
                 continue;
+            }
+            match self.may_lead(&g) {
+                Lead::Now => {}
+                // A leader will take them when it goes on; or, if its fdatasync turns out
+                // slow, this caller writes them beside it.
+                Lead::At(_, until) => {
+                    g = self.sleep_until(g, until)?;
+                    continue;
+                }
+                Lead::No => {
+                    g = self.sleep(g)?;
+                    continue;
+                }
             }
             // Become a leader: write and sync everything queued, for all. How it went for this
             // caller's records is read from the state, like a follower does.
@@ -625,11 +755,8 @@ impl Wal {
             let mut g = self.lock_inner()?;
             let mine = enqueue(&mut g, &prepared)?;
             g.waiters.push((mine, tx));
-            let start = g.leaders < self.max_leaders();
             let alone = g.leaders == 0;
-            if start {
-                g.leaders += 1;
-            }
+            let start = self.lead(&mut g);
             // Low load: the last batch was a single record and nobody else is waiting now. Never
             // on a runtime with one worker: blocking it for the fdatasync would stop every
             // other request meanwhile, so each batch would again hold one record (measured:
@@ -639,6 +766,14 @@ impl Wal {
                 && g.waiters.len() == 1
                 && tokio::runtime::Handle::current().metrics().num_workers() > 1;
             (mine, start, inline)
+        };
+        let start = match start {
+            Lead::Now => true,
+            Lead::At(ticket, until) => {
+                self.overlap_timer(ticket, until);
+                false
+            }
+            Lead::No => false,
         };
         if start {
             if self.opts.sync == SyncMode::None || inline {
@@ -684,14 +819,12 @@ impl Wal {
             let mut g = self.lock_inner()?;
             let mine = enqueue(&mut g, &prepared)?;
             g.waiters.push((mine, tx));
-            let start = g.leaders < self.max_leaders();
-            if start {
-                g.leaders += 1;
-            }
-            (mine, start)
+            (mine, self.lead(&mut g))
         };
-        if start {
-            self.spawn_flush();
+        match start {
+            Lead::Now => self.spawn_flush(),
+            Lead::At(ticket, until) => self.overlap_timer(ticket, until),
+            Lead::No => {}
         }
         let stats = self.stats.clone();
         Ok(async move {
@@ -749,7 +882,13 @@ impl Wal {
                 return Ok((false, Vec::new()));
             }
             if !g.writing && next_fits(&g) {
-                break;
+                match self.overlap_wait(&g) {
+                    None => break,
+                    Some(until) => {
+                        g = self.sleep_until(g, until)?;
+                        continue;
+                    }
+                }
             }
             g = self.sleep(g)?;
         }
@@ -771,8 +910,10 @@ impl Wal {
             }
         };
         g.issued += 1;
+        g.issued_at = Instant::now();
         let ticket = g.issued;
-        // The other leader (or an appender that becomes one) may write the next batch now.
+        // A blocking appender (or a second leader) may write the next batch now, or time its
+        // wait for this fdatasync.
         self.wake(&g);
         drop(g);
         self.hook("written", batch.last);

@@ -68,6 +68,9 @@ struct Args {
     /// The daemons' `--wal-flushes` (`overlap` or `one`).
     #[arg(long, default_value = "overlap")]
     wal_flushes: String,
+    /// The daemons' `--wal-overlap-after` (`0`: every fdatasync overlapped at once).
+    #[arg(long, default_value = "1ms")]
+    wal_overlap_after: String,
     /// The first of five DDS domains: the baseline's, then agent and robot for strict, then for
     /// batched (the default 228–232 is apart from the test suite's 1–225).
     #[arg(long, default_value_t = 228)]
@@ -375,6 +378,8 @@ fn daemon(args: &Args, dir: &Path_, mode: &str, agent: u16, robot: u16) -> Daemo
             &args.wal_sync,
             "--wal-flushes",
             &args.wal_flushes,
+            "--wal-overlap-after",
+            &args.wal_overlap_after,
         ])
         .env("ROS_DOMAIN_ID", robot.to_string())
         .env_remove("RMW_IMPLEMENTATION")

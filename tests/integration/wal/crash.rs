@@ -60,8 +60,20 @@ fn kill_9_under_load_loses_no_acknowledged_decision() {
     let all_acked: Arc<Mutex<Vec<String>>> = Arc::new(Mutex::new(Vec::new()));
     let started = Instant::now();
     for round in 0..4u64 {
-        // Small segments so rounds also cross segment rotations.
-        let mut d = Daemon::start_in(&wal, &["--demo", "--wal-segment-bytes", "65536"], |_| {});
+        // Small segments so rounds also cross segment rotations; every other round overlaps
+        // each fdatasync at once instead of only slow ones.
+        let overlap_after = if round % 2 == 1 { "0" } else { "1ms" };
+        let mut d = Daemon::start_in(
+            &wal,
+            &[
+                "--demo",
+                "--wal-segment-bytes",
+                "65536",
+                "--wal-overlap-after",
+                overlap_after,
+            ],
+            |_| {},
+        );
         let stop = Arc::new(AtomicBool::new(false));
         let workers: Vec<_> = (0..8)
             .map(|w| {

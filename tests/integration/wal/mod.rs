@@ -20,6 +20,23 @@ use autonomy::wal::{
 
 use crate::common::{Out, cli, p};
 
+#[test]
+fn a_bad_wal_overlap_after_is_one_line() {
+    for v in ["2s", "soon", "5"] {
+        let o = cli(
+            &["runtime", "start", "--demo", "--wal-overlap-after", v],
+            &[],
+        );
+        assert_eq!(o.code, 2, "{v}: {}", o.stderr);
+        assert!(
+            o.stderr.contains("--wal-overlap-after"),
+            "{v}: {}",
+            o.stderr
+        );
+        assert_eq!(o.stderr.trim().lines().count(), 1, "{v}: {}", o.stderr);
+    }
+}
+
 /// Fsync'd segments of `segment_bytes`, preallocated the given way.
 fn opts(segment_bytes: u64, preallocate: Preallocate) -> WalOptions {
     WalOptions {
