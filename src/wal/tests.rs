@@ -1094,6 +1094,17 @@ fn hold_the_first_sync_for(
     (d, w, steps, release, a, b)
 }
 
+/// Lets seq 1's fdatasync return and checks that both appends ended with their seqs.
+fn release_both(
+    release: &std::sync::mpsc::Sender<()>,
+    a: std::thread::JoinHandle<Result<Seq, WalError>>,
+    b: std::thread::JoinHandle<Result<Seq, WalError>>,
+) {
+    release.send(()).unwrap();
+    assert_eq!(a.join().unwrap().unwrap(), Seq(1));
+    assert_eq!(b.join().unwrap().unwrap(), Seq(2));
+}
+
 #[test]
 fn the_next_write_is_synced_while_the_last_ones_fdatasync_runs() {
     with_timeout(60, || {
@@ -1105,9 +1116,7 @@ fn the_next_write_is_synced_while_the_last_ones_fdatasync_runs() {
         std::thread::sleep(Duration::from_millis(100));
         assert_eq!(w.head().0, Seq(0));
         assert!(!a.is_finished() && !b.is_finished());
-        release.send(()).unwrap();
-        assert_eq!(a.join().unwrap().unwrap(), Seq(1));
-        assert_eq!(b.join().unwrap().unwrap(), Seq(2));
+        release_both(&release, a, b);
         assert!(index(&steps, "synced", 1) < index(&steps, "durable", 1));
         assert!(index(&steps, "durable", 1) < index(&steps, "durable", 2));
         assert_eq!(w.head().0, Seq(2));
@@ -1127,9 +1136,7 @@ fn a_fast_fdatasync_is_waited_for_and_a_slow_one_overlapped() {
         wait_for("seq 2's fdatasync to end", 10, || saw(&steps, "synced", 2));
         assert!(!saw(&steps, "synced", 1));
         assert_eq!(w.head().0, Seq(0));
-        release.send(()).unwrap();
-        assert_eq!(a.join().unwrap().unwrap(), Seq(1));
-        assert_eq!(b.join().unwrap().unwrap(), Seq(2));
+        release_both(&release, a, b);
         assert!(index(&steps, "durable", 1) < index(&steps, "durable", 2));
         w.close().unwrap();
     });
@@ -1181,9 +1188,7 @@ fn a_fdatasync_that_ends_before_the_overlap_takes_what_queued_into_one_batch() {
         let (_d, w, steps, release, a, b) = hold_the_first_sync_for(true, Duration::from_secs(30));
         std::thread::sleep(Duration::from_millis(200));
         assert!(!saw(&steps, "written", 2), "{:?}", steps.lock().unwrap());
-        release.send(()).unwrap();
-        assert_eq!(a.join().unwrap().unwrap(), Seq(1));
-        assert_eq!(b.join().unwrap().unwrap(), Seq(2));
+        release_both(&release, a, b);
         // Written only once seq 1 was durable, as with one flush at a time.
         assert!(index(&steps, "durable", 1) < index(&steps, "written", 2));
         w.close().unwrap();
@@ -1196,9 +1201,7 @@ fn without_overlap_the_next_write_waits_for_the_last_fdatasync() {
         let (_d, w, steps, release, a, b) = hold_the_first_sync(false);
         std::thread::sleep(Duration::from_millis(200));
         assert!(!saw(&steps, "written", 2), "{:?}", steps.lock().unwrap());
-        release.send(()).unwrap();
-        assert_eq!(a.join().unwrap().unwrap(), Seq(1));
-        assert_eq!(b.join().unwrap().unwrap(), Seq(2));
+        release_both(&release, a, b);
         assert!(index(&steps, "durable", 1) < index(&steps, "written", 2));
         w.close().unwrap();
     });

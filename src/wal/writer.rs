@@ -627,6 +627,19 @@ impl Wal {
         }
     }
 
+    /// Outside the lock, what [`Wal::lead`] decided: `true` when the caller leads now; for
+    /// [`Lead::At`], sets the timer.
+    fn act(self: &Arc<Self>, l: Lead) -> bool {
+        match l {
+            Lead::Now => true,
+            Lead::At(ticket, until) => {
+                self.overlap_timer(ticket, until);
+                false
+            }
+            Lead::No => false,
+        }
+    }
+
     /// At `until`: if write `ticket`'s fdatasync is still running and records wait that no
     /// leader has taken, starts a second leader to write them beside it.
     fn overlap_timer(self: &Arc<Self>, ticket: u64, until: Instant) {
@@ -767,15 +780,7 @@ impl Wal {
                 && tokio::runtime::Handle::current().metrics().num_workers() > 1;
             (mine, start, inline)
         };
-        let start = match start {
-            Lead::Now => true,
-            Lead::At(ticket, until) => {
-                self.overlap_timer(ticket, until);
-                false
-            }
-            Lead::No => false,
-        };
-        if start {
+        if self.act(start) {
             if self.opts.sync == SyncMode::None || inline {
                 // Write (and in `SyncMode::Fsync` fdatasync) on this thread. In `None` that is a
                 // pwrite into the page cache. In `Fsync` it is done only at low load (one
@@ -821,10 +826,8 @@ impl Wal {
             g.waiters.push((mine, tx));
             (mine, self.lead(&mut g))
         };
-        match start {
-            Lead::Now => self.spawn_flush(),
-            Lead::At(ticket, until) => self.overlap_timer(ticket, until),
-            Lead::No => {}
+        if self.act(start) {
+            self.spawn_flush();
         }
         let stats = self.stats.clone();
         Ok(async move {
