@@ -4,6 +4,7 @@
 
 use std::convert::Infallible;
 
+pub use ros2_client::dds::rustdds::Timestamp;
 pub use ros2_client::dds::rustdds::bytes::Bytes;
 use ros2_client::dds::rustdds::no_key::{
     DataWriter, Decode, DefaultDecoder, DeserializerAdapter, SerializerAdapter, SimpleDataReader,

@@ -65,6 +65,22 @@ impl MetricsSource for BridgeMetrics {
                 get(&c.failed),
             );
         }
+        e.family(
+            "autonomy_bridge_relay_seconds",
+            MetricType::Histogram,
+            "Per relayed message, from its arrival in the bridge's DDS reader to its republish on \
+             the other side, by topic and direction; strict topics include the wait for the \
+             decision record's fdatasync.",
+        );
+        for (topic, dir, c) in &self.topics {
+            let labels = [("topic", topic.as_str()), ("direction", dir.as_str())];
+            e.histogram(
+                "autonomy_bridge_relay_seconds",
+                &labels,
+                &c.relay.snapshot(),
+                9,
+            );
+        }
         // Only topics with a safe message can publish one.
         if self.topics.iter().any(|(_, _, c)| c.has_safe) {
             e.family(
@@ -86,6 +102,8 @@ impl MetricsSource for BridgeMetrics {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
@@ -110,7 +128,7 @@ mod tests {
         let text = m.render();
         let got: Vec<&str> = text
             .lines()
-            .filter(|l| l.starts_with("autonomy_bridge_"))
+            .filter(|l| l.starts_with("autonomy_bridge_") && !l.contains("_relay_"))
             .collect();
         assert_eq!(
             got,
@@ -126,6 +144,48 @@ mod tests {
                 r#"autonomy_bridge_messages_failed_total{topic="/odom",direction="robot_to_agent"} 0"#,
             ]
         );
+    }
+
+    #[test]
+    fn each_topic_shows_how_long_its_messages_took_through_the_bridge() {
+        let c = Arc::new(Counters::default());
+        c.relay.observe_duration(Duration::from_micros(300));
+        c.relay.observe_duration(Duration::from_millis(3));
+        let m = crate::metrics::Metrics::new();
+        m.add_source(Arc::new(BridgeMetrics {
+            topics: vec![
+                ("/cmd_vel".into(), Direction::AgentToRobot, c),
+                (
+                    "/odom".into(),
+                    Direction::RobotToAgent,
+                    Arc::new(Counters::default()),
+                ),
+            ],
+        }));
+        let text = m.render();
+        assert!(text.contains("# TYPE autonomy_bridge_relay_seconds histogram\n"));
+        let cmd = |suffix: &str| {
+            format!(
+                r#"autonomy_bridge_relay_seconds_{suffix}topic="/cmd_vel",direction="agent_to_robot""#
+            )
+        };
+        for (le, n) in [
+            ("0.00025", 0),
+            ("0.0005", 1),
+            ("0.0025", 1),
+            ("0.005", 2),
+            ("+Inf", 2),
+        ] {
+            let want = format!(r#"{},le="{le}"}} {n}"#, cmd("bucket{"));
+            assert!(text.lines().any(|l| l == want), "{want} not in\n{text}");
+        }
+        assert!(
+            text.lines()
+                .any(|l| l == format!("{}}} 0.0033", cmd("sum{")))
+        );
+        assert!(text.lines().any(|l| l == format!("{}}} 2", cmd("count{"))));
+        assert!(text.lines().any(|l| l
+            == r#"autonomy_bridge_relay_seconds_count{topic="/odom",direction="robot_to_agent"} 0"#));
     }
 
     #[test]

@@ -44,10 +44,11 @@ use tokio::sync::{Notify, mpsc, watch};
 use crate::gate::{Durability, Gate, GateResponse, Outcome, Pending, ToolCall};
 use crate::record::{BridgeCounts, BridgeSafePublished, BridgeStarted, BridgeStopped, BridgeTopic};
 use crate::ros::DecisionMsg;
+use crate::stats::Histogram;
 use crate::types::{AuditId, Decision, Source, ToolKind};
 use cdr::{Decoder, Encoder, WcharWidth};
 use config::{Audit, BridgeFile, Direction, OnDeny, TopicConfig};
-use dds::{CDR_LE, RawSample, RawWriter, Side};
+use dds::{CDR_LE, RawSample, RawWriter, Side, Timestamp};
 use msgdef::{Library, TypeSet};
 
 /// What policies see as `input.source` for bridged messages.
@@ -217,7 +218,7 @@ fn safe_message(
 }
 
 /// One topic's counts (see [`BridgeCounts`]).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Counters {
     received: AtomicU64,
     relayed: AtomicU64,
@@ -227,6 +228,34 @@ pub struct Counters {
     safe_published: AtomicU64,
     /// The topic has a safe message (so `safe_published` is reported).
     has_safe: bool,
+    /// Per relayed message, from its arrival in the DDS layer to its republish on the other
+    /// side (nanoseconds): what the bridge itself adds, the disk's wait included for `strict`.
+    relay: Histogram,
+}
+
+impl Default for Counters {
+    fn default() -> Counters {
+        Counters {
+            received: AtomicU64::new(0),
+            relayed: AtomicU64::new(0),
+            denied: AtomicU64::new(0),
+            malformed: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            safe_published: AtomicU64::new(0),
+            has_safe: false,
+            relay: Histogram::latency(),
+        }
+    }
+}
+
+/// How long ago the DDS layer received a sample, by its receive stamp (wall clock, the only
+/// clock the sample carries); zero if the clock stepped back since.
+fn since_arrival(received: Timestamp) -> Duration {
+    let ticks = Timestamp::now()
+        .to_ticks()
+        .saturating_sub(received.to_ticks());
+    // Ticks are 2^-32 s.
+    Duration::from_nanos(((u128::from(ticks) * 1_000_000_000) >> 32) as u64)
 }
 
 impl Counters {
@@ -499,7 +528,10 @@ async fn feed(
                         continue;
                     }
                     match writer.write(s, None) {
-                        Ok(()) => { Counters::add(&counters.relayed); }
+                        Ok(()) => {
+                            Counters::add(&counters.relayed);
+                            counters.relay.observe_duration(since_arrival(dcc.receive_instant));
+                        }
                         Err(e) => {
                             let n = Counters::add(&counters.failed);
                             log_first(n, || format!("bridge: {name}: cannot relay to the agent side: {e:?}"));
@@ -570,6 +602,8 @@ struct InFlight {
     pending: Pending,
     /// The sample to republish once the record is durable (strict allows only).
     sample: Option<RawSample>,
+    /// When the DDS layer received it.
+    received: Timestamp,
 }
 
 /// How far the records of a batched topic have become durable, for the window check.
@@ -676,6 +710,7 @@ impl Relay {
             let r = rate.tick(now);
             let pending = match item {
                 Ok(dcc) => {
+                    let received = dcc.receive_instant;
                     let s = dcc.sample;
                     let p = me.decide(&s, r, mode).await;
                     let allowed_now = p
@@ -687,22 +722,25 @@ impl Relay {
                             Some(resp) => relayed(resp, s),
                             None => s,
                         };
-                        me.publish(s).await;
+                        me.publish(s, received).await;
                         early.push_back((index, Instant::now()));
                         InFlight {
                             pending: p,
                             sample: None,
+                            received,
                         }
                     } else if p.early().is_none() {
                         // Strict: republished only once the record is durable.
                         InFlight {
                             pending: p,
                             sample: Some(s),
+                            received,
                         }
                     } else {
                         InFlight {
                             pending: p,
                             sample: None,
+                            received,
                         }
                     }
                 }
@@ -718,6 +756,7 @@ impl Relay {
                     InFlight {
                         pending: p,
                         sample: None,
+                        received: Timestamp::now(),
                     }
                 }
             };
@@ -730,8 +769,9 @@ impl Relay {
         let _ = finisher.await;
     }
 
-    /// Republishes an allowed message on the robot side (and re-arms the watchdog).
-    async fn publish(&self, s: RawSample) {
+    /// Republishes an allowed message on the robot side (and re-arms the watchdog); `received`:
+    /// when it arrived, for the relay time.
+    async fn publish(&self, s: RawSample, received: Timestamp) {
         let _robot = match &self.safe {
             Some(safe) => Some(safe.robot.lock().await),
             None => None,
@@ -739,6 +779,9 @@ impl Relay {
         match self.writer.write(s, None) {
             Ok(()) => {
                 Counters::add(&self.counters.relayed);
+                self.counters
+                    .relay
+                    .observe_duration(since_arrival(received));
                 if let Some(safe) = &self.safe
                     && let Some(max) = safe.max_silence
                 {
@@ -766,7 +809,7 @@ impl Relay {
             match &resp.outcome {
                 Outcome::DecisionOnly => {
                     if let Some(s) = f.sample {
-                        self.publish(relayed(&resp, s)).await;
+                        self.publish(relayed(&resp, s), f.received).await;
                     }
                     // The agent learns that what reached the robot is not what it sent.
                     if resp.downgrade.is_some() {
@@ -1023,6 +1066,25 @@ mod tests {
             let e = cfg(safe).err().unwrap().to_string();
             assert_eq!(e, want, "{safe}");
         }
+    }
+
+    #[test]
+    fn the_relay_time_is_read_from_the_dds_receive_stamp() {
+        let ago = |ticks: u64| Timestamp::from_ticks(Timestamp::now().to_ticks() - ticks);
+        // 2^32 ticks are one second: 1.5 ms ago, and one second ago.
+        let t = since_arrival(ago((1u64 << 32) * 3 / 2000));
+        assert!(
+            t >= Duration::from_micros(1490) && t < Duration::from_millis(200),
+            "{t:?}"
+        );
+        let t = since_arrival(ago(1 << 32));
+        assert!(
+            t >= Duration::from_millis(999) && t < Duration::from_millis(1200),
+            "{t:?}"
+        );
+        // A stamp from the future (the clock stepped back): zero, not a wrapped eternity.
+        let ahead = Timestamp::from_ticks(Timestamp::now().to_ticks() + (1 << 32));
+        assert_eq!(since_arrival(ahead), Duration::ZERO);
     }
 
     #[test]

@@ -12,10 +12,12 @@
 //! domain to a robot domain, one `strict`, one `batched`. The latency runs take turns in short
 //! rounds (baseline, strict, batched, again), so a machine shared with other work slows all three
 //! alike. Latency is receive time minus send time in this one process. Then the sustained-rate
-//! steps (strict). The disk's fdatasync is measured before, between and after. Prints Markdown
+//! steps (strict). The disk's fdatasync is measured before, between and after. Each daemon's
+//! `autonomy_bridge_relay_seconds` (arrival in its reader to republish) is scraped around each
+//! rate's rounds, to tell the daemon's own time from the DDS hops and the host's. Prints Markdown
 //! tables and the targets (see `docs/benchmarks.md`).
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path as Path_, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -340,16 +342,70 @@ fn decide_cost(secs: f64) {
 }
 
 /// `autonomy runtime start --bridge` in `mode`, killed on drop.
-struct Daemon(Child);
+struct Daemon {
+    child: Child,
+    /// Its HTTP address (`host:port`), for `GET /metrics`.
+    addr: String,
+}
 
 impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.0.id() as i32),
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
             nix::sys::signal::Signal::SIGTERM,
         );
-        let _ = self.0.wait();
+        let _ = self.child.wait();
     }
+}
+
+impl Daemon {
+    /// The cumulative buckets `(upper bound in s, count)` of `/cmd_vel`'s relay histogram, `+Inf`
+    /// as infinity; empty when the scrape fails.
+    fn relay_buckets(&self) -> Vec<(f64, u64)> {
+        let Ok(mut s) = std::net::TcpStream::connect(&self.addr) else {
+            return Vec::new();
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        let _ = write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.addr
+        );
+        let mut body = String::new();
+        let _ = s.read_to_string(&mut body);
+        let prefix = r#"autonomy_bridge_relay_seconds_bucket{topic="/cmd_vel",direction="agent_to_robot",le=""#;
+        body.lines()
+            .filter_map(|l| l.strip_prefix(prefix))
+            .filter_map(|l| {
+                let (le, n) = l.split_once("\"} ")?;
+                let le = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().ok()?
+                };
+                Some((le, n.trim().parse().ok()?))
+            })
+            .collect()
+    }
+}
+
+/// The messages relayed between two scrapes, as a share within each bound.
+fn relay_row(before: &[(f64, u64)], after: &[(f64, u64)]) -> Option<(u64, Vec<(f64, f64)>)> {
+    let base = |le: f64| before.iter().find(|(b, _)| *b == le).map_or(0, |(_, n)| *n);
+    let delta: Vec<(f64, u64)> = after
+        .iter()
+        .map(|(le, n)| (*le, n.saturating_sub(base(*le))))
+        .collect();
+    let total = delta.last()?.1;
+    (total > 0).then(|| {
+        (
+            total,
+            delta
+                .iter()
+                .map(|(le, n)| (*le, *n as f64 / total as f64))
+                .collect(),
+        )
+    })
 }
 
 fn daemon(args: &Args, dir: &Path_, mode: &str, agent: u16, robot: u16) -> Daemon {
@@ -399,19 +455,36 @@ fn daemon(args: &Args, dir: &Path_, mode: &str, agent: u16, robot: u16) -> Daemo
         }
     });
     let end = Instant::now() + Duration::from_secs(20);
-    loop {
+    let addr = loop {
         match rx.recv_timeout(end.saturating_duration_since(Instant::now())) {
-            Ok(l) if l.contains("listening on") => break,
+            Ok(l) if l.contains("listening on") => {
+                break l
+                    .split("listening on http://")
+                    .nth(1)
+                    .and_then(|r| r.split_whitespace().next())
+                    .unwrap_or_default()
+                    .trim_end_matches('/')
+                    .to_string();
+            }
             Ok(_) => {}
             Err(_) => panic!("autonomy did not start"),
         }
-    }
-    Daemon(child)
+    };
+    Daemon { child, addr }
 }
 
 fn fsync_once(dir: &Path_, secs: f64, into: &mut Vec<u64>) {
     let (fs, _) = fsync::raw_fdatasync(dir, secs, Preallocate::ZeroFill);
     into.extend(fs);
+}
+
+/// A bucket bound for a table head: `250 µs`, `2.5 ms`.
+fn human(secs: f64) -> String {
+    if secs < 1e-3 {
+        format!("{} µs", (secs * 1e6).round())
+    } else {
+        format!("{} ms", secs * 1e3)
+    }
 }
 
 /// Whether a measured figure meets its target.
@@ -464,14 +537,25 @@ async fn main() {
 
     // Latency: for each rate, rounds of baseline, strict, batched.
     let mut table: Vec<(u32, Vec<Summary>)> = Vec::new();
+    // Per rate and daemon (strict, batched): the relay histogram's change over the rounds.
+    let mut inside: Vec<(u32, Vec<Option<(u64, Vec<(f64, f64)>)>>)> = Vec::new();
     for &rate in &args.rates {
         let mut runs: Vec<Runs> = paths.iter().map(|_| Runs::default()).collect();
+        let before: Vec<_> = daemons.iter().map(Daemon::relay_buckets).collect();
         for _ in 0..args.rounds {
             for (p, r) in paths.iter_mut().zip(runs.iter_mut()) {
                 r.add(p.run(rate, args.secs).await);
             }
         }
         table.push((rate, runs.into_iter().map(Runs::summary).collect()));
+        inside.push((
+            rate,
+            daemons
+                .iter()
+                .zip(&before)
+                .map(|(d, b)| relay_row(b, &d.relay_buckets()))
+                .collect(),
+        ));
     }
     fsync_once(tmp.path(), 2.0, &mut fsyncs);
 
@@ -536,6 +620,42 @@ async fn main() {
                 r.max_us,
                 added(r.p50_us, base.p50_us),
                 added(r.p99_us, base.p99_us),
+            );
+        }
+    }
+    // The daemon's own share of the trip.
+    let shown = [100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3];
+    println!(
+        "\nInside the daemon (`autonomy_bridge_relay_seconds`: from the arrival in its DDS reader to the republish), share of the relayed messages within:\n"
+    );
+    print!("| path | msgs/s | relayed |");
+    for b in shown {
+        print!(" ≤ {} |", human(b));
+    }
+    println!(" p99 within |");
+    println!("|---|---:|---:|{}---|", "---:|".repeat(shown.len()));
+    for (rate, rows) in &inside {
+        for (p, row) in paths[1..].iter().zip(rows) {
+            let Some((n, shares)) = row else {
+                println!("| {} | {rate} | (no scrape) |", p.name);
+                continue;
+            };
+            print!("| {} | {rate} | {n} |", p.name);
+            for b in shown {
+                let share = shares.iter().find(|(le, _)| (*le - b).abs() < 1e-12);
+                match share {
+                    Some((_, f)) => print!(" {:.1}% |", f * 100.0),
+                    None => print!(" — |"),
+                }
+            }
+            let p99 = shares.iter().find(|(_, f)| *f >= 0.99).map(|(le, _)| *le);
+            println!(
+                " {} |",
+                p99.map_or("—".to_string(), |le| if le.is_finite() {
+                    format!("≤ {}", human(le))
+                } else {
+                    "> 10 s".to_string()
+                })
             );
         }
     }

@@ -128,6 +128,10 @@ type = "std_msgs/msg/Bool"
         r#"autonomy_bridge_messages_total{topic="/cmd_vel",direction="agent_to_robot",decision="malformed"} 1"#,
         r#"autonomy_bridge_messages_total{topic="/status",direction="robot_to_agent",decision="allow"} 3"#,
         r#"autonomy_bridge_messages_failed_total{topic="/cmd_vel",direction="agent_to_robot"} 0"#,
+        // How long each relayed message took through the bridge: all three, within 5 s.
+        r#"autonomy_bridge_relay_seconds_count{topic="/cmd_vel",direction="agent_to_robot"} 3"#,
+        r#"autonomy_bridge_relay_seconds_bucket{topic="/cmd_vel",direction="agent_to_robot",le="5"} 3"#,
+        r#"autonomy_bridge_relay_seconds_count{topic="/status",direction="robot_to_agent"} 3"#,
         // Each topic is its own agent (`bridge:<topic>`).
         r#"autonomy_decisions_total{kind="tool.ros2.topic.publish",source="bridge",decision="allow",agent="bridge:/cmd_vel"} 3"#,
         r#"autonomy_decisions_total{kind="tool.ros2.topic.publish",source="bridge",decision="deny",agent="bridge:/cmd_vel"} 4"#,
