@@ -14,8 +14,9 @@
 //! alike. Latency is receive time minus send time in this one process. Then the sustained-rate
 //! steps (strict). The disk's fdatasync is measured before, between and after. Each daemon's
 //! `autonomy_bridge_relay_seconds` (arrival in its reader to republish) is scraped around each
-//! rate's rounds, to tell the daemon's own time from the DDS hops and the host's. Prints Markdown
-//! tables and the targets (see `docs/benchmarks.md`).
+//! rate's rounds, to tell the daemon's own time from the DDS hops and the host's, and so is its
+//! WAL's `autonomy_wal_fsync_seconds`. Prints Markdown tables and the targets (see
+//! `docs/benchmarks.md`).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path as Path_, PathBuf};
@@ -358,12 +359,18 @@ impl Drop for Daemon {
     }
 }
 
+/// The relay histogram of the bench's topic, and the WAL's fdatasync histogram.
+const SCRAPED: [&str; 2] = [
+    r#"autonomy_bridge_relay_seconds_bucket{topic="/cmd_vel",direction="agent_to_robot",le=""#,
+    r#"autonomy_wal_fsync_seconds_bucket{le=""#,
+];
+
 impl Daemon {
-    /// The cumulative buckets `(upper bound in s, count)` of `/cmd_vel`'s relay histogram, `+Inf`
+    /// The cumulative buckets `(upper bound in s, count)` of each [`SCRAPED`] histogram, `+Inf`
     /// as infinity; empty when the scrape fails.
-    fn relay_buckets(&self) -> Vec<(f64, u64)> {
+    fn scrape(&self) -> [Vec<(f64, u64)>; 2] {
         let Ok(mut s) = std::net::TcpStream::connect(&self.addr) else {
-            return Vec::new();
+            return Default::default();
         };
         let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
         let _ = write!(
@@ -373,23 +380,24 @@ impl Daemon {
         );
         let mut body = String::new();
         let _ = s.read_to_string(&mut body);
-        let prefix = r#"autonomy_bridge_relay_seconds_bucket{topic="/cmd_vel",direction="agent_to_robot",le=""#;
-        body.lines()
-            .filter_map(|l| l.strip_prefix(prefix))
-            .filter_map(|l| {
-                let (le, n) = l.split_once("\"} ")?;
-                let le = if le == "+Inf" {
-                    f64::INFINITY
-                } else {
-                    le.parse().ok()?
-                };
-                Some((le, n.trim().parse().ok()?))
-            })
-            .collect()
+        SCRAPED.map(|prefix| {
+            body.lines()
+                .filter_map(|l| l.strip_prefix(prefix))
+                .filter_map(|l| {
+                    let (le, n) = l.split_once("\"} ")?;
+                    let le = if le == "+Inf" {
+                        f64::INFINITY
+                    } else {
+                        le.parse().ok()?
+                    };
+                    Some((le, n.trim().parse().ok()?))
+                })
+                .collect()
+        })
     }
 }
 
-/// The messages relayed between two scrapes, as a share within each bound.
+/// The observations between two scrapes, as a share within each bound.
 fn relay_row(before: &[(f64, u64)], after: &[(f64, u64)]) -> Option<(u64, Vec<(f64, f64)>)> {
     let base = |le: f64| before.iter().find(|(b, _)| *b == le).map_or(0, |(_, n)| *n);
     let delta: Vec<(f64, u64)> = after
@@ -537,11 +545,12 @@ async fn main() {
 
     // Latency: for each rate, rounds of baseline, strict, batched.
     let mut table: Vec<(u32, Vec<Summary>)> = Vec::new();
-    // Per rate and daemon (strict, batched): the relay histogram's change over the rounds.
-    let mut inside: Vec<(u32, Vec<Option<(u64, Vec<(f64, f64)>)>>)> = Vec::new();
+    // Per rate, daemon (strict, batched) and scraped histogram: its change over the rounds.
+    type Row = Option<(u64, Vec<(f64, f64)>)>;
+    let mut inside: Vec<(u32, Vec<[Row; 2]>)> = Vec::new();
     for &rate in &args.rates {
         let mut runs: Vec<Runs> = paths.iter().map(|_| Runs::default()).collect();
-        let before: Vec<_> = daemons.iter().map(Daemon::relay_buckets).collect();
+        let before: Vec<_> = daemons.iter().map(Daemon::scrape).collect();
         for _ in 0..args.rounds {
             for (p, r) in paths.iter_mut().zip(runs.iter_mut()) {
                 r.add(p.run(rate, args.secs).await);
@@ -553,7 +562,10 @@ async fn main() {
             daemons
                 .iter()
                 .zip(&before)
-                .map(|(d, b)| relay_row(b, &d.relay_buckets()))
+                .map(|(d, b)| {
+                    let [relay, fsync] = d.scrape();
+                    [relay_row(&b[0], &relay), relay_row(&b[1], &fsync)]
+                })
                 .collect(),
         ));
     }
@@ -623,40 +635,42 @@ async fn main() {
             );
         }
     }
-    // The daemon's own share of the trip.
+    // The daemon's own share of the trip, and its WAL's fdatasyncs meanwhile.
     let shown = [100e-6, 250e-6, 500e-6, 1e-3, 2.5e-3, 5e-3, 10e-3];
     println!(
-        "\nInside the daemon (`autonomy_bridge_relay_seconds`: from the arrival in its DDS reader to the republish), share of the relayed messages within:\n"
+        "\nInside each daemon over the same rounds: `relay` is `autonomy_bridge_relay_seconds` (from the arrival in its DDS reader to the republish), `fdatasync` its WAL's (`autonomy_wal_fsync_seconds`). Share within:\n"
     );
-    print!("| path | msgs/s | relayed |");
+    print!("| path | msgs/s | what | n |");
     for b in shown {
         print!(" ≤ {} |", human(b));
     }
     println!(" p99 within |");
-    println!("|---|---:|---:|{}---|", "---:|".repeat(shown.len()));
+    println!("|---|---:|---|---:|{}---|", "---:|".repeat(shown.len()));
     for (rate, rows) in &inside {
-        for (p, row) in paths[1..].iter().zip(rows) {
-            let Some((n, shares)) = row else {
-                println!("| {} | {rate} | (no scrape) |", p.name);
-                continue;
-            };
-            print!("| {} | {rate} | {n} |", p.name);
-            for b in shown {
-                let share = shares.iter().find(|(le, _)| (*le - b).abs() < 1e-12);
-                match share {
-                    Some((_, f)) => print!(" {:.1}% |", f * 100.0),
-                    None => print!(" — |"),
+        for (p, pair) in paths[1..].iter().zip(rows) {
+            for (what, row) in ["relay", "fdatasync"].iter().zip(pair) {
+                let Some((n, shares)) = row else {
+                    println!("| {} | {rate} | {what} | (no scrape) |", p.name);
+                    continue;
+                };
+                print!("| {} | {rate} | {what} | {n} |", p.name);
+                for b in shown {
+                    let share = shares.iter().find(|(le, _)| (*le - b).abs() < 1e-12);
+                    match share {
+                        Some((_, f)) => print!(" {:.1}% |", f * 100.0),
+                        None => print!(" — |"),
+                    }
                 }
+                let p99 = shares.iter().find(|(_, f)| *f >= 0.99).map(|(le, _)| *le);
+                println!(
+                    " {} |",
+                    p99.map_or("—".to_string(), |le| if le.is_finite() {
+                        format!("≤ {}", human(le))
+                    } else {
+                        "> 10 s".to_string()
+                    })
+                );
             }
-            let p99 = shares.iter().find(|(_, f)| *f >= 0.99).map(|(le, _)| *le);
-            println!(
-                " {} |",
-                p99.map_or("—".to_string(), |le| if le.is_finite() {
-                    format!("≤ {}", human(le))
-                } else {
-                    "> 10 s".to_string()
-                })
-            );
         }
     }
     println!(

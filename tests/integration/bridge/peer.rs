@@ -143,6 +143,12 @@ type = "std_msgs/msg/Bool"
             "no {want} in\n{metrics}"
         );
     }
+    // The bridge's families (its histogram included) pass the real promtool's lint.
+    let test = "only_allowed_messages_reach_the_robot_in_order_each_with_one_decision";
+    if let Some(promtool) = crate::http::metrics::tool("promtool", test) {
+        let (ok, out) = crate::http::metrics::promtool_check(&promtool, &metrics);
+        assert!(ok, "promtool check metrics: {out}\n{metrics}");
+    }
 
     let lines = stop(&mut d);
     assert!(
