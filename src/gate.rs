@@ -785,7 +785,11 @@ impl Gate {
             rec.params = Some(Cow::Borrowed(&call.params));
         }
         rec.rules = Cow::Borrowed(&rules);
-        let queued = encode(&audit_id, &rec).and_then(|rec| self.wal.submit(rec));
+        let within = match durability {
+            Durability::BeforeActing => std::time::Duration::ZERO,
+            Durability::Deferred { flush_within } => flush_within,
+        };
+        let queued = encode(&audit_id, &rec).and_then(|rec| self.wal.submit_within(rec, within));
         let outcome = match (decision, layer) {
             (Decision::Allow, _) => Outcome::DecisionOnly,
             (Decision::Deny, Layer::Input) => Outcome::InputRefused,
@@ -997,7 +1001,11 @@ pub enum Durability {
     /// place in the log is fixed before the caller acts; a power cut can lose records of
     /// messages already republished, within the window the bridge states in its
     /// `bridge.started` record and bounds by waiting when the log falls further behind.
-    Deferred,
+    Deferred {
+        /// How long the record may wait for others to share its fdatasync when no flush is
+        /// running ([`crate::wal::Wal::submit_within`]); well inside the loss window.
+        flush_within: std::time::Duration,
+    },
 }
 
 /// A decision from [`Gate::decide`] whose record is queued in the log.
@@ -1013,7 +1021,8 @@ impl Pending {
     /// The answer before its record is durable, where acting on it then is allowed: always for
     /// a deny (nothing is acted on), and for an allow only under [`Durability::Deferred`].
     pub fn early(&self) -> Option<&GateResponse> {
-        (self.durability == Durability::Deferred || self.response.decision == Decision::Deny)
+        (matches!(self.durability, Durability::Deferred { .. })
+            || self.response.decision == Decision::Deny)
             .then_some(&self.response)
     }
 
@@ -1219,7 +1228,14 @@ mod tests {
             .await;
         assert_eq!(deny.early().unwrap().decision, Decision::Deny);
         let deferred = g
-            .decide(publish(0.25), None, &Params, Durability::Deferred)
+            .decide(
+                publish(0.25),
+                None,
+                &Params,
+                Durability::Deferred {
+                    flush_within: std::time::Duration::ZERO,
+                },
+            )
             .await;
         assert_eq!(deferred.early().unwrap().decision, Decision::Allow);
         let refused = g
@@ -1283,7 +1299,14 @@ mod tests {
         );
         // The log stays failed: the next decision is refused at once.
         let p = g
-            .decide(publish(0.5), None, &Params, Durability::Deferred)
+            .decide(
+                publish(0.5),
+                None,
+                &Params,
+                Durability::Deferred {
+                    flush_within: std::time::Duration::ZERO,
+                },
+            )
             .await;
         assert_eq!(p.early().unwrap().decision, Decision::Deny);
     }

@@ -62,6 +62,10 @@ pub const DEFAULT_AGENT_DOMAIN: u16 = 99;
 /// Decided messages of one topic waiting for their records (strict) or being tracked
 /// (batched); a full queue holds the topic's reader back.
 pub const PIPELINE: usize = 4096;
+/// A `batched` topic's records may wait this share of its window (a quarter: 2.5 ms of the
+/// default 10) for later ones to share their fdatasync: at 1 kHz three or so per flush instead
+/// of one each, and still durable well inside the window.
+pub const FLUSH_WITHIN_SHARE: u32 = 4;
 /// Decision messages waiting for the agent side's `/autonomy/decisions` publisher before new
 /// ones are dropped.
 pub const DECISION_QUEUE: usize = 1024;
@@ -688,7 +692,12 @@ impl Relay {
         let finisher = tokio::spawn(me.clone().finish(rx, progress.clone()));
         let (mode, window) = match me.topic.audit {
             Audit::Strict => (Durability::BeforeActing, None),
-            Audit::Batched { window } => (Durability::Deferred, Some(window)),
+            Audit::Batched { window } => (
+                Durability::Deferred {
+                    flush_within: window / FLUSH_WITHIN_SHARE,
+                },
+                Some(window),
+            ),
         };
         let mut rate = rate::Rate::default();
         // Batched: when each message republished before its record was durable was sent (its

@@ -1293,3 +1293,58 @@ fn overlapping_flushes_report_durability_in_order_and_rotate_only_when_synced() 
         assert_eq!(rep.records, 480);
     });
 }
+
+#[test]
+fn records_submitted_within_a_delay_share_one_fdatasync_after_it() {
+    with_timeout(60, || {
+        let d = tempfile::tempdir().unwrap();
+        let w = Arc::new(
+            Wal::open(d.path(), opts(1 << 20, Preallocate::ZeroFill))
+                .unwrap()
+                .0,
+        );
+        let steps = record_steps(&w, None);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let within = Duration::from_millis(400);
+        let started = std::time::Instant::now();
+        let futs: Vec<_> = rt.block_on(async {
+            (1..=3)
+                .map(|i| w.submit_within(rec(i), within).unwrap())
+                .collect()
+        });
+        // No flush is running, so none starts at once: the first record's timer leads one.
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(steps.lock().unwrap().is_empty(), "{:?}", steps.lock());
+        let seqs: Vec<Seq> = rt.block_on(async {
+            let mut v = Vec::new();
+            for f in futs {
+                v.push(f.await.unwrap());
+            }
+            v
+        });
+        assert_eq!(seqs, [Seq(1), Seq(2), Seq(3)]);
+        assert!(started.elapsed() >= within, "{:?}", started.elapsed());
+        // All three in one write and one fdatasync.
+        assert!(saw(&steps, "written", 3) && !saw(&steps, "written", 1));
+        let b = w.stats().batch_records;
+        assert_eq!((b.count, b.sum), (1, 3));
+
+        // A record the caller waits on is flushed at once, and takes a waiting one with it.
+        let waiting =
+            rt.block_on(async { w.submit_within(rec(4), Duration::from_secs(30)).unwrap() });
+        let t = std::time::Instant::now();
+        let now = rt.block_on(async { w.submit(rec(5)).unwrap().await.unwrap() });
+        assert_eq!(now, Seq(5));
+        assert_eq!(rt.block_on(waiting).unwrap(), Seq(4));
+        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+        let b = w.stats().batch_records;
+        assert_eq!((b.count, b.sum), (2, 5));
+        drop(rt);
+        Arc::try_unwrap(w).ok().unwrap().close().unwrap();
+        assert_eq!(read_all(d.path()).len(), 5);
+    });
+}
