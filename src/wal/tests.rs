@@ -1311,11 +1311,12 @@ fn records_submitted_within_a_delay_share_one_fdatasync_after_it() {
             .unwrap();
         let within = Duration::from_millis(400);
         let started = std::time::Instant::now();
-        let futs: Vec<_> = rt.block_on(async {
+        let futs: Vec<_> = {
+            let _in = rt.enter();
             (1..=3)
                 .map(|i| w.submit_within(rec(i), within).unwrap())
                 .collect()
-        });
+        };
         // No flush is running, so none starts at once: the first record's timer leads one.
         std::thread::sleep(Duration::from_millis(200));
         assert!(steps.lock().unwrap().is_empty(), "{:?}", steps.lock());
@@ -1334,8 +1335,10 @@ fn records_submitted_within_a_delay_share_one_fdatasync_after_it() {
         assert_eq!((b.count, b.sum), (1, 3));
 
         // A record the caller waits on is flushed at once, and takes a waiting one with it.
-        let waiting =
-            rt.block_on(async { w.submit_within(rec(4), Duration::from_secs(30)).unwrap() });
+        let waiting = {
+            let _in = rt.enter();
+            w.submit_within(rec(4), Duration::from_secs(30)).unwrap()
+        };
         let t = std::time::Instant::now();
         let now = rt.block_on(async { w.submit(rec(5)).unwrap().await.unwrap() });
         assert_eq!(now, Seq(5));
