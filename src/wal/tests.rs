@@ -1346,8 +1346,22 @@ fn records_submitted_within_a_delay_share_one_fdatasync_after_it() {
         assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
         let b = w.stats().batch_records;
         assert_eq!((b.count, b.sum), (2, 5));
+
+        // Closing writes a record still waiting for company instead of waiting for its timer,
+        // which may never fire (its runtime gone).
+        let last = {
+            let _in = rt.enter();
+            w.submit_within(rec(6), Duration::from_secs(50)).unwrap()
+        };
         drop(rt);
-        Arc::try_unwrap(w).ok().unwrap().close().unwrap();
-        assert_eq!(read_all(d.path()).len(), 5);
+        let t = std::time::Instant::now();
+        w.close().unwrap();
+        assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        assert_eq!(rt.block_on(last).unwrap(), Seq(6));
+        drop(w);
+        assert_eq!(read_all(d.path()).len(), 6);
     });
 }

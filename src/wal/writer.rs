@@ -1312,11 +1312,23 @@ impl Wal {
         create_segment(&self.dir, first_seq, &self.opts)
     }
 
-    /// Waits for in-flight appends, then refuses new ones. The lock is released on drop.
+    /// Waits for in-flight appends (flushing what is queued with no leader), then refuses new
+    /// ones. The lock is released on drop.
     pub fn close(&self) -> Result<(), WalError> {
         let mut g = self.lock_inner()?;
         g.closed = true;
         while g.failed.is_none() && (g.leaders > 0 || !g.buf.is_empty()) {
+            if g.leaders == 0 {
+                // Records of `submit_within` waiting for their timer, which may be gone with
+                // its runtime: written now rather than waited for.
+                g.leaders += 1;
+                drop(g);
+                if let Ok(done) = self.flush() {
+                    complete(done);
+                }
+                g = self.lock_inner()?;
+                continue;
+            }
             g = self.sleep(g)?;
         }
         if let Some(f) = &g.failed {
