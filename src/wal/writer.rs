@@ -649,24 +649,37 @@ impl Wal {
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             return;
         };
+        self.at(&rt, until, move |wal, g| {
+            let go = g.published < ticket
+                && !g.buf.is_empty()
+                && g.failed.is_none()
+                && g.leaders < wal.max_leaders();
+            if go {
+                g.leaders += 1;
+                Lead::Now
+            } else {
+                Lead::No
+            }
+        });
+    }
+
+    /// A timer on `rt`: at `until`, `decide` (under the lock) whether a flush of what is queued
+    /// then starts, and it is acted on as [`Wal::act`] does.
+    fn at(
+        self: &Arc<Self>,
+        rt: &tokio::runtime::Handle,
+        until: Instant,
+        decide: impl FnOnce(&Wal, &mut Inner) -> Lead + Send + 'static,
+    ) {
         let wal = self.clone();
         rt.spawn(async move {
             tokio::time::sleep_until(until.into()).await;
             let start = match wal.lock_inner() {
-                Ok(mut g) => {
-                    let go = g.published < ticket
-                        && !g.buf.is_empty()
-                        && g.failed.is_none()
-                        && g.leaders < wal.max_leaders();
-                    if go {
-                        g.leaders += 1;
-                    }
-                    go
-                }
-                Err(_) => false,
+                Ok(mut g) => decide(&wal, &mut g),
+                Err(_) => Lead::No,
             };
-            if start {
-                wal.spawn_flush();
+            if wal.act(start) {
+                Wal::flush_on_pool(wal);
             }
         });
     }
@@ -857,23 +870,12 @@ impl Wal {
             self.spawn_flush();
         }
         if let (true, Some(rt)) = (timer, rt) {
-            let wal = self.clone();
-            let until = called + within;
-            rt.spawn(async move {
-                tokio::time::sleep_until(until.into()).await;
-                let start = match wal.lock_inner() {
-                    Ok(mut g) => {
-                        g.coalesce_armed = false;
-                        if g.buf.is_empty() || g.failed.is_some() {
-                            Lead::No
-                        } else {
-                            wal.lead(&mut g)
-                        }
-                    }
-                    Err(_) => Lead::No,
-                };
-                if wal.act(start) {
-                    Wal::flush_on_pool(wal);
+            self.at(&rt, called + within, |wal, g| {
+                g.coalesce_armed = false;
+                if g.buf.is_empty() || g.failed.is_some() {
+                    Lead::No
+                } else {
+                    wal.lead(g)
                 }
             });
         }
