@@ -752,13 +752,22 @@ impl Wal {
             }
             // Become a leader: write and sync everything queued, for all. How it went for this
             // caller's records is read from the state, like a follower does.
-            g.leaders += 1;
-            drop(g);
-            if let Ok(done) = self.flush() {
-                complete(done);
-            }
-            g = self.lock_inner()?;
+            g = self.lead_here(g)?;
         }
+    }
+
+    /// Leads a flush on this thread of everything queued (the caller found room for a
+    /// leader), completes the async appenders of it, and takes the lock again.
+    fn lead_here<'a>(
+        &'a self,
+        mut g: MutexGuard<'a, Inner>,
+    ) -> Result<MutexGuard<'a, Inner>, WalError> {
+        g.leaders += 1;
+        drop(g);
+        if let Ok(done) = self.flush() {
+            complete(done);
+        }
+        self.lock_inner()
     }
 
     /// How many leaders may flush at once: two when syncs overlap (one writing or syncing while
@@ -852,13 +861,16 @@ impl Wal {
         let called = Instant::now();
         let prepared = prepare(vec![rec])?;
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let rt = tokio::runtime::Handle::try_current().ok();
+        // Only a record that may wait needs the runtime for its timer.
+        let rt = (!within.is_zero())
+            .then(tokio::runtime::Handle::try_current)
+            .and_then(Result::ok);
         let (mine, start, timer) = {
             let mut g = self.lock_inner()?;
             let mine = enqueue(&mut g, &prepared)?;
             g.waiters.push((mine, tx));
             match (&rt, self.may_lead(&g)) {
-                (Some(_), Lead::Now) if !within.is_zero() => {
+                (Some(_), Lead::Now) => {
                     let arm = !g.coalesce_armed;
                     g.coalesce_armed = true;
                     (mine, Lead::No, arm)
@@ -1323,12 +1335,7 @@ impl Wal {
             if g.leaders == 0 {
                 // Records of `submit_within` waiting for their timer, which may be gone with
                 // its runtime: written now rather than waited for.
-                g.leaders += 1;
-                drop(g);
-                if let Ok(done) = self.flush() {
-                    complete(done);
-                }
-                g = self.lock_inner()?;
+                g = self.lead_here(g)?;
                 continue;
             }
             g = self.sleep(g)?;
