@@ -106,6 +106,13 @@ mod tests {
 
     use super::*;
 
+    /// `GET /metrics` with these topics' families.
+    fn render(topics: Vec<(String, Direction, Arc<Counters>)>) -> String {
+        let m = crate::metrics::Metrics::new();
+        m.add_source(Arc::new(BridgeMetrics { topics }));
+        m.render()
+    }
+
     #[test]
     fn each_topic_shows_its_counts_by_decision() {
         let c = Arc::new(Counters::default());
@@ -118,14 +125,10 @@ mod tests {
         let feed = Arc::new(Counters::default());
         Counters::add(&feed.received);
         Counters::add(&feed.relayed);
-        let m = crate::metrics::Metrics::new();
-        m.add_source(Arc::new(BridgeMetrics {
-            topics: vec![
-                ("/cmd_vel".into(), Direction::AgentToRobot, c),
-                ("/odom".into(), Direction::RobotToAgent, feed),
-            ],
-        }));
-        let text = m.render();
+        let text = render(vec![
+            ("/cmd_vel".into(), Direction::AgentToRobot, c),
+            ("/odom".into(), Direction::RobotToAgent, feed),
+        ]);
         let got: Vec<&str> = text
             .lines()
             .filter(|l| l.starts_with("autonomy_bridge_") && !l.contains("_relay_"))
@@ -151,18 +154,14 @@ mod tests {
         let c = Arc::new(Counters::default());
         c.relay.observe_duration(Duration::from_micros(300));
         c.relay.observe_duration(Duration::from_millis(3));
-        let m = crate::metrics::Metrics::new();
-        m.add_source(Arc::new(BridgeMetrics {
-            topics: vec![
-                ("/cmd_vel".into(), Direction::AgentToRobot, c),
-                (
-                    "/odom".into(),
-                    Direction::RobotToAgent,
-                    Arc::new(Counters::default()),
-                ),
-            ],
-        }));
-        let text = m.render();
+        let text = render(vec![
+            ("/cmd_vel".into(), Direction::AgentToRobot, c),
+            (
+                "/odom".into(),
+                Direction::RobotToAgent,
+                Arc::new(Counters::default()),
+            ),
+        ]);
         assert!(text.contains("# TYPE autonomy_bridge_relay_seconds histogram\n"));
         let cmd = |suffix: &str| {
             format!(
@@ -195,18 +194,14 @@ mod tests {
             ..Counters::default()
         });
         Counters::add(&c.safe_published);
-        let m = crate::metrics::Metrics::new();
-        m.add_source(Arc::new(BridgeMetrics {
-            topics: vec![
-                ("/cmd_vel".into(), Direction::AgentToRobot, c),
-                (
-                    "/lights".into(),
-                    Direction::AgentToRobot,
-                    Arc::new(Counters::default()),
-                ),
-            ],
-        }));
-        let text = m.render();
+        let text = render(vec![
+            ("/cmd_vel".into(), Direction::AgentToRobot, c),
+            (
+                "/lights".into(),
+                Direction::AgentToRobot,
+                Arc::new(Counters::default()),
+            ),
+        ]);
         let got: Vec<&str> = text
             .lines()
             .filter(|l| l.starts_with("autonomy_bridge_safe"))
