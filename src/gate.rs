@@ -785,11 +785,16 @@ impl Gate {
             rec.params = Some(Cow::Borrowed(&call.params));
         }
         rec.rules = Cow::Borrowed(&rules);
-        let within = match durability {
-            Durability::BeforeActing => std::time::Duration::ZERO,
-            Durability::Deferred { flush_within } => flush_within,
-        };
-        let queued = encode(&audit_id, &rec).and_then(|rec| self.wal.submit_within(rec, within));
+        let queued = encode(&audit_id, &rec).and_then(|rec| match durability {
+            Durability::BeforeActing => self.wal.submit(rec).map(futures::FutureExt::boxed),
+            Durability::AwaitedAtOnce => {
+                self.wal.submit_awaited(rec).map(futures::FutureExt::boxed)
+            }
+            Durability::Deferred { flush_within } => self
+                .wal
+                .submit_within(rec, flush_within)
+                .map(futures::FutureExt::boxed),
+        });
         let outcome = match (decision, layer) {
             (Decision::Allow, _) => Outcome::DecisionOnly,
             (Decision::Deny, Layer::Input) => Outcome::InputRefused,
@@ -807,7 +812,7 @@ impl Gate {
                     rules,
                     ..GateResponse::new(decision, policy_ref, audit_id, reason, outcome)
                 },
-                Some(Box::pin(fut) as futures::future::BoxFuture<'static, _>),
+                Some(fut),
             ),
             Err(e) => (wal_unavailable(policy_ref, audit_id, &e), None),
         };
@@ -995,6 +1000,12 @@ pub enum Durability {
     /// Only once the decision's record is durable ([`Pending::durable`]): the guarantee of every
     /// front end, and what [`Gate::call`] always does.
     BeforeActing,
+    /// [`Durability::BeforeActing`] for a caller that awaits [`Pending::durable`] at once, on
+    /// the task that acts: at low load the record's flush then runs inside that await instead
+    /// of on a pool thread ([`crate::wal::Wal::submit_awaited`]), which takes two thread
+    /// hand-offs off the path to the action. A caller that awaits later would hold up every
+    /// other record queued meanwhile.
+    AwaitedAtOnce,
     /// At once ([`Pending::early`]), while the record is still on its way to the disk. This is
     /// the one path that relaxes "durable before acting", on purpose and per topic: the
     /// bridge's `batched` topics (control loops that must never wait on a disk). The record's
@@ -1217,6 +1228,16 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let g = bridge_gate(tmp.path());
         let rate: Map<String, Value> = serde_json::from_value(json!({"rate": 3})).unwrap();
+        // Nor for a caller that awaits the record at once (whose await may lead its flush).
+        let awaited = g
+            .decide(publish(0.75), None, &Params, Durability::AwaitedAtOnce)
+            .await;
+        assert!(awaited.early().is_none());
+        let awaited = awaited.durable().await;
+        assert_eq!(
+            (awaited.decision, &awaited.outcome),
+            (Decision::Allow, &Outcome::DecisionOnly)
+        );
         // An allow under BeforeActing: no answer before the record is durable.
         let strict = g
             .decide(publish(0.5), Some(&rate), &Params, Durability::BeforeActing)
@@ -1243,6 +1264,7 @@ mod tests {
             .await;
         assert_eq!(refused.early().unwrap().outcome, Outcome::InputRefused);
         let ids: Vec<AuditId> = [
+            awaited,
             strict.durable().await,
             deny.durable().await,
             deferred.durable().await,
@@ -1274,7 +1296,7 @@ mod tests {
         let want: Vec<(String, &str)> = ids
             .iter()
             .map(|i| i.as_str().to_string())
-            .zip(["allow", "deny", "allow", "input"])
+            .zip(["allow", "allow", "deny", "allow", "input"])
             .collect();
         assert_eq!(got, want);
     }

@@ -10,7 +10,9 @@
 //! refused at the gate ([`Gate::refuse_input`]), recorded as malformed. A gate or WAL failure
 //! drops the message. Denied and refused messages are published on the agent side's
 //! `/autonomy/decisions`. Each topic keeps its order: one reader task decides in arrival order,
-//! one task waits for the records in that order and republishes.
+//! one task waits for the records in that order and republishes. A `strict` message with nothing
+//! of its topic in flight and no next one arrived is waited for by the reader task itself
+//! ([`Durability::AwaitedAtOnce`]): at a low rate its flush and republish then run on one thread.
 //!
 //! Robot → agent topics (read-only feeds) are relayed without a decision, counted.
 //!
@@ -37,7 +39,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use serde_json::{Map, Value};
 use tokio::sync::{Notify, mpsc, watch};
 
@@ -704,7 +706,7 @@ impl Relay {
         // index among the topic's messages).
         let mut early: VecDeque<(u64, Instant)> = VecDeque::new();
         let mut index: u64 = 0;
-        let stream = reader.as_async_stream();
+        let stream = reader.as_async_stream().peekable();
         futures::pin_mut!(stream);
         loop {
             let item = tokio::select! {
@@ -721,7 +723,31 @@ impl Relay {
                 Ok(dcc) => {
                     let received = dcc.receive_instant;
                     let s = dcc.sample;
-                    let p = me.decide(&s, r, mode).await;
+                    // Strict, with every earlier message settled and no later one arrived yet:
+                    // this task waits for the record itself and republishes, so at a low rate
+                    // the flush runs here and the finisher is not woken.
+                    let here = window.is_none()
+                        && progress.done.load(Ordering::Acquire) == index
+                        && stream.as_mut().peek().now_or_never().is_none();
+                    let p = if here {
+                        me.decide(&s, r, Durability::AwaitedAtOnce).await
+                    } else {
+                        me.decide(&s, r, mode).await
+                    };
+                    if here {
+                        let sample = p.early().is_none().then_some(s);
+                        me.settle(
+                            InFlight {
+                                pending: p,
+                                sample,
+                                received,
+                            },
+                            &progress,
+                        )
+                        .await;
+                        index += 1;
+                        continue;
+                    }
                     let allowed_now = p
                         .early()
                         .is_some_and(|resp| resp.decision == Decision::Allow);
@@ -814,50 +840,56 @@ impl Relay {
     /// and tells the agent side about everything not relayed.
     async fn finish(self: Arc<Self>, mut rx: mpsc::Receiver<InFlight>, progress: Arc<Progress>) {
         while let Some(f) = rx.recv().await {
-            let resp = f.pending.durable().await;
-            match &resp.outcome {
-                Outcome::DecisionOnly => {
-                    if let Some(s) = f.sample {
-                        self.publish(relayed(&resp, s), f.received).await;
-                    }
-                    // The agent learns that what reached the robot is not what it sent.
-                    if resp.downgrade.is_some() {
-                        self.tell(&resp);
-                    }
-                }
-                Outcome::WalUnavailable(e) => {
-                    let n = Counters::add(&self.counters.failed);
-                    let what = if f.sample.is_some() || self.topic.audit == Audit::Strict {
-                        "message dropped"
-                    } else {
-                        "message already republished (batched)"
-                    };
-                    log_first(n, || {
-                        format!(
-                            "bridge: {}: {what}: the audit log cannot record its decision ({e}); while it cannot, every message of this topic is dropped and counted",
-                            self.topic.name
-                        )
-                    });
-                    self.tell(&resp);
-                }
-                Outcome::InputRefused => {
-                    Counters::add(&self.counters.malformed);
-                    self.tell(&resp);
-                }
-                _ => {
-                    Counters::add(&self.counters.denied);
-                    self.tell(&resp);
-                }
-            }
-            if resp.decision == Decision::Deny
-                && let Some(safe) = self.safe.as_ref().filter(|s| s.on_deny)
-            {
-                let _robot = safe.robot.lock().await;
-                self.publish_safe(safe, Some(&resp.audit_id)).await;
-            }
-            progress.done.fetch_add(1, Ordering::Release);
-            progress.changed.notify_waiters();
+            self.settle(f, &progress).await;
         }
+    }
+
+    /// Waits for one decided message's record; republishes it if it is a strict allow; counts
+    /// it, tells the agent side if it was not relayed, and marks it done in `progress`.
+    async fn settle(&self, f: InFlight, progress: &Progress) {
+        let resp = f.pending.durable().await;
+        match &resp.outcome {
+            Outcome::DecisionOnly => {
+                if let Some(s) = f.sample {
+                    self.publish(relayed(&resp, s), f.received).await;
+                }
+                // The agent learns that what reached the robot is not what it sent.
+                if resp.downgrade.is_some() {
+                    self.tell(&resp);
+                }
+            }
+            Outcome::WalUnavailable(e) => {
+                let n = Counters::add(&self.counters.failed);
+                let what = if f.sample.is_some() || self.topic.audit == Audit::Strict {
+                    "message dropped"
+                } else {
+                    "message already republished (batched)"
+                };
+                log_first(n, || {
+                    format!(
+                        "bridge: {}: {what}: the audit log cannot record its decision ({e}); while it cannot, every message of this topic is dropped and counted",
+                        self.topic.name
+                    )
+                });
+                self.tell(&resp);
+            }
+            Outcome::InputRefused => {
+                Counters::add(&self.counters.malformed);
+                self.tell(&resp);
+            }
+            _ => {
+                Counters::add(&self.counters.denied);
+                self.tell(&resp);
+            }
+        }
+        if resp.decision == Decision::Deny
+            && let Some(safe) = self.safe.as_ref().filter(|s| s.on_deny)
+        {
+            let _robot = safe.robot.lock().await;
+            self.publish_safe(safe, Some(&resp.audit_id)).await;
+        }
+        progress.done.fetch_add(1, Ordering::Release);
+        progress.changed.notify_waiters();
     }
 
     /// Records and publishes the safe message (the caller holds `safe.robot`): under the

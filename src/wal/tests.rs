@@ -1365,3 +1365,93 @@ fn records_submitted_within_a_delay_share_one_fdatasync_after_it() {
         assert_eq!(read_all(d.path()).len(), 6);
     });
 }
+
+#[test]
+fn an_awaited_record_is_flushed_by_its_awaiting_task_at_low_load_and_by_the_pool_otherwise() {
+    with_timeout(60, || {
+        let d = tempfile::tempdir().unwrap();
+        let w = Arc::new(
+            Wal::open(d.path(), opts(1 << 20, Preallocate::ZeroFill))
+                .unwrap()
+                .0,
+        );
+        // The thread of each fdatasync, by the last seq of its write.
+        let syncs: Arc<std::sync::Mutex<Vec<(u64, std::thread::ThreadId)>>> = Arc::default();
+        let s = syncs.clone();
+        let hook: super::writer::TestHook = Arc::new(move |step: &str, seq: u64| {
+            if step == "sync" {
+                s.lock().unwrap().push((seq, std::thread::current().id()));
+            }
+        });
+        *w.hook.lock().unwrap() = Some(hook);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let synced_on = |seq: u64| {
+            syncs
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|(q, _)| *q == seq)
+                .map(|(_, t)| *t)
+        };
+
+        // Low load: nothing is written until the caller awaits, and then on its thread; a
+        // record another caller queues meanwhile goes out in the same write.
+        let w1 = w.clone();
+        let (seqs, task) = rt.block_on(async move {
+            tokio::spawn(async move {
+                let mine = w1.submit_awaited(rec(1)).unwrap();
+                let other = w1.submit(rec(2)).unwrap();
+                std::thread::sleep(Duration::from_millis(200));
+                assert_eq!(w1.head().0, Seq(0), "written before the await");
+                let a = mine.await.unwrap();
+                let task = std::thread::current().id();
+                ((a, other.await.unwrap()), task)
+            })
+            .await
+            .unwrap()
+        });
+        assert_eq!(seqs, (Seq(1), Seq(2)));
+        assert_eq!(synced_on(2), Some(task));
+        let b = w.stats().batch_records;
+        assert_eq!((b.count, b.sum), (1, 2));
+
+        // The last write held two records (not low load): the flush starts at once, on the pool.
+        let w2 = w.clone();
+        let (seq, task) = rt.block_on(async move {
+            tokio::spawn(async move {
+                let mine = w2.submit_awaited(rec(3)).unwrap();
+                let t = std::time::Instant::now();
+                while w2.head().0 < Seq(3) && t.elapsed() < Duration::from_secs(10) {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                assert_eq!(w2.head().0, Seq(3), "not written before the await");
+                (mine.await.unwrap(), std::thread::current().id())
+            })
+            .await
+            .unwrap()
+        });
+        assert_eq!(seq, Seq(3));
+        assert!(synced_on(3).is_some_and(|t| t != task));
+
+        // Low load again, but the future is dropped unpolled: its flush goes to the pool.
+        let w3 = w.clone();
+        rt.block_on(async move {
+            tokio::spawn(async move { drop(w3.submit_awaited(rec(4)).unwrap()) })
+                .await
+                .unwrap()
+        });
+        let t = std::time::Instant::now();
+        while w.head().0 < Seq(4) && t.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(w.head().0, Seq(4));
+        drop(rt);
+        w.close().unwrap();
+        drop(w);
+        assert_eq!(read_all(d.path()).len(), 4);
+    });
+}

@@ -776,6 +776,20 @@ impl Wal {
         if self.opts.overlap_syncs { 2 } else { 1 }
     }
 
+    /// Whether the flush a caller is about to lead may run on its own (async) thread: low load,
+    /// where no flush runs, the last batch was a single record and the caller's is the only one
+    /// waiting. It then saves two thread hand-offs (to a pool thread and back) on the path of
+    /// the answer, and blocking the thread for one fdatasync delays nobody. Never on a runtime
+    /// with one worker: blocking it for the fdatasync would stop every other task meanwhile, so
+    /// each batch would again hold one record (measured: 5.7K instead of 48K req/s at 64
+    /// connections).
+    fn low_load(&self, g: &Inner) -> bool {
+        g.leaders == 0
+            && g.last_batch <= 1
+            && g.waiters.len() == 1
+            && tokio::runtime::Handle::try_current().is_ok_and(|rt| rt.metrics().num_workers() > 1)
+    }
+
     /// Appends one record from async code; resolves with its seq once it is durable.
     ///
     /// Group commit without a thread per caller: the record is queued under a short lock, and
@@ -793,31 +807,15 @@ impl Wal {
             let mut g = self.lock_inner()?;
             let mine = enqueue(&mut g, &prepared)?;
             g.waiters.push((mine, tx));
-            let alone = g.leaders == 0;
+            let inline = self.low_load(&g);
             let start = self.lead(&mut g);
-            // Low load: the last batch was a single record and nobody else is waiting now. Never
-            // on a runtime with one worker: blocking it for the fdatasync would stop every
-            // other request meanwhile, so each batch would again hold one record (measured:
-            // 5.7K instead of 48K req/s at 64 connections).
-            let inline = alone
-                && g.last_batch <= 1
-                && g.waiters.len() == 1
-                && tokio::runtime::Handle::current().metrics().num_workers() > 1;
             (mine, start, inline)
         };
         if self.act(start) {
             if self.opts.sync == SyncMode::None || inline {
                 // Write (and in `SyncMode::Fsync` fdatasync) on this thread. In `None` that is a
-                // pwrite into the page cache. In `Fsync` it is done only at low load (one
-                // appender at a time), where it saves two thread handoffs (to a pool thread and
-                // back) on the path of the answer; blocking this worker for one fdatasync
-                // delays nobody then. Whatever queued up meanwhile goes to the pool.
-                if let Ok((more, done)) = self.flush_step() {
-                    complete(done);
-                    if more {
-                        self.spawn_flush();
-                    }
-                }
+                // pwrite into the page cache; in `Fsync` it is done only at low load.
+                self.lead_inline();
             } else {
                 self.spawn_flush();
             }
@@ -893,6 +891,60 @@ impl Wal {
         }
         let stats = self.stats.clone();
         Ok(async move {
+            let res = completion(mine, rx).await;
+            if res.is_ok() {
+                stats.append(called.elapsed());
+            }
+            res
+        })
+    }
+
+    /// Leads one flush step on the caller's thread (the caller has counted it in `leaders`)
+    /// and completes its appenders; whatever queued meanwhile goes to the pool.
+    fn lead_inline(self: &Arc<Self>) {
+        if let Ok((more, done)) = self.flush_step() {
+            complete(done);
+            if more {
+                self.spawn_flush();
+            }
+        }
+    }
+
+    /// [`Wal::submit`] for a caller that awaits the returned future at once, on the task that
+    /// will act on the record: at low load ([`Wal::low_load`]) the flush is not started on the
+    /// pool but led inside the future's first poll, on the caller's thread, as
+    /// [`Wal::append_async`] does; the thread hand-offs to a pool thread and back are then
+    /// off the path to the action. Until that poll the caller holds the log's one leader slot,
+    /// so records that others queue meanwhile go out in the same write. A future dropped before
+    /// it is polled hands its flush to the pool. Otherwise it is [`Wal::submit`].
+    pub fn submit_awaited(
+        self: &Arc<Self>,
+        rec: NewRecord,
+    ) -> Result<impl std::future::Future<Output = Result<Seq, WalError>> + Send + 'static, WalError>
+    {
+        let called = Instant::now();
+        let prepared = prepare(vec![rec])?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (mine, start, reserved) = {
+            let mut g = self.lock_inner()?;
+            let mine = enqueue(&mut g, &prepared)?;
+            g.waiters.push((mine, tx));
+            if self.opts.sync == SyncMode::Fsync && self.low_load(&g) {
+                g.leaders += 1;
+                (mine, Lead::No, true)
+            } else {
+                (mine, self.lead(&mut g), false)
+            }
+        };
+        if self.act(start) {
+            self.spawn_flush();
+        }
+        let mut leader = Reserved(reserved.then(|| self.clone()));
+        let stats = self.stats.clone();
+        Ok(async move {
+            if let Some(wal) = leader.0.take() {
+                wal.lead_inline();
+            }
             let res = completion(mine, rx).await;
             if res.is_ok() {
                 stats.append(called.elapsed());
@@ -1490,6 +1542,23 @@ fn take_batch(g: &mut Inner, limit: u64) -> Batch {
         first,
         last: first + n - 1,
         last_hash,
+    }
+}
+
+/// The leader slot [`Wal::submit_awaited`] holds for its future's first poll; dropped unused,
+/// it leads the flush on the pool (or, outside a runtime, here), so no record waits for a
+/// leader that never comes.
+struct Reserved(Option<Arc<Wal>>);
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        if let Some(wal) = self.0.take() {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                Wal::flush_on_pool(wal);
+            } else if let Ok(done) = wal.flush() {
+                complete(done);
+            }
+        }
     }
 }
 
