@@ -549,27 +549,37 @@ impl Wal {
     }
 
     /// Blocks on the condvar until a flush step or a failure notifies.
-    fn sleep<'a>(&self, mut g: MutexGuard<'a, Inner>) -> Result<MutexGuard<'a, Inner>, WalError> {
-        g.sleepers += 1;
-        let mut g = self
-            .cv
-            .wait(g)
-            .map_err(|_| WalError::Poisoned("a thread panicked while appending".into()))?;
-        g.sleepers -= 1;
-        Ok(g)
+    fn sleep<'a>(&self, g: MutexGuard<'a, Inner>) -> Result<MutexGuard<'a, Inner>, WalError> {
+        self.sleep_for(g, None)
     }
 
     /// [`Wal::sleep`], but no later than `until`.
     fn sleep_until<'a>(
         &self,
-        mut g: MutexGuard<'a, Inner>,
+        g: MutexGuard<'a, Inner>,
         until: Instant,
     ) -> Result<MutexGuard<'a, Inner>, WalError> {
+        self.sleep_for(g, Some(until))
+    }
+
+    /// Both sleeps, counted in `sleepers` so that the flush path notifies only when someone
+    /// waits.
+    fn sleep_for<'a>(
+        &self,
+        mut g: MutexGuard<'a, Inner>,
+        until: Option<Instant>,
+    ) -> Result<MutexGuard<'a, Inner>, WalError> {
         g.sleepers += 1;
-        let (mut g, _) = self
-            .cv
-            .wait_timeout(g, until.saturating_duration_since(Instant::now()))
-            .map_err(|_| WalError::Poisoned("a thread panicked while appending".into()))?;
+        let woken = match until {
+            None => self.cv.wait(g),
+            Some(t) => self
+                .cv
+                .wait_timeout(g, t.saturating_duration_since(Instant::now()))
+                .map(|(g, _)| g)
+                .map_err(|p| std::sync::PoisonError::new(p.into_inner().0)),
+        };
+        let mut g =
+            woken.map_err(|_| WalError::Poisoned("a thread panicked while appending".into()))?;
         g.sleepers -= 1;
         Ok(g)
     }
