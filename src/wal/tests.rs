@@ -288,11 +288,7 @@ fn async_and_sync_appends_mix() {
             )
             .unwrap();
             let w = Arc::new(w);
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
+            let rt = two_workers();
             let mut threads = Vec::new();
             for t in 0..2u64 {
                 let w = w.clone();
@@ -1006,6 +1002,24 @@ fn the_torn_tail_window_ends_where_the_last_possible_write_ends() {
     assert!(Wal::open(d.path(), WalOptions::default()).is_err());
 }
 
+/// A multi-threaded runtime with two workers, like the daemon's on a 2-vCPU machine.
+fn two_workers() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A WAL of 1 MiB preallocated segments in `dir`, to share with async appenders.
+fn shared_wal(dir: &std::path::Path) -> Arc<Wal> {
+    Arc::new(
+        Wal::open(dir, opts(1 << 20, Preallocate::ZeroFill))
+            .unwrap()
+            .0,
+    )
+}
+
 /// Flush steps seen by [`Wal::hook`], in order: (step, seq).
 type Steps = Arc<std::sync::Mutex<Vec<(String, u64)>>>;
 
@@ -1159,11 +1173,7 @@ fn an_async_append_behind_a_slow_fdatasync_is_written_beside_it() {
             std::thread::spawn(move || w.append(rec(1)))
         };
         wait_for("seq 1's fdatasync to start", 10, || saw(&steps, "sync", 1));
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = two_workers();
         let b = {
             let w = w.clone();
             rt.spawn(async move { w.append_async(rec(2)).await })
@@ -1298,17 +1308,9 @@ fn overlapping_flushes_report_durability_in_order_and_rotate_only_when_synced() 
 fn records_submitted_within_a_delay_share_one_fdatasync_after_it() {
     with_timeout(60, || {
         let d = tempfile::tempdir().unwrap();
-        let w = Arc::new(
-            Wal::open(d.path(), opts(1 << 20, Preallocate::ZeroFill))
-                .unwrap()
-                .0,
-        );
+        let w = shared_wal(d.path());
         let steps = record_steps(&w, None);
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = two_workers();
         let within = Duration::from_millis(400);
         let started = std::time::Instant::now();
         let futs: Vec<_> = {
@@ -1370,11 +1372,7 @@ fn records_submitted_within_a_delay_share_one_fdatasync_after_it() {
 fn an_awaited_record_is_flushed_by_its_awaiting_task_at_low_load_and_by_the_pool_otherwise() {
     with_timeout(60, || {
         let d = tempfile::tempdir().unwrap();
-        let w = Arc::new(
-            Wal::open(d.path(), opts(1 << 20, Preallocate::ZeroFill))
-                .unwrap()
-                .0,
-        );
+        let w = shared_wal(d.path());
         // The thread of each fdatasync, by the last seq of its write.
         let syncs: Arc<std::sync::Mutex<Vec<(u64, std::thread::ThreadId)>>> = Arc::default();
         let s = syncs.clone();
@@ -1384,11 +1382,7 @@ fn an_awaited_record_is_flushed_by_its_awaiting_task_at_low_load_and_by_the_pool
             }
         });
         *w.hook.lock().unwrap() = Some(hook);
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = two_workers();
         let synced_on = |seq: u64| {
             syncs
                 .lock()

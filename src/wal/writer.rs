@@ -800,6 +800,20 @@ impl Wal {
             && tokio::runtime::Handle::try_current().is_ok_and(|rt| rt.metrics().num_workers() > 1)
     }
 
+    /// Encodes `rec` (outside the lock) and queues it with its completion `tx`: its seq, and the
+    /// lock still held for the caller's decision about leading.
+    fn queue_waiter(
+        &self,
+        rec: NewRecord,
+        tx: Waiter,
+    ) -> Result<(u64, MutexGuard<'_, Inner>), WalError> {
+        let prepared = prepare(vec![rec])?;
+        let mut g = self.lock_inner()?;
+        let mine = enqueue(&mut g, &prepared)?;
+        g.waiters.push((mine, tx));
+        Ok((mine, g))
+    }
+
     /// Appends one record from async code; resolves with its seq once it is durable.
     ///
     /// Group commit without a thread per caller: the record is queued under a short lock, and
@@ -811,12 +825,9 @@ impl Wal {
     /// is done inline instead. Must be called inside a tokio runtime.
     pub async fn append_async(self: &Arc<Self>, rec: NewRecord) -> Result<Seq, WalError> {
         let called = Instant::now();
-        let prepared = prepare(vec![rec])?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let (mine, start, inline) = {
-            let mut g = self.lock_inner()?;
-            let mine = enqueue(&mut g, &prepared)?;
-            g.waiters.push((mine, tx));
+            let (mine, mut g) = self.queue_waiter(rec, tx)?;
             let inline = self.low_load(&g);
             let start = self.lead(&mut g);
             (mine, start, inline)
@@ -867,16 +878,13 @@ impl Wal {
     ) -> Result<impl std::future::Future<Output = Result<Seq, WalError>> + Send + 'static, WalError>
     {
         let called = Instant::now();
-        let prepared = prepare(vec![rec])?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         // Only a record that may wait needs the runtime for its timer.
         let rt = (!within.is_zero())
             .then(tokio::runtime::Handle::try_current)
             .and_then(Result::ok);
         let (mine, start, timer) = {
-            let mut g = self.lock_inner()?;
-            let mine = enqueue(&mut g, &prepared)?;
-            g.waiters.push((mine, tx));
+            let (mine, mut g) = self.queue_waiter(rec, tx)?;
             match (&rt, self.may_lead(&g)) {
                 (Some(_), Lead::Now) => {
                     let arm = !g.coalesce_armed;
@@ -933,12 +941,9 @@ impl Wal {
     ) -> Result<impl std::future::Future<Output = Result<Seq, WalError>> + Send + 'static, WalError>
     {
         let called = Instant::now();
-        let prepared = prepare(vec![rec])?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let (mine, start, reserved) = {
-            let mut g = self.lock_inner()?;
-            let mine = enqueue(&mut g, &prepared)?;
-            g.waiters.push((mine, tx));
+            let (mine, mut g) = self.queue_waiter(rec, tx)?;
             if self.opts.sync == SyncMode::Fsync && self.low_load(&g) {
                 g.leaders += 1;
                 (mine, Lead::No, true)
