@@ -932,7 +932,7 @@ impl Wal {
     /// will act on the record: at low load ([`Wal::low_load`]) the flush is not started on the
     /// pool but led inside the future's first poll, on the caller's thread, as
     /// [`Wal::append_async`] does; the thread hand-offs to a pool thread and back are then
-    /// off the path to the action. Until that poll the caller holds the log's one leader slot,
+    /// off the path to the action. Until that poll the caller counts as a running leader,
     /// so records that others queue meanwhile go out in the same write. A future dropped before
     /// it is polled hands its flush to the pool. Otherwise it is [`Wal::submit`].
     pub fn submit_awaited(
