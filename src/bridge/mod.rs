@@ -729,11 +729,12 @@ impl Relay {
                     let here = window.is_none()
                         && progress.done.load(Ordering::Acquire) == index
                         && stream.as_mut().peek().now_or_never().is_none();
-                    let p = if here {
-                        me.decide(&s, r, Durability::AwaitedAtOnce).await
+                    let durability = if here {
+                        Durability::AwaitedAtOnce
                     } else {
-                        me.decide(&s, r, mode).await
+                        mode
                     };
+                    let p = me.decide(&s, r, durability).await;
                     if here {
                         let sample = p.early().is_none().then_some(s);
                         me.settle(
