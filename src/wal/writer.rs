@@ -274,13 +274,19 @@ fn remove_stale_spares(dir: &Path) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The answer of a queued async append: its seq once the flush that covered it succeeded.
+/// The answer of a queued async append: its seq once the flush that covered it succeeded, the
+/// time since it was `called` counted in `stats` then.
 async fn completion(
     mine: u64,
     rx: tokio::sync::oneshot::Receiver<Result<(), Failure>>,
+    stats: &Live,
+    called: Instant,
 ) -> Result<Seq, WalError> {
     match rx.await {
-        Ok(Ok(())) => Ok(Seq(mine)),
+        Ok(Ok(())) => {
+            stats.append(called.elapsed());
+            Ok(Seq(mine))
+        }
         Ok(Err(f)) => Err(f.into_error()),
         Err(_) => Err(WalError::Poisoned(
             "the WAL flush ended without an answer".into(),
@@ -841,11 +847,7 @@ impl Wal {
                 self.spawn_flush();
             }
         }
-        let res = completion(mine, rx).await;
-        if res.is_ok() {
-            self.stats.append(called.elapsed());
-        }
-        res
+        completion(mine, rx, &self.stats, called).await
     }
 
     /// Queues one record and returns at once, before any disk work, with a future that resolves
@@ -908,13 +910,7 @@ impl Wal {
             });
         }
         let stats = self.stats.clone();
-        Ok(async move {
-            let res = completion(mine, rx).await;
-            if res.is_ok() {
-                stats.append(called.elapsed());
-            }
-            res
-        })
+        Ok(async move { completion(mine, rx, &stats, called).await })
     }
 
     /// Leads one flush step on the caller's thread (the caller has counted it in `leaders`)
@@ -960,11 +956,7 @@ impl Wal {
             if let Some(wal) = leader.0.take() {
                 wal.lead_inline();
             }
-            let res = completion(mine, rx).await;
-            if res.is_ok() {
-                stats.append(called.elapsed());
-            }
-            res
+            completion(mine, rx, &stats, called).await
         })
     }
 
